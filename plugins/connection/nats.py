@@ -1,0 +1,383 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: nats
+short_description: Run tasks through a natsops executor over NATS
+description:
+  - Runs Ansible tasks on a host through a C(natsops-executor) reached over NATS, so the controller only
+    needs to reach a NATS server, never the host itself.
+  - Every builtin module works; module runs are pipelined (one NATS round trip per module), files are
+    transferred in chunks with a SHA-256 check and land complete or not at all, and become (sudo, su) prompts
+    are answered by the executor.
+  - When no executor serves the addressed instance id, the task is unreachable with a message that names
+    the subject, the instance id asked for, the instance ids that are online, and how to fix it.
+  - See docs/protocol.md in the collection for the wire contract.
+version_added: 0.1.0
+author:
+  - natsops.fleet contributors
+requirements:
+  - nats-py >= 2.9 on the controller (and nkeys for NKey/JWT authentication)
+options:
+  servers:
+    description:
+      - NATS server URLs, comma-separated or a list; several URLs of one cluster give failover.
+      - C(tls://) URLs enable TLS.
+    type: list
+    elements: str
+    default: ['nats://127.0.0.1:4222']
+    vars:
+      - name: ansible_nats_servers
+    env:
+      - name: NATS_URL
+    ini:
+      - section: natsops
+        key: servers
+  executor:
+    description:
+      - The instance id of the executor(s) that run this host's tasks, for example a zone name such as
+        C(default) or C(管理网) for a zone executor, or the host's node id for an executor running on the host.
+      - Defaults to the inventory hostname (agent mode with one executor per host).
+    type: str
+    vars:
+      - name: inventory_hostname
+      - name: ansible_nats_executor
+    env:
+      - name: ANSIBLE_NATS_EXECUTOR
+    ini:
+      - section: natsops
+        key: executor
+  mode:
+    description:
+      - C(agent) runs the task on the executor's own host.
+      - C(ssh) makes a zone executor reach C(ansible_host) over SSH; it needs zone executor support, which this
+        release does not have yet, and is refused with a clear error.
+    type: str
+    default: agent
+    choices: [agent, ssh]
+    vars:
+      - name: ansible_nats_mode
+    env:
+      - name: ANSIBLE_NATS_MODE
+    ini:
+      - section: natsops
+        key: mode
+  namespace:
+    description: Subject prefix, so that several fleets can share one NATS system.
+    type: str
+    default: natsops
+    vars:
+      - name: ansible_nats_namespace
+    env:
+      - name: ANSIBLE_NATS_NAMESPACE
+    ini:
+      - section: natsops
+        key: namespace
+  user:
+    description: NATS user name (user/password authentication).
+    type: str
+    vars:
+      - name: ansible_nats_user
+    env:
+      - name: NATS_USER
+    ini:
+      - section: natsops
+        key: user
+  password:
+    description: NATS password for O(user). Never logged.
+    type: str
+    vars:
+      - name: ansible_nats_password
+    env:
+      - name: NATS_PASSWORD
+    ini:
+      - section: natsops
+        key: password
+  token:
+    description: NATS authentication token. Never logged.
+    type: str
+    vars:
+      - name: ansible_nats_token
+    env:
+      - name: NATS_TOKEN
+    ini:
+      - section: natsops
+        key: token
+  creds:
+    description: Path of a JWT user credentials (C(.creds)) file.
+    type: path
+    vars:
+      - name: ansible_nats_creds
+    env:
+      - name: NATS_CREDS
+    ini:
+      - section: natsops
+        key: creds
+  nkey:
+    description: Path of an NKey seed file.
+    type: path
+    vars:
+      - name: ansible_nats_nkey
+    env:
+      - name: NATS_NKEY
+    ini:
+      - section: natsops
+        key: nkey
+  ca:
+    description: CA certificate file used to verify the NATS server (enables TLS).
+    type: path
+    vars:
+      - name: ansible_nats_ca
+    env:
+      - name: NATS_CA
+    ini:
+      - section: natsops
+        key: ca
+  cert:
+    description: Client certificate for mutual TLS; needs O(key).
+    type: path
+    vars:
+      - name: ansible_nats_cert
+    env:
+      - name: NATS_CERT
+    ini:
+      - section: natsops
+        key: cert
+  key:
+    description: Private key of O(cert).
+    type: path
+    vars:
+      - name: ansible_nats_key
+    env:
+      - name: NATS_KEY
+    ini:
+      - section: natsops
+        key: key
+  tls_hostname:
+    description: Host name to verify in the server certificate when it differs from the URL's.
+    type: str
+    vars:
+      - name: ansible_nats_tls_hostname
+    env:
+      - name: NATS_TLS_HOSTNAME
+    ini:
+      - section: natsops
+        key: tls_hostname
+  context:
+    description:
+      - Name of a natscli context (C(~/.config/nats/context/NAME.json)); its URL and credentials fill the
+        options that are not set otherwise.
+    type: str
+    vars:
+      - name: ansible_nats_context
+    env:
+      - name: NATS_CONTEXT
+    ini:
+      - section: natsops
+        key: context
+  connect_timeout:
+    description:
+      - Seconds to connect to NATS and for an executor to accept a request.
+      - Also bounds privilege escalation (waiting for the become prompt or success).
+    type: float
+    default: 10
+    vars:
+      - name: ansible_nats_connect_timeout
+    env:
+      - name: ANSIBLE_NATS_CONNECT_TIMEOUT
+    ini:
+      - section: natsops
+        key: connect_timeout
+  task_timeout:
+    description:
+      - Seconds a single command may run on the host; the executor then kills its whole process group
+        and the task fails saying so. C(0) means no limit.
+      - A vanished executor is noticed within seconds regardless, through its keepalives.
+    type: float
+    default: 0
+    vars:
+      - name: ansible_nats_task_timeout
+    env:
+      - name: ANSIBLE_NATS_TASK_TIMEOUT
+    ini:
+      - section: natsops
+        key: task_timeout
+  pipelining:
+    description:
+      - Run modules by sending them on the command's standard input, one NATS round trip per module.
+      - When off, modules are copied to a temporary directory first, like other connections do.
+    type: boolean
+    default: true
+    vars:
+      - name: ansible_pipelining
+      - name: ansible_nats_pipelining
+    env:
+      - name: ANSIBLE_PIPELINING
+      - name: ANSIBLE_NATS_PIPELINING
+    ini:
+      - section: natsops
+        key: pipelining
+  remote_user:
+    description:
+      - The account commands run as before any become, that is the account of the executor (agent mode).
+      - Ansible uses it to decide how to share temporary files with an unprivileged become user.
+    type: str
+    default: root
+    vars:
+      - name: ansible_user
+      - name: ansible_nats_user_account
+    env:
+      - name: ANSIBLE_REMOTE_USER
+    keyword:
+      - name: remote_user
+    ini:
+      - section: defaults
+        key: remote_user
+"""
+
+EXAMPLES = r"""
+# inventory: hosts reached through the executor running on each of them (agent mode)
+# all:
+#   vars:
+#     ansible_connection: natsops.fleet.nats
+#     ansible_nats_servers: nats://nats.example.com:4222
+#     ansible_nats_creds: /etc/natsops/controller.creds
+#   hosts:
+#     web1:
+#     web2:
+
+# a play that addresses the executor serving the zone instance id directly
+- name: Run through the executor of one zone
+  hosts: zone_hosts
+  vars:
+    ansible_connection: natsops.fleet.nats
+    ansible_nats_executor: default
+  tasks:
+    - name: Facts arrive through NATS
+      ansible.builtin.setup:
+"""
+
+import os
+import re
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
+from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
+from ansible.plugins.connection import ConnectionBase
+from ansible.utils.display import Display
+
+from ansible_collections.natsops.fleet.plugins.module_utils.client import (
+    ExecutorClient, ExecutorTaskError, ExecutorUnreachable,
+)
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import WireError
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.connect import ConnectOptionsError
+
+display = Display()
+
+NATS_OPTIONS = ("servers", "user", "password", "token", "creds", "nkey", "ca", "cert", "key", "tls_hostname", "context")
+
+
+class Connection(ConnectionBase):
+    """Run tasks through a natsops executor over NATS."""
+
+    transport = "natsops.fleet.nats"
+    has_pipelining = True
+    has_tty = False
+
+    def __init__(self, *args, **kwargs):
+        super(Connection, self).__init__(*args, **kwargs)
+        self._client = None
+
+    def _host(self):
+        return self._play_context.remote_addr
+
+    def _connect(self):
+        if self._connected:
+            return self
+        if self.get_option("mode") != "agent":
+            raise AnsibleError("natsops.fleet.nats: mode %r is not available in this release; use mode 'agent' "
+                               "(an executor on the host, or a zone executor's own host)" % self.get_option("mode"))
+        options = dict((name, self.get_option(name)) for name in NATS_OPTIONS)
+        instance = self.get_option("executor")
+        try:
+            client = ExecutorClient(options, instance, namespace=self.get_option("namespace"),
+                                    connect_timeout=self.get_option("connect_timeout"),
+                                    name="ansible natsops.fleet.nats %s" % self._host())
+        except WireError as exc:
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
+        display.vvv("NATS CONNECT executor=%s namespace=%s" % (instance, self.get_option("namespace")), host=self._host())
+        try:
+            client.connect()
+        except ExecutorUnreachable as exc:
+            client.close()
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
+        self._client = client
+        self._connected = True
+        return self
+
+    def _call(self, what, func, *args, **kwargs):
+        """Run a client call, turning its errors into Ansible errors (never a traceback)."""
+        try:
+            return func(*args, **kwargs)
+        except ExecutorUnreachable as exc:
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message))
+        except ExecutorTaskError as exc:
+            raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message))
+        except (ConnectOptionsError, WireError) as exc:
+            raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc))
+
+    def _become_spec(self, in_data, sudoable):
+        """What the executor needs to escalate privileges like ansible's local connection does."""
+        if not (sudoable and self.become and self.become._id):
+            return None, False
+        spec = {"success": self.become.success, "timeout": float(self.get_option("connect_timeout"))}
+        use_pty = False
+        if self.become.expect_prompt():
+            spec["prompt"] = self._become_prompt_regex()
+            spec["password"] = to_text(self.become.get_option("become_pass", playcontext=self._play_context) or "")
+            use_pty = in_data is None
+        return spec, use_pty
+
+    def _become_prompt_regex(self):
+        prompt = self.become.prompt
+        if isinstance(prompt, str) and prompt:
+            return re.escape(prompt.strip())
+        prompts = getattr(self.become, "SU_PROMPT_LOCALIZATIONS", None)
+        if prompts:
+            try:
+                prompts = self.become.get_option("prompt_l10n") or prompts
+            except KeyError:
+                pass
+            return r"(?i:(\w+'s )?(%s) ?(:|：) ?)" % "|".join(re.escape(p) for p in prompts)
+        raise AnsibleError("natsops.fleet.nats: become method %r asks for a password in a way this connection "
+                           "cannot answer; use sudo or su, or a password-less become" % self.become.name)
+
+    def exec_command(self, cmd, in_data=None, sudoable=True):
+        super(Connection, self).exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        become, use_pty = self._become_spec(in_data, sudoable)
+        display.vvv("NATS EXEC %s%s" % (to_text(cmd), " (stdin %d bytes)" % len(in_data) if in_data else ""), host=self._host())
+        return self._call("exec", self._client.exec_command, command=to_text(cmd), stdin=to_bytes(in_data) if in_data else None,
+                          become=become, pty=use_pty, timeout=float(self.get_option("task_timeout")))
+
+    def put_file(self, in_path, out_path):
+        super(Connection, self).put_file(in_path, out_path)
+        display.vvv("NATS PUT %s TO %s" % (in_path, out_path), host=self._host())
+        if not os.path.exists(to_bytes(in_path, errors="surrogate_or_strict")):
+            raise AnsibleFileNotFound("file or module does not exist: %s" % to_native(in_path))
+        self._call("put %s" % out_path, self._client.put_file, in_path, out_path)
+
+    def fetch_file(self, in_path, out_path):
+        super(Connection, self).fetch_file(in_path, out_path)
+        display.vvv("NATS FETCH %s TO %s" % (in_path, out_path), host=self._host())
+        self._call("fetch %s" % in_path, self._client.fetch_file, in_path, out_path)
+
+    def reset(self):
+        self.close()
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._connected = False

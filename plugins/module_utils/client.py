@@ -1,0 +1,399 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller-side client of natsops executors (private to this collection).
+
+``ExecutorClient`` gives the connection plugin and the modules a synchronous API over
+the asyncio protocol in ``wire``: run a command, put a file, fetch a file, discover
+executors. Errors are ``ExecutorUnreachable`` (nobody serves the instance id, the NATS
+connection failed, the executor vanished) or ``ExecutorTaskError`` (the executor was
+reached and reported a failure); both carry a wire error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import tempfile
+import time
+import uuid
+
+from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
+    DEFAULT_KEEPALIVE, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
+    FRAME_OVERHEAD, KIND_ACCEPTED, KIND_DATA, KIND_ERROR, KIND_KEEPALIVE, KIND_REQUEST, KIND_RESULT, OP_EXEC,
+    OP_FETCH, OP_PUT, PROTOCOL_VERSION, SERVICE_NAME, STREAM_STDERR, STREAM_STDOUT, WireError, chunk_size, kind_of,
+    liveness_timeout, pack, parse_executor_info, serves, subject, unpack, validate_instance_id, validate_namespace,
+)
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.streams import StreamReceiver, StreamSender
+
+try:
+    import nats
+    import nats.errors
+    HAS_NATS = True
+    NATS_IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - depends on the controller environment
+    HAS_NATS = False
+    NATS_IMPORT_ERROR = _exc
+
+DISCOVERY_WAIT = 0.5     # longest time to collect discovery replies
+DISCOVERY_QUIET = 0.15   # stop earlier once replies stop coming
+
+
+class ExecutorError(Exception):
+    """Base class: carries a wire error code, a message and details."""
+
+    def __init__(self, code, message, details=None):
+        super(ExecutorError, self).__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+    @classmethod
+    def from_wire(cls, error):
+        return cls(error.code, error.message, error.details)
+
+
+class ExecutorUnreachable(ExecutorError):
+    """The executor could not be reached or stopped answering (Ansible: unreachable)."""
+
+
+class ExecutorTaskError(ExecutorError):
+    """The executor was reached and reported a failure (Ansible: failed task)."""
+
+
+def missing_nats_message():
+    return ("the natsops.fleet collection needs the Python package nats-py on the controller "
+            "(pip install nats-py nkeys): %s" % NATS_IMPORT_ERROR)
+
+
+def describe_executor(record):
+    return "%s (host %s, executor %s)" % (", ".join(record["instances"]) or "-", record["hostname"] or "?", record["version"])
+
+
+def no_responders_message(subj, instance_id, namespace, executors, servers):
+    """The error a user sees when nobody serves the instance id: what, where, who is online, how to fix."""
+    lines = ["no executor serves instance id %r: nobody answered on subject %r (namespace %r, NATS %s)."
+             % (instance_id, subj, namespace, servers)]
+    ours = [e for e in executors if e["namespace"] == namespace]
+    others = [e for e in executors if e["namespace"] != namespace]
+    if ours:
+        online = sorted(set(i for e in ours for i in e["instances"]))
+        lines.append("Instance ids online in namespace %r: %s." % (namespace, ", ".join(repr(i) for i in online)))
+        lines.extend("  - %s" % describe_executor(e) for e in ours)
+    else:
+        lines.append("No executor is online in namespace %r." % namespace)
+    if others:
+        lines.append("Executors online in other namespaces: %s." % "; ".join(
+            "%r: %s" % (e["namespace"], ", ".join(e["instances"])) for e in others))
+    lines.append("Fix: point the host at an instance id that is online (ansible_nats_executor, default: the "
+                 "inventory hostname), or start an executor for it: natsops-executor --instance %r "
+                 "(the natsops.fleet.executor role's instance ids)." % instance_id)
+    return "\n".join(lines)
+
+
+class ExecutorClient:
+    """One NATS connection, addressing one instance id. Not thread-safe; one per Ansible connection."""
+
+    def __init__(self, nats_options, instance_id, namespace="natsops", connect_timeout=10.0,
+                 keepalive=DEFAULT_KEEPALIVE, name="natsops.fleet"):
+        self.nats_options = nats_options
+        self.instance_id = validate_instance_id(instance_id) if instance_id is not None else None
+        self.namespace = validate_namespace(namespace)
+        self.connect_timeout = float(connect_timeout)
+        self.keepalive = float(keepalive)
+        self.name = name
+        self._loop = None
+        self._nc = None
+
+    # ------------------------------------------------------------ plumbing
+
+    def _run(self, coro):
+        return self._loop.run_until_complete(coro)
+
+    @property
+    def connected(self):
+        return self._nc is not None and self._nc.is_connected
+
+    def connect(self):
+        if not HAS_NATS:
+            raise ExecutorUnreachable(E_CONNECT, missing_nats_message())
+        try:
+            kwargs = wire_connect.connect_kwargs(self.nats_options, name=self.name, connect_timeout=self.connect_timeout)
+        except wire_connect.ConnectOptionsError as exc:
+            raise ExecutorUnreachable(E_CONNECT, "bad NATS connection options: %s" % exc)
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        try:
+            # bound the whole attempt: nats-py would otherwise retry a dead server for minutes
+            self._nc = self._run(asyncio.wait_for(nats.connect(**kwargs), self.connect_timeout * 2 + 1))
+        except Exception as exc:  # nats-py raises a zoo of exception types here
+            raise ExecutorUnreachable(E_CONNECT, "cannot connect to NATS (%s): %s" % (
+                wire_connect.describe(self.nats_options), exc or type(exc).__name__))
+        return self
+
+    def close(self):
+        if self._nc is not None:
+            try:
+                self._run(self._nc.close())
+            except Exception:  # pylint: disable=broad-except
+                pass  # closing a broken connection has nothing left to report
+            self._nc = None
+        if self._loop is not None:
+            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+            self._loop = None
+
+    def _subject(self, op):
+        return subject(self.namespace, op, self.instance_id)
+
+    async def _request(self, op, req, attachment=b""):
+        subj = self._subject(op)
+        headers, body = pack(KIND_REQUEST, req, attachment)
+        try:
+            msg = await self._nc.request(subj, body, timeout=self.connect_timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            executors = await self._discover(DISCOVERY_WAIT)
+            raise ExecutorUnreachable(E_NO_RESPONDERS, no_responders_message(
+                subj, self.instance_id, self.namespace, executors, ",".join(wire_connect.split_servers(
+                    self.nats_options.get("servers")) or [wire_connect.DEFAULT_SERVER])),
+                {"subject": subj, "instance_id": self.instance_id, "executors": executors})
+        except nats.errors.TimeoutError:
+            raise ExecutorUnreachable(E_EXECUTOR_LOST, "an executor for instance id %r was subscribed on %r but did "
+                                                       "not accept the request within %.0f s" % (
+                                                           self.instance_id, subj, self.connect_timeout))
+        doc, _ = self._decode(msg.headers, msg.data)
+        kind = kind_of(msg.headers)
+        if kind == KIND_ERROR:
+            raise ExecutorTaskError.from_wire(WireError.from_dict(doc))
+        if kind != KIND_ACCEPTED:
+            raise ExecutorTaskError(E_STREAM, "unexpected reply kind %r to a %s request" % (kind, op))
+        return doc
+
+    @staticmethod
+    def _decode(headers, data):
+        try:
+            return unpack(headers, data, max_json=len(data) + 1)
+        except WireError as exc:
+            raise ExecutorTaskError(exc.code, "malformed reply from the executor: %s" % exc.message)
+
+    async def _next(self, receiver, accepted):
+        silence = liveness_timeout(self.keepalive)
+        try:
+            msg = await receiver.get(silence)
+        except asyncio.TimeoutError:
+            executor = accepted.get("executor") or {}
+            raise ExecutorUnreachable(E_EXECUTOR_LOST, "executor %s on host %s (instance id %r) stopped answering: "
+                                                       "no message for %.0f s while running the task" % (
+                                                           executor.get("service_id", "?"), executor.get("name", "?"),
+                                                           self.instance_id, silence))
+        except WireError as exc:
+            raise ExecutorTaskError.from_wire(exc)
+        if msg.kind == KIND_ERROR:
+            doc, _ = self._decode(msg.headers, msg.data)
+            raise ExecutorTaskError.from_wire(WireError.from_dict(doc))
+        return msg
+
+    def _base_request(self, op, reply_to):
+        return {"v": PROTOCOL_VERSION, "op": op, "id": uuid.uuid4().hex, "reply_to": reply_to,
+                "keepalive": self.keepalive}
+
+    def _inline_fits(self, req, size):
+        return size + len(json.dumps(req)) + FRAME_OVERHEAD <= self._nc.max_payload
+
+    async def _upload(self, accepted, data_iter):
+        sender = await StreamSender(self._nc, accepted["upload"], ack_timeout=liveness_timeout(self.keepalive)).start()
+        try:
+            for block in data_iter:
+                await sender.send(KIND_DATA, attachment=block)
+            await sender.drain()
+        except WireError as exc:
+            raise ExecutorUnreachable(E_EXECUTOR_LOST, "upload to the executor failed: %s" % exc.message)
+        finally:
+            await sender.close()
+
+    @staticmethod
+    def _check_summary(what, summary, size, digest):
+        if summary.get("size") != size:
+            raise ExecutorTaskError(E_SIZE_MISMATCH, "%s: received %d bytes, the executor sent %r" % (what, size, summary.get("size")))
+        if summary.get("sha256") != digest:
+            raise ExecutorTaskError(E_CHECKSUM_MISMATCH, "%s: sha256 of the received bytes differs from the executor's" % what)
+
+    # ------------------------------------------------------------ exec
+
+    def exec_command(self, command=None, argv=None, stdin=None, shell="/bin/sh", become=None, pty=False,
+                     timeout=0, env=None, cwd=None):
+        """Run a command; returns (rc, stdout bytes, stderr bytes)."""
+        return self._run(self._exec(command, argv, stdin, shell, become, pty, timeout, env, cwd))
+
+    async def _exec(self, command, argv, stdin, shell, become, pty, timeout, env, cwd):
+        receiver = await StreamReceiver(self._nc).start()
+        try:
+            req = self._base_request(OP_EXEC, receiver.subject)
+            req.update(command=command, argv=argv, shell=shell, become=become, pty=pty, timeout=timeout, env=env, cwd=cwd)
+            req = dict((k, v) for k, v in req.items() if v is not None)
+            stdin = stdin or b""
+            inline = b""
+            if stdin:
+                req["stdin"] = {"size": len(stdin), "sha256": hashlib.sha256(stdin).hexdigest()}
+                if self._inline_fits(req, len(stdin)):
+                    inline = stdin
+            accepted = await self._request(OP_EXEC, req, inline)
+            if accepted.get("upload"):
+                step = chunk_size(self._nc.max_payload)
+                await self._upload(accepted, (stdin[i:i + step] for i in range(0, len(stdin), step)))
+            out = {STREAM_STDOUT: bytearray(), STREAM_STDERR: bytearray()}
+            while True:
+                msg = await self._next(receiver, accepted)
+                if msg.kind == KIND_DATA and msg.stream in out:
+                    out[msg.stream].extend(msg.data)
+                elif msg.kind == KIND_RESULT:
+                    result, _ = self._decode(msg.headers, msg.data)
+                    for name in (STREAM_STDOUT, STREAM_STDERR):
+                        data = bytes(out[name])
+                        self._check_summary(name, result.get(name) or {}, len(data), hashlib.sha256(data).hexdigest())
+                    return result["rc"], bytes(out[STREAM_STDOUT]), bytes(out[STREAM_STDERR])
+                elif msg.kind != KIND_KEEPALIVE:
+                    raise ExecutorTaskError(E_STREAM, "unexpected %r message in an exec stream" % msg.kind)
+        finally:
+            await receiver.close()
+
+    # ------------------------------------------------------------ put
+
+    def put_file(self, local_path, remote_path, mode=None):
+        """Copy a local file to the executor's host: complete and verified, or not at all."""
+        return self._run(self._put(local_path, remote_path, mode))
+
+    async def _put(self, local_path, remote_path, mode):
+        digest = hashlib.sha256()
+        size = 0
+        with open(local_path, "rb") as handle:
+            for block in iter(lambda: handle.read(1024 * 1024), b""):
+                digest.update(block)
+                size += len(block)
+        if mode is None:
+            mode = os.stat(local_path).st_mode & 0o7777
+        receiver = await StreamReceiver(self._nc).start()
+        try:
+            req = self._base_request(OP_PUT, receiver.subject)
+            req.update(path=remote_path, size=size, sha256=digest.hexdigest(), mode=mode)
+            with open(local_path, "rb") as handle:
+                inline = handle.read() if size and self._inline_fits(req, size) else b""
+                accepted = await self._request(OP_PUT, req, inline)
+                if accepted.get("upload"):
+                    step = chunk_size(self._nc.max_payload)
+                    await self._upload(accepted, iter(lambda: handle.read(step), b""))
+            while True:
+                msg = await self._next(receiver, accepted)
+                if msg.kind == KIND_RESULT:
+                    result, _ = self._decode(msg.headers, msg.data)
+                    self._check_summary("put %s" % remote_path, result, size, digest.hexdigest())
+                    return result
+                if msg.kind != KIND_KEEPALIVE:
+                    raise ExecutorTaskError(E_STREAM, "unexpected %r message in a put stream" % msg.kind)
+        finally:
+            await receiver.close()
+
+    # ------------------------------------------------------------ fetch
+
+    def fetch_file(self, remote_path, local_path):
+        """Copy a file from the executor's host: written to a temp file, verified, renamed."""
+        return self._run(self._fetch(remote_path, local_path))
+
+    async def _fetch(self, remote_path, local_path):
+        receiver = await StreamReceiver(self._nc).start()
+        directory = os.path.dirname(os.path.abspath(local_path))
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(local_path)[:64], suffix=".natsops.tmp")
+        done = False
+        try:
+            req = self._base_request(OP_FETCH, receiver.subject)
+            req["path"] = remote_path
+            accepted = await self._request(OP_FETCH, req)
+            digest = hashlib.sha256()
+            size = 0
+            with os.fdopen(fd, "wb") as handle:
+                fd = None
+                while True:
+                    msg = await self._next(receiver, accepted)
+                    if msg.kind == KIND_DATA:
+                        handle.write(msg.data)
+                        digest.update(msg.data)
+                        size += len(msg.data)
+                    elif msg.kind == KIND_RESULT:
+                        result, _ = self._decode(msg.headers, msg.data)
+                        self._check_summary("fetch %s" % remote_path, result, size, digest.hexdigest())
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                        break
+                    elif msg.kind != KIND_KEEPALIVE:
+                        raise ExecutorTaskError(E_STREAM, "unexpected %r message in a fetch stream" % msg.kind)
+            os.rename(temp, local_path)
+            done = True
+            return result
+        finally:
+            if fd is not None:
+                os.close(fd)
+            if not done:
+                try:
+                    os.unlink(temp)
+                except OSError:
+                    pass
+            await receiver.close()
+
+    # ------------------------------------------------------------ discovery
+
+    def discover(self, wait=DISCOVERY_WAIT, stats=False):
+        """Every executor online (all namespaces), as records; with stats=True also their load."""
+        return self._run(self._discover(wait, stats))
+
+    async def _collect(self, subj, wait):
+        replies = []
+        last = [time.monotonic()]
+        inbox = self._nc.new_inbox()
+
+        async def on_reply(msg):
+            last[0] = time.monotonic()
+            try:
+                replies.append(json.loads(msg.data.decode("utf-8")))
+            except ValueError:
+                pass  # not a micro service reply; ignore
+
+        sub = await self._nc.subscribe(inbox, cb=on_reply)
+        try:
+            await self._nc.publish(subj, b"", reply=inbox)
+            started = time.monotonic()
+            while time.monotonic() - started < wait:
+                await asyncio.sleep(0.05)
+                if replies and time.monotonic() - last[0] >= DISCOVERY_QUIET:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return replies
+
+    async def _discover(self, wait, stats=False):
+        records = []
+        for info in await self._collect("$SRV.INFO.%s" % SERVICE_NAME, wait):
+            record = parse_executor_info(info)
+            if record is not None:
+                records.append(record)
+        if stats and records:
+            by_id = dict((r["id"], r) for r in records)
+            for reply in await self._collect("$SRV.STATS.%s" % SERVICE_NAME, wait):
+                record = by_id.get(reply.get("id")) if isinstance(reply, dict) else None
+                endpoints = reply.get("endpoints") or [] if record else []
+                if record is not None and endpoints:
+                    record["load"] = endpoints[0].get("data") or {}
+                    record["requests"] = sum(e.get("num_requests", 0) for e in endpoints)
+        records.sort(key=lambda r: (r["namespace"], r["hostname"], r["id"] or ""))
+        return records
+
+    def serving(self, executors, instance_id=None):
+        """Executors (from discover) in our namespace that serve an instance id."""
+        instance_id = instance_id or self.instance_id
+        return [e for e in executors if e["namespace"] == self.namespace and serves(e, instance_id)]

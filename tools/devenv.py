@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The embedded default: a loopback nats-server with JetStream plus executors.
+
+Used by ``make demo`` (``tools/devenv.py demo``), by the end-to-end tests and by the
+benchmark, so all three run the same real parts. Every process started here is
+tracked by PID and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+
+
+def tool(name):
+    """A tool from the project's virtualenv, else from PATH."""
+    path = os.path.join(VENV_BIN, name)
+    if os.path.exists(path):
+        return path
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit("%s not found: run `make venv` first" % name)
+    return found
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("nothing listens on 127.0.0.1:%d after %.0f s" % (port, timeout))
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=10.0):
+    """Stop one process we started, by its PID."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
+class NatsServer:
+    """A real nats-server on loopback with JetStream, in its own temp dir."""
+
+    def __init__(self, extra_config="", port=None, max_payload=None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="natsops-nats-")
+        self.url = "nats://127.0.0.1:%d" % self.port
+        self.config = os.path.join(self.dir, "nats.conf")
+        lines = ["listen: 127.0.0.1:%d" % self.port,
+                 "jetstream { store_dir: %s, max_memory_store: 64MB, max_file_store: 1GB }" % os.path.join(self.dir, "js")]
+        if max_payload:
+            lines.append("max_payload: %d" % max_payload)
+        with open(self.config, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n" + extra_config)
+        self.log = open(os.path.join(self.dir, "nats.log"), "wb")  # pylint: disable=consider-using-with
+        self.proc = subprocess.Popen([tool("nats-server"), "-c", self.config], stdout=self.log, stderr=subprocess.STDOUT)  # pylint: disable=consider-using-with
+        wait_port(self.port)
+
+    def stop(self):
+        stop_process(self.proc)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ExecutorProcess:
+    """A natsops-executor process serving some instance ids."""
+
+    def __init__(self, url, instances, extra_args=(), env=None, log_dir=None):
+        self.instances = list(instances)
+        args = [tool("natsops-executor"), "--server", url]
+        for inst in self.instances:
+            args += ["--instance", inst]
+        args += list(extra_args)
+        self.log_path = os.path.join(log_dir or tempfile.gettempdir(), "executor-%d-%d.log" % (os.getpid(), free_port()))
+        self.log = open(self.log_path, "wb")  # pylint: disable=consider-using-with
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)  # pylint: disable=consider-using-with
+        self._wait_ready()
+
+    def _wait_ready(self, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("executor exited with %s:\n%s" % (self.proc.returncode, self.output()))
+            if " ready: " in self.output():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("executor not ready after %.0f s:\n%s" % (timeout, self.output()))
+
+    def output(self):
+        with open(self.log_path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+
+    def stop(self, sig=signal.SIGTERM):
+        code = stop_process(self.proc, sig)
+        self.log.close()
+        return code
+
+    def remove_log(self):
+        with contextlib.suppress(OSError):
+            os.unlink(self.log_path)
+
+
+def ansible_env(extra=None):
+    """Environment for ansible-* commands run against this checkout."""
+    env = dict(os.environ)
+    env["ANSIBLE_COLLECTIONS_PATH"] = COLLECTIONS
+    env["ANSIBLE_CONFIG"] = os.path.join(ROOT, "ansible.cfg")
+    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
+    env.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    env.update(extra or {})
+    return env
+
+
+def demo():
+    """Start NATS and an executor, run playbooks/demo.yml through them, stop both."""
+    nats = NatsServer()
+    executor = None
+    try:
+        executor = ExecutorProcess(nats.url, ["demo-host"])
+        print("natsops demo: nats-server %s (JetStream on), natsops-executor serving instance id 'demo-host'" % nats.url, flush=True)
+        cmd = [tool("ansible-playbook"), "-i", os.path.join(ROOT, "playbooks", "inventory", "demo.yml"),
+               os.path.join(ROOT, "playbooks", "demo.yml")]
+        code = subprocess.call(cmd, env=ansible_env({"NATS_URL": nats.url}), cwd=ROOT)
+        print("natsops demo: %s" % ("OK" if code == 0 else "FAILED (ansible-playbook exit %d)" % code), flush=True)
+        return code
+    finally:
+        if executor is not None:
+            executor.stop()
+            executor.remove_log()
+        nats.stop()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["demo"])
+    parser.parse_args(argv)
+    return demo()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
