@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) natsops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The embedded default: a loopback nats-server with JetStream plus executors.

@@ -209,9 +209,9 @@ async def _supervise(req, proc, primary, stdin_data, sender, chunk, started):
                     timed_out = True
                     break
                 if become is not None and not become_done.is_set() and now >= become.deadline:
-                    raise become.failure("timed out after %.0f s waiting for privilege escalation "
-                                         "(no success marker%s)" % (req["become"]["timeout"],
-                                                                     "" if become.sent_password else " and no password prompt"))
+                    missing = "no success marker" if become.sent_password else "no success marker and no password prompt"
+                    raise become.failure("timed out after %.0f s waiting for privilege escalation (%s)"
+                                         % (req["become"]["timeout"], missing))
                 if now - last_sent >= keepalive:
                     await sender.send(KIND_KEEPALIVE)
                     last_sent = now

@@ -179,8 +179,8 @@ class Executor:
             await self._reply_error(request, error)
 
     async def _accept(self, request, req, **extra):
-        doc = {"v": PROTOCOL_VERSION, "id": req["id"], "executor": {"name": self.cfg.name, "service_id": self.service.id,
-                                                                   "version": __version__}}
+        executor = {"name": self.cfg.name, "service_id": self.service.id, "version": __version__}
+        doc = {"v": PROTOCOL_VERSION, "id": req["id"], "executor": executor}
         doc.update(extra)
         headers, body = pack(KIND_ACCEPTED, doc)
         await request.respond(body, headers=headers)

@@ -18,7 +18,7 @@ description:
   - See docs/protocol.md in the collection for the wire contract.
 version_added: 0.1.0
 author:
-  - natsops.fleet contributors
+  - natsops.fleet contributors (@natsops)
 requirements:
   - nats-py >= 2.9 on the controller (and nkeys for NKey/JWT authentication)
 options:

