@@ -79,8 +79,12 @@ class _Become:
         return out, err
 
     def failure(self, reason):
+        """A become_failed error quoting what the escalation command said (never the password)."""
         details = {"stdout": bytes(self.stdout).decode("utf-8", "replace")[-4096:],
                    "stderr": bytes(self.stderr).decode("utf-8", "replace")[-4096:]}
+        said = (details["stderr"].strip() or details["stdout"].strip()).splitlines()[-3:]
+        if said:
+            reason = "%s; it said: %s" % (reason, " / ".join(line.strip() for line in said))
         return WireError(E_BECOME, reason, details)
 
 

@@ -1,0 +1,163 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""become through natsops.fleet.nats with real sudo and real accounts.
+
+Needs root (to create two throw-away accounts and a sudoers drop-in, all removed at the
+end) and sudo; skipped otherwise. Executors also run as those unprivileged accounts, from
+a world-readable copy of the executor and its pure-Python dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+import devenv
+from conftest import PLAYBOOKS, ROOT, SYSTEM_PYTHON, Playbook
+
+NOPW = "natsops-e2e-nopw"     # sudo without a password
+PW = "natsops-e2e-pw"         # sudo with its password
+PW_SECRET = "Pw-natsops-e2e-7"
+SUDOERS = "/etc/sudoers.d/natsops-e2e"
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("sudo") or not shutil.which("useradd") or not os.path.exists(SYSTEM_PYTHON),
+    reason="become tests need root, sudo, useradd and %s (CI installs sudo)" % SYSTEM_PYTHON)
+
+
+def _run(*cmd, stdin=None):
+    subprocess.run(cmd, input=stdin, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def accounts():
+    homes = tempfile.mkdtemp(prefix="natsops-e2e-homes-")
+    os.chmod(homes, 0o755)
+    created = []
+    try:
+        for name in (NOPW, PW):
+            subprocess.run(["userdel", "-r", name], capture_output=True, check=False)  # left over from a crash
+            _run("useradd", "-m", "-d", os.path.join(homes, name), "-s", "/bin/sh", name)
+            created.append(name)
+        _run("chpasswd", stdin="%s:%s\n" % (PW, PW_SECRET))
+        rules = "%s ALL=(ALL:ALL) NOPASSWD: ALL\n%s ALL=(ALL:ALL) ALL\n" % (NOPW, PW)
+        with open(SUDOERS + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write(rules)
+        os.chmod(SUDOERS + ".tmp", 0o440)
+        _run("visudo", "-c", "-f", SUDOERS + ".tmp")
+        os.rename(SUDOERS + ".tmp", SUDOERS)
+        yield
+    finally:
+        if os.path.exists(SUDOERS):
+            os.unlink(SUDOERS)
+        for name in created:
+            subprocess.run(["userdel", "-r", name], capture_output=True, check=False)
+        shutil.rmtree(homes, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def portable_executor():
+    """The executor and its dependencies in a world-readable directory, run with the system Python."""
+    site = tempfile.mkdtemp(prefix="natsops-e2e-site-")
+    os.chmod(site, 0o755)
+    shutil.copytree(os.path.join(ROOT, "executor", "natsops_executor"), os.path.join(site, "natsops_executor"))
+    shutil.copytree(os.path.join(ROOT, "plugins", "module_utils", "wire"), os.path.join(site, "natsops_executor", "_wire"))
+    for package in ("nats", "yaml"):
+        shutil.copytree(os.path.dirname(importlib.import_module(package).__file__), os.path.join(site, package))
+    for dirpath, dirnames, filenames in os.walk(site):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    yield site
+    shutil.rmtree(site, ignore_errors=True)
+
+
+class UserExecutor:
+    """An executor process running as an unprivileged account."""
+
+    def __init__(self, site, url, user, instance, log_dir):
+        self.log_path = os.path.join(log_dir, "executor-%s.log" % user)
+        self.log = open(self.log_path, "wb")  # pylint: disable=consider-using-with
+        env = {"PYTHONPATH": site, "PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8"}
+        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+            [shutil.which("runuser") or "/usr/sbin/runuser", "-u", user, "--", SYSTEM_PYTHON, "-m", "natsops_executor", "--server", url, "--instance", instance],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        devenv.ExecutorProcess._wait_ready(self)  # pylint: disable=protected-access
+
+    def output(self):
+        with open(self.log_path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+
+    def stop(self):
+        devenv.stop_process(self.proc)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def user_executors(accounts, portable_executor, nats_server):  # pylint: disable=unused-argument
+    log_dir = tempfile.mkdtemp(prefix="natsops-e2e-logs-")
+    os.chmod(log_dir, 0o755)
+    started = {}
+    try:
+        for user in (NOPW, PW):
+            started[user] = UserExecutor(portable_executor, nats_server.url, user, "as-" + user, log_dir)
+        yield started
+    finally:
+        for proc in started.values():
+            proc.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def _whoami(nats_server, tmp_path, instance, account, become_user, password=None, pipelining="true", check=True):
+    book = Playbook(nats_server.url, tmp_path)
+    hostvars = {"ansible_nats_executor": instance, "ansible_user": account, "ansible_nats_pipelining": pipelining,
+                "ansible_become_user": become_user}
+    if password is not None:
+        hostvars["ansible_become_password"] = password
+    return book.run("become.yml", hostvars=hostvars, extra_vars={"expected": become_user}, check=check)
+
+
+@pytest.mark.parametrize("pipelining", ["true", "false"])
+def test_root_executor_becomes_unprivileged_user_without_password(nats_server, executor, accounts, tmp_path, pipelining):  # pylint: disable=unused-argument
+    _whoami(nats_server, tmp_path, "e2e-host", "root", NOPW, pipelining=pipelining)
+
+
+def test_unprivileged_executor_becomes_root_without_password(nats_server, user_executors, tmp_path):  # pylint: disable=unused-argument
+    _whoami(nats_server, tmp_path, "as-" + NOPW, NOPW, "root")
+
+
+@pytest.mark.parametrize("pipelining", ["true", "false"])
+def test_unprivileged_executor_becomes_root_with_sudo_password(nats_server, user_executors, tmp_path, pipelining):
+    _whoami(nats_server, tmp_path, "as-" + PW, PW, "root", password=PW_SECRET, pipelining=pipelining)
+    assert PW_SECRET not in user_executors[PW].output(), "the become password must never be logged"
+
+
+@pytest.mark.skipif(not shutil.which("setfacl"), reason="ansible needs setfacl (package acl) to share temporary "
+                    "files between two unprivileged users, with any connection")
+def test_unprivileged_executor_becomes_other_user_with_sudo_password(nats_server, user_executors, tmp_path):  # pylint: disable=unused-argument
+    _whoami(nats_server, tmp_path, "as-" + PW, PW, NOPW, password=PW_SECRET)
+
+
+def test_wrong_sudo_password_is_a_clear_error(nats_server, user_executors, tmp_path):
+    result = _whoami(nats_server, tmp_path, "as-" + PW, PW, "root", password="not-the-password", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "become password was rejected" in output, output
+    assert "not-the-password" not in user_executors[PW].output()
+
+
+def test_missing_sudo_password_is_a_clear_error(nats_server, user_executors, tmp_path):  # pylint: disable=unused-argument
+    result = _whoami(nats_server, tmp_path, "as-" + PW, PW, "root", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "become_failed" in output and "password is required" in output, output
+
+
+def test_become_playbook_exists():
+    assert os.path.exists(os.path.join(PLAYBOOKS, "become.yml"))
