@@ -42,9 +42,11 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def wait_port(port, timeout=10.0):
+def wait_port(port, timeout=10.0, proc=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("the process exited with %s before listening on port %d" % (proc.returncode, port))
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -80,7 +82,19 @@ class NatsServer:
             handle.write("\n".join(lines) + "\n" + extra_config)
         self.log = open(os.path.join(self.dir, "nats.log"), "wb")  # pylint: disable=consider-using-with
         self.proc = subprocess.Popen([tool("nats-server"), "-c", self.config], stdout=self.log, stderr=subprocess.STDOUT)  # pylint: disable=consider-using-with
-        wait_port(self.port)
+        try:
+            wait_port(self.port, proc=self.proc)
+        except RuntimeError as exc:
+            self.stop_quietly()
+            raise RuntimeError("nats-server did not start: %s\n%s" % (exc, self.read_log()))
+
+    def read_log(self):
+        with open(os.path.join(self.dir, "nats.log"), "rb") as handle:
+            return handle.read().decode("utf-8", "replace")[-4000:]
+
+    def stop_quietly(self):
+        stop_process(self.proc)
+        self.log.close()
 
     def stop(self):
         stop_process(self.proc)

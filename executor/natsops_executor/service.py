@@ -46,10 +46,13 @@ class Executor:
     async def start(self):
         cfg = self.cfg
         kwargs = wire_connect.connect_kwargs(cfg.nats_options(), name="natsops-executor %s" % cfg.name)
-        kwargs.update(max_reconnect_attempts=-1, reconnect_time_wait=1.0,
-                      error_cb=self._on_error, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect)
+        kwargs.update(reconnect_time_wait=1.0, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+                      reconnected_cb=self._on_reconnect)
         log.info("connecting to NATS: %s", wire_connect.describe(cfg.nats_options()))
+        # the first connection gives up after a few attempts (bad credentials must end the process with a
+        # clear message); once connected, reconnect forever: a server restart must not stop the executor
         self.nc = await nats.connect(**kwargs)
+        self.nc.options["max_reconnect_attempts"] = -1
         self.service = await micro.add_service(
             self.nc, name=SERVICE_NAME, version=__version__, queue_group=QUEUE_GROUP,
             description="natsops.fleet executor on %s" % cfg.name,
@@ -85,7 +88,7 @@ class Executor:
         log.info("natsops-executor stopped")
 
     async def _on_error(self, exc):
-        log.warning("NATS error: %s", exc)
+        log.warning("NATS error: %s", exc or type(exc).__name__)
 
     async def _on_disconnect(self):
         log.warning("disconnected from NATS; reconnecting")
