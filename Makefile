@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(BUILD)/collections
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: get-pip-cache venv demo test unit e2e sanity units lint build build-test bench clean
+.PHONY: get-pip-cache venv demo test e2e sanity units lint build build-test bench clean
 .DEFAULT_GOAL := demo
 
 venv: $(VENV)/.installed $(COLL_LINK)
@@ -33,11 +33,9 @@ $(COLL_LINK):
 demo: venv
 	$(BIN)/python tools/devenv.py demo
 
-## test: everything - unit tests, end-to-end tests, ansible-test sanity and units, ansible-lint, build+install
-test: venv unit e2e sanity units lint build-test
-
-unit: venv
-	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+## test: everything - ansible-test units, end-to-end tests, the lab's tests, ansible-test sanity,
+## ansible-lint, build + install into a fresh virtualenv
+test: venv units e2e lab-test sanity lint build-test
 
 e2e: venv
 	$(BIN)/python -m pytest -q tests/e2e $(PYTEST_ARGS)
@@ -77,3 +75,6 @@ clean:
 	rm -rf $(BUILD) natsops-fleet-*.tar.gz tests/output
 
 include tests/lab/lab.mk
+# the lab's tests run with the project's virtualenv (pytest lives there)
+lab-test: venv
+lab-test: PYTHON := $(CURDIR)/$(BIN)/python

@@ -1,0 +1,66 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ansible.playbook.play_context import PlayContext
+from ansible.plugins.loader import become_loader, connection_loader
+
+
+@pytest.fixture
+def connection():
+    conn = connection_loader.get("natsops.fleet.nats", PlayContext())
+    conn.set_options(var_options={"inventory_hostname": "web1"})
+    return conn
+
+
+def test_defaults(connection):
+    assert connection.get_option("executor") == "web1"
+    assert connection.get_option("servers") == ["nats://127.0.0.1:4222"]
+    assert connection.get_option("namespace") == "natsops"
+    assert connection.get_option("pipelining") is True
+    assert connection.get_option("mode") == "agent"
+
+
+def test_explicit_executor_wins_over_inventory_hostname():
+    conn = connection_loader.get("natsops.fleet.nats", PlayContext())
+    conn.set_options(var_options={"inventory_hostname": "web1", "ansible_nats_executor": "管理网"})
+    assert conn.get_option("executor") == "管理网"
+
+
+def _with_become(connection, name, password):
+    become = become_loader.get(name)
+    become.set_options(direct={"become_pass": password, "become_user": "root"})
+    become.build_become_command("/bin/true", connection._shell)  # sets the success marker and prompt
+    connection.set_become_plugin(become)
+    return become
+
+
+def test_become_spec_for_sudo_with_password(connection):
+    become = _with_become(connection, "ansible.builtin.sudo", "pw")
+    spec, use_pty = connection._become_spec(in_data=b"module", sudoable=True)
+    assert spec["success"] == become.success and spec["password"] == "pw"
+    assert re.match(spec["prompt"], become.prompt.strip())
+    assert use_pty is False  # pipelined data goes through a pipe, like the local connection
+
+
+def test_become_spec_without_password_has_no_prompt(connection):
+    _with_become(connection, "ansible.builtin.sudo", None)
+    spec, use_pty = connection._become_spec(in_data=None, sudoable=True)
+    assert "prompt" not in spec and "password" not in spec and not use_pty
+
+
+def test_become_spec_su_prompt_matches_localised_prompts(connection):
+    _with_become(connection, "ansible.builtin.su", "pw")
+    spec, use_pty = connection._become_spec(in_data=None, sudoable=True)
+    assert use_pty is True
+    for prompt in ("Password:", "Passwort:", "Mot de passe :", "密码："):
+        assert re.match(spec["prompt"], prompt), prompt
+
+
+def test_not_sudoable_means_no_become(connection):
+    _with_become(connection, "ansible.builtin.sudo", "pw")
+    assert connection._become_spec(in_data=None, sudoable=False) == (None, False)

@@ -1,0 +1,41 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.natsops.fleet.plugins.module_utils import client
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import WireError
+
+
+def _executor(namespace, instances, host="h1"):
+    return {"id": "X", "namespace": namespace, "instances": instances, "hostname": host, "version": "0.1.0"}
+
+
+def test_no_responders_message_is_the_seed_incident_explained():
+    text = client.no_responders_message("natsops.exec.管理网", "管理网", "natsops",
+                                        [_executor("natsops", ["default"]), _executor("other", ["x"], "h2")],
+                                        "nats://10.0.0.1:4222")
+    assert "'管理网'" in text and "natsops.exec.管理网" in text and "nats://10.0.0.1:4222" in text
+    assert "Instance ids online in namespace 'natsops': 'default'" in text
+    assert "other namespaces: 'other': x" in text
+    assert "Fix:" in text and "--instance '管理网'" in text
+
+
+def test_no_responders_message_without_any_executor():
+    text = client.no_responders_message("natsops.exec.a", "a", "natsops", [], "nats://x:1")
+    assert "No executor is online in namespace 'natsops'" in text
+
+
+def test_client_validates_names_before_connecting():
+    with pytest.raises(WireError):
+        client.ExecutorClient({}, "a.b")
+    with pytest.raises(WireError):
+        client.ExecutorClient({}, "ok", namespace="bad ns")
+
+
+def test_serving_filters_namespace_and_instance():
+    c = client.ExecutorClient({}, "zone")
+    found = c.serving([_executor("natsops", ["zone"]), _executor("natsops", ["*"]), _executor("natsops", ["z2"]),
+                       _executor("other", ["zone"])])
+    assert [e["instances"] for e in found] == [["zone"], ["*"]]

@@ -1,0 +1,164 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ansible_collections.natsops.fleet.plugins.module_utils.wire import contract as c
+
+
+@pytest.mark.parametrize("value", ["default", "管理网", "node-01", "zone_a", "x" * 128])
+def test_valid_instance_ids(value):
+    assert c.validate_instance_id(value) == value
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("", "empty"), ("   ", "empty"), ("a.b", "'.'"), ("a b", "' '"), ("a>", "'>'"), ("tab\tx", "'\\t'"),
+    ("${NATS_INSTANCE_ID}", "unrendered"), ("{{ zone }}", "unrendered"), ("$ZONE", "unrendered"),
+    ("%(zone)s", "unrendered"), ("x" * 129, "longer than 128"), (5, "must be a string"), ("*", "can only be served"),
+])
+def test_invalid_instance_ids(value, needle):
+    with pytest.raises(c.WireError) as info:
+        c.validate_instance_id(value)
+    assert info.value.code == c.E_BAD_INSTANCE
+    assert needle in info.value.message
+
+
+def test_star_may_be_served():
+    assert c.validate_instance_id("*", allow_all=True) == "*"
+
+
+@pytest.mark.parametrize("value,ok", [("natsops", True), ("prod.natsops", True), ("a-b_c", True),
+                                      ("", False), ("a..b", False), ("a b", False), ("a.*", False)])
+def test_namespace(value, ok):
+    if ok:
+        assert c.validate_namespace(value) == value
+    else:
+        with pytest.raises(c.WireError):
+            c.validate_namespace(value)
+
+
+def test_subject():
+    assert c.subject("natsops", "exec", "管理网") == "natsops.exec.管理网"
+    with pytest.raises(ValueError):
+        c.subject("natsops", "rm", "x")
+
+
+def test_pack_unpack_round_trip_with_attachment():
+    headers, body = c.pack(c.KIND_REQUEST, {"a": "ü"}, b"\x00\xffraw", seq=3)
+    assert headers[c.H_KIND] == c.KIND_REQUEST and headers[c.H_SEQ] == "3"
+    doc, attachment = c.unpack(headers, body)
+    assert doc == {"a": "ü"} and attachment == b"\x00\xffraw"
+
+
+def test_pack_without_document_is_raw_data():
+    headers, body = c.pack(c.KIND_DATA, None, b"bytes", stream="stdout")
+    assert body == b"bytes" and headers[c.H_STREAM] == "stdout"
+
+
+@pytest.mark.parametrize("headers,body,code", [
+    ({}, b"{bad", c.E_BAD_JSON),
+    ({}, b"[1]", c.E_BAD_JSON),
+    ({}, b"\xff\xfe", c.E_BAD_JSON),
+    ({c.H_JSON_LENGTH: "x"}, b"{}", c.E_BAD_REQUEST),
+    ({c.H_JSON_LENGTH: "10"}, b"{}", c.E_BAD_REQUEST),
+    ({}, json.dumps({"p": "x" * (c.MAX_REQUEST_JSON + 1)}).encode(), c.E_TOO_LARGE),
+])
+def test_unpack_errors(headers, body, code):
+    with pytest.raises(c.WireError) as info:
+        c.unpack(headers, body)
+    assert info.value.code == code
+
+
+def _req(op, **extra):
+    doc = {"v": 1, "op": op, "id": "abc", "reply_to": "_INBOX.x"}
+    doc.update(extra)
+    return doc
+
+
+def test_valid_exec_request_gets_defaults():
+    req = c.validate_request("exec", _req("exec", command="true"))
+    assert req["shell"] == "/bin/sh" and req["timeout"] == 0 and req["keepalive"] == c.DEFAULT_KEEPALIVE
+    assert req["become"] is None and req["pty"] is False
+
+
+def test_exec_request_problems_are_all_listed():
+    with pytest.raises(c.WireError) as info:
+        c.validate_request("exec", _req("exec", command=1, timeout=True, bogus=2))
+    problems = info.value.details["problems"]
+    assert any("unknown field 'bogus'" in p for p in problems)
+    assert any("'command' must be str" in p for p in problems)
+    assert any("'timeout' must be" in p for p in problems)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ({}, "exactly one of 'command' or 'argv'"),
+    ({"command": "x", "argv": ["x"]}, "exactly one"),
+    ({"argv": []}, "non-empty list"),
+    ({"argv": ["a", 1]}, "non-empty list"),
+    ({"command": "x", "env": {"A": 1}}, "map strings to strings"),
+    ({"command": "x", "timeout": -1}, "'timeout' must be >= 0"),
+    ({"command": "x", "cwd": "relative"}, "absolute path"),
+    ({"command": "x", "stdin": {"size": 1}}, "missing field 'sha256'"),
+    ({"command": "x", "stdin": {"size": 1, "sha256": "XYZ"}}, "64 lowercase hex"),
+    ({"command": "x", "become": {"success": "S", "prompt": "("}}, "not a valid regular expression"),
+    ({"command": "x", "become": {"prompt": "p"}}, "missing field 'success'"),
+    ({"command": "x", "keepalive": 0}, "keepalive"),
+    ({"command": "x", "op": "put"}, "field 'op' is 'put'"),
+])
+def test_exec_request_checks(extra, needle):
+    doc = _req("exec")
+    doc.update(extra)
+    with pytest.raises(c.WireError) as info:
+        c.validate_request("exec", doc)
+    assert needle in info.value.message
+
+
+def test_protocol_version_mismatch():
+    with pytest.raises(c.WireError) as info:
+        c.validate_request("exec", dict(_req("exec", command="x"), v=2))
+    assert info.value.code == c.E_UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize("path,ok", [("/tmp/x", True), ("/", True), ("tmp/x", False), ("/a/../b", False),
+                                     ("/a/./b", False), ("/a\x00b", False)])
+def test_paths(path, ok):
+    assert (c.path_problems(path, "p") == []) is ok
+
+
+def test_put_and_fetch_requests():
+    req = c.validate_request("put", _req("put", path="/tmp/x", size=3, sha256="a" * 64, mode=0o644))
+    assert req["mode"] == 0o644
+    with pytest.raises(c.WireError):
+        c.validate_request("put", _req("put", path="/tmp/x", size=-1, sha256="a" * 64))
+    with pytest.raises(c.WireError):
+        c.validate_request("put", _req("put", path="/tmp/x", size=1, sha256="a" * 64, mode=0o17777))
+    assert c.validate_request("fetch", _req("fetch", path="/etc/hosts"))["path"] == "/etc/hosts"
+    with pytest.raises(c.WireError):
+        c.validate_request("fetch", _req("fetch", path="/etc/../shadow"))
+
+
+def test_chunk_size_and_liveness():
+    assert c.chunk_size(1024 * 1024) == c.MAX_CHUNK
+    assert c.chunk_size(64 * 1024) == 64 * 1024 - c.FRAME_OVERHEAD
+    assert c.chunk_size(1000) == c.MIN_CHUNK
+    assert c.liveness_timeout(1.0) == 5.0
+    assert c.liveness_timeout(0.1) == c.MIN_LIVENESS
+
+
+def test_executor_info_round_trip():
+    meta = c.executor_metadata("natsops", ["default", "管理网"], "host1", "0.1.0")
+    record = c.parse_executor_info({"name": c.SERVICE_NAME, "id": "X", "metadata": meta,
+                                    "endpoints": [{"subject": "natsops.exec.default"}]})
+    assert record["instances"] == ["default", "管理网"] and record["hostname"] == "host1"
+    assert c.serves(record, "管理网") and not c.serves(record, "other")
+    assert c.serves(dict(record, instances=["*"]), "other")
+    assert c.parse_executor_info({"name": "someone-else"}) is None
+
+
+def test_error_dict_round_trip():
+    err = c.WireError.from_dict(c.WireError(c.E_TIMEOUT, "slow", {"t": 1}).to_dict())
+    assert (err.code, err.message, err.details) == (c.E_TIMEOUT, "slow", {"t": 1})
+    assert c.WireError.from_dict("junk").code == c.E_INTERNAL
