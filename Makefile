@@ -58,7 +58,7 @@ units: $(SANITY_ROOT) get-pip-cache
 	cd $(SANITY_ROOT) && $(CURDIR)/$(BIN)/ansible-test units --venv --python 3.11 --color no
 
 lint: venv
-	$(BIN)/ansible-lint --profile production playbooks/
+	$(BIN)/ansible-lint
 
 build: venv
 	rm -f natsops-fleet-*.tar.gz

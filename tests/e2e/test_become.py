@@ -124,7 +124,8 @@ def _whoami(nats_server, tmp_path, instance, account, become_user, password=None
 
 
 @pytest.mark.parametrize("pipelining", ["true", "false"])
-def test_root_executor_becomes_unprivileged_user_without_password(nats_server, executor, accounts, tmp_path, pipelining):  # pylint: disable=unused-argument
+@pytest.mark.usefixtures("executor", "accounts")
+def test_root_executor_becomes_unprivileged_user_without_password(nats_server, tmp_path, pipelining):
     _whoami(nats_server, tmp_path, "e2e-host", "root", NOPW, pipelining=pipelining)
 
 
