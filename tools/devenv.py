@@ -42,16 +42,16 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def wait_port(port, timeout=10.0, proc=None):
+def wait_port(port, timeout=10.0, proc=None, host="127.0.0.1"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("the process exited with %s before listening on port %d" % (proc.returncode, port))
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
-    raise RuntimeError("nothing listens on 127.0.0.1:%d after %.0f s" % (port, timeout))
+    raise RuntimeError("nothing listens on %s:%d after %.0f s" % (host, port, timeout))
 
 
 def stop_process(proc, sig=signal.SIGTERM, timeout=10.0):
@@ -69,12 +69,12 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=10.0):
 class NatsServer:
     """A real nats-server on loopback with JetStream, in its own temp dir."""
 
-    def __init__(self, extra_config="", port=None, max_payload=None):
+    def __init__(self, extra_config="", port=None, max_payload=None, listen="127.0.0.1"):
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="natsops-nats-")
-        self.url = "nats://127.0.0.1:%d" % self.port
+        self.url = "nats://%s:%d" % (listen, self.port)
         self.config = os.path.join(self.dir, "nats.conf")
-        lines = ["listen: 127.0.0.1:%d" % self.port,
+        lines = ["listen: %s:%d" % (listen, self.port),
                  "jetstream { store_dir: %s, max_memory_store: 64MB, max_file_store: 1GB }" % os.path.join(self.dir, "js")]
         if max_payload:
             lines.append("max_payload: %d" % max_payload)
@@ -83,7 +83,7 @@ class NatsServer:
         self.log = open(os.path.join(self.dir, "nats.log"), "wb")  # pylint: disable=consider-using-with
         self.proc = subprocess.Popen([tool("nats-server"), "-c", self.config], stdout=self.log, stderr=subprocess.STDOUT)  # pylint: disable=consider-using-with
         try:
-            wait_port(self.port, proc=self.proc)
+            wait_port(self.port, proc=self.proc, host=listen)
         except RuntimeError as exc:
             self.stop_quietly()
             raise RuntimeError("nats-server did not start: %s\n%s" % (exc, self.read_log()))
@@ -140,6 +140,27 @@ class ExecutorProcess:
     def remove_log(self):
         with contextlib.suppress(OSError):
             os.unlink(self.log_path)
+
+
+def portable_site(directory):
+    """Copy the executor, the wire contract and the pure-Python packages it needs (nats-py, PyYAML)
+    into ``directory``, world-readable, so that any Python 3.9+ can run ``python3 -m natsops_executor``
+    with PYTHONPATH=directory: as another account on this machine, or on a lab host."""
+    import importlib  # pylint: disable=import-outside-toplevel
+    shutil.copytree(os.path.join(ROOT, "executor", "natsops_executor"), os.path.join(directory, "natsops_executor"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(os.path.join(ROOT, "plugins", "module_utils", "wire"), os.path.join(directory, "natsops_executor", "_wire"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("nats", "yaml"):
+        shutil.copytree(os.path.dirname(importlib.import_module(package).__file__), os.path.join(directory, package),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    os.chmod(directory, 0o755)
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    return directory
 
 
 def ansible_env(extra=None):

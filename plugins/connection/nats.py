@@ -220,6 +220,21 @@ options:
     ini:
       - section: natsops
         key: pipelining
+  control_persist:
+    description:
+      - Seconds a per-user control process keeps the NATS connection open after the last task, like ssh's
+        ControlPersist. Task workers then talk to it over a private Unix socket in C(~/.ansible/natsops/cp)
+        instead of importing the NATS client and connecting for every task.
+      - C(0) connects from each task's worker process instead.
+    type: float
+    default: 60
+    vars:
+      - name: ansible_nats_control_persist
+    env:
+      - name: ANSIBLE_NATS_CONTROL_PERSIST
+    ini:
+      - section: natsops
+        key: control_persist
   remote_user:
     description:
       - The account commands run as before any become, that is the account of the executor (agent mode).
@@ -268,11 +283,12 @@ from ansible.module_utils.common.text.converters import to_bytes, to_native, to_
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from ansible_collections.natsops.fleet.plugins.module_utils.client import (
-    ExecutorClient, ExecutorTaskError, ExecutorUnreachable,
+# only standard-library modules here: this file is imported in every task's worker process
+from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.module_utils.mux import MuxClient
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
+    DEFAULT_KEEPALIVE, WireError, validate_instance_id, validate_namespace,
 )
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import WireError
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.connect import ConnectOptionsError
 
 display = Display()
 
@@ -301,19 +317,27 @@ class Connection(ConnectionBase):
                                "(an executor on the host, or a zone executor's own host)" % self.get_option("mode"))
         options = dict((name, self.get_option(name)) for name in NATS_OPTIONS)
         instance = self.get_option("executor")
+        namespace = self.get_option("namespace")
+        timeout = float(self.get_option("connect_timeout"))
+        persist = float(self.get_option("control_persist"))
         try:
-            client = ExecutorClient(options, instance, namespace=self.get_option("namespace"),
-                                    connect_timeout=self.get_option("connect_timeout"),
-                                    name="ansible natsops.fleet.nats %s" % self._host())
+            validate_instance_id(instance)
+            validate_namespace(namespace)
         except WireError as exc:
             raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
-        display.vvv("NATS CONNECT executor=%s namespace=%s" % (instance, self.get_option("namespace")), host=self._host())
+        display.vvv("NATS CONNECT executor=%s namespace=%s control_persist=%s" % (instance, namespace, persist), host=self._host())
+        name = "ansible natsops.fleet.nats"
         try:
-            client.connect()
+            if persist > 0:
+                target = {"instance_id": instance, "namespace": namespace, "keepalive": DEFAULT_KEEPALIVE}
+                self._client = MuxClient.connect(options, timeout, persist, name, target)
+            else:
+                from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+                self._client = ExecutorClient(options, instance, namespace=namespace, connect_timeout=timeout, name=name).connect()
         except ExecutorUnreachable as exc:
-            client.close()
             raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
-        self._client = client
+        except (ValueError, WireError) as exc:
+            raise AnsibleConnectionFailure("natsops.fleet.nats: bad connection options: %s" % exc)
         self._connected = True
         return self
 
@@ -325,7 +349,7 @@ class Connection(ConnectionBase):
             raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message))
         except ExecutorTaskError as exc:
             raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message))
-        except (ConnectOptionsError, WireError) as exc:
+        except (ValueError, WireError) as exc:
             raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc))
 
     def _become_spec(self, in_data, sudoable):

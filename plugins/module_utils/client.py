@@ -20,6 +20,9 @@ import tempfile
 import time
 import uuid
 
+from ansible_collections.natsops.fleet.plugins.module_utils.errors import (  # noqa: F401  (re-exported)
+    ExecutorError, ExecutorTaskError, ExecutorUnreachable,
+)
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
     DEFAULT_KEEPALIVE, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
@@ -40,28 +43,6 @@ except ImportError as _exc:  # pragma: no cover - depends on the controller envi
 
 DISCOVERY_WAIT = 0.5     # longest time to collect discovery replies
 DISCOVERY_QUIET = 0.15   # stop earlier once replies stop coming
-
-
-class ExecutorError(Exception):
-    """Base class: carries a wire error code, a message and details."""
-
-    def __init__(self, code, message, details=None):
-        super(ExecutorError, self).__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or {}
-
-    @classmethod
-    def from_wire(cls, error):
-        return cls(error.code, error.message, error.details)
-
-
-class ExecutorUnreachable(ExecutorError):
-    """The executor could not be reached or stopped answering (Ansible: unreachable)."""
-
-
-class ExecutorTaskError(ExecutorError):
-    """The executor was reached and reported a failure (Ansible: failed task)."""
 
 
 def missing_nats_message():
@@ -94,61 +75,33 @@ def no_responders_message(subj, instance_id, namespace, executors, servers):
     return "\n".join(lines)
 
 
-class ExecutorClient:
-    """One NATS connection, addressing one instance id. Not thread-safe; one per Ansible connection."""
+async def open_nats(nats_options, name, connect_timeout):
+    """Connect to NATS with our option names; raise ExecutorUnreachable(connect_failed) with a clear message."""
+    if not HAS_NATS:
+        raise ExecutorUnreachable(E_CONNECT, missing_nats_message())
+    try:
+        kwargs = wire_connect.connect_kwargs(nats_options, name=name, connect_timeout=connect_timeout)
+    except wire_connect.ConnectOptionsError as exc:
+        raise ExecutorUnreachable(E_CONNECT, "bad NATS connection options: %s" % exc)
+    try:
+        # bound the whole attempt: nats-py would otherwise retry a dead server for minutes
+        return await asyncio.wait_for(nats.connect(**kwargs), connect_timeout * 2 + 1)
+    except Exception as exc:  # nats-py raises a zoo of exception types here
+        raise ExecutorUnreachable(E_CONNECT, "cannot connect to NATS (%s): %s" % (
+            wire_connect.describe(nats_options), exc or type(exc).__name__))
 
-    def __init__(self, nats_options, instance_id, namespace="natsops", connect_timeout=10.0,
-                 keepalive=DEFAULT_KEEPALIVE, name="natsops.fleet"):
-        self.nats_options = nats_options
+
+class AsyncExecutorClient:
+    """The protocol, caller side, over an existing nats-py connection (shared by the sync client and the mux)."""
+
+    def __init__(self, nc, instance_id, namespace="natsops", connect_timeout=10.0, keepalive=DEFAULT_KEEPALIVE,
+                 servers=None):
+        self.nc = nc
         self.instance_id = validate_instance_id(instance_id) if instance_id is not None else None
         self.namespace = validate_namespace(namespace)
         self.connect_timeout = float(connect_timeout)
         self.keepalive = float(keepalive)
-        self.name = name
-        self._loop = None
-        self._nc = None
-
-    # ------------------------------------------------------------ plumbing
-
-    def _run(self, coro):
-        return self._loop.run_until_complete(coro)
-
-    @property
-    def connected(self):
-        return self._nc is not None and self._nc.is_connected
-
-    def connect(self):
-        if not HAS_NATS:
-            raise ExecutorUnreachable(E_CONNECT, missing_nats_message())
-        try:
-            kwargs = wire_connect.connect_kwargs(self.nats_options, name=self.name, connect_timeout=self.connect_timeout)
-        except wire_connect.ConnectOptionsError as exc:
-            raise ExecutorUnreachable(E_CONNECT, "bad NATS connection options: %s" % exc)
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        try:
-            # bound the whole attempt: nats-py would otherwise retry a dead server for minutes
-            self._nc = self._run(asyncio.wait_for(nats.connect(**kwargs), self.connect_timeout * 2 + 1))
-        except Exception as exc:  # nats-py raises a zoo of exception types here
-            raise ExecutorUnreachable(E_CONNECT, "cannot connect to NATS (%s): %s" % (
-                wire_connect.describe(self.nats_options), exc or type(exc).__name__))
-        return self
-
-    def close(self):
-        if self._nc is not None:
-            try:
-                self._run(self._nc.close())
-            except Exception:  # pylint: disable=broad-except
-                pass  # closing a broken connection has nothing left to report
-            self._nc = None
-        if self._loop is not None:
-            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self._loop.close()
-            self._loop = None
+        self.servers = servers or wire_connect.DEFAULT_SERVER
 
     def _subject(self, op):
         return subject(self.namespace, op, self.instance_id)
@@ -157,12 +110,11 @@ class ExecutorClient:
         subj = self._subject(op)
         headers, body = pack(KIND_REQUEST, req, attachment)
         try:
-            msg = await self._nc.request(subj, body, timeout=self.connect_timeout, headers=headers)
+            msg = await self.nc.request(subj, body, timeout=self.connect_timeout, headers=headers)
         except nats.errors.NoRespondersError:
-            executors = await self._discover(DISCOVERY_WAIT)
+            executors = await self.discover(DISCOVERY_WAIT)
             raise ExecutorUnreachable(E_NO_RESPONDERS, no_responders_message(
-                subj, self.instance_id, self.namespace, executors, ",".join(wire_connect.split_servers(
-                    self.nats_options.get("servers")) or [wire_connect.DEFAULT_SERVER])),
+                subj, self.instance_id, self.namespace, executors, self.servers),
                 {"subject": subj, "instance_id": self.instance_id, "executors": executors})
         except nats.errors.TimeoutError:
             raise ExecutorUnreachable(E_EXECUTOR_LOST, "an executor for instance id %r was subscribed on %r but did "
@@ -206,10 +158,10 @@ class ExecutorClient:
                 "keepalive": self.keepalive}
 
     def _inline_fits(self, req, size):
-        return size + len(json.dumps(req)) + FRAME_OVERHEAD <= self._nc.max_payload
+        return size + len(json.dumps(req)) + FRAME_OVERHEAD <= self.nc.max_payload
 
     async def _upload(self, accepted, data_iter):
-        sender = await StreamSender(self._nc, accepted["upload"], ack_timeout=liveness_timeout(self.keepalive)).start()
+        sender = await StreamSender(self.nc, accepted["upload"], ack_timeout=liveness_timeout(self.keepalive)).start()
         try:
             for block in data_iter:
                 await sender.send(KIND_DATA, attachment=block)
@@ -228,13 +180,10 @@ class ExecutorClient:
 
     # ------------------------------------------------------------ exec
 
-    def exec_command(self, command=None, argv=None, stdin=None, shell="/bin/sh", become=None, pty=False,
-                     timeout=0, env=None, cwd=None):
+    async def exec_command(self, command=None, argv=None, stdin=None, shell="/bin/sh", become=None, pty=False,
+                           timeout=0, env=None, cwd=None):
         """Run a command; returns (rc, stdout bytes, stderr bytes)."""
-        return self._run(self._exec(command, argv, stdin, shell, become, pty, timeout, env, cwd))
-
-    async def _exec(self, command, argv, stdin, shell, become, pty, timeout, env, cwd):
-        receiver = await StreamReceiver(self._nc).start()
+        receiver = await StreamReceiver(self.nc).start()
         try:
             req = self._base_request(OP_EXEC, receiver.subject)
             req.update(command=command, argv=argv, shell=shell, become=become, pty=pty, timeout=timeout, env=env, cwd=cwd)
@@ -247,7 +196,7 @@ class ExecutorClient:
                     inline = stdin
             accepted = await self._request(OP_EXEC, req, inline)
             if accepted.get("upload"):
-                step = chunk_size(self._nc.max_payload)
+                step = chunk_size(self.nc.max_payload)
                 await self._upload(accepted, (stdin[i:i + step] for i in range(0, len(stdin), step)))
             out = {STREAM_STDOUT: bytearray(), STREAM_STDERR: bytearray()}
             while True:
@@ -267,11 +216,8 @@ class ExecutorClient:
 
     # ------------------------------------------------------------ put
 
-    def put_file(self, local_path, remote_path, mode=None):
+    async def put_file(self, local_path, remote_path, mode=None):
         """Copy a local file to the executor's host: complete and verified, or not at all."""
-        return self._run(self._put(local_path, remote_path, mode))
-
-    async def _put(self, local_path, remote_path, mode):
         digest = hashlib.sha256()
         size = 0
         with open(local_path, "rb") as handle:
@@ -280,7 +226,7 @@ class ExecutorClient:
                 size += len(block)
         if mode is None:
             mode = os.stat(local_path).st_mode & 0o7777
-        receiver = await StreamReceiver(self._nc).start()
+        receiver = await StreamReceiver(self.nc).start()
         try:
             req = self._base_request(OP_PUT, receiver.subject)
             req.update(path=remote_path, size=size, sha256=digest.hexdigest(), mode=mode)
@@ -288,7 +234,7 @@ class ExecutorClient:
                 inline = handle.read() if size and self._inline_fits(req, size) else b""
                 accepted = await self._request(OP_PUT, req, inline)
                 if accepted.get("upload"):
-                    step = chunk_size(self._nc.max_payload)
+                    step = chunk_size(self.nc.max_payload)
                     await self._upload(accepted, iter(lambda: handle.read(step), b""))
             while True:
                 msg = await self._next(receiver, accepted)
@@ -303,12 +249,9 @@ class ExecutorClient:
 
     # ------------------------------------------------------------ fetch
 
-    def fetch_file(self, remote_path, local_path):
+    async def fetch_file(self, remote_path, local_path):
         """Copy a file from the executor's host: written to a temp file, verified, renamed."""
-        return self._run(self._fetch(remote_path, local_path))
-
-    async def _fetch(self, remote_path, local_path):
-        receiver = await StreamReceiver(self._nc).start()
+        receiver = await StreamReceiver(self.nc).start()
         directory = os.path.dirname(os.path.abspath(local_path))
         fd, temp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(local_path)[:64], suffix=".natsops.tmp")
         done = False
@@ -349,14 +292,10 @@ class ExecutorClient:
 
     # ------------------------------------------------------------ discovery
 
-    def discover(self, wait=DISCOVERY_WAIT, stats=False):
-        """Every executor online (all namespaces), as records; with stats=True also their load."""
-        return self._run(self._discover(wait, stats))
-
     async def _collect(self, subj, wait):
         replies = []
         last = [time.monotonic()]
-        inbox = self._nc.new_inbox()
+        inbox = self.nc.new_inbox()
 
         async def on_reply(msg):
             last[0] = time.monotonic()
@@ -365,9 +304,9 @@ class ExecutorClient:
             except ValueError:
                 pass  # not a micro service reply; ignore
 
-        sub = await self._nc.subscribe(inbox, cb=on_reply)
+        sub = await self.nc.subscribe(inbox, cb=on_reply)
         try:
-            await self._nc.publish(subj, b"", reply=inbox)
+            await self.nc.publish(subj, b"", reply=inbox)
             started = time.monotonic()
             while time.monotonic() - started < wait:
                 await asyncio.sleep(0.05)
@@ -377,7 +316,8 @@ class ExecutorClient:
             await sub.unsubscribe()
         return replies
 
-    async def _discover(self, wait, stats=False):
+    async def discover(self, wait=DISCOVERY_WAIT, stats=False):
+        """Every executor online (all namespaces), as records; with stats=True also their load."""
         records = []
         for info in await self._collect("$SRV.INFO.%s" % SERVICE_NAME, wait):
             record = parse_executor_info(info)
@@ -398,3 +338,58 @@ class ExecutorClient:
         """Executors (from discover) in our namespace that serve an instance id."""
         instance_id = instance_id or self.instance_id
         return [e for e in executors if e["namespace"] == self.namespace and serves(e, instance_id)]
+
+
+class ExecutorClient:
+    """Synchronous client with its own event loop and NATS connection. One per Ansible connection or module run."""
+
+    def __init__(self, nats_options, instance_id, namespace="natsops", connect_timeout=10.0,
+                 keepalive=DEFAULT_KEEPALIVE, name="natsops.fleet"):
+        self.nats_options = nats_options
+        self.name = name
+        self.connect_timeout = float(connect_timeout)
+        servers = ",".join(wire_connect.split_servers(nats_options.get("servers")) or [wire_connect.DEFAULT_SERVER])
+        # validates instance id and namespace before anything is sent
+        self.core = AsyncExecutorClient(None, instance_id, namespace, connect_timeout, keepalive, servers)
+        self._loop = None
+
+    def _run(self, coro):
+        return self._loop.run_until_complete(coro)
+
+    def connect(self):
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        self.core.nc = self._run(open_nats(self.nats_options, self.name, self.connect_timeout))
+        return self
+
+    def close(self):
+        nc = self.core.nc
+        if nc is not None:
+            try:
+                self._run(nc.close())
+            except Exception:  # pylint: disable=broad-except
+                pass  # closing a broken connection has nothing left to report
+            self.core.nc = None
+        if self._loop is not None:
+            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+            self._loop = None
+
+    def exec_command(self, *args, **kwargs):
+        return self._run(self.core.exec_command(*args, **kwargs))
+
+    def put_file(self, local_path, remote_path, mode=None):
+        return self._run(self.core.put_file(local_path, remote_path, mode))
+
+    def fetch_file(self, remote_path, local_path):
+        return self._run(self.core.fetch_file(remote_path, local_path))
+
+    def discover(self, wait=DISCOVERY_WAIT, stats=False):
+        return self._run(self.core.discover(wait, stats))
+
+    def serving(self, executors, instance_id=None):
+        return self.core.serving(executors, instance_id)

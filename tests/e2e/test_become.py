@@ -9,7 +9,6 @@ a world-readable copy of the executor and its pure-Python dependencies.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
@@ -63,17 +62,7 @@ def accounts():
 @pytest.fixture(scope="module")
 def portable_executor():
     """The executor and its dependencies in a world-readable directory, run with the system Python."""
-    site = tempfile.mkdtemp(prefix="natsops-e2e-site-")
-    os.chmod(site, 0o755)
-    shutil.copytree(os.path.join(ROOT, "executor", "natsops_executor"), os.path.join(site, "natsops_executor"))
-    shutil.copytree(os.path.join(ROOT, "plugins", "module_utils", "wire"), os.path.join(site, "natsops_executor", "_wire"))
-    for package in ("nats", "yaml"):
-        shutil.copytree(os.path.dirname(importlib.import_module(package).__file__), os.path.join(site, package))
-    for dirpath, dirnames, filenames in os.walk(site):
-        for name in dirnames:
-            os.chmod(os.path.join(dirpath, name), 0o755)
-        for name in filenames:
-            os.chmod(os.path.join(dirpath, name), 0o644)
+    site = devenv.portable_site(tempfile.mkdtemp(prefix="natsops-e2e-site-"))
     yield site
     shutil.rmtree(site, ignore_errors=True)
 

@@ -35,7 +35,7 @@ def test_build_install_and_run_from_a_fresh_virtualenv(nats_server, tmp_path):
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     _run(pip + ["-r", os.path.join(ROOT, "requirements.txt")])
     collections = tmp_path / "collections"
-    _run([str(venv / "bin" / "ansible-galaxy"), "collection", "install", "-p", str(collections), tarball[0]],
+    _run([str(venv / "bin" / "ansible-galaxy"), "collection", "install", "--force", "-p", str(collections), tarball[0]],
          env=clean, cwd=str(tmp_path))
     installed = collections / "ansible_collections" / "natsops" / "fleet"
     assert (installed / "plugins" / "connection" / "nats.py").exists()

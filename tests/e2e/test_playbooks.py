@@ -122,3 +122,39 @@ def test_executor_killed_mid_task_is_unreachable_within_seconds(nats_server, tmp
     assert "UNREACHABLE" in output, output
     assert "stopped answering" in output, output
     assert ended - killed_at[0] < 10, "noticed after %.1f s" % (ended - killed_at[0])
+
+
+def _control_processes(socket_path):
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                    argv = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if socket_path.encode() in argv and b"ansible_collections.natsops.fleet.plugins.module_utils.mux" in argv:
+                found.append(int(pid))
+    return found
+
+
+def test_control_process_is_reused_then_exits_when_idle(playbook, nats_server, tmp_path):
+    from ansible_collections.natsops.fleet.plugins.module_utils import mux  # pylint: disable=import-outside-toplevel
+    path = mux.control_path({"servers": [nats_server.url]}, 10.0)
+    hostvars = {"ansible_nats_control_persist": 3}
+    playbook.run("idempotent.yml", hostvars=hostvars, extra_vars={"work": str(tmp_path / "a")})
+    first = _control_processes(path)
+    assert len(first) == 1, "one control process serves all workers"
+    playbook.run("idempotent.yml", hostvars=hostvars, extra_vars={"work": str(tmp_path / "b")})
+    assert _control_processes(path) == first, "the second run reuses it"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _control_processes(path):
+        time.sleep(0.5)
+    assert not _control_processes(path), "it exits after control_persist seconds without work"
+    assert not os.path.exists(path), "and removes its socket"
+
+
+def test_without_control_process(playbook, tmp_path):
+    result = playbook.run("idempotent.yml", hostvars={"ansible_nats_control_persist": 0},
+                          extra_vars={"work": str(tmp_path / "direct")})
+    assert "changed=3" in result.stdout

@@ -1,0 +1,227 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Benchmark (not a test): the same 30-task playbook through several connections.
+
+``make bench`` runs it. Scenarios, each timed ``--runs`` times (median reported):
+  local        connection: local on this machine
+  nats-local   natsops.fleet.nats to an executor on this machine (agent mode)
+  ssh-lab      ssh with pipelining + ControlPersist to a lab host       (root + lab only)
+  nats-lab     natsops.fleet.nats to an executor on that same lab host  (root + lab only)
+  mitogen      mitogen_linear strategy with ssh to the lab host (or local), when mitogen is installed
+Results go to bench/results/connections.md and, with the lab figures, to docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
+
+import devenv  # noqa: E402  pylint: disable=wrong-import-position
+
+PLAYBOOK = os.path.join(HERE, "playbook-30.yml")
+RESULTS = os.path.join(HERE, "results")
+LAB_RESULTS = os.path.join(RESULTS, "lab.md")
+PERFORMANCE = os.path.join(ROOT, "docs", "performance.md")
+BASELINE = {"local": 10.7, "ssh": 11.1, "mitogen": 3.3}  # measured on this machine kind (shared brief)
+
+
+def run_playbook(inventory, env, runs, strategy_plugins=None):
+    times = []
+    extra = dict(env)
+    if strategy_plugins:
+        extra.update(ANSIBLE_STRATEGY_PLUGINS=strategy_plugins, ANSIBLE_STRATEGY="mitogen_linear")
+    for _ in range(runs):
+        started = time.monotonic()
+        result = subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, PLAYBOOK], env=devenv.ansible_env(extra),
+                                capture_output=True, text=True, timeout=600, check=False)
+        elapsed = time.monotonic() - started
+        if result.returncode != 0 or "ok=30" not in result.stdout:
+            raise RuntimeError("playbook failed:\n%s\n%s" % (result.stdout[-3000:], result.stderr[-3000:]))
+        times.append(elapsed)
+    return times
+
+
+def write_inventory(directory, name, hostvars):
+    path = os.path.join(directory, "%s.json" % name)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"all": {"hosts": {"bench-host": hostvars}}}, handle)
+    return path
+
+
+def mitogen_strategy_dir():
+    try:
+        import ansible_mitogen  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return None
+    return os.path.join(os.path.dirname(ansible_mitogen.__file__), "plugins", "strategy")
+
+
+def lab_available():
+    if os.geteuid() != 0:
+        return False, "not root"
+    try:
+        import labctl  # pylint: disable=import-outside-toplevel
+    except ImportError as exc:
+        return False, str(exc)
+    reason = labctl.check_prerequisites()
+    return reason is None, reason or ""
+
+
+def start_lab_executor(lab_host, url, scratch):
+    """Copy the executor to the lab host over ssh and start it there (agent mode, instance id bench-host)."""
+    import labctl  # pylint: disable=import-outside-toplevel
+    site = devenv.portable_site(os.path.join(scratch, "site"))
+    archive = os.path.join(scratch, "site.tar")
+    subprocess.run(["tar", "-C", site, "-cf", archive, "."], check=True)
+    with open(archive, "rb") as handle:
+        data = handle.read()
+    ssh = labctl._ssh_argv(lab_host)  # pylint: disable=protected-access
+    subprocess.run(ssh + ["rm -rf /opt/natsops-bench && mkdir -p /opt/natsops-bench && tar -C /opt/natsops-bench -xf -"],
+                   input=data, check=True, timeout=60)
+    # the lab host runs systemd: a transient unit is the honest way to run a daemon there
+    subprocess.run(ssh + ["systemd-run --unit=natsops-bench-executor --setenv=PYTHONPATH=/opt/natsops-bench "
+                          "/usr/bin/python3 -m natsops_executor --server %s --instance bench-host" % url],
+                   check=True, timeout=30, capture_output=True)
+    deadline = time.monotonic() + 20
+    log = ""
+    while time.monotonic() < deadline:
+        log = subprocess.run(ssh + ["journalctl -u natsops-bench-executor --no-pager -o cat"], capture_output=True,
+                             text=True, timeout=30, check=False).stdout
+        if " ready: " in log:
+            return
+        time.sleep(0.3)
+    raise RuntimeError("executor on %s not ready:\n%s" % (lab_host, log))
+
+
+def measure(runs):
+    rows = []
+    notes = []
+    scratch = tempfile.mkdtemp(prefix="natsops-bench-")
+    lab_ok, lab_reason = lab_available()
+    lab = None
+    nats = None
+    try:
+        if lab_ok:
+            import labctl  # pylint: disable=import-outside-toplevel
+            lab = labctl.up(1, 0)
+        listen = lab["controller_address"] if lab else "127.0.0.1"
+        nats = devenv.NatsServer(listen=listen)
+        executor = devenv.ExecutorProcess(nats.url, ["bench-host"], log_dir=scratch)
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+        try:
+            inv = write_inventory(scratch, "local", {"ansible_connection": "local", "ansible_python_interpreter": python})
+            rows.append(("local", "connection: local, this machine", run_playbook(inv, {}, runs)))
+            inv = write_inventory(scratch, "nats-local", {"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": nats.url,
+                                                          "ansible_python_interpreter": python})
+            rows.append(("nats-local", "natsops.fleet.nats, executor on this machine", run_playbook(inv, {}, runs)))
+        finally:
+            executor.stop()
+            executor.remove_log()
+        mitogen = mitogen_strategy_dir()
+        if lab:
+            host = lab["hosts"][0]
+            ssh_vars = {"ansible_connection": "ssh", "ansible_host": host["ansible_host"], "ansible_user": "root",
+                        "ansible_ssh_private_key_file": lab["ssh_private_key_file"], "ansible_python_interpreter": "/usr/bin/python3",
+                        "ansible_ssh_pipelining": True,
+                        "ansible_ssh_common_args": "-o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=no "
+                                                   "-o UserKnownHostsFile=%s -o IdentitiesOnly=yes" % lab["known_hosts"]}
+            inv = write_inventory(scratch, "ssh-lab", ssh_vars)
+            rows.append(("ssh-lab", "ssh, pipelining + ControlPersist, to a lab host", run_playbook(inv, {}, runs)))
+            start_lab_executor(host["name"], nats.url, scratch)
+            inv = write_inventory(scratch, "nats-lab", {"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": nats.url,
+                                                        "ansible_python_interpreter": "/usr/bin/python3"})
+            rows.append(("nats-lab", "natsops.fleet.nats, executor on that lab host", run_playbook(inv, {}, runs)))
+            if mitogen:
+                inv = write_inventory(scratch, "mitogen", ssh_vars)
+                rows.append(("mitogen-lab", "mitogen_linear, ssh to that lab host", run_playbook(inv, {}, runs, mitogen)))
+        else:
+            notes.append("lab scenarios skipped: %s" % lab_reason)
+            if mitogen:
+                inv = write_inventory(scratch, "mitogen", {"ansible_connection": "local", "ansible_python_interpreter": python})
+                rows.append(("mitogen-local", "mitogen_linear, connection: local", run_playbook(inv, {}, runs, mitogen)))
+        if not mitogen:
+            notes.append("mitogen not installed (pip install mitogen): its scenario was skipped")
+    finally:
+        if nats is not None:
+            nats.stop()
+        if lab:
+            import labctl  # pylint: disable=import-outside-toplevel
+            labctl.down()
+        subprocess.run(["rm", "-rf", scratch], check=False)
+    return rows, notes
+
+
+def render(rows, notes, runs):
+    medians = dict((name, statistics.median(times)) for name, _desc, times in rows)
+    lines = ["| scenario | what | median (s) | runs (s) | vs ssh | vs local |", "|---|---|---|---|---|---|"]
+    ssh = medians.get("ssh-lab")
+    local = medians.get("local")
+    for name, desc, times in rows:
+        median = medians[name]
+        lines.append("| %s | %s | %.2f | %s | %s | %s |" % (
+            name, desc, median, ", ".join("%.2f" % t for t in times),
+            "%.2fx" % (median / ssh) if ssh else "-", "%.2fx" % (median / local) if local else "-"))
+    lines.append("")
+    lines.append("30 tasks of `ansible.builtin.command: /bin/true` on one host (bench/playbook-30.yml), %d runs each, "
+                 "wall time of the whole `ansible-playbook` command. Ratio < 1 means faster." % runs)
+    lines.append("Machine: %s, %d cores, Python %s, %s. Measured %s." % (
+        platform.platform(), os.cpu_count(), platform.python_version(), ansible_version(),
+        datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
+    lines.append("Baseline from the brief on this machine kind: local %.1f s, ssh %.1f s, Mitogen %.1f s." % (
+        BASELINE["local"], BASELINE["ssh"], BASELINE["mitogen"]))
+    for note in notes:
+        lines.append("")
+        lines.append("Note: %s." % note)
+    return "\n".join(lines) + "\n"
+
+
+def ansible_version():
+    out = subprocess.run([devenv.tool("ansible"), "--version"], capture_output=True, text=True, check=False).stdout
+    return out.splitlines()[0] if out else "ansible ?"
+
+
+def write_performance(connections):
+    lab = ""
+    if os.path.exists(LAB_RESULTS):
+        with open(LAB_RESULTS, encoding="utf-8") as handle:
+            lab = handle.read()
+    text = ("# Performance\n\nFigures from real runs on this project's machine kind (2 cores, Debian 12). "
+            "Regenerate with `make bench` (connections) and `make lab-bench` (lab); this file is written by "
+            "bench/run_bench.py. Targets are checked here, never in timed tests.\n\n"
+            "## Connections: 30 tasks through each transport\n\n"
+            "Target (issue 2): natsops.fleet.nats no slower than ssh with pipelining + ControlPersist. "
+            "Moonshot (later): faster than Mitogen.\n\n" + connections +
+            "\n## Test lab\n\n" + (lab.split("\n", 1)[1].lstrip() if lab.startswith("#") else lab))
+    with open(PERFORMANCE, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    rows, notes = measure(args.runs)
+    table = render(rows, notes, args.runs)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "connections.md"), "w", encoding="utf-8") as handle:
+        handle.write("# Connections benchmark\n\n" + table)
+    write_performance(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Errors of the controller-side client (standard library only, cheap to import)."""
+
+from __future__ import annotations
+
+
+class ExecutorError(Exception):
+    """Base class: carries a wire error code, a message and details."""
+
+    def __init__(self, code, message, details=None):
+        super(ExecutorError, self).__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+    @classmethod
+    def from_wire(cls, error):
+        return cls(error.code, error.message, error.details)
+
+    def to_dict(self):
+        return {"code": self.code, "message": self.message, "unreachable": isinstance(self, ExecutorUnreachable)}
+
+    @staticmethod
+    def from_dict(data):
+        cls = ExecutorUnreachable if data.get("unreachable") else ExecutorTaskError
+        return cls(str(data.get("code") or "internal"), str(data.get("message") or "unknown error"))
+
+
+class ExecutorUnreachable(ExecutorError):
+    """The executor could not be reached or stopped answering (Ansible: unreachable)."""
+
+
+class ExecutorTaskError(ExecutorError):
+    """The executor was reached and reported a failure (Ansible: failed task)."""

@@ -1,0 +1,306 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The control process: one NATS connection kept across Ansible tasks (ssh's ControlPersist, for NATS).
+
+Ansible forks a worker per task and loads the connection plugin in it; connecting to NATS
+from every worker means importing nats-py and asyncio and a NATS handshake each time. Instead
+the first worker starts this module as a small per-user process that holds the connection and
+serves workers over a Unix socket in a private directory (``~/.ansible/natsops/cp``, mode 0700).
+It exits after ``persist`` seconds without work. Workers use only the standard library.
+
+Frames on the socket: 8 bytes (JSON length, payload length, big-endian), the JSON document,
+the raw payload. A worker sends one request frame and reads one reply frame.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import E_CONNECT, E_INTERNAL, PROTOCOL_VERSION
+
+FRAME = struct.Struct("!II")
+MAX_FRAME_JSON = 1 << 20
+MUX_REVISION = "1"  # part of the socket name: a changed mux never talks to an old one
+
+
+def control_dir():
+    path = os.path.join(os.path.expanduser("~"), ".ansible", "natsops", "cp")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ExecutorUnreachable(E_CONNECT, "control directory %s must belong to this user with mode 0700" % path)
+    return path
+
+
+def control_path(nats_options, connect_timeout):
+    """One control process per set of NATS options (secrets included, hashed) and code revision."""
+    key = json.dumps([MUX_REVISION, PROTOCOL_VERSION, sorted((k, str(v)) for k, v in nats_options.items() if v),
+                      float(connect_timeout)], sort_keys=True)
+    return os.path.join(control_dir(), "%s.sock" % hashlib.sha256(key.encode("utf-8")).hexdigest()[:24])
+
+
+# ---------------------------------------------------------------- frames (blocking side)
+
+def send_frame(sock, doc, payload=b""):
+    data = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    sock.sendall(FRAME.pack(len(data), len(payload)) + data)
+    if payload:
+        sock.sendall(payload)
+
+
+def _recv_exact(sock, size):
+    view = memoryview(bytearray(size))
+    got = 0
+    while got < size:
+        count = sock.recv_into(view[got:], size - got)
+        if not count:
+            raise EOFError("control process closed the connection")
+        got += count
+    return view.obj
+
+
+def recv_frame(sock):
+    json_len, payload_len = FRAME.unpack(_recv_exact(sock, FRAME.size))
+    if json_len > MAX_FRAME_JSON:
+        raise EOFError("oversize frame from the control process")
+    doc = json.loads(bytes(_recv_exact(sock, json_len)).decode("utf-8"))
+    return doc, bytes(_recv_exact(sock, payload_len)) if payload_len else b""
+
+
+# ---------------------------------------------------------------- worker side
+
+class MuxClient:
+    """A worker's handle on the control process. Methods mirror ExecutorClient."""
+
+    def __init__(self, sock, target):
+        self._sock = sock
+        self._target = target  # instance id, namespace, keepalive for every request
+
+    @classmethod
+    def connect(cls, nats_options, connect_timeout, persist, name, target):
+        path = control_path(nats_options, connect_timeout)
+        sock = _try_connect(path)
+        if sock is None:
+            with open(path + ".lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # one worker starts it; the others wait and reuse it
+                sock = _try_connect(path)
+                if sock is None:
+                    _spawn(path, nats_options, connect_timeout, persist, name)
+                    sock = _try_connect(path)
+        if sock is None:
+            raise ExecutorUnreachable(E_CONNECT, "the natsops control process at %s did not accept connections" % path)
+        return cls(sock, target)
+
+    def _call(self, op, payload=b"", **fields):
+        doc = dict(self._target, op=op, **fields)
+        try:
+            send_frame(self._sock, doc, payload)
+            reply, data = recv_frame(self._sock)
+        except (OSError, EOFError, ValueError) as exc:
+            raise ExecutorUnreachable(E_CONNECT, "lost the natsops control process: %s" % exc)
+        if "error" in reply:
+            raise ExecutorError.from_dict(reply["error"])
+        return reply, data
+
+    def exec_command(self, command=None, stdin=None, **kwargs):
+        reply, data = self._call("exec", stdin or b"", command=command, **kwargs)
+        split = reply["stdout_len"]
+        return reply["rc"], data[:split], data[split:]
+
+    def put_file(self, local_path, remote_path, mode=None):
+        return self._call("put", local_path=os.path.abspath(local_path), remote_path=remote_path, mode=mode)[0]
+
+    def fetch_file(self, remote_path, local_path):
+        return self._call("fetch", remote_path=remote_path, local_path=os.path.abspath(local_path))[0]
+
+    def discover(self, wait=0.5, stats=False):
+        return self._call("discover", wait=wait, stats=stats)[0]["executors"]
+
+    def close(self):
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+def _try_connect(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
+def _collections_root():
+    # .../ansible_collections/natsops/fleet/plugins/module_utils/mux.py -> the directory holding ansible_collections
+    here = os.path.abspath(__file__)
+    for _level in range(6):
+        here = os.path.dirname(here)
+    return here
+
+
+def _spawn(path, nats_options, connect_timeout, persist, name):
+    """Start the control process and wait until it is connected to NATS and listening (or says why not)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_collections_root(), env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, "-m", "ansible_collections.natsops.fleet.plugins.module_utils.mux", path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/", env=env,
+        start_new_session=True, close_fds=True)
+    settings = {"nats_options": nats_options, "connect_timeout": connect_timeout, "persist": persist, "name": name}
+    proc.stdin.write(json.dumps(settings).encode("utf-8"))  # secrets travel by pipe, never argv or environment
+    proc.stdin.close()
+    deadline = time.monotonic() + connect_timeout * 2 + 10
+    line = b""
+    while time.monotonic() < deadline and not line.endswith(b"\n"):
+        ready, _w, _x = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        if not chunk:
+            break
+        line += chunk
+    proc.stdout.close()
+    try:
+        status = json.loads(line.decode("utf-8")) if line else {}
+    except ValueError:
+        status = {}
+    if status.get("ready"):
+        return
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    error = status.get("error") or {"code": E_CONNECT, "message": "the natsops control process did not start"}
+    raise ExecutorError.from_dict(dict(error, unreachable=True))
+
+
+# ---------------------------------------------------------------- the control process
+
+def serve(path, settings):
+    """Run the control process (blocking). Imports nats-py and asyncio only here."""
+    import asyncio  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils import client  # pylint: disable=import-outside-toplevel
+
+    nats_options = settings["nats_options"]
+    connect_timeout = float(settings["connect_timeout"])
+    persist = float(settings["persist"])
+
+    async def main():
+        try:
+            nc = await client.open_nats(nats_options, settings.get("name") or "natsops.fleet control", connect_timeout)
+        except ExecutorError as exc:
+            _announce({"error": exc.to_dict()})
+            return 1
+        servers = ",".join(client.wire_connect.split_servers(nats_options.get("servers")) or [client.wire_connect.DEFAULT_SERVER])
+        state = {"active": 0, "last": time.monotonic()}
+
+        async def handle(reader, writer):
+            state["active"] += 1
+            try:
+                while True:
+                    try:
+                        header = await reader.readexactly(FRAME.size)
+                    except asyncio.IncompleteReadError:
+                        return
+                    json_len, payload_len = FRAME.unpack(header)
+                    if json_len > MAX_FRAME_JSON:
+                        return
+                    doc = json.loads((await reader.readexactly(json_len)).decode("utf-8"))
+                    payload = await reader.readexactly(payload_len) if payload_len else b""
+                    reply, data = await _dispatch(client, nc, servers, connect_timeout, doc, payload)
+                    encoded = json.dumps(reply, ensure_ascii=False).encode("utf-8")
+                    writer.write(FRAME.pack(len(encoded), len(data)) + encoded)
+                    if data:
+                        writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+                return
+            finally:
+                state["active"] -= 1
+                state["last"] = time.monotonic()
+                writer.close()
+
+        temp = "%s.%d.tmp" % (path, os.getpid())
+        server = await asyncio.start_unix_server(handle, path=temp)
+        os.chmod(temp, 0o600)
+        os.rename(temp, path)
+        identity = os.stat(path).st_ino
+        _announce({"ready": True, "pid": os.getpid()})
+        try:
+            while not nc.is_closed:
+                await asyncio.sleep(0.5)
+                if state["active"] == 0 and time.monotonic() - state["last"] > persist:
+                    break
+        finally:
+            server.close()
+            try:
+                if os.stat(path).st_ino == identity:  # never remove a newer process's socket
+                    os.unlink(path)
+            except OSError:
+                pass
+            if not nc.is_closed:
+                await nc.close()
+        return 0
+
+    return asyncio.run(main())
+
+
+def _announce(status):
+    sys.stdout.write(json.dumps(status) + "\n")
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+async def _dispatch(client, nc, servers, connect_timeout, doc, payload):
+    """Run one worker request with a per-request AsyncExecutorClient on the shared connection."""
+    try:
+        core = client.AsyncExecutorClient(nc, doc.get("instance_id"), doc.get("namespace", "natsops"),
+                                          connect_timeout, doc.get("keepalive", 1.0), servers)
+        op = doc.get("op")
+        if op == "exec":
+            rc, out, err = await core.exec_command(command=doc.get("command"), stdin=payload or None,
+                                                   shell=doc.get("shell", "/bin/sh"), become=doc.get("become"),
+                                                   pty=doc.get("pty", False), timeout=doc.get("timeout", 0),
+                                                   env=doc.get("env"), cwd=doc.get("cwd"))
+            return {"rc": rc, "stdout_len": len(out)}, out + err
+        if op == "put":
+            return {"result": await core.put_file(doc["local_path"], doc["remote_path"], doc.get("mode"))}, b""
+        if op == "fetch":
+            return {"result": await core.fetch_file(doc["remote_path"], doc["local_path"])}, b""
+        if op == "discover":
+            return {"executors": await core.discover(doc.get("wait", 0.5), doc.get("stats", False))}, b""
+        return {"error": {"code": E_INTERNAL, "message": "unknown control operation %r" % op}}, b""
+    except ExecutorError as exc:
+        return {"error": exc.to_dict()}, b""
+    except Exception as exc:  # pylint: disable=broad-except
+        error = getattr(exc, "code", None) and getattr(exc, "message", None)
+        if error:
+            return {"error": {"code": exc.code, "message": exc.message, "unreachable": False}}, b""
+        return {"error": {"code": E_INTERNAL, "message": "control process error: %r" % exc, "unreachable": False}}, b""
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m ...module_utils.mux SOCKET_PATH < settings.json\n")
+        return 2
+    settings = json.loads(sys.stdin.read())
+    return serve(argv[1], settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
