@@ -43,7 +43,7 @@ def run_playbook(inventory, env, runs, strategy_plugins=None):
     extra = dict(env)
     if strategy_plugins:
         extra.update(ANSIBLE_STRATEGY_PLUGINS=strategy_plugins, ANSIBLE_STRATEGY="mitogen_linear")
-    for _ in range(runs):
+    for dummy in range(runs):
         started = time.monotonic()
         result = subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, PLAYBOOK], env=devenv.ansible_env(extra),
                                 capture_output=True, text=True, timeout=600, check=False)
@@ -81,7 +81,7 @@ def lab_available():
 
 
 def start_lab_executor(lab_host, url, scratch):
-    """Copy the executor to the lab host over ssh and start it there (agent mode, instance id bench-host)."""
+    """Copy the executor to the lab host over ssh and start it there (agent mode, instance id lab-bench-host)."""
     import labctl  # pylint: disable=import-outside-toplevel
     site = devenv.portable_site(os.path.join(scratch, "site"))
     archive = os.path.join(scratch, "site.tar")
@@ -93,7 +93,7 @@ def start_lab_executor(lab_host, url, scratch):
                    input=data, check=True, timeout=60)
     # the lab host runs systemd: a transient unit is the honest way to run a daemon there
     subprocess.run(ssh + ["systemd-run --unit=natsops-bench-executor --setenv=PYTHONPATH=/opt/natsops-bench "
-                          "/usr/bin/python3 -m natsops_executor --server %s --instance bench-host" % url],
+                          "/usr/bin/python3 -m natsops_executor --server %s --instance lab-bench-host" % url],
                    check=True, timeout=30, capture_output=True)
     deadline = time.monotonic() + 20
     log = ""
@@ -107,29 +107,25 @@ def start_lab_executor(lab_host, url, scratch):
 
 
 def measure(runs):
-    rows = []
+    """Set every scenario up first, then run them round-robin (run 1 of each, run 2 of each, ...) so that
+    drift of a noisy machine spreads over all scenarios instead of landing on one."""
+    scenarios = []  # (name, description, inventory, strategy dir or None)
     notes = []
     scratch = tempfile.mkdtemp(prefix="natsops-bench-")
     lab_ok, lab_reason = lab_available()
-    lab = None
-    nats = None
+    lab = nats = executor = None
     try:
         if lab_ok:
             import labctl  # pylint: disable=import-outside-toplevel
             lab = labctl.up(1, 0)
-        listen = lab["controller_address"] if lab else "127.0.0.1"
-        nats = devenv.NatsServer(listen=listen)
+        nats = devenv.NatsServer(listen=lab["controller_address"] if lab else "127.0.0.1")
         executor = devenv.ExecutorProcess(nats.url, ["bench-host"], log_dir=scratch)
         python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-        try:
-            inv = write_inventory(scratch, "local", {"ansible_connection": "local", "ansible_python_interpreter": python})
-            rows.append(("local", "connection: local, this machine", run_playbook(inv, {}, runs)))
-            inv = write_inventory(scratch, "nats-local", {"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": nats.url,
-                                                          "ansible_python_interpreter": python})
-            rows.append(("nats-local", "natsops.fleet.nats, executor on this machine", run_playbook(inv, {}, runs)))
-        finally:
-            executor.stop()
-            executor.remove_log()
+        nats_vars = {"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": nats.url}
+        scenarios.append(("local", "connection: local, this machine", write_inventory(
+            scratch, "local", {"ansible_connection": "local", "ansible_python_interpreter": python}), None))
+        scenarios.append(("nats-local", "natsops.fleet.nats, executor on this machine", write_inventory(
+            scratch, "nats-local", dict(nats_vars, ansible_python_interpreter=python)), None))
         mitogen = mitogen_strategy_dir()
         if lab:
             host = lab["hosts"][0]
@@ -138,23 +134,31 @@ def measure(runs):
                         "ansible_ssh_pipelining": True,
                         "ansible_ssh_common_args": "-o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=no "
                                                    "-o UserKnownHostsFile=%s -o IdentitiesOnly=yes" % lab["known_hosts"]}
-            inv = write_inventory(scratch, "ssh-lab", ssh_vars)
-            rows.append(("ssh-lab", "ssh, pipelining + ControlPersist, to a lab host", run_playbook(inv, {}, runs)))
+            scenarios.append(("ssh-lab", "ssh, pipelining + ControlPersist, to a lab host", write_inventory(scratch, "ssh-lab", ssh_vars), None))
             start_lab_executor(host["name"], nats.url, scratch)
-            inv = write_inventory(scratch, "nats-lab", {"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": nats.url,
-                                                        "ansible_python_interpreter": "/usr/bin/python3"})
-            rows.append(("nats-lab", "natsops.fleet.nats, executor on that lab host", run_playbook(inv, {}, runs)))
+            # the lab executor serves 'bench-host' too: point this scenario at it alone
+            scenarios.append(("nats-lab", "natsops.fleet.nats, executor on that lab host", write_inventory(
+                scratch, "nats-lab", dict(nats_vars, ansible_python_interpreter="/usr/bin/python3", ansible_nats_executor="lab-bench-host")), None))
             if mitogen:
-                inv = write_inventory(scratch, "mitogen", ssh_vars)
-                rows.append(("mitogen-lab", "mitogen_linear, ssh to that lab host", run_playbook(inv, {}, runs, mitogen)))
+                scenarios.append(("mitogen-lab", "mitogen_linear, ssh to that lab host", write_inventory(scratch, "mitogen", ssh_vars), mitogen))
         else:
             notes.append("lab scenarios skipped: %s" % lab_reason)
             if mitogen:
-                inv = write_inventory(scratch, "mitogen", {"ansible_connection": "local", "ansible_python_interpreter": python})
-                rows.append(("mitogen-local", "mitogen_linear, connection: local", run_playbook(inv, {}, runs, mitogen)))
+                scenarios.append(("mitogen-local", "mitogen_linear, connection: local", write_inventory(
+                    scratch, "mitogen", {"ansible_connection": "local", "ansible_python_interpreter": python}), mitogen))
         if not mitogen:
             notes.append("mitogen not installed (pip install mitogen): its scenario was skipped")
+        times = dict((name, []) for name, _d, _i, _s in scenarios)
+        for name, _desc, inventory, strategy in scenarios:  # one warm-up each (control processes, ssh masters)
+            run_playbook(inventory, {}, 1, strategy)
+        for _round in range(runs):
+            for name, _desc, inventory, strategy in scenarios:
+                times[name].extend(run_playbook(inventory, {}, 1, strategy))
+        rows = [(name, desc, times[name]) for name, desc, _i, _s in scenarios]
     finally:
+        if executor is not None:
+            executor.stop()
+            executor.remove_log()
         if nats is not None:
             nats.stop()
         if lab:
@@ -175,8 +179,9 @@ def render(rows, notes, runs):
             name, desc, median, ", ".join("%.2f" % t for t in times),
             "%.2fx" % (median / ssh) if ssh else "-", "%.2fx" % (median / local) if local else "-"))
     lines.append("")
-    lines.append("30 tasks of `ansible.builtin.command: /bin/true` on one host (bench/playbook-30.yml), %d runs each, "
-                 "wall time of the whole `ansible-playbook` command. Ratio < 1 means faster." % runs)
+    lines.append("30 tasks of `ansible.builtin.command: /bin/true` on one host (bench/playbook-30.yml), %d runs each "
+                 "after one warm-up, scenarios interleaved round-robin; wall time of the whole `ansible-playbook` "
+                 "command. Ratio < 1 means faster." % runs)
     lines.append("Machine: %s, %d cores, Python %s, %s. Measured %s." % (
         platform.platform(), os.cpu_count(), platform.python_version(), ansible_version(),
         datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))

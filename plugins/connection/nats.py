@@ -351,6 +351,8 @@ class Connection(ConnectionBase):
             raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message))
         except (ValueError, WireError) as exc:
             raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc))
+        except OSError as exc:  # a local file (put source, fetch destination) could not be used
+            raise AnsibleError("natsops.fleet.nats: %s failed on the controller: %s" % (what, exc))
 
     def _become_spec(self, in_data, sudoable):
         """What the executor needs to escalate privileges like ansible's local connection does."""

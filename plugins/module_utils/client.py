@@ -20,9 +20,7 @@ import tempfile
 import time
 import uuid
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import (  # noqa: F401  (re-exported)
-    ExecutorError, ExecutorTaskError, ExecutorUnreachable,
-)
+from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
     DEFAULT_KEEPALIVE, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,

@@ -17,7 +17,7 @@ import tempfile
 import pytest
 
 import devenv
-from conftest import PLAYBOOKS, ROOT, SYSTEM_PYTHON, Playbook
+from conftest import PLAYBOOKS, SYSTEM_PYTHON, Playbook
 
 NOPW = "natsops-e2e-nopw"     # sudo without a password
 PW = "natsops-e2e-pw"         # sudo with its password
@@ -75,7 +75,8 @@ class UserExecutor:
         self.log = open(self.log_path, "wb")  # pylint: disable=consider-using-with
         env = {"PYTHONPATH": site, "PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            [shutil.which("runuser") or "/usr/sbin/runuser", "-u", user, "--", SYSTEM_PYTHON, "-m", "natsops_executor", "--server", url, "--instance", instance],
+            [shutil.which("runuser") or "/usr/sbin/runuser", "-u", user, "--", SYSTEM_PYTHON, "-m", "natsops_executor",
+             "--server", url, "--instance", instance],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
         devenv.ExecutorProcess._wait_ready(self)  # pylint: disable=protected-access
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import threading
 
 import pytest
 
@@ -23,9 +24,11 @@ def home(tmp_path, monkeypatch):
 def test_frames_round_trip_binary_payloads():
     left, right = socket.socketpair()
     try:
-        payload = bytes(range(256)) * 1000
-        mux.send_frame(left, {"op": "exec", "text": "管理网"}, payload)
+        payload = bytes(range(256)) * 1000  # larger than a socket buffer: send from another thread
+        sender = threading.Thread(target=mux.send_frame, args=(left, {"op": "exec", "text": "管理网"}, payload))
+        sender.start()
         doc, data = mux.recv_frame(right)
+        sender.join(10)
         assert doc == {"op": "exec", "text": "管理网"} and data == payload
         mux.send_frame(left, {"empty": True})
         assert mux.recv_frame(right) == ({"empty": True}, b"")
