@@ -21,6 +21,7 @@ import stat
 import termios
 import time
 
+from natsops_executor._wire.atomic import AtomicFile
 from natsops_executor._wire.contract import (
     E_BECOME, E_BAD_PATH, E_CHECKSUM_MISMATCH, E_IO, E_NOT_FOUND, E_PERMISSION, E_SIZE_MISMATCH, E_SPAWN, E_STREAM,
     E_TIMEOUT, KIND_DATA, KIND_KEEPALIVE, KIND_RESULT, STREAM_FILE, STREAM_STDERR, STREAM_STDOUT, WireError,
@@ -284,90 +285,55 @@ async def _supervise(req, proc, primary, stdin_data, sender, chunk, started):
 # ---------------------------------------------------------------- put
 
 def open_put_target(path):
-    """Check the destination and open a temp file beside it. Returns (fd, temp_path)."""
+    """Check the destination and open an AtomicFile beside it (before the request is accepted)."""
     parent = os.path.dirname(path) or "/"
     if not os.path.isdir(parent):
         raise WireError(E_NOT_FOUND, "destination directory %s does not exist" % parent)
     if os.path.isdir(path):
         raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
-    temp = os.path.join(parent, ".%s.natsops-%d-%s.tmp" % (os.path.basename(path)[:64], os.getpid(), os.urandom(4).hex()))
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        return AtomicFile(path)
     except OSError as exc:
         raise os_error(exc, "cannot create a temp file in %s" % parent)
-    return fd, temp
-
-
-def discard_put_target(target):
-    fd, temp = target
-    os.close(fd)
-    try:
-        os.unlink(temp)
-    except OSError:
-        pass
 
 
 async def run_put(req, target, inline, receiver, sender):
-    """Receive req['size'] bytes (inline or as a stream) into the temp file of ``target``
-    (from open_put_target), verify size and sha256, then rename into place."""
-    fd, temp = target
-    keepalive = req["keepalive"]
-    done = False
+    """Receive req['size'] bytes (inline or as a stream) into ``target`` (from open_put_target),
+    verify size and sha256, then rename into place; on any failure nothing is left behind."""
+    size = req["size"]
     try:
-        digest = _Digest()
-        if receiver is None:
-            digest.update(inline)
-            _write_all(fd, inline, temp)
-        else:
-            silence = liveness_timeout(keepalive)
-            while digest.size < req["size"]:
-                try:
-                    msg = await receiver.get(silence)
-                except asyncio.TimeoutError:
-                    raise WireError(E_STREAM, "upload stalled: no data for %.0f s after %d of %d bytes"
-                                    % (silence, digest.size, req["size"]))
-                if msg.kind != KIND_DATA:
-                    raise WireError(E_STREAM, "unexpected %r message in an upload" % msg.kind)
-                if digest.size + len(msg.data) > req["size"]:
-                    raise WireError(E_SIZE_MISMATCH, "upload is larger than the announced %d bytes" % req["size"])
-                digest.update(msg.data)
-                _write_all(fd, msg.data, temp)
-        if digest.size != req["size"]:
-            raise WireError(E_SIZE_MISMATCH, "received %d bytes, %d were announced" % (digest.size, req["size"]))
-        summary = digest.summary()
+        try:
+            if receiver is None:
+                target.write(inline)
+            else:
+                silence = liveness_timeout(req["keepalive"])
+                while target.size < size:
+                    try:
+                        msg = await receiver.get(silence)
+                    except asyncio.TimeoutError:
+                        raise WireError(E_STREAM, "upload stalled: no data for %.0f s after %d of %d bytes"
+                                        % (silence, target.size, size))
+                    if msg.kind != KIND_DATA:
+                        raise WireError(E_STREAM, "unexpected %r message in an upload" % msg.kind)
+                    if target.size + len(msg.data) > size:
+                        raise WireError(E_SIZE_MISMATCH, "upload is larger than the announced %d bytes" % size)
+                    target.write(msg.data)
+        except OSError as exc:
+            raise os_error(exc, "cannot write %s" % target.temp)
+        if target.size != size:
+            raise WireError(E_SIZE_MISMATCH, "received %d bytes, %d were announced" % (target.size, size))
+        summary = {"size": target.size, "sha256": target.sha256()}
         if summary["sha256"] != req["sha256"]:
             raise WireError(E_CHECKSUM_MISMATCH, "sha256 of the received bytes is %s, the caller announced %s; "
                                                  "nothing was written" % (summary["sha256"], req["sha256"]))
         try:
-            os.fsync(fd)
-            if req["mode"] is not None:
-                os.fchmod(fd, req["mode"])
-            os.close(fd)
-            fd = None
-            os.rename(temp, req["path"])
+            target.commit(req["mode"])
         except OSError as exc:
             raise os_error(exc, "cannot move the received file to %s" % req["path"])
-        done = True
         await sender.send(KIND_RESULT, summary)
         return summary
     finally:
-        if fd is not None:
-            os.close(fd)
-        if not done:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-
-
-def _write_all(fd, data, temp):
-    view = memoryview(data)
-    try:
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-    except OSError as exc:
-        raise os_error(exc, "cannot write %s" % temp)
+        target.discard()
 
 
 # ---------------------------------------------------------------- fetch

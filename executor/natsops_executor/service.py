@@ -231,7 +231,7 @@ class Executor:
         try:
             inline, receiver = await self._upload(request, req, req["size"], attachment)
         except BaseException:
-            jobs.discard_put_target(target)
+            target.discard()
             raise
         summary = await jobs.run_put(req, target, inline, receiver, sender)
         log.info("put %s %s %d bytes", req["id"], req["path"], summary["size"])

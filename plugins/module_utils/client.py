@@ -16,12 +16,12 @@ import asyncio
 import hashlib
 import json
 import os
-import tempfile
 import time
 import uuid
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.atomic import AtomicFile
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
     DEFAULT_KEEPALIVE, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
     FRAME_OVERHEAD, KIND_ACCEPTED, KIND_DATA, KIND_ERROR, KIND_KEEPALIVE, KIND_REQUEST, KIND_RESULT, OP_EXEC,
@@ -250,42 +250,24 @@ class AsyncExecutorClient:
     async def fetch_file(self, remote_path, local_path):
         """Copy a file from the executor's host: written to a temp file, verified, renamed."""
         receiver = await StreamReceiver(self.nc).start()
-        directory = os.path.dirname(os.path.abspath(local_path))
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(local_path)[:64], suffix=".natsops.tmp")
-        done = False
+        target = AtomicFile(os.path.abspath(local_path))
         try:
             req = self._base_request(OP_FETCH, receiver.subject)
             req["path"] = remote_path
             accepted = await self._request(OP_FETCH, req)
-            digest = hashlib.sha256()
-            size = 0
-            with os.fdopen(fd, "wb") as handle:
-                fd = None
-                while True:
-                    msg = await self._next(receiver, accepted)
-                    if msg.kind == KIND_DATA:
-                        handle.write(msg.data)
-                        digest.update(msg.data)
-                        size += len(msg.data)
-                    elif msg.kind == KIND_RESULT:
-                        result = self._decode(msg.headers, msg.data)
-                        self._check_summary("fetch %s" % remote_path, result, size, digest.hexdigest())
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                        break
-                    elif msg.kind != KIND_KEEPALIVE:
-                        raise ExecutorTaskError(E_STREAM, "unexpected %r message in a fetch stream" % msg.kind)
-            os.rename(temp, local_path)
-            done = True
-            return result
+            while True:
+                msg = await self._next(receiver, accepted)
+                if msg.kind == KIND_DATA:
+                    target.write(msg.data)
+                elif msg.kind == KIND_RESULT:
+                    result = self._decode(msg.headers, msg.data)
+                    self._check_summary("fetch %s" % remote_path, result, target.size, target.sha256())
+                    target.commit()
+                    return result
+                elif msg.kind != KIND_KEEPALIVE:
+                    raise ExecutorTaskError(E_STREAM, "unexpected %r message in a fetch stream" % msg.kind)
         finally:
-            if fd is not None:
-                os.close(fd)
-            if not done:
-                try:
-                    os.unlink(temp)
-                except OSError:
-                    pass
+            target.discard()
             await receiver.close()
 
     # ------------------------------------------------------------ discovery

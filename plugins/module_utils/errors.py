@@ -5,15 +5,14 @@
 
 from __future__ import annotations
 
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import WireError
 
-class ExecutorError(Exception):
-    """Base class: carries a wire error code, a message and details."""
 
-    def __init__(self, code, message, details=None):
-        super(ExecutorError, self).__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or {}
+class ExecutorError(WireError):
+    """Base class: a wire error code, a message and details, as seen by the caller."""
+
+    def __str__(self):
+        return self.message
 
     @classmethod
     def from_wire(cls, error):

@@ -43,10 +43,10 @@ def control_dir():
     return path
 
 
-def control_path(nats_options, connect_timeout):
-    """One control process per set of NATS options (secrets included, hashed) and code revision."""
+def control_path(nats_options, connect_timeout, persist):
+    """One control process per set of NATS options (secrets included, hashed), timings and code revision."""
     key = json.dumps([MUX_REVISION, PROTOCOL_VERSION, sorted((k, str(v)) for k, v in nats_options.items() if v),
-                      float(connect_timeout)], sort_keys=True)
+                      float(connect_timeout), float(persist)], sort_keys=True)
     return os.path.join(control_dir(), "%s.sock" % hashlib.sha256(key.encode("utf-8")).hexdigest()[:24])
 
 
@@ -89,7 +89,7 @@ class MuxClient:
 
     @classmethod
     def connect(cls, nats_options, connect_timeout, persist, name, target):
-        path = control_path(nats_options, connect_timeout)
+        path = control_path(nats_options, connect_timeout, persist)
         sock = _try_connect(path)
         if sock is None:
             with open(path + ".lock", "a") as lock:

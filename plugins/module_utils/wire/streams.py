@@ -23,6 +23,16 @@ from .contract import (
 )
 
 
+async def _unsubscribe(sub):
+    """Unsubscribe if subscribed; the connection may already be closed, then nothing is left to release."""
+    if sub is not None:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # pylint: disable=broad-except
+            pass
+    return None
+
+
 class StreamSender:
     """Publish an ordered stream to ``subject`` with a bounded window of unacknowledged messages."""
 
@@ -72,6 +82,13 @@ class StreamSender:
             self._window.release()
         self._all_acked.set()
 
+    async def _within_ack_timeout(self, awaitable):
+        try:
+            await asyncio.wait_for(awaitable, self._ack_timeout)
+        except asyncio.TimeoutError:
+            self._fail(WireError(E_ABORTED, "the receiver on %s did not acknowledge for %.0f s"
+                                 % (self.subject, self._ack_timeout)))
+
     def _check(self):
         if self._error is not None:
             raise self._error
@@ -79,11 +96,7 @@ class StreamSender:
     async def send(self, kind, document=None, attachment=b"", stream=None):
         """Send one message; waits while the window is full. Raises WireError when the peer is gone."""
         self._check()
-        try:
-            await asyncio.wait_for(self._window.acquire(), self._ack_timeout)
-        except asyncio.TimeoutError:
-            self._fail(WireError(E_ABORTED, "the receiver on %s did not acknowledge for %.0f s"
-                                 % (self.subject, self._ack_timeout)))
+        await self._within_ack_timeout(self._window.acquire())
         self._check()
         async with self._lock:
             self._seq += 1
@@ -101,20 +114,11 @@ class StreamSender:
 
     async def drain(self):
         """Wait until every message sent so far is acknowledged."""
-        try:
-            await asyncio.wait_for(self._all_acked.wait(), self._ack_timeout)
-        except asyncio.TimeoutError:
-            self._fail(WireError(E_ABORTED, "the receiver on %s did not acknowledge for %.0f s"
-                                 % (self.subject, self._ack_timeout)))
+        await self._within_ack_timeout(self._all_acked.wait())
         self._check()
 
     async def close(self):
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # pylint: disable=broad-except
-                pass  # the connection may already be closed; nothing is left to release
-            self._sub = None
+        self._sub = await _unsubscribe(self._sub)
 
 
 class StreamMessage:
@@ -161,9 +165,4 @@ class StreamReceiver:
         return StreamMessage(kind_of(headers), headers.get(H_STREAM), headers, msg.data)
 
     async def close(self):
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # pylint: disable=broad-except
-                pass  # the connection may already be closed; nothing is left to release
-            self._sub = None
+        self._sub = await _unsubscribe(self._sub)

@@ -54,10 +54,11 @@ def test_control_dir_is_private(home):
 
 
 def test_control_path_depends_on_every_option(home):
-    base = mux.control_path({"servers": "nats://a:4222", "password": "one", "user": "u"}, 10)
-    assert base == mux.control_path({"user": "u", "servers": "nats://a:4222", "password": "one"}, 10)
-    assert base != mux.control_path({"servers": "nats://a:4222", "password": "two", "user": "u"}, 10)
-    assert base != mux.control_path({"servers": "nats://a:4222", "password": "one", "user": "u"}, 5)
+    base = mux.control_path({"servers": "nats://a:4222", "password": "one", "user": "u"}, 10, 60)
+    assert base == mux.control_path({"user": "u", "servers": "nats://a:4222", "password": "one"}, 10, 60)
+    assert base != mux.control_path({"servers": "nats://a:4222", "password": "two", "user": "u"}, 10, 60)
+    assert base != mux.control_path({"servers": "nats://a:4222", "password": "one", "user": "u"}, 5, 60)
+    assert base != mux.control_path({"servers": "nats://a:4222", "password": "one", "user": "u"}, 10, 30)
     assert "one" not in base and base.endswith(".sock")
 
 
