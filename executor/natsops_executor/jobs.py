@@ -284,6 +284,24 @@ async def _supervise(req, proc, primary, stdin_data, sender, chunk, started):
 
 # ---------------------------------------------------------------- put
 
+async def receive_upload(receiver, size, keepalive, write):
+    """Take exactly ``size`` bytes of data messages from an upload stream, passing each chunk to ``write``."""
+    received = 0
+    silence = liveness_timeout(keepalive)
+    while received < size:
+        try:
+            msg = await receiver.get(silence)
+        except asyncio.TimeoutError:
+            raise WireError(E_STREAM, "upload stalled: no data for %.0f s after %d of %d bytes" % (silence, received, size))
+        if msg.kind != KIND_DATA:
+            raise WireError(E_STREAM, "unexpected %r message in an upload" % msg.kind)
+        if received + len(msg.data) > size:
+            raise WireError(E_SIZE_MISMATCH, "upload is larger than the announced %d bytes" % size)
+        received += len(msg.data)
+        write(msg.data)
+    return received
+
+
 def open_put_target(path):
     """Check the destination and open an AtomicFile beside it (before the request is accepted)."""
     parent = os.path.dirname(path) or "/"
@@ -306,18 +324,7 @@ async def run_put(req, target, inline, receiver, sender):
             if receiver is None:
                 target.write(inline)
             else:
-                silence = liveness_timeout(req["keepalive"])
-                while target.size < size:
-                    try:
-                        msg = await receiver.get(silence)
-                    except asyncio.TimeoutError:
-                        raise WireError(E_STREAM, "upload stalled: no data for %.0f s after %d of %d bytes"
-                                        % (silence, target.size, size))
-                    if msg.kind != KIND_DATA:
-                        raise WireError(E_STREAM, "unexpected %r message in an upload" % msg.kind)
-                    if target.size + len(msg.data) > size:
-                        raise WireError(E_SIZE_MISMATCH, "upload is larger than the announced %d bytes" % size)
-                    target.write(msg.data)
+                await receive_upload(receiver, size, req["keepalive"], target.write)
         except OSError as exc:
             raise os_error(exc, "cannot write %s" % target.temp)
         if target.size != size:

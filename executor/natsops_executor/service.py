@@ -22,7 +22,7 @@ from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire.contract import (
     E_ABORTED, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_INTERNAL, E_TOO_LARGE, KIND_ACCEPTED, KIND_ERROR, OP_EXEC, OP_FETCH, OP_PUT,
     OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, chunk_size, error_message, executor_metadata,
-    liveness_timeout, pack, sha256_hex, subject, unpack, validate_request,
+    pack, sha256_hex, subject, unpack, validate_request,
 )
 from natsops_executor._wire.streams import StreamReceiver, StreamSender
 
@@ -205,17 +205,7 @@ class Executor:
         data, receiver = await self._upload(request, req, stdin["size"], attachment)
         if receiver is not None:
             parts = []
-            received = 0
-            silence = liveness_timeout(req["keepalive"])
-            while received < stdin["size"]:
-                try:
-                    msg = await receiver.get(silence)
-                except asyncio.TimeoutError:
-                    raise WireError(E_ABORTED, "stdin upload stalled after %d of %d bytes" % (received, stdin["size"]))
-                received += len(msg.data)
-                if received > stdin["size"]:
-                    raise WireError(E_TOO_LARGE, "stdin is larger than the announced %d bytes" % stdin["size"])
-                parts.append(msg.data)
+            await jobs.receive_upload(receiver, stdin["size"], req["keepalive"], parts.append)
             data = b"".join(parts)
         if sha256_hex(data) != stdin["sha256"]:
             raise WireError(E_CHECKSUM_MISMATCH, "stdin sha256 does not match the announced value; nothing was run")

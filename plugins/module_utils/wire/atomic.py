@@ -17,8 +17,8 @@ class AtomicFile:
     def __init__(self, path):
         self.path = path
         parent = os.path.dirname(path) or "/"
-        self.temp = os.path.join(parent, ".%s.natsops-%d-%s.tmp" % (os.path.basename(path)[:64], os.getpid(),
-                                                                  os.urandom(4).hex()))
+        name = ".%s.natsops-%d-%s.tmp" % (os.path.basename(path)[:64], os.getpid(), os.urandom(4).hex())
+        self.temp = os.path.join(parent, name)
         self._fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self._hash = hashlib.sha256()
         self.size = 0
