@@ -41,8 +41,7 @@ class Config:
     bklite_compat: bool = False
 
     def nats_options(self):
-        return dict((k, getattr(self, k)) for k in (
-            "servers", "user", "password", "token", "creds", "nkey", "ca", "cert", "key", "tls_hostname", "context"))
+        return dict((k, getattr(self, k)) for k in wire_connect.OPTION_NAMES)
 
 
 # key -> environment variable (NATS_* are natscli's names)

@@ -20,7 +20,8 @@ from natsops_executor import __version__
 from natsops_executor import jobs
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire.contract import (
-    E_ABORTED, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_INTERNAL, E_TOO_LARGE, KIND_ACCEPTED, KIND_ERROR, OP_EXEC, OP_FETCH, OP_PUT,
+    E_ABORTED, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_INTERNAL, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR, KIND_REQUEST,
+    OP_EXEC, OP_FETCH, OP_PUT,
     OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, chunk_size, error_message, executor_metadata,
     pack, sha256_hex, subject, unpack, validate_request,
 )
@@ -121,7 +122,7 @@ class Executor:
         started = time.monotonic()
         req = None
         try:
-            if request.headers and request.headers.get("Natsops-Kind") not in (None, "request"):
+            if request.headers and request.headers.get(H_KIND) not in (None, KIND_REQUEST):
                 raise WireError(E_BAD_REQUEST, "expected a request message")
             doc, attachment = unpack(request.headers, request.data)
             req = validate_request(op, doc)

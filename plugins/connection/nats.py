@@ -286,13 +286,12 @@ from ansible.utils.display import Display
 # only standard-library modules here: this file is imported in every task's worker process
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.mux import MuxClient
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.connect import OPTION_NAMES
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
     DEFAULT_KEEPALIVE, WireError, validate_instance_id, validate_namespace,
 )
 
 display = Display()
-
-NATS_OPTIONS = ("servers", "user", "password", "token", "creds", "nkey", "ca", "cert", "key", "tls_hostname", "context")
 
 
 class Connection(ConnectionBase):
@@ -315,7 +314,7 @@ class Connection(ConnectionBase):
         if self.get_option("mode") != "agent":
             raise AnsibleError("natsops.fleet.nats: mode %r is not available in this release; use mode 'agent' "
                                "(an executor on the host, or a zone executor's own host)" % self.get_option("mode"))
-        options = dict((name, self.get_option(name)) for name in NATS_OPTIONS)
+        options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
         instance = self.get_option("executor")
         namespace = self.get_option("namespace")
         timeout = float(self.get_option("connect_timeout"))

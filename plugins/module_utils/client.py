@@ -328,7 +328,7 @@ class ExecutorClient:
         self.nats_options = nats_options
         self.name = name
         self.connect_timeout = float(connect_timeout)
-        servers = ",".join(wire_connect.split_servers(nats_options.get("servers")) or [wire_connect.DEFAULT_SERVER])
+        servers = ",".join(wire_connect.server_list(nats_options.get("servers")))
         # validates instance id and namespace before anything is sent
         self.core = AsyncExecutorClient(None, instance_id, namespace, connect_timeout, keepalive, servers)
         self._loop = None

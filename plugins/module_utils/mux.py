@@ -27,7 +27,7 @@ import sys
 import time
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorUnreachable
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import E_CONNECT, E_INTERNAL, PROTOCOL_VERSION
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import E_CONNECT, E_INTERNAL, PROTOCOL_VERSION, WireError
 
 FRAME = struct.Struct("!II")
 MAX_FRAME_JSON = 1 << 20
@@ -204,7 +204,7 @@ def serve(path, settings):
         except ExecutorError as exc:
             _announce({"error": exc.to_dict()})
             return 1
-        servers = ",".join(client.wire_connect.split_servers(nats_options.get("servers")) or [client.wire_connect.DEFAULT_SERVER])
+        servers = ",".join(client.wire_connect.server_list(nats_options.get("servers")))
         state = {"active": 0, "last": time.monotonic()}
 
         async def handle(reader, writer):
@@ -287,10 +287,9 @@ async def _dispatch(client, nc, servers, connect_timeout, doc, payload):
         return {"error": {"code": E_INTERNAL, "message": "unknown control operation %r" % op}}, b""
     except ExecutorError as exc:
         return {"error": exc.to_dict()}, b""
+    except WireError as exc:  # a request the client refused before sending (bad instance id, namespace)
+        return {"error": {"code": exc.code, "message": exc.message, "unreachable": False}}, b""
     except Exception as exc:  # pylint: disable=broad-except
-        error = getattr(exc, "code", None) and getattr(exc, "message", None)
-        if error:
-            return {"error": {"code": exc.code, "message": exc.message, "unreachable": False}}, b""
         return {"error": {"code": E_INTERNAL, "message": "control process error: %r" % exc, "unreachable": False}}, b""
 
 

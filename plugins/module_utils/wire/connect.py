@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
@@ -29,7 +28,8 @@ OPTION_SOURCES = {
     "cert": ("cert", "NATS_CERT"),
     "key": ("key", "NATS_KEY"),
 }
-SECRET_OPTIONS = ("password", "token")
+# every option name of a NATS connection, as the plugin, the modules and the executor spell it
+OPTION_NAMES = tuple(OPTION_SOURCES) + ("tls_hostname", "context")
 
 
 class ConnectOptionsError(ValueError):
@@ -47,6 +47,11 @@ def split_servers(value):
         if "://" not in url:
             raise ConnectOptionsError("server %r needs a scheme, for example nats://%s or tls://%s" % (url, url, url))
     return servers
+
+
+def server_list(value):
+    """split_servers, falling back to the loopback default when nothing is given."""
+    return split_servers(value) or [DEFAULT_SERVER]
 
 
 def context_path(name):
@@ -82,7 +87,7 @@ def resolve(options):
     if opts.get("context"):
         for key, value in load_context(opts["context"]).items():
             opts.setdefault(key, value)
-    opts["servers"] = split_servers(opts.get("servers")) or [DEFAULT_SERVER]
+    opts["servers"] = server_list(opts.get("servers"))
     methods = [m for m in ("user", "token", "creds", "nkey") if opts.get(m)]
     if len(methods) > 1:
         raise ConnectOptionsError("choose one NATS authentication method, got %s" % " and ".join(methods))
@@ -104,6 +109,8 @@ def tls_context(opts):
         s.startswith("tls://") for s in opts["servers"])
     if not wants_tls:
         return None
+    # imported here: only TLS users pay for it, and the connection plugin imports this module in every worker
+    import ssl  # pylint: disable=import-outside-toplevel
     try:
         ctx = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=opts.get("ca"))
         if opts.get("cert"):
@@ -147,7 +154,7 @@ def describe(options):
         opts = resolve(options)
     except ConnectOptionsError:
         opts = dict(options)
-        opts["servers"] = split_servers(opts.get("servers")) or [DEFAULT_SERVER]
+        opts["servers"] = server_list(opts.get("servers"))
     auth = next((m for m in ("creds", "nkey", "token", "user") if opts.get(m)), "none")
     if auth == "user":
         auth = "user %s" % opts["user"]
