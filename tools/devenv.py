@@ -103,17 +103,20 @@ class NatsServer:
 
 
 class ExecutorProcess:
-    """A natsops-executor process serving some instance ids."""
+    """A natsops-executor process serving some instance ids.
 
-    def __init__(self, url, instances, extra_args=(), env=None, log_dir=None):
+    ``command`` replaces the launcher (default: the virtualenv's natsops-executor), for example to run it
+    as another account; ``inherit_env=False`` starts it with ``env`` alone instead of this environment plus ``env``."""
+
+    def __init__(self, url, instances, extra_args=(), env=None, log_dir=None, command=None, inherit_env=True):
         self.instances = list(instances)
-        args = [tool("natsops-executor"), "--server", url]
+        args = list(command or [tool("natsops-executor")]) + ["--server", url]
         for inst in self.instances:
             args += ["--instance", inst]
         args += list(extra_args)
         self.log_path = os.path.join(log_dir or tempfile.gettempdir(), "executor-%d-%d.log" % (os.getpid(), free_port()))
         self.log = open(self.log_path, "wb")  # pylint: disable=consider-using-with
-        full_env = dict(os.environ)
+        full_env = dict(os.environ) if inherit_env else {}
         full_env.update(env or {})
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)  # pylint: disable=consider-using-with
         self._wait_ready()

@@ -67,26 +67,12 @@ def portable_executor():
     shutil.rmtree(site, ignore_errors=True)
 
 
-class UserExecutor:
-    """An executor process running as an unprivileged account."""
-
-    def __init__(self, site, url, user, instance, log_dir):
-        self.log_path = os.path.join(log_dir, "executor-%s.log" % user)
-        self.log = open(self.log_path, "wb")  # pylint: disable=consider-using-with
-        env = {"PYTHONPATH": site, "PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8"}
-        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            [shutil.which("runuser") or "/usr/sbin/runuser", "-u", user, "--", SYSTEM_PYTHON, "-m", "natsops_executor",
-             "--server", url, "--instance", instance],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        devenv.ExecutorProcess._wait_ready(self)  # pylint: disable=protected-access
-
-    def output(self):
-        with open(self.log_path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace")
-
-    def stop(self):
-        devenv.stop_process(self.proc)
-        self.log.close()
+def user_executor(site, url, user, instance, log_dir):
+    """An executor process running as an unprivileged account, from the portable copy."""
+    return devenv.ExecutorProcess(
+        url, [instance], log_dir=log_dir, inherit_env=False,
+        command=[shutil.which("runuser") or "/usr/sbin/runuser", "-u", user, "--", SYSTEM_PYTHON, "-m", "natsops_executor"],
+        env={"PYTHONPATH": site, "PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8"})
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +82,7 @@ def user_executors(accounts, portable_executor, nats_server):  # pylint: disable
     started = {}
     try:
         for user in (NOPW, PW):
-            started[user] = UserExecutor(portable_executor, nats_server.url, user, "as-" + user, log_dir)
+            started[user] = user_executor(portable_executor, nats_server.url, user, "as-" + user, log_dir)
         yield started
     finally:
         for proc in started.values():
