@@ -286,18 +286,46 @@ from ansible.utils.display import Display
 # only standard-library modules here: this file is imported in every task's worker process
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.mux import MuxClient
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.connect import OPTION_NAMES
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
-    DEFAULT_KEEPALIVE, WireError, validate_instance_id, validate_namespace,
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
+    OPTION_NAMES, WireError, validate_instance_id, validate_namespace,
 )
 
 display = Display()
+
+FQCN = "natsops.fleet.nats"
+
+
+def _register_option_definitions():
+    """Speed: give ansible-core this plugin's option definitions before it parses DOCUMENTATION itself.
+
+    ansible-core loads builtin connection plugins' definitions in the parent process before it forks a
+    worker per task, but not those of collection plugins, so every worker parsed this DOCUMENTATION again
+    with its tagging YAML loader: about 7 ms of every task (docs/performance.md). The C YAML parser yields
+    the same data in under 2 ms (tests/unit compares the two). Without libyaml, or when ansible-core's
+    config manager does not offer this, nothing is registered here and ansible-core parses as usual.
+    """
+    try:
+        import yaml  # pylint: disable=import-outside-toplevel
+        from ansible import constants as C  # pylint: disable=import-outside-toplevel
+
+        loader = getattr(yaml, "CSafeLoader", None)
+        # ansible-core files a collection plugin's definitions under its Python module name
+        if loader is None or C.config.has_configuration_definition("connection", __name__):
+            return
+        options = yaml.load(DOCUMENTATION, Loader=loader).get("options")  # nosec: the C safe loader
+        if isinstance(options, dict):
+            C.config.initialize_plugin_configuration_definitions("connection", __name__, options)
+    except Exception:  # pylint: disable=broad-except
+        return  # ansible-core reads the documentation itself
+
+
+_register_option_definitions()
 
 
 class Connection(ConnectionBase):
     """Run tasks through a natsops executor over NATS."""
 
-    transport = "natsops.fleet.nats"
+    transport = FQCN
     has_pipelining = True
     has_tty = False
 
@@ -328,7 +356,7 @@ class Connection(ConnectionBase):
         name = "ansible natsops.fleet.nats"
         try:
             if persist > 0:
-                target = {"instance_id": instance, "namespace": namespace, "keepalive": DEFAULT_KEEPALIVE}
+                target = {"instance_id": instance, "namespace": namespace}
                 self._client = MuxClient.connect(options, timeout, persist, name, target)
             else:
                 from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel

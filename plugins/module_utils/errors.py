@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import WireError
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import WireError
 
 
 class ExecutorError(WireError):

@@ -1,13 +1,14 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) natsops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The control process: one NATS connection kept across Ansible tasks (ssh's ControlPersist, for NATS).
+"""The worker side of the control process: one NATS connection kept across Ansible tasks (ssh's ControlPersist, for NATS).
 
 Ansible forks a worker per task and loads the connection plugin in it; connecting to NATS
 from every worker means importing nats-py and asyncio and a NATS handshake each time. Instead
-the first worker starts this module as a small per-user process that holds the connection and
+the first worker starts ``control.py`` as a small per-user process that holds the connection and
 serves workers over a Unix socket in a private directory (``~/.ansible/natsops/cp``, mode 0700).
-It exits after ``persist`` seconds without work. Workers use only the standard library.
+It exits after ``persist`` seconds without work. This module is imported in every task's worker,
+so it stays small and uses only the standard library.
 
 Frames on the socket: 8 bytes (JSON length, payload length, big-endian), the JSON document,
 the raw payload. A worker sends one request frame and reads one reply frame.
@@ -27,7 +28,7 @@ import sys
 import time
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorUnreachable
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import E_CONNECT, E_INTERNAL, PROTOCOL_VERSION, WireError
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CONNECT, PROTOCOL_VERSION
 
 FRAME = struct.Struct("!II")
 MAX_FRAME_JSON = 1 << 20
@@ -85,7 +86,7 @@ class MuxClient:
 
     def __init__(self, sock, target):
         self._sock = sock
-        self._target = target  # instance id, namespace, keepalive for every request
+        self._target = target  # instance id and namespace, sent with every request
 
     @classmethod
     def connect(cls, nats_options, connect_timeout, persist, name, target):
@@ -157,7 +158,7 @@ def _spawn(path, nats_options, connect_timeout, persist, name):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_collections_root(), env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(  # pylint: disable=consider-using-with
-        [sys.executable, "-m", "ansible_collections.natsops.fleet.plugins.module_utils.mux", path],
+        [sys.executable, "-m", "ansible_collections.natsops.fleet.plugins.module_utils.control", path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/", env=env,
         start_new_session=True, close_fds=True)
     settings = {"nats_options": nats_options, "connect_timeout": connect_timeout, "persist": persist, "name": name}
@@ -185,121 +186,3 @@ def _spawn(path, nats_options, connect_timeout, persist, name):
     proc.wait()
     error = status.get("error") or {"code": E_CONNECT, "message": "the natsops control process did not start"}
     raise ExecutorError.from_dict(dict(error, unreachable=True))
-
-
-# ---------------------------------------------------------------- the control process
-
-def serve(path, settings):
-    """Run the control process (blocking). Imports nats-py and asyncio only here."""
-    import asyncio  # pylint: disable=import-outside-toplevel
-    from ansible_collections.natsops.fleet.plugins.module_utils import client  # pylint: disable=import-outside-toplevel
-
-    nats_options = settings["nats_options"]
-    connect_timeout = float(settings["connect_timeout"])
-    persist = float(settings["persist"])
-
-    async def main():
-        try:
-            nc = await client.open_nats(nats_options, settings.get("name") or "natsops.fleet control", connect_timeout)
-        except ExecutorError as exc:
-            _announce({"error": exc.to_dict()})
-            return 1
-        servers = ",".join(client.wire_connect.server_list(nats_options.get("servers")))
-        state = {"active": 0, "last": time.monotonic()}
-
-        async def handle(reader, writer):
-            state["active"] += 1
-            try:
-                while True:
-                    try:
-                        header = await reader.readexactly(FRAME.size)
-                    except asyncio.IncompleteReadError:
-                        return
-                    json_len, payload_len = FRAME.unpack(header)
-                    if json_len > MAX_FRAME_JSON:
-                        return
-                    doc = json.loads((await reader.readexactly(json_len)).decode("utf-8"))
-                    payload = await reader.readexactly(payload_len) if payload_len else b""
-                    reply, data = await _dispatch(client, nc, servers, connect_timeout, doc, payload)
-                    encoded = json.dumps(reply, ensure_ascii=False).encode("utf-8")
-                    writer.write(FRAME.pack(len(encoded), len(data)) + encoded)
-                    if data:
-                        writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-                return
-            finally:
-                state["active"] -= 1
-                state["last"] = time.monotonic()
-                writer.close()
-
-        temp = "%s.%d.tmp" % (path, os.getpid())
-        server = await asyncio.start_unix_server(handle, path=temp)
-        os.chmod(temp, 0o600)
-        os.rename(temp, path)
-        identity = os.stat(path).st_ino
-        _announce({"ready": True, "pid": os.getpid()})
-        try:
-            while not nc.is_closed:
-                await asyncio.sleep(0.5)
-                if state["active"] == 0 and time.monotonic() - state["last"] > persist:
-                    break
-        finally:
-            server.close()
-            try:
-                if os.stat(path).st_ino == identity:  # never remove a newer process's socket
-                    os.unlink(path)
-            except OSError:
-                pass
-            if not nc.is_closed:
-                await nc.close()
-        return 0
-
-    return asyncio.run(main())
-
-
-def _announce(status):
-    sys.stdout.write(json.dumps(status) + "\n")
-    sys.stdout.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
-
-
-async def _dispatch(client, nc, servers, connect_timeout, doc, payload):
-    """Run one worker request with a per-request AsyncExecutorClient on the shared connection."""
-    try:
-        core = client.AsyncExecutorClient(nc, doc.get("instance_id"), doc.get("namespace", "natsops"),
-                                          connect_timeout, doc.get("keepalive", 1.0), servers)
-        op = doc.get("op")
-        if op == "exec":
-            rc, out, err = await core.exec_command(command=doc.get("command"), stdin=payload or None,
-                                                   shell=doc.get("shell", "/bin/sh"), become=doc.get("become"),
-                                                   pty=doc.get("pty", False), timeout=doc.get("timeout", 0),
-                                                   env=doc.get("env"), cwd=doc.get("cwd"))
-            return {"rc": rc, "stdout_len": len(out)}, out + err
-        if op == "put":
-            return {"result": await core.put_file(doc["local_path"], doc["remote_path"], doc.get("mode"))}, b""
-        if op == "fetch":
-            return {"result": await core.fetch_file(doc["remote_path"], doc["local_path"])}, b""
-        if op == "discover":
-            return {"executors": await core.discover(doc.get("wait", 0.5), doc.get("stats", False))}, b""
-        return {"error": {"code": E_INTERNAL, "message": "unknown control operation %r" % op}}, b""
-    except ExecutorError as exc:
-        return {"error": exc.to_dict()}, b""
-    except WireError as exc:  # a request the client refused before sending (bad instance id, namespace)
-        return {"error": {"code": exc.code, "message": exc.message, "unreachable": False}}, b""
-    except Exception as exc:  # pylint: disable=broad-except
-        return {"error": {"code": E_INTERNAL, "message": "control process error: %r" % exc, "unreachable": False}}, b""
-
-
-def main(argv):
-    if len(argv) != 2:
-        sys.stderr.write("usage: python -m ...module_utils.mux SOCKET_PATH < settings.json\n")
-        return 2
-    settings = json.loads(sys.stdin.read())
-    return serve(argv[1], settings)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv))

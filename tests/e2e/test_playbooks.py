@@ -133,7 +133,7 @@ def _control_processes(socket_path):
                     argv = handle.read().split(b"\0")
             except OSError:
                 continue
-            if socket_path.encode() in argv and b"ansible_collections.natsops.fleet.plugins.module_utils.mux" in argv:
+            if socket_path.encode() in argv and b"ansible_collections.natsops.fleet.plugins.module_utils.control" in argv:
                 found.append(int(pid))
     return found
 

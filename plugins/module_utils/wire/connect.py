@@ -14,23 +14,9 @@ from __future__ import annotations
 import json
 import os
 
+from .names import OPTION_NAMES, OPTION_SOURCES  # noqa: F401  OPTION_NAMES re-exported
+
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
-
-# user-facing option -> (natscli context field, environment variable)
-OPTION_SOURCES = {
-    "servers": ("url", "NATS_URL"),
-    "user": ("user", "NATS_USER"),
-    "password": ("password", "NATS_PASSWORD"),
-    "token": ("token", "NATS_TOKEN"),
-    "creds": ("creds", "NATS_CREDS"),
-    "nkey": ("nkey", "NATS_NKEY"),
-    "ca": ("ca", "NATS_CA"),
-    "cert": ("cert", "NATS_CERT"),
-    "key": ("key", "NATS_KEY"),
-}
-# every option name of a NATS connection, as the plugin, the modules and the executor spell it
-OPTION_NAMES = tuple(OPTION_SOURCES) + ("tls_hostname", "context")
-
 
 class ConnectOptionsError(ValueError):
     """A NATS connection option is missing, contradictory or points at an unreadable file."""

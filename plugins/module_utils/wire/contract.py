@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The natsops wire contract: subjects, message framing, request schemas, error codes.
 
-This module is the ONE definition of the protocol spoken between callers (the
-``natsops.fleet.nats`` connection plugin and the modules) and ``natsops-executor``.
+This module (with ``names.py``, whose names it re-exports) is the ONE definition of the protocol
+spoken between callers (the ``natsops.fleet.nats`` connection plugin and the modules) and ``natsops-executor``.
 The executor wheel ships this very file (see pyproject.toml); docs/protocol.md
 describes it for humans. Standard library only, Python 3.8+ syntax.
 """
@@ -15,18 +15,13 @@ import hashlib
 import json
 import re
 
-PROTOCOL_VERSION = 1
-DEFAULT_NAMESPACE = "natsops"
-SERVICE_NAME = "natsops-executor"
-# One queue group for every executor endpoint: executors sharing an instance id
-# (or serving all of them with ``*``) share the load and each request runs once.
-QUEUE_GROUP = "natsops-executors"
-ALL_INSTANCES = "*"
-
-OP_EXEC = "exec"
-OP_PUT = "put"
-OP_FETCH = "fetch"
-OPERATIONS = (OP_EXEC, OP_PUT, OP_FETCH)
+from .names import (  # noqa: F401  re-exported: the contract is names + messages
+    ALL_INSTANCES, DEFAULT_NAMESPACE, ERROR_CODES, E_ABORTED, E_BAD_INSTANCE, E_BAD_JSON, E_BAD_PATH, E_BAD_REQUEST,
+    E_BECOME, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_INTERNAL, E_IO, E_NOT_FOUND, E_NO_RESPONDERS,
+    E_PERMISSION, E_SIZE_MISMATCH, E_SPAWN, E_STREAM, E_TIMEOUT, E_TOO_LARGE, E_UNSUPPORTED_VERSION, OPERATIONS,
+    OP_EXEC, OP_FETCH, OP_PUT, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, subject, validate_instance_id,
+    validate_namespace,
+)
 
 # NATS headers used by the protocol (ASCII tokens).
 H_KIND = "Natsops-Kind"
@@ -57,106 +52,6 @@ DEFAULT_WINDOW = 8                     # un-acknowledged stream messages in flig
 DEFAULT_KEEPALIVE = 1.0                # seconds between executor keepalives
 LIVENESS_FACTOR = 5                    # a caller gives up after this many silent intervals
 MIN_LIVENESS = 3.0
-
-# Error codes: every error reply carries one of these.
-E_BAD_JSON = "bad_json"
-E_BAD_REQUEST = "bad_request"
-E_BAD_INSTANCE = "bad_instance"
-E_BAD_PATH = "bad_path"
-E_TOO_LARGE = "too_large"
-E_UNSUPPORTED_VERSION = "unsupported_version"
-E_NOT_FOUND = "not_found"
-E_PERMISSION = "permission_denied"
-E_IO = "io_error"
-E_SIZE_MISMATCH = "size_mismatch"
-E_CHECKSUM_MISMATCH = "checksum_mismatch"
-E_STREAM = "stream_error"
-E_TIMEOUT = "timeout"
-E_BECOME = "become_failed"
-E_SPAWN = "spawn_failed"
-E_ABORTED = "aborted"
-E_INTERNAL = "internal"
-# Raised on the caller side only.
-E_NO_RESPONDERS = "no_responders"
-E_EXECUTOR_LOST = "executor_lost"
-E_CONNECT = "connect_failed"
-
-ERROR_CODES = (
-    E_BAD_JSON, E_BAD_REQUEST, E_BAD_INSTANCE, E_BAD_PATH, E_TOO_LARGE, E_UNSUPPORTED_VERSION,
-    E_NOT_FOUND, E_PERMISSION, E_IO, E_SIZE_MISMATCH, E_CHECKSUM_MISMATCH, E_STREAM, E_TIMEOUT,
-    E_BECOME, E_SPAWN, E_ABORTED, E_INTERNAL, E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT,
-)
-
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-# Text that means a variable was never substituted: the seed incident's cousin.
-_UNRENDERED_RE = re.compile(r"(\$\{|\$[A-Za-z_]|\{\{|\}\}|\{%|%\(|<no value>)")
-
-
-class WireError(Exception):
-    """A protocol-level failure with a machine-readable code."""
-
-    def __init__(self, code, message, details=None):
-        super(WireError, self).__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or {}
-
-    def to_dict(self):
-        return {"v": PROTOCOL_VERSION, "code": self.code, "message": self.message, "details": self.details}
-
-    @classmethod
-    def from_dict(cls, data):
-        if not isinstance(data, dict):
-            return cls(E_INTERNAL, "malformed error reply: %r" % (data,))
-        details = data.get("details")
-        return cls(str(data.get("code") or E_INTERNAL), str(data.get("message") or "unknown error"),
-                   details if isinstance(details, dict) else {})
-
-    def __str__(self):
-        return "%s: %s" % (self.code, self.message)
-
-
-# ---------------------------------------------------------------- names
-
-def validate_instance_id(value, allow_all=False):
-    """Return the instance id, or raise WireError(bad_instance) saying what is wrong with it."""
-    if not isinstance(value, str):
-        raise WireError(E_BAD_INSTANCE, "instance id must be a string, got %s" % type(value).__name__)
-    if value == ALL_INSTANCES:
-        if allow_all:
-            return value
-        raise WireError(E_BAD_INSTANCE, "instance id '*' (all instances) can only be served, not addressed")
-    if not value or not value.strip():
-        raise WireError(E_BAD_INSTANCE, "instance id is empty")
-    if len(value.encode("utf-8")) > 128:
-        raise WireError(E_BAD_INSTANCE, "instance id is longer than 128 bytes: %r" % value)
-    if _UNRENDERED_RE.search(value):
-        raise WireError(E_BAD_INSTANCE, "instance id %r looks like an unrendered variable or template; "
-                                        "set the real instance id (for example 'default' or a zone name)" % value)
-    for char in value:
-        if char.isspace() or ord(char) < 32 or char in ".*>":
-            raise WireError(E_BAD_INSTANCE, "instance id %r contains %r; whitespace, control characters, "
-                                            "'.', '*' and '>' are not allowed in a NATS subject token" % (value, char))
-    return value
-
-
-def validate_namespace(value):
-    """A namespace is one or more dot-separated tokens of letters, digits, '_' and '-'."""
-    if not isinstance(value, str) or not value:
-        raise WireError(E_BAD_REQUEST, "namespace must be a non-empty string")
-    for token in value.split("."):
-        if not _TOKEN_RE.match(token):
-            raise WireError(E_BAD_REQUEST, "namespace %r is invalid: use dot-separated tokens of "
-                                           "letters, digits, '_' and '-'" % value)
-    return value
-
-
-def subject(namespace, op, instance_id):
-    """The subject an executor serving ``instance_id`` listens on for ``op``."""
-    if op not in OPERATIONS:
-        raise ValueError("unknown operation %r" % op)
-    return "%s.%s.%s" % (namespace, op, instance_id)
-
 
 def chunk_size(max_payload):
     """Bytes of data per stream message for a server with this max_payload."""

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from ansible.playbook.play_context import PlayContext
-from ansible.plugins.loader import become_loader, connection_loader
+from ansible.plugins.loader import become_loader, connection_loader, fragment_loader
 
 
 @pytest.fixture
@@ -64,3 +64,22 @@ def test_become_spec_su_prompt_matches_localised_prompts(connection):
 def test_not_sudoable_means_no_become(connection):
     _with_become(connection, "ansible.builtin.sudo", "pw")
     assert connection._become_spec(in_data=None, sudoable=False) == (None, False)
+
+
+def test_preregistered_option_definitions_equal_ansible_core_parse():
+    """The plugin hands ansible-core its option definitions (parsed with the C YAML loader) to spare every
+    worker the tagging parse; they must be the very data ansible-core's own loader reads from DOCUMENTATION."""
+    from ansible import constants as C
+    from ansible.parsing.yaml.loader import AnsibleLoader
+    from ansible.utils.plugin_docs import add_fragments
+    import yaml
+
+    plugin = connection_loader.get("natsops.fleet.nats", class_only=True)
+    module = __import__(plugin.__module__, fromlist=["DOCUMENTATION"])
+    if not getattr(yaml, "CSafeLoader", None):
+        pytest.skip("PyYAML without libyaml: the plugin leaves parsing to ansible-core")
+    expected = yaml.load(module.DOCUMENTATION, Loader=AnsibleLoader)
+    add_fragments(expected, module.__file__, fragment_loader=fragment_loader, is_module=False)
+    registered = C.config.get_configuration_definitions("connection", plugin.__module__)
+    assert registered == expected["options"]
+    assert plugin.__module__ == "ansible_collections.natsops.fleet.plugins.connection.nats"
