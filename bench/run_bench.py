@@ -80,32 +80,6 @@ def lab_available():
     return reason is None, reason or ""
 
 
-def start_lab_executor(lab_host, url, scratch):
-    """Copy the executor to the lab host over ssh and start it there (agent mode, instance id lab-bench-host)."""
-    import labctl  # pylint: disable=import-outside-toplevel
-    site = devenv.portable_site(os.path.join(scratch, "site"))
-    archive = os.path.join(scratch, "site.tar")
-    subprocess.run(["tar", "-C", site, "-cf", archive, "."], check=True)
-    with open(archive, "rb") as handle:
-        data = handle.read()
-    ssh = labctl._ssh_argv(lab_host)  # pylint: disable=protected-access
-    subprocess.run(ssh + ["rm -rf /opt/natsops-bench && mkdir -p /opt/natsops-bench && tar -C /opt/natsops-bench -xf -"],
-                   input=data, check=True, timeout=60)
-    # the lab host runs systemd: a transient unit is the honest way to run a daemon there
-    subprocess.run(ssh + ["systemd-run --unit=natsops-bench-executor --setenv=PYTHONPATH=/opt/natsops-bench "
-                          "/usr/bin/python3 -m natsops_executor --server %s --instance lab-bench-host" % url],
-                   check=True, timeout=30, capture_output=True)
-    deadline = time.monotonic() + 20
-    log = ""
-    while time.monotonic() < deadline:
-        log = subprocess.run(ssh + ["journalctl -u natsops-bench-executor --no-pager -o cat"], capture_output=True,
-                             text=True, timeout=30, check=False).stdout
-        if " ready: " in log:
-            return
-        time.sleep(0.3)
-    raise RuntimeError("executor on %s not ready:\n%s" % (lab_host, log))
-
-
 def measure(runs):
     """Set every scenario up first, then run them round-robin (run 1 of each, run 2 of each, ...) so that
     drift of a noisy machine spreads over all scenarios instead of landing on one."""
@@ -113,7 +87,7 @@ def measure(runs):
     notes = []
     scratch = tempfile.mkdtemp(prefix="natsops-bench-")
     lab_ok, lab_reason = lab_available()
-    lab = nats = executor = None
+    lab = nats = executor = lab_executor = None
     try:
         if lab_ok:
             import labctl  # pylint: disable=import-outside-toplevel
@@ -135,7 +109,8 @@ def measure(runs):
                         "ansible_ssh_common_args": "-o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=no "
                                                    "-o UserKnownHostsFile=%s -o IdentitiesOnly=yes" % lab["known_hosts"]}
             scenarios.append(("ssh-lab", "ssh, pipelining + ControlPersist, to a lab host", write_inventory(scratch, "ssh-lab", ssh_vars), None))
-            start_lab_executor(host["name"], nats.url, scratch)
+            lab_executor = devenv.LabExecutor(host["name"], nats.url, ["lab-bench-host"], unit="natsops-bench-executor",
+                                              scratch=scratch)
             # the lab executor serves 'bench-host' too: point this scenario at it alone
             scenarios.append(("nats-lab", "natsops.fleet.nats, executor on that lab host", write_inventory(
                 scratch, "nats-lab", dict(nats_vars, ansible_python_interpreter="/usr/bin/python3", ansible_nats_executor="lab-bench-host")), None))
@@ -159,6 +134,8 @@ def measure(runs):
         if executor is not None:
             executor.stop()
             executor.remove_log()
+        if lab_executor is not None:
+            lab_executor.stop()
         if nats is not None:
             nats.stop()
         if lab:

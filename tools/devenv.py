@@ -145,6 +145,53 @@ class ExecutorProcess:
             os.unlink(self.log_path)
 
 
+class LabExecutor:
+    """natsops-executor on a lab host (tests/lab), as a transient systemd unit: the portable site is copied
+    there over ssh and run with the host's own python3 (and its distribution's paramiko for SSH mode).
+    ``files`` ({remote path: text}) are written first, for example known_hosts or a config file."""
+
+    def __init__(self, lab_host, url, instances, extra_args=(), unit="natsops-lab-executor", files=None, scratch=None):
+        import labctl  # pylint: disable=import-outside-toplevel  (tests/lab on sys.path)
+        import shlex  # pylint: disable=import-outside-toplevel
+        self.host = lab_host
+        self.unit = unit
+        self._ssh = labctl._ssh_argv(lab_host)  # pylint: disable=protected-access
+        scratch = scratch or tempfile.mkdtemp(prefix="natsops-labexec-")
+        site = portable_site(os.path.join(scratch, "site-%s" % unit))
+        archive = subprocess.run(["tar", "-C", site, "-cf", "-", "."], check=True, capture_output=True).stdout
+        shutil.rmtree(site, ignore_errors=True)
+        home = "/opt/%s" % unit
+        self.run("systemctl stop %s 2>/dev/null; systemctl reset-failed %s 2>/dev/null; rm -rf %s && mkdir -p %s && "
+                 "tar -C %s -xf -" % (unit, unit, home, home, home), data=archive)
+        for path, text in (files or {}).items():
+            self.run("mkdir -p %s && cat > %s" % (shlex.quote(os.path.dirname(path)), shlex.quote(path)), data=text.encode())
+        args = ["--server", url]
+        for inst in instances:
+            args += ["--instance", inst]
+        args += list(extra_args)
+        self.run("systemd-run --unit=%s --setenv=PYTHONPATH=%s /usr/bin/python3 -m natsops_executor %s"
+                 % (unit, home, " ".join(shlex.quote(a) for a in args)))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if " ready: " in self.log():
+                return
+            time.sleep(0.3)
+        raise RuntimeError("executor %s on %s not ready:\n%s" % (unit, lab_host, self.log()))
+
+    def run(self, command, data=None, check=True):
+        result = subprocess.run(self._ssh + [command], input=data, capture_output=True, timeout=120, check=False)
+        if check and result.returncode != 0:
+            raise RuntimeError("%s on %s failed: %s" % (command, self.host, result.stderr.decode("utf-8", "replace")))
+        return result
+
+    def log(self):
+        return self.run("journalctl -u %s --no-pager -o cat" % self.unit, check=False).stdout.decode("utf-8", "replace")
+
+    def stop(self):
+        self.run("systemctl stop %s; systemctl reset-failed %s 2>/dev/null; rm -rf /opt/%s" % (self.unit, self.unit, self.unit),
+                 check=False)
+
+
 def portable_site(directory):
     """Copy the executor, the wire contract and the pure-Python packages it needs (nats-py, PyYAML)
     into ``directory``, world-readable, so that any Python 3.9+ can run ``python3 -m natsops_executor``

@@ -39,9 +39,21 @@ class Config:
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     bklite_compat: bool = False
+    ssh_known_hosts: str = None
+    ssh_host_key_policy: str = "strict"
+    ssh_identities: dict = None
+    ssh_pool_size: int = 64
+    ssh_idle_timeout: float = 300.0
+    ssh_connect_timeout: float = 10.0
 
     def nats_options(self):
         return dict((k, getattr(self, k)) for k in wire_connect.OPTION_NAMES)
+
+    def ssh_settings(self):
+        """SSH mode settings; loads identities and known_hosts (ValueError when they are unusable)."""
+        from natsops_executor import ssh  # pylint: disable=import-outside-toplevel  (paramiko only when needed)
+        return ssh.SSHSettings(self.ssh_known_hosts, self.ssh_host_key_policy, self.ssh_identities,
+                               self.ssh_pool_size, self.ssh_idle_timeout, self.ssh_connect_timeout)
 
 
 # key -> environment variable (NATS_* are natscli's names)
@@ -64,8 +76,15 @@ ENVIRONMENT = {
     "shutdown_grace": "NATSOPS_SHUTDOWN_GRACE",
     "log_level": "NATSOPS_LOG_LEVEL",
     "bklite_compat": "NATSOPS_BKLITE_COMPAT",
+    "ssh_known_hosts": "NATSOPS_SSH_KNOWN_HOSTS",
+    "ssh_host_key_policy": "NATSOPS_SSH_HOST_KEY_POLICY",
+    "ssh_identities": "NATSOPS_SSH_IDENTITIES",
+    "ssh_pool_size": "NATSOPS_SSH_POOL_SIZE",
+    "ssh_idle_timeout": "NATSOPS_SSH_IDLE_TIMEOUT",
+    "ssh_connect_timeout": "NATSOPS_SSH_CONNECT_TIMEOUT",
 }
 LIST_KEYS = ("servers", "instances")
+DICT_KEYS = ("ssh_identities",)
 FIELDS = dict((f.name, f) for f in dataclasses.fields(Config))
 
 
@@ -98,6 +117,15 @@ def build_parser():
     add("--log-level", dest="log_level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add("--bklite-compat", dest="bklite_compat", action="store_true", default=None,
         help="also serve the BK-Lite nats-executor subjects")
+    add("--ssh-known-hosts", dest="ssh_known_hosts", metavar="FILE",
+        help="known_hosts for SSH mode (default ~/.ssh/known_hosts)")
+    add("--ssh-host-key-policy", dest="ssh_host_key_policy", choices=("strict", "accept-new", "ignore"),
+        help="unknown host keys: refuse (strict, default), learn (accept-new) or never check (ignore, logged loudly)")
+    add("--ssh-identity", dest="ssh_identities", action="append", metavar="NAME=KEYFILE",
+        help="a private key callers may name as ssh identity (repeatable); 'default' is used when they name none")
+    add("--ssh-pool-size", dest="ssh_pool_size", type=int, help="SSH connections kept for reuse (default 64)")
+    add("--ssh-idle-timeout", dest="ssh_idle_timeout", type=float, help="seconds an idle SSH connection is kept (default 300)")
+    add("--ssh-connect-timeout", dest="ssh_connect_timeout", type=float, help="SSH connect timeout in seconds (default 10)")
     add("--version", action="store_true", help="print the version and exit")
     return parser
 
@@ -134,6 +162,8 @@ def _from_env(environ):
 def _coerce(key, value, source):
     field_type = FIELDS[key].type
     try:
+        if key in DICT_KEYS:
+            return _name_map(value)
         if key in LIST_KEYS:
             if isinstance(value, str):
                 items = value.split(",") if key == "instances" else value.replace(",", " ").split()
@@ -153,6 +183,23 @@ def _coerce(key, value, source):
         return None if value is None else str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError("option %s from %s has a bad value %r: %s" % (key, source, value, exc))
+
+
+def _name_map(value):
+    """NAME=PATH pairs (a list, or a comma-separated string) or a mapping -> {name: path}."""
+    if isinstance(value, dict):
+        return dict((str(k), str(v)) for k, v in value.items())
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)):
+        raise TypeError("a mapping of names to key files, or NAME=KEYFILE items")
+    result = {}
+    for item in value:
+        name, sep, path = str(item).strip().partition("=")
+        if not sep or not name or not path:
+            raise ValueError("%r is not NAME=KEYFILE" % item)
+        result[name.strip()] = path.strip()
+    return result
 
 
 def load(argv=None, environ=None):
@@ -195,5 +242,14 @@ def validate(cfg):
         raise ConfigError(str(exc))
     if cfg.max_jobs < 1:
         raise ConfigError("max_jobs must be at least 1")
+    if cfg.ssh_pool_size < 1 or cfg.ssh_idle_timeout <= 0 or cfg.ssh_connect_timeout <= 0:
+        raise ConfigError("ssh_pool_size must be at least 1 and the ssh timeouts positive")
+    try:
+        cfg.ssh_settings()  # known_hosts and identity files are read now: a bad one stops the start
+    except ValueError as exc:
+        raise ConfigError(str(exc))
+    except ImportError as exc:  # paramiko missing: fine for agent mode, an error if SSH mode was configured
+        if cfg.ssh_identities or cfg.ssh_known_hosts or cfg.ssh_host_key_policy != "strict":
+            raise ConfigError("SSH options are set but SSH mode is unavailable: %s (install paramiko)" % exc)
     cfg.name = cfg.name or socket.gethostname()
     return cfg

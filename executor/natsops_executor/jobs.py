@@ -114,8 +114,61 @@ class _Digest:
         return {"size": self.size, "sha256": self.hash.hexdigest()}
 
 
+class LocalProcess:
+    """A command on this host, as _supervise drives it (the SSH flavour lives in ssh.py)."""
+
+    def __init__(self, proc, primary):
+        self.proc = proc
+        self.primary = primary  # pty side for become prompts, or None
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.label = "process group %d" % proc.pid
+        self.details = {"pgid": proc.pid}
+
+    def wait(self):
+        return self.proc.wait()
+
+    def write_password(self, data):
+        if self.primary is not None:
+            os.write(self.primary, data)
+        elif self.proc.stdin is not None:
+            self.proc.stdin.write(data)
+
+    async def feed(self, data):
+        if self.proc.stdin is None:
+            return
+        try:
+            if data:
+                self.proc.stdin.write(data)
+                await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the command exited without reading all of stdin, like any pipe
+        finally:
+            self.proc.stdin.close()
+
+    async def terminate(self):
+        """Timeout: TERM the whole process group, KILL it after a grace period."""
+        _kill_group(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), KILL_GRACE)
+        except asyncio.TimeoutError:
+            _kill_group(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+    async def cleanup(self):
+        if self.proc.returncode is None:
+            _kill_group(self.proc.pid, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(self.proc.wait(), DRAIN_AFTER_KILL)
+            except asyncio.TimeoutError:
+                log.warning("process group %d did not exit after SIGKILL", self.proc.pid)
+        if self.primary is not None:
+            os.close(self.primary)
+            self.primary = None
+
+
 async def run_exec(req, stdin_data, sender, chunk):
-    """Run one command. Streams stdout/stderr, keepalives, then a result; raises WireError."""
+    """Run one command on this host. Streams stdout/stderr, keepalives, then a result; raises WireError."""
     argv = req["argv"] or [req["shell"], "-c", req["command"]]
     env = dict(os.environ)
     env.update(req["env"] or {})
@@ -137,20 +190,16 @@ async def run_exec(req, stdin_data, sender, chunk):
         raise WireError(E_SPAWN, "cannot start %s: %s" % (argv[0], exc.strerror or exc), {"errno": exc.errno})
     if secondary is not None:
         os.close(secondary)
+    process = LocalProcess(proc, primary)
     try:
-        return await _supervise(req, proc, primary, stdin_data, sender, chunk, started)
+        return await supervise(req, process, stdin_data, sender, chunk, started)
     finally:
-        if proc.returncode is None:
-            _kill_group(proc.pid, signal.SIGKILL)
-            try:
-                await asyncio.wait_for(proc.wait(), DRAIN_AFTER_KILL)
-            except asyncio.TimeoutError:
-                log.warning("process group %d did not exit after SIGKILL", proc.pid)
-        if primary is not None:
-            os.close(primary)
+        await process.cleanup()
 
 
-async def _supervise(req, proc, primary, stdin_data, sender, chunk, started):
+async def supervise(req, proc, stdin_data, sender, chunk, started):
+    """Drive a started command (LocalProcess or ssh.RemoteProcess): become handshake, stdin, output
+    streams, keepalives, timeout; send the result."""
     events = asyncio.Queue(maxsize=8)
     become = _Become(req["become"]) if req["become"] else None
     become_done = asyncio.Event()
@@ -166,22 +215,7 @@ async def _supervise(req, proc, primary, stdin_data, sender, chunk, started):
 
     async def feed_stdin():
         await become_done.wait()
-        if proc.stdin is None:
-            return
-        try:
-            if stdin_data:
-                proc.stdin.write(stdin_data)
-                await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the command exited without reading all of stdin, like any pipe
-        finally:
-            proc.stdin.close()
-
-    def write_password(data):
-        if primary is not None:
-            os.write(primary, data)
-        elif proc.stdin is not None:
-            proc.stdin.write(data)
+        await proc.feed(stdin_data)
 
     tasks = [asyncio.ensure_future(pump(STREAM_STDOUT, proc.stdout)),
              asyncio.ensure_future(pump(STREAM_STDERR, proc.stderr)),
@@ -241,7 +275,7 @@ async def _supervise(req, proc, primary, stdin_data, sender, chunk, started):
                     if become.password is None:
                         raise become.failure("privilege escalation asks for a password but none was given")
                     become.mark_prompt_seen()
-                    write_password(become.password.encode("utf-8") + b"\n")
+                    proc.write_password(become.password.encode("utf-8") + b"\n")
                     become.sent_password = True
                 continue
             await forward(name, data)
@@ -253,16 +287,10 @@ async def _supervise(req, proc, primary, stdin_data, sender, chunk, started):
                 task.cancel()
 
     if timed_out:
-        _kill_group(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), KILL_GRACE)
-        except asyncio.TimeoutError:
-            _kill_group(proc.pid, signal.SIGKILL)
-            await proc.wait()
-        raise WireError(E_TIMEOUT, "command timed out after %s s; its process group %d was killed"
-                        % (req["timeout"], proc.pid),
-                        {"timeout": req["timeout"], "pgid": proc.pid,
-                         "stdout": digests[STREAM_STDOUT].summary(), "stderr": digests[STREAM_STDERR].summary()})
+        await proc.terminate()
+        details = dict(proc.details, timeout=req["timeout"], stdout=digests[STREAM_STDOUT].summary(),
+                       stderr=digests[STREAM_STDERR].summary())
+        raise WireError(E_TIMEOUT, "command timed out after %s s; its %s was killed" % (req["timeout"], proc.label), details)
     # pipes are closed; wait for the exit status while still sending keepalives
     while True:
         try:

@@ -18,9 +18,16 @@ from nats import micro
 
 from natsops_executor import __version__
 from natsops_executor import jobs
+
+try:
+    from natsops_executor import ssh
+    SSH_UNAVAILABLE = None
+except ImportError as _exc:  # paramiko is a dependency of the wheel; a bare copy may lack it: agent mode only
+    ssh = None
+    SSH_UNAVAILABLE = "SSH mode is unavailable on this executor (%s); install paramiko" % _exc
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire.contract import (
-    E_ABORTED, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_INTERNAL, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR, KIND_REQUEST,
+    E_ABORTED, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR, KIND_REQUEST,
     OP_EXEC, OP_FETCH, OP_PUT,
     OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, chunk_size, error_message, executor_metadata,
     pack, sha256_hex, subject, unpack, validate_request,
@@ -41,11 +48,20 @@ class Executor:
         self.completed = 0
         self.failed = 0
         self.stopping = asyncio.Event()
+        self.ssh = None  # SSH mode: the connection pool, created at start
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self):
         cfg = self.cfg
+        if ssh is None:
+            log.warning("%s", SSH_UNAVAILABLE)
+        else:
+            self.ssh = ssh.SSHPool(cfg.ssh_settings(), max_threads=cfg.max_jobs * 2 + 4)
+            self.ssh.start()
+        if self.ssh is not None and cfg.ssh_host_key_policy == "ignore":
+            log.warning("SSH HOST KEYS ARE NOT VERIFIED (ssh_host_key_policy: ignore): anyone on the path to a target "
+                        "host can impersonate it; use 'strict' or 'accept-new'")
         kwargs = wire_connect.connect_kwargs(cfg.nats_options(), name="natsops-executor %s" % cfg.name)
         kwargs.update(reconnect_time_wait=1.0, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
                       reconnected_cb=self._on_reconnect)
@@ -84,6 +100,8 @@ class Executor:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if self.ssh is not None:
+            await self.ssh.close()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
         log.info("natsops-executor stopped")
@@ -98,8 +116,11 @@ class Executor:
         log.info("reconnected to NATS at %s", self.nc.connected_url.netloc if self.nc.connected_url else "?")
 
     def _stats(self, _endpoint_stats):
-        return {"running": self.running, "max_jobs": self.cfg.max_jobs, "completed": self.completed,
-                "failed": self.failed, "loadavg": list(os.getloadavg())}
+        stats = {"running": self.running, "max_jobs": self.cfg.max_jobs, "completed": self.completed,
+                 "failed": self.failed, "loadavg": list(os.getloadavg())}
+        if self.ssh is not None:
+            stats.update(self.ssh.stats())
+        return stats
 
     # ------------------------------------------------------------ requests
 
@@ -126,6 +147,8 @@ class Executor:
                 raise WireError(E_BAD_REQUEST, "expected a request message")
             doc, attachment = unpack(request.headers, request.data)
             req = validate_request(op, doc)
+            if req.get("target") and self.ssh is None:
+                raise WireError(E_SPAWN, SSH_UNAVAILABLE or "SSH mode is not running")
         except WireError as exc:
             log.warning("%s request on %s rejected: %s", op, request.subject, exc)
             await self._reply_error(request, exc)
@@ -210,14 +233,23 @@ class Executor:
             data = b"".join(parts)
         if sha256_hex(data) != stdin["sha256"]:
             raise WireError(E_CHECKSUM_MISMATCH, "stdin sha256 does not match the announced value; nothing was run")
-        result = await jobs.run_exec(req, data, sender, chunk)
-        log.info("exec %s rc=%s out=%d err=%d %.3fs", req["id"], result["rc"], result["stdout"]["size"],
+        if req["target"]:
+            result = await ssh.run_exec(self.ssh, req, data, sender, chunk)
+        else:
+            result = await jobs.run_exec(req, data, sender, chunk)
+        log.info("exec %s%s rc=%s out=%d err=%d %.3fs", req["id"], _on(req), result["rc"], result["stdout"]["size"],
                  result["stderr"]["size"], result["duration"])
         return receiver
 
     async def _put(self, req, attachment, request, sender, chunk):
         if len(attachment) > req["size"]:
             raise WireError(E_TOO_LARGE, "inline data is larger than the announced size")
+        if req["target"]:
+            await ssh.check_put(self.ssh, req)
+            inline, receiver = await self._upload(request, req, req["size"], attachment)
+            summary = await ssh.run_put(self.ssh, req, inline, receiver, sender)
+            log.info("put %s%s %s %d bytes", req["id"], _on(req), req["path"], summary["size"])
+            return receiver
         target = jobs.open_put_target(req["path"])
         try:
             inline, receiver = await self._upload(request, req, req["size"], attachment)
@@ -229,6 +261,17 @@ class Executor:
         return receiver
 
     async def _fetch(self, req, attachment, request, sender, chunk):
+        if req["target"]:
+            source = ssh.RemoteSource(self.ssh, req["target"])
+            size, mode = await source.open(req["path"])
+            try:
+                await self._accept(request, req, size=size, mode=mode)
+            except BaseException:
+                await source.close()
+                raise
+            summary = await source.send(sender, chunk)
+            log.info("fetch %s%s %s %d bytes", req["id"], _on(req), req["path"], summary["size"])
+            return None
         fd, size, mode = jobs.open_fetch_source(req["path"])
         try:
             await self._accept(request, req, size=size, mode=mode)
@@ -238,3 +281,9 @@ class Executor:
         summary = await jobs.run_fetch(fd, sender, chunk)
         log.info("fetch %s %s %d bytes", req["id"], req["path"], summary["size"])
         return None
+
+
+def _on(req):
+    """' on user@host:port' for SSH-mode log lines (never credentials)."""
+    target = req.get("target")
+    return " on %s@%s:%d" % (target["user"], target["host"], target["port"]) if target else ""

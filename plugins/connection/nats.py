@@ -53,8 +53,10 @@ options:
   mode:
     description:
       - C(agent) runs the task on the executor's own host.
-      - C(ssh) makes a zone executor reach C(ansible_host) over SSH; it needs zone executor support, which this
-        release does not have yet, and is refused with a clear error.
+      - C(ssh) makes the executor (a zone executor) run the task on C(ansible_host) over SSH, as C(ansible_user)
+        on C(ansible_port); the controller never connects to the host. The executor verifies the host key
+        against its own known_hosts and authenticates with O(ssh_identity), O(ssh_password) or
+        O(ssh_private_key_file), or else with its default identity.
     type: str
     default: agent
     choices: [agent, ssh]
@@ -237,7 +239,8 @@ options:
         key: control_persist
   remote_user:
     description:
-      - The account commands run as before any become, that is the account of the executor (agent mode).
+      - The account commands run as before any become, that is the account of the executor (agent mode),
+        or the SSH login user on the host (mode C(ssh)).
       - Ansible uses it to decide how to share temporary files with an unprivileged become user.
     type: str
     default: root
@@ -251,6 +254,56 @@ options:
     ini:
       - section: defaults
         key: remote_user
+  port:
+    description: SSH port of the host (mode C(ssh) only).
+    type: int
+    default: 22
+    vars:
+      - name: ansible_port
+      - name: ansible_ssh_port
+    env:
+      - name: ANSIBLE_REMOTE_PORT
+    keyword:
+      - name: port
+    ini:
+      - section: defaults
+        key: remote_port
+  ssh_identity:
+    description:
+      - Mode C(ssh) only. The name of a private key configured on the executor (C(--ssh-identity NAME=FILE)).
+        The preferred way to authenticate, since no secret travels with the request.
+      - Without it, and without O(ssh_password) or O(ssh_private_key_file), the executor uses its identity
+        C(default) or its own C(~/.ssh/id_*) keys.
+    type: str
+    vars:
+      - name: ansible_nats_ssh_identity
+    env:
+      - name: ANSIBLE_NATS_SSH_IDENTITY
+    ini:
+      - section: natsops
+        key: ssh_identity
+  ssh_password:
+    description:
+      - Mode C(ssh) only. Password of O(remote_user) on the host, sent to the executor with each request
+        (never logged). Prefer O(ssh_identity); use TLS to NATS when passwords travel.
+    type: str
+    vars:
+      - name: ansible_password
+      - name: ansible_ssh_pass
+      - name: ansible_ssh_password
+  ssh_private_key_file:
+    description:
+      - Mode C(ssh) only. A private key file on the controller whose content is sent to the executor with
+        each request (never logged; BK-Lite parity). Deliberately not read from C(ansible_ssh_private_key_file),
+        so that a controller key never leaves the controller unless asked for. Prefer O(ssh_identity).
+    type: path
+    vars:
+      - name: ansible_nats_ssh_private_key_file
+  ssh_private_key_passphrase:
+    description: Mode C(ssh) only. Passphrase of O(ssh_private_key_file).
+    type: str
+    vars:
+      - name: ansible_nats_ssh_private_key_passphrase
 """
 
 EXAMPLES = r"""
@@ -336,12 +389,20 @@ class Connection(ConnectionBase):
     def _host(self):
         return self._play_context.remote_addr
 
+    def set_options(self, task_keys=None, var_options=None, direct=None):
+        # ansible-core gives every connection plugin the host login password (ansible_password, -k) as the
+        # task key 'password'. Here 'password' is the NATS password, so that value goes to ssh_password.
+        login_password = None
+        if task_keys and "password" in task_keys:
+            task_keys = dict(task_keys)
+            login_password = task_keys.pop("password")
+        super(Connection, self).set_options(task_keys=task_keys, var_options=var_options, direct=direct)
+        if login_password and not self.get_option("ssh_password"):
+            self.set_option("ssh_password", login_password)
+
     def _connect(self):
         if self._connected:
             return self
-        if self.get_option("mode") != "agent":
-            raise AnsibleError("natsops.fleet.nats: mode %r is not available in this release; use mode 'agent' "
-                               "(an executor on the host, or a zone executor's own host)" % self.get_option("mode"))
         options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
         instance = self.get_option("executor")
         namespace = self.get_option("namespace")
@@ -352,21 +413,47 @@ class Connection(ConnectionBase):
             validate_namespace(namespace)
         except WireError as exc:
             raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
-        display.vvv("NATS CONNECT executor=%s namespace=%s control_persist=%s" % (instance, namespace, persist), host=self._host())
+        ssh_target = self._ssh_target() if self.get_option("mode") == "ssh" else None
+        display.vvv("NATS CONNECT executor=%s namespace=%s mode=%s control_persist=%s" % (
+            instance, namespace, self.get_option("mode"), persist), host=self._host())
         name = "ansible natsops.fleet.nats"
         try:
             if persist > 0:
                 target = {"instance_id": instance, "namespace": namespace}
+                if ssh_target:
+                    target["target"] = ssh_target
                 self._client = MuxClient.connect(options, timeout, persist, name, target)
             else:
                 from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
-                self._client = ExecutorClient(options, instance, namespace=namespace, connect_timeout=timeout, name=name).connect()
+                self._client = ExecutorClient(options, instance, namespace=namespace, connect_timeout=timeout, name=name,
+                                              target=ssh_target).connect()
         except ExecutorUnreachable as exc:
             raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
         except (ValueError, WireError) as exc:
             raise AnsibleConnectionFailure("natsops.fleet.nats: bad connection options: %s" % exc)
         self._connected = True
         return self
+
+    def _ssh_target(self):
+        """Where a zone executor should SSH to, and with which credentials (mode ssh)."""
+        target = {"host": self._play_context.remote_addr, "port": int(self.get_option("port")),
+                  "user": self.get_option("remote_user")}
+        identity = self.get_option("ssh_identity")
+        password = self.get_option("ssh_password")
+        key_file = self.get_option("ssh_private_key_file")
+        if identity:
+            target["identity"] = identity
+        if password:
+            target["password"] = to_text(password)
+        if key_file:
+            try:
+                with open(to_bytes(key_file, errors="surrogate_or_strict"), "rb") as handle:
+                    target["private_key"] = to_text(handle.read())
+            except OSError as exc:
+                raise AnsibleConnectionFailure("natsops.fleet.nats: cannot read ssh_private_key_file %s: %s" % (key_file, exc))
+            if self.get_option("ssh_private_key_passphrase"):
+                target["passphrase"] = to_text(self.get_option("ssh_private_key_passphrase"))
+        return target
 
     def _call(self, what, func, *args, **kwargs):
         """Run a client call, turning its errors into Ansible errors (never a traceback)."""

@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.atomic import AtomicFile
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
@@ -93,8 +93,9 @@ class AsyncExecutorClient:
     """The protocol, caller side, over an existing nats-py connection (shared by the sync client and the mux)."""
 
     def __init__(self, nc, instance_id, namespace="natsops", connect_timeout=10.0, keepalive=DEFAULT_KEEPALIVE,
-                 servers=None):
+                 servers=None, target=None):
         self.nc = nc
+        self.target = target  # SSH mode: {"host", "port", "user", credentials}; None = the executor's own host
         self.instance_id = validate_instance_id(instance_id) if instance_id is not None else None
         self.namespace = validate_namespace(namespace)
         self.connect_timeout = float(connect_timeout)
@@ -121,7 +122,7 @@ class AsyncExecutorClient:
         doc = self._decode(msg.headers, msg.data)
         kind = kind_of(msg.headers)
         if kind == KIND_ERROR:
-            raise ExecutorTaskError.from_wire(WireError.from_dict(doc))
+            raise ExecutorError.from_wire(WireError.from_dict(doc))
         if kind != KIND_ACCEPTED:
             raise ExecutorTaskError(E_STREAM, "unexpected reply kind %r to a %s request" % (kind, op))
         return doc
@@ -145,15 +146,18 @@ class AsyncExecutorClient:
                                                            executor.get("service_id", "?"), executor.get("name", "?"),
                                                            self.instance_id, silence))
         except WireError as exc:
-            raise ExecutorTaskError.from_wire(exc)
+            raise ExecutorError.from_wire(exc)
         if msg.kind == KIND_ERROR:
             doc = self._decode(msg.headers, msg.data)
-            raise ExecutorTaskError.from_wire(WireError.from_dict(doc))
+            raise ExecutorError.from_wire(WireError.from_dict(doc))
         return msg
 
     def _base_request(self, op, reply_to):
-        return {"v": PROTOCOL_VERSION, "op": op, "id": uuid.uuid4().hex, "reply_to": reply_to,
-                "keepalive": self.keepalive}
+        req = {"v": PROTOCOL_VERSION, "op": op, "id": uuid.uuid4().hex, "reply_to": reply_to,
+               "keepalive": self.keepalive}
+        if self.target:
+            req["target"] = self.target
+        return req
 
     def _inline_fits(self, req, size):
         return size + len(json.dumps(req)) + FRAME_OVERHEAD <= self.nc.max_payload
@@ -324,13 +328,13 @@ class ExecutorClient:
     """Synchronous client with its own event loop and NATS connection. One per Ansible connection or module run."""
 
     def __init__(self, nats_options, instance_id, namespace="natsops", connect_timeout=10.0,
-                 keepalive=DEFAULT_KEEPALIVE, name="natsops.fleet"):
+                 keepalive=DEFAULT_KEEPALIVE, name="natsops.fleet", target=None):
         self.nats_options = nats_options
         self.name = name
         self.connect_timeout = float(connect_timeout)
         servers = ",".join(wire_connect.server_list(nats_options.get("servers")))
         # validates instance id and namespace before anything is sent
-        self.core = AsyncExecutorClient(None, instance_id, namespace, connect_timeout, keepalive, servers)
+        self.core = AsyncExecutorClient(None, instance_id, namespace, connect_timeout, keepalive, servers, target)
         self._loop = None
 
     def _run(self, coro):

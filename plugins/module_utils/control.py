@@ -102,7 +102,8 @@ async def _dispatch(client, nc, servers, connect_timeout, doc, payload):
     """Run one worker request with a per-request AsyncExecutorClient on the shared connection."""
     try:
         core = client.AsyncExecutorClient(nc, doc.get("instance_id"), doc.get("namespace", "natsops"),
-                                          connect_timeout, doc.get("keepalive", DEFAULT_KEEPALIVE), servers)
+                                          connect_timeout, doc.get("keepalive", DEFAULT_KEEPALIVE), servers,
+                                          doc.get("target"))
         op = doc.get("op")
         if op == "exec":
             rc, out, err = await core.exec_command(command=doc.get("command"), stdin=payload or None,

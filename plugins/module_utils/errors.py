@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import WireError
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import UNREACHABLE_CODES, WireError
 
 
 class ExecutorError(WireError):
@@ -14,8 +14,11 @@ class ExecutorError(WireError):
     def __str__(self):
         return self.message
 
-    @classmethod
-    def from_wire(cls, error):
+    @staticmethod
+    def from_wire(error):
+        """An executor's error reply: unreachable for connection-level codes (SSH target down, host key,
+        auth), a failed task for everything else."""
+        cls = ExecutorUnreachable if error.code in UNREACHABLE_CODES else ExecutorTaskError
         return cls(error.code, error.message, error.details)
 
     def to_dict(self):

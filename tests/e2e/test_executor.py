@@ -238,6 +238,9 @@ def _executor_cli(*args, env=None):
     (["--instance", "x", "--creds", "/nonexistent.creds"], "does not exist"),
     (["--instance", "x", "--user", "u"], "'password'"),
     (["--instance", "x", "--namespace", "bad ns"], "namespace"),
+    (["--instance", "x", "--ssh-identity", "zone=/nonexistent/id_ed25519"], "ssh identity 'zone'"),
+    (["--instance", "x", "--ssh-identity", "no-equals-sign"], "is not NAME=KEYFILE"),
+    (["--instance", "x", "--ssh-pool-size", "0"], "ssh_pool_size"),
 ])
 def test_bad_configuration_exits_nonzero_with_a_clear_message(args, needle):
     result = _executor_cli("--server", "nats://127.0.0.1:1", *args)

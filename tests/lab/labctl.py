@@ -99,6 +99,9 @@ BASE_RECIPE = {
     "suite": "bookworm",
     "variant": "minbase",
     "include": ["systemd", "systemd-sysv", "openssh-server", "python3", "sudo", "iproute2", "procps"],
+    # installed with apt after debootstrap (its own dependency ordering fails on python3 packages):
+    # zone executors in the lab use the distribution's paramiko
+    "packages": ["python3-paramiko"],
     "files": {
         "etc/ssh/sshd_config.d/10-natsops-lab.conf": [SSHD_CONFIG, 0o644],
         "etc/sudoers.d/natsops-lab": [SUDOERS, 0o440],
@@ -336,6 +339,10 @@ def _ensure_base():
         _remove_tree(tmp)
         raise LabError(f"debootstrap failed (rc={rc}); see {build_log}:\n{_tail(build_log)}")
     try:
+        if BASE_RECIPE["packages"]:
+            _run(["chroot", str(tmp), "apt-get", "install", "-y", "-q", "--no-install-recommends"] + BASE_RECIPE["packages"],
+                 env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+            _run(["chroot", str(tmp), "apt-get", "clean"])
         for rel in BASE_RECIPE["remove"]:
             (tmp / rel).unlink(missing_ok=True)
         for rel, (content, mode) in BASE_RECIPE["files"].items():

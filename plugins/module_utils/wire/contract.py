@@ -20,7 +20,7 @@ from .names import (  # noqa: F401  re-exported: the contract is names + message
     E_BECOME, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_INTERNAL, E_IO, E_NOT_FOUND, E_NO_RESPONDERS,
     E_PERMISSION, E_SIZE_MISMATCH, E_SPAWN, E_STREAM, E_TIMEOUT, E_TOO_LARGE, E_UNSUPPORTED_VERSION, OPERATIONS,
     OP_EXEC, OP_FETCH, OP_PUT, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, subject, validate_instance_id,
-    validate_namespace,
+    validate_namespace, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH, UNREACHABLE_CODES, SSH_STAGES,
 )
 
 # NATS headers used by the protocol (ASCII tokens).
@@ -160,15 +160,18 @@ SCHEMAS = {
         "stdin": (_DICT, False, None),         # {"size": n, "sha256": hex}; inline bytes ride as attachment
         "become": (_DICT, False, None),        # {"success", "prompt", "password", "timeout"}
         "pty": (_BOOL, False, False),
+        "target": (_DICT, False, None),        # SSH mode: run on this host through the executor (_TARGET_SCHEMA)
     }),
     OP_PUT: dict(_COMMON, **{
         "path": (_STR, True, None),
         "size": (_INT, True, None),
         "sha256": (_STR, True, None),
         "mode": (_INT, False, None),
+        "target": (_DICT, False, None),
     }),
     OP_FETCH: dict(_COMMON, **{
         "path": (_STR, True, None),
+        "target": (_DICT, False, None),
     }),
 }
 
@@ -178,6 +181,19 @@ _BECOME_SCHEMA = {
     "password": (_STR, False, None),
     "timeout": (_NUM, False, 10),
 }
+
+# SSH mode. Credentials: an identity configured on the executor, by name (preferred: no secret travels),
+# or a password / PEM private key in the request (BK-Lite parity); none = the executor's default identity.
+_TARGET_SCHEMA = {
+    "host": (_STR, True, None),
+    "port": (_INT, False, 22),
+    "user": (_STR, True, None),
+    "identity": (_STR, False, None),
+    "password": (_STR, False, None),
+    "private_key": (_STR, False, None),
+    "passphrase": (_STR, False, None),
+}
+SECRET_TARGET_FIELDS = ("password", "private_key", "passphrase")
 
 _STDIN_SCHEMA = {
     "size": (_INT, True, None),
@@ -227,6 +243,8 @@ def validate_request(op, doc):
         if not 0.1 <= req["keepalive"] <= 60:
             problems.append("field 'keepalive' must be between 0.1 and 60 seconds")
         problems.extend(_OP_CHECKS[op](req))
+        if req["target"] is not None:
+            problems.extend(_check_target(req, op))
     if problems:
         raise WireError(E_BAD_REQUEST, "; ".join(problems), {"problems": problems})
     return req
@@ -281,6 +299,30 @@ def _check_put(req):
 
 def _check_fetch(req):
     return path_problems(req["path"], "fetch: 'path'")
+
+
+def _check_target(req, op):
+    target, problems = _check_fields(req["target"], _TARGET_SCHEMA, "%s.target" % op)
+    if problems:
+        return problems
+    host = target["host"]
+    if not host or len(host) > 255 or any(c.isspace() or ord(c) < 32 for c in host) or host.startswith("-"):
+        problems.append("%s.target: 'host' must be a host name or address, got %r" % (op, host))
+    if not 0 < target["port"] < 65536:
+        problems.append("%s.target: 'port' must be 1..65535" % op)
+    if not target["user"] or any(c.isspace() or ord(c) < 32 for c in target["user"]):
+        problems.append("%s.target: 'user' must be a user name" % op)
+    if target["identity"] is not None and (target["password"] is not None or target["private_key"] is not None):
+        problems.append("%s.target: give an executor 'identity' or a password/private_key, not both" % op)
+    req["target"] = target
+    return problems
+
+
+def redact_target(target):
+    """The target as it may be logged: secrets replaced by a marker."""
+    if not target:
+        return target
+    return dict((k, "<redacted>" if k in SECRET_TARGET_FIELDS and v is not None else v) for k, v in target.items())
 
 
 _OP_CHECKS = {OP_EXEC: _check_exec, OP_PUT: _check_put, OP_FETCH: _check_fetch}

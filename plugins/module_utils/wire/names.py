@@ -59,6 +59,10 @@ E_BECOME = "become_failed"
 E_SPAWN = "spawn_failed"
 E_ABORTED = "aborted"
 E_INTERNAL = "internal"
+# SSH mode (the executor reaches the target host over SSH); details carry "stage", one of SSH_STAGES.
+E_TARGET_UNREACHABLE = "target_unreachable"   # TCP connect or SSH handshake failed
+E_HOST_KEY = "host_key_rejected"             # unknown (strict policy) or changed host key
+E_TARGET_AUTH = "target_auth_failed"         # the SSH user/key/password was refused
 # Raised on the caller side only.
 E_NO_RESPONDERS = "no_responders"
 E_EXECUTOR_LOST = "executor_lost"
@@ -68,7 +72,11 @@ ERROR_CODES = (
     E_BAD_JSON, E_BAD_REQUEST, E_BAD_INSTANCE, E_BAD_PATH, E_TOO_LARGE, E_UNSUPPORTED_VERSION,
     E_NOT_FOUND, E_PERMISSION, E_IO, E_SIZE_MISMATCH, E_CHECKSUM_MISMATCH, E_STREAM, E_TIMEOUT,
     E_BECOME, E_SPAWN, E_ABORTED, E_INTERNAL, E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT,
+    E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH,
 )
+# Errors that mean "the host could not be reached" (Ansible: unreachable) rather than "the task failed".
+UNREACHABLE_CODES = (E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH)
+SSH_STAGES = ("tcp_connect", "handshake", "host_key", "auth", "session", "sftp")
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 # Text that means a variable was never substituted: the seed incident's cousin.

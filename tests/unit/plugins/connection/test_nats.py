@@ -83,3 +83,15 @@ def test_preregistered_option_definitions_equal_ansible_core_parse():
     registered = C.config.get_configuration_definitions("connection", plugin.__module__)
     assert registered == expected["options"]
     assert plugin.__module__ == "ansible_collections.natsops.fleet.plugins.connection.nats"
+
+
+def test_login_password_never_becomes_the_nats_password():
+    """ansible-core passes ansible_password / -k as the task key 'password': it is the SSH password here."""
+    conn = connection_loader.get("natsops.fleet.nats", PlayContext())
+    conn.set_options(task_keys={"password": "login-secret"}, var_options={"inventory_hostname": "web1"})
+    assert conn.get_option("password") is None
+    assert conn.get_option("ssh_password") == "login-secret"
+    conn = connection_loader.get("natsops.fleet.nats", PlayContext())
+    conn.set_options(task_keys={"password": "login-secret"},
+                     var_options={"inventory_hostname": "web1", "ansible_nats_password": "nats-secret", "ansible_nats_user": "u"})
+    assert conn.get_option("password") == "nats-secret"

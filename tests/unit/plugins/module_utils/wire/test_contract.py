@@ -162,3 +162,42 @@ def test_error_dict_round_trip():
     err = c.WireError.from_dict(c.WireError(c.E_TIMEOUT, "slow", {"t": 1}).to_dict())
     assert (err.code, err.message, err.details) == (c.E_TIMEOUT, "slow", {"t": 1})
     assert c.WireError.from_dict("junk").code == c.E_INTERNAL
+
+
+def test_ssh_target_gets_defaults_on_every_operation():
+    for op, extra in (("exec", {"command": "true"}), ("put", {"path": "/tmp/x", "size": 0, "sha256": "a" * 64}),
+                      ("fetch", {"path": "/tmp/x"})):
+        req = c.validate_request(op, _req(op, target={"host": "10.0.0.5", "user": "root", "identity": "zone"}, **extra))
+        assert req["target"] == {"host": "10.0.0.5", "port": 22, "user": "root", "identity": "zone", "password": None,
+                                 "private_key": None, "passphrase": None}
+    assert c.validate_request("exec", _req("exec", command="true"))["target"] is None
+
+
+@pytest.mark.parametrize("target, needle", [
+    ({"user": "root"}, "missing field 'host'"),
+    ({"host": "h"}, "missing field 'user'"),
+    ({"host": "h", "user": "root", "port": 0}, "'port' must be 1..65535"),
+    ({"host": "h", "user": "root", "port": "22"}, "field 'port' must be int"),
+    ({"host": "-oProxyCommand=x", "user": "root"}, "'host' must be a host name"),
+    ({"host": "a b", "user": "root"}, "'host' must be a host name"),
+    ({"host": "h", "user": "ro ot"}, "'user' must be a user name"),
+    ({"host": "h", "user": "root", "identity": "k", "password": "p"}, "not both"),
+    ({"host": "h", "user": "root", "agent": True}, "unknown field 'agent'"),
+])
+def test_bad_ssh_targets_are_refused(target, needle):
+    with pytest.raises(c.WireError) as info:
+        c.validate_request("exec", _req("exec", command="true", target=target))
+    assert info.value.code == c.E_BAD_REQUEST and needle in info.value.message
+
+
+def test_secrets_of_a_target_are_redacted():
+    target = {"host": "h", "port": 22, "user": "bob", "password": "s3cret", "private_key": "-----BEGIN", "passphrase": None}
+    shown = c.redact_target(target)
+    assert "s3cret" not in json.dumps(shown) and "BEGIN" not in json.dumps(shown)
+    assert shown["user"] == "bob" and shown["passphrase"] is None
+
+
+def test_ssh_failures_are_unreachable_codes():
+    for code in (c.E_TARGET_UNREACHABLE, c.E_HOST_KEY, c.E_TARGET_AUTH, c.E_NO_RESPONDERS):
+        assert code in c.UNREACHABLE_CODES and code in c.ERROR_CODES
+    assert c.E_TIMEOUT not in c.UNREACHABLE_CODES
