@@ -93,7 +93,9 @@ def measure(runs):
             import labctl  # pylint: disable=import-outside-toplevel
             lab = labctl.up(1, 0)
         nats = devenv.NatsServer(listen=lab["controller_address"] if lab else "127.0.0.1")
-        executor = devenv.ExecutorProcess(nats.url, ["bench-host"], log_dir=scratch)
+        # like a systemd service: without this shell's PYTHONUNBUFFERED (see FINDINGS)
+        clean_env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONUNBUFFERED")
+        executor = devenv.ExecutorProcess(nats.url, ["bench-host"], log_dir=scratch, env=clean_env, inherit_env=False)
         python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
         nats_vars = {"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": nats.url}
         scenarios.append(("local", "connection: local, this machine", write_inventory(
@@ -185,19 +187,24 @@ FINDINGS = """
 
 - The transport is not the cost: the same pipelined module payload takes 0.310 s through the control
   process, NATS and the executor and 0.308 s run directly (20 interleaved runs); a `true` round trip
-  through the whole chain takes 4-6 ms. In a playbook, the worker-side exec time equals the executor-side
-  job time plus 4 ms.
+  through the whole chain takes 3-6 ms (ssh's ControlPersist path forks an `ssh` client per command).
 - Before the control process, every task's worker imported nats-py and asyncio (about 0.13 s) and connected
   to NATS; the control process removed that (per-task connect: 2 ms).
-- What remains is in the Ansible worker (cProfile inside every WorkerProcess, 29 tasks): `_get_connection`
-  takes 0.060 s per task for natsops.fleet.nats against 0.002 s for the builtin local plugin. About 0.034 s
-  of it is ansible-core parsing this plugin's DOCUMENTATION YAML in every worker (`_load_config_defs`;
-  builtin plugins' definitions are already loaded in the parent before the fork), about 0.025 s is the
-  collection loader compiling the plugin and its module_utils from source (no bytecode cache).
-- Python takes about 0.1 s longer to run this AnsiballZ payload when it reads it from stdin (pipelining: pipe
-  or regular file) than from a script path (0.44 s against 0.33 s, 12 interleaved runs). This applies to
-  every pipelined connection, ssh included, and is the next thing to understand.
-- The module run itself (`python3` running AnsiballZ, about 0.33 s per task here) dominates every
+- Loading the plugin in every forked worker was the gap to ssh. Measured in forked children of a parent
+  prepared like ansible-playbook's (median of 30): 23 ms per task at first, of which 7.6 ms was ansible-core
+  parsing the plugin's DOCUMENTATION with its tagging YAML loader (builtin plugins' definitions are loaded in
+  the parent before the fork, collection plugins' are not) and about 9 ms compiling the plugin and its
+  module_utils from source (the collection loader keeps no bytecode). Now 13 ms: the plugin registers its
+  option definitions itself, parsed with the C YAML loader (a unit test checks they equal ansible-core's
+  parse), and a worker compiles only the plugin, `mux.py`, `errors.py` and `wire/names.py`; the control
+  process moved to `control.py`. The lab ratio went from 1.15x to about 1.0x.
+- Pipelined modules start slower when `PYTHONUNBUFFERED=1` is in the environment of the process that runs
+  them (it is on this machine): Python then reads a script from stdin one byte per `read(2)`: 180,399
+  calls for the 180 KB AnsiballZ payload of `command`, against 392 without it (0.29 s against 0.22 s to run
+  the payload; 0.18 s from a file). Every pipelined connection pays it when the variable reaches the
+  module's interpreter; lab hosts (sshd, systemd units) do not have it, and the benchmark starts its local
+  executor without it, as a systemd service would be.
+- The module run itself (`python3` running AnsiballZ, about 0.2 s per task here) dominates every
   scenario but Mitogen's: a warm executor that keeps module_utils imported is the path to the moonshot.
 """
 

@@ -39,3 +39,11 @@ def test_serving_filters_namespace_and_instance():
     found = c.serving([_executor("natsops", ["zone"]), _executor("natsops", ["*"]), _executor("natsops", ["z2"]),
                        _executor("other", ["zone"])])
     assert [e["instances"] for e in found] == [["zone"], ["*"]]
+
+
+def test_wire_errors_map_to_unreachable_or_failed():
+    from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
+    from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import WireError
+    auth = ExecutorError.from_wire(WireError("target_auth_failed", "refused", {"stage": "auth"}))
+    assert isinstance(auth, ExecutorUnreachable) and auth.details == {"stage": "auth"}
+    assert isinstance(ExecutorError.from_wire(WireError("timeout", "slow")), ExecutorTaskError)
