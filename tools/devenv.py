@@ -151,7 +151,7 @@ class LabExecutor:
     ``files`` ({remote path: text}) are written first, for example known_hosts or a config file."""
 
     def __init__(self, lab_host, url, instances, extra_args=(), unit="natsops-lab-executor", files=None, scratch=None):
-        import labctl  # pylint: disable=import-outside-toplevel  (tests/lab on sys.path)
+        import labctl  # pylint: disable=import-outside-toplevel
         import shlex  # pylint: disable=import-outside-toplevel
         self.host = lab_host
         self.unit = unit

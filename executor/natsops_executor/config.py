@@ -51,7 +51,8 @@ class Config:
 
     def ssh_settings(self):
         """SSH mode settings; loads identities and known_hosts (ValueError when they are unusable)."""
-        from natsops_executor import ssh  # pylint: disable=import-outside-toplevel  (paramiko only when needed)
+        # imported here: paramiko only when the configuration is checked or the service starts
+        from natsops_executor import ssh  # pylint: disable=import-outside-toplevel
         return ssh.SSHSettings(self.ssh_known_hosts, self.ssh_host_key_policy, self.ssh_identities,
                                self.ssh_pool_size, self.ssh_idle_timeout, self.ssh_connect_timeout)
 

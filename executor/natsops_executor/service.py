@@ -73,7 +73,7 @@ class Executor:
         self.service = await micro.add_service(
             self.nc, name=SERVICE_NAME, version=__version__, queue_group=QUEUE_GROUP,
             description="natsops.fleet executor on %s" % cfg.name,
-            metadata=executor_metadata(cfg.namespace, cfg.instances, cfg.name, __version__),
+            metadata=executor_metadata(cfg.namespace, cfg.instances, cfg.name, __version__, ssh=self.ssh is not None),
             stats_handler=self._stats)
         index = 0
         for inst in cfg.instances:

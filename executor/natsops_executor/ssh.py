@@ -114,11 +114,10 @@ class HostKeys:
                             "refusing to connect" % (name, key.get_name(), fp, self.path, ", ".join(known.keys())),
                             host=host, port=port, fingerprint=fp)
             if self.policy == "strict":
-                raise _fail(E_HOST_KEY, "host_key", "the host key of %s is unknown (%s %s) and ssh_host_key_policy is "
-                            "'strict': add it to %s on the executor host (ssh-keyscan -p %d %s >> %s, after checking the "
-                            "fingerprint) or use the policy 'accept-new'" % (name, key.get_name(), fp, self.path, port, host,
-                                                                           self.path),
-                            host=host, port=port, fingerprint=fp)
+                message = ("the host key of %s is unknown (%s %s) and ssh_host_key_policy is 'strict': add it to %s on "
+                           "the executor host (ssh-keyscan -p %d %s >> %s, after checking the fingerprint) or use the "
+                           "policy 'accept-new'" % (name, key.get_name(), fp, self.path, port, host, self.path))
+                raise _fail(E_HOST_KEY, "host_key", message, host=host, port=port, fingerprint=fp)
             self.keys.add(name, key.get_name(), key)
             self._append(name, key)
         log.info("learned the host key of %s: %s %s (ssh_host_key_policy accept-new)", name, key.get_name(), fp)
@@ -555,8 +554,8 @@ def _check_put_target(sftp, path):
 
 def _upload(sftp, spool, path, mode):
     """Write a temp file beside ``path``, then rename it over ``path``; the temp file never survives a failure."""
-    temp = posixpath.join(posixpath.dirname(path) or "/", ".%s.natsops-%s.tmp" % (posixpath.basename(path)[:64],
-                                                                                 os.urandom(4).hex()))
+    name = ".%s.natsops-%s.tmp" % (posixpath.basename(path)[:64], os.urandom(4).hex())
+    temp = posixpath.join(posixpath.dirname(path) or "/", name)
     try:
         with sftp.open(temp, "wx") as handle:
             handle.chmod(0o600 if mode is None else mode)

@@ -20,7 +20,6 @@ from ansible_collections.natsops.fleet.plugins.module_utils.mux import FRAME, MA
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import DEFAULT_KEEPALIVE, E_INTERNAL, WireError
 
 
-
 def serve(path, settings):
     """Run the control process (blocking). Imports nats-py and asyncio only here."""
     import asyncio  # pylint: disable=import-outside-toplevel

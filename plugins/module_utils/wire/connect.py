@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 
-from .names import OPTION_NAMES, OPTION_SOURCES  # noqa: F401  OPTION_NAMES re-exported
+from .names import OPTION_NAMES, OPTION_SOURCES  # noqa: F401  pylint: disable=unused-import
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
+
 
 class ConnectOptionsError(ValueError):
     """A NATS connection option is missing, contradictory or points at an unreadable file."""

@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 
-from .names import (  # noqa: F401  re-exported: the contract is names + messages
+from .names import (  # re-exported, the contract is names + messages  # noqa: F401  pylint: disable=unused-import
     ALL_INSTANCES, DEFAULT_NAMESPACE, ERROR_CODES, E_ABORTED, E_BAD_INSTANCE, E_BAD_JSON, E_BAD_PATH, E_BAD_REQUEST,
     E_BECOME, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_INTERNAL, E_IO, E_NOT_FOUND, E_NO_RESPONDERS,
     E_PERMISSION, E_SIZE_MISMATCH, E_SPAWN, E_STREAM, E_TIMEOUT, E_TOO_LARGE, E_UNSUPPORTED_VERSION, OPERATIONS,
@@ -52,6 +52,7 @@ DEFAULT_WINDOW = 8                     # un-acknowledged stream messages in flig
 DEFAULT_KEEPALIVE = 1.0                # seconds between executor keepalives
 LIVENESS_FACTOR = 5                    # a caller gives up after this many silent intervals
 MIN_LIVENESS = 3.0
+
 
 def chunk_size(max_payload):
     """Bytes of data per stream message for a server with this max_payload."""
@@ -342,7 +343,7 @@ def path_problems(path, where):
 
 # ---------------------------------------------------------------- discovery
 
-def executor_metadata(namespace, instances, hostname, version, mode="agent"):
+def executor_metadata(namespace, instances, hostname, version, mode="agent", ssh=False):
     """The metadata an executor publishes in its $SRV INFO (values must be strings)."""
     return {
         "namespace": namespace,
@@ -351,6 +352,7 @@ def executor_metadata(namespace, instances, hostname, version, mode="agent"):
         "executor_version": version,
         "protocol": str(PROTOCOL_VERSION),
         "mode": mode,
+        "ssh": "true" if ssh else "false",   # can run requests that carry a target (SSH mode)
     }
 
 
@@ -371,6 +373,7 @@ def parse_executor_info(info):
         "version": meta.get("executor_version", info.get("version", "")),
         "protocol": meta.get("protocol", ""),
         "mode": meta.get("mode", ""),
+        "ssh": meta.get("ssh") == "true",
         "subjects": [e.get("subject") for e in info.get("endpoints") or [] if isinstance(e, dict)],
     }
 

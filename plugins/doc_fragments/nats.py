@@ -1,0 +1,66 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """How modules connect to NATS: the same option names as the natsops.fleet.nats connection plugin."""
+
+    DOCUMENTATION = r"""
+options:
+  servers:
+    description:
+      - NATS server URLs, comma-separated or a list; several URLs of one cluster give failover.
+        C(tls://) URLs enable TLS.
+      - Defaults to E(NATS_URL), then C(nats://127.0.0.1:4222).
+    type: list
+    elements: str
+  user:
+    description: NATS user name (with O(password)). Defaults to E(NATS_USER).
+    type: str
+  password:
+    description: NATS password for O(user). Defaults to E(NATS_PASSWORD). Never logged.
+    type: str
+  token:
+    description: NATS authentication token. Defaults to E(NATS_TOKEN). Never logged.
+    type: str
+  creds:
+    description: JWT user credentials file (C(.creds), operator mode). Defaults to E(NATS_CREDS).
+    type: path
+  nkey:
+    description: NKey seed file. Defaults to E(NATS_NKEY).
+    type: path
+  ca:
+    description: CA certificate(s) to verify the NATS server. Defaults to E(NATS_CA).
+    type: path
+  cert:
+    description: Client certificate for mutual TLS. Defaults to E(NATS_CERT).
+    type: path
+  key:
+    description: Client private key for mutual TLS. Defaults to E(NATS_KEY).
+    type: path
+  tls_hostname:
+    description: Host name expected in the server certificate. Defaults to E(NATS_TLS_HOSTNAME).
+    type: str
+  context:
+    description:
+      - Name of a natscli context whose URL and credentials fill the options not set otherwise.
+        Defaults to E(NATS_CONTEXT).
+    type: str
+  namespace:
+    description: Subject prefix of the fleet (the executors' C(--namespace)).
+    type: str
+    default: natsops
+  connect_timeout:
+    description: Seconds to wait for the NATS connection and for replies that start a job.
+    type: float
+    default: 10
+notes:
+  - "These modules run where the task runs; to talk to NATS from the controller use C(delegate_to: localhost)
+    (or C(hosts: localhost)) with an interpreter that has nats-py, for example
+    C(ansible_python_interpreter: '{{ ansible_playbook_python }}')."
+requirements:
+  - nats-py >= 2.9 (and nkeys for NKey/JWT authentication) where the module runs
+"""

@@ -1,0 +1,61 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every natsops.fleet module shares: the NATS connection options (documented once in
+doc_fragments/nats.py, named as in the connection plugin) and a client built from them."""
+
+from __future__ import annotations
+
+from ansible.module_utils.basic import env_fallback
+
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import DEFAULT_NAMESPACE, OPTION_NAMES, OPTION_SOURCES
+
+_SECRETS = ("password", "token")
+_PATHS = ("creds", "nkey", "ca", "cert", "key")
+
+
+def _option_spec(name):
+    spec = {"type": "str"}
+    if name == "servers":
+        spec = {"type": "list", "elements": "str"}
+    elif name in _PATHS:
+        spec = {"type": "path"}
+    if name in _SECRETS:
+        spec["no_log"] = True
+    env = OPTION_SOURCES.get(name, (None, None))[1] or {"tls_hostname": "NATS_TLS_HOSTNAME", "context": "NATS_CONTEXT"}.get(name)
+    if env:
+        spec["fallback"] = (env_fallback, [env])
+    return spec
+
+
+NATS_ARGUMENT_SPEC = dict((name, _option_spec(name)) for name in OPTION_NAMES)
+NATS_ARGUMENT_SPEC["namespace"] = {"type": "str", "default": DEFAULT_NAMESPACE}
+NATS_ARGUMENT_SPEC["connect_timeout"] = {"type": "float", "default": 10.0}
+
+
+def argument_spec(**extra):
+    """The NATS options plus a module's own."""
+    spec = dict(NATS_ARGUMENT_SPEC)
+    spec.update(extra)
+    return spec
+
+
+def nats_options(params):
+    return dict((name, params.get(name)) for name in OPTION_NAMES)
+
+
+def executor_client(module, instance_id=None, target=None):
+    """A connected ExecutorClient, or fail_json with the reason (nats-py missing, NATS unreachable)."""
+    from ansible_collections.natsops.fleet.plugins.module_utils import client  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import WireError  # pylint: disable=import-outside-toplevel
+    if not client.HAS_NATS:
+        module.fail_json(msg=client.missing_nats_message())
+    params = module.params
+    try:
+        return client.ExecutorClient(nats_options(params), instance_id, namespace=params["namespace"],
+                                     connect_timeout=params["connect_timeout"], name="natsops.fleet %s" % module._name,
+                                     target=target).connect()
+    except WireError as exc:  # ExecutorError included: NATS unreachable, bad instance id or namespace
+        module.fail_json(msg=exc.message, code=exc.code)
+    except ValueError as exc:
+        module.fail_json(msg="bad NATS connection options: %s" % exc)

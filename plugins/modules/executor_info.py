@@ -1,0 +1,184 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: executor_info
+short_description: Discover the natsops executors online
+description:
+  - Asks every C(natsops-executor) reachable through NATS who it is, through NATS micro service discovery
+    (C($SRV.INFO) and C($SRV.STATS)). It returns the instance ids each serves, its host, version, protocol,
+    whether it can reach hosts over SSH, and its load.
+  - Answers "who serves this instance id?" before a playbook needs it; see C(playbooks/diagnose.yml).
+version_added: 0.1.0
+author:
+  - natsops.fleet contributors (@natsops)
+extends_documentation_fragment:
+  - natsops.fleet.nats
+options:
+  instance_id:
+    description: Only executors that serve this instance id (directly or with C(*)), in O(namespace).
+    type: str
+  wait:
+    description: Seconds to collect replies; collection ends earlier once replies stop coming.
+    type: float
+    default: 0.5
+  stats:
+    description: Also ask each executor for its load (running jobs, completed, failed, load average, SSH pool).
+    type: bool
+    default: true
+  query:
+    description:
+      - A JMESPath expression applied to RV(executors); the outcome is returned as RV(query_result).
+    type: str
+attributes:
+  check_mode:
+    support: full
+    description: Read-only; it runs in check mode as well.
+  diff_mode:
+    support: none
+    description: Nothing changes, there is no diff.
+requirements:
+  - jmespath (for O(query))
+"""
+
+EXAMPLES = r"""
+- name: Who serves the zone 管理网?
+  natsops.fleet.executor_info:
+    servers: tls://nats.example.com:4222
+    creds: /etc/natsops/controller.creds
+    instance_id: 管理网
+  delegate_to: localhost
+  register: zone
+
+- name: Fail early when nobody does
+  ansible.builtin.assert:
+    that: zone.executors | length > 0
+    fail_msg: "no executor serves 管理网; online: {{ zone.instances | list }}"
+
+- name: Host names of the executors with free slots
+  natsops.fleet.executor_info:
+    query: "[?load.running < load.max_jobs].hostname"
+  delegate_to: localhost
+  register: free
+"""
+
+RETURN = r"""
+executors:
+  description: Executors online (all namespaces unless O(instance_id) is given), sorted by namespace and host.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    id:
+      description: Service id of this executor process.
+      type: str
+    namespace:
+      description: Its subject prefix.
+      type: str
+    instances:
+      description: Instance ids it serves (C(*) = all).
+      type: list
+      elements: str
+    hostname:
+      description: Its host (its C(--name)).
+      type: str
+    version:
+      description: natsops-executor version.
+      type: str
+    protocol:
+      description: Wire protocol version.
+      type: str
+    mode:
+      description: C(agent) (runs tasks on its own host; with RV(executors[].ssh) also on hosts over SSH).
+      type: str
+    ssh:
+      description: Whether it can run tasks on hosts over SSH (zone executor).
+      type: bool
+    subjects:
+      description: The subjects it serves.
+      type: list
+      elements: str
+    load:
+      description: Running and maximum jobs, completed and failed counts, load average, SSH pool counters.
+      type: dict
+      returned: when O(stats=true)
+  sample:
+    - id: Y1bJZqk7xXg2Jx6dCZ1AbC
+      namespace: natsops
+      instances: ["管理网"]
+      hostname: zone-exec-1
+      version: 0.1.0
+      protocol: "1"
+      ssh: true
+      load: {running: 0, max_jobs: 32, completed: 12, failed: 0}
+instances:
+  description: For each instance id served in O(namespace), the host names of the executors serving it.
+  returned: always
+  type: dict
+  sample: {"default": ["exec-a", "exec-b"], "管理网": ["zone-exec-1"]}
+query_result:
+  description: The outcome of O(query) applied to RV(executors).
+  returned: when O(query) is given
+  type: raw
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, executor_client
+
+try:
+    import jmespath
+    HAS_JMESPATH = True
+    JMESPATH_ERROR = None
+except ImportError:
+    HAS_JMESPATH = False
+    JMESPATH_ERROR = traceback.format_exc()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(
+            instance_id={"type": "str"},
+            wait={"type": "float", "default": 0.5},
+            stats={"type": "bool", "default": True},
+            query={"type": "str"},
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["query"] and not HAS_JMESPATH:
+        module.fail_json(msg=missing_required_lib("jmespath"), exception=JMESPATH_ERROR)
+    if params["wait"] <= 0 or params["wait"] > 60:
+        module.fail_json(msg="wait must be between 0 and 60 seconds, got %s" % params["wait"])
+    compiled = None
+    if params["query"]:
+        try:
+            compiled = jmespath.compile(params["query"])
+        except jmespath.exceptions.JMESPathError as exc:
+            module.fail_json(msg="query is not a valid JMESPath expression: %s" % exc)
+    client = executor_client(module, params["instance_id"])
+    try:
+        executors = client.discover(params["wait"], params["stats"])
+        if params["instance_id"]:
+            executors = client.serving(executors, params["instance_id"])
+    finally:
+        client.close()
+    instances = {}
+    for record in executors:
+        if record["namespace"] == params["namespace"]:
+            for inst in record["instances"]:
+                instances.setdefault(inst, []).append(record["hostname"])
+    result = {"changed": False, "executors": executors, "instances": instances}
+    if compiled is not None:
+        result["query_result"] = compiled.search(executors)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
