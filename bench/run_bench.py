@@ -91,7 +91,7 @@ def measure(runs):
     try:
         if lab_ok:
             import labctl  # pylint: disable=import-outside-toplevel
-            lab = labctl.up(1, 0)
+            lab = labctl.up(1, 1)  # lab-mgmt-1 (also the zone executor's host) and lab-zone-1
         nats = devenv.NatsServer(listen=lab["controller_address"] if lab else "127.0.0.1")
         # like a systemd service: without this shell's PYTHONUNBUFFERED (see FINDINGS)
         clean_env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONUNBUFFERED")
@@ -132,6 +132,8 @@ def measure(runs):
             for name, _desc, inventory, strategy in scenarios:
                 times[name].extend(run_playbook(inventory, {}, 1, strategy))
         rows = [(name, desc, times[name]) for name, desc, _i, _s in scenarios]
+        if lab:
+            notes.append(zone_round_trip(lab, nats.url, scratch))
     finally:
         if executor is not None:
             executor.stop()
@@ -145,6 +147,42 @@ def measure(runs):
             labctl.down()
         subprocess.run(["rm", "-rf", scratch], check=False)
     return rows, notes
+
+
+def zone_round_trip(lab, url, scratch, count=200):
+    """Issue 4's target: a warm command round trip through a zone executor to a lab host over SSH,
+    measured with the client alone (no Ansible): caller -> NATS -> executor -> pooled SSH -> host -> back."""
+    sys.path.insert(0, devenv.COLLECTIONS)
+    from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    zone_host = [h for h in lab["hosts"] if h["networks"] == ["zone"]][0]
+    known = "%s %s\n" % (zone_host["addresses"]["zone"], " ".join(zone_host["host_key"].split()[:2]))
+    zone_exec = devenv.LabExecutor(lab["executor_hosts"][0], url, ["bench-zone"], unit="natsops-bench-zone", scratch=scratch,
+                                   files={"/etc/natsops/bench_known_hosts": known},
+                                   extra_args=["--ssh-known-hosts", "/etc/natsops/bench_known_hosts",
+                                               "--ssh-identity", "default=%s" % lab["executor_key_path"]])
+    client = None
+    try:
+        client = ExecutorClient({"servers": [url]}, "bench-zone",
+                                target={"host": zone_host["addresses"]["zone"], "user": "root"}).connect()
+        for _warm in range(5):
+            client.exec_command(command="true")
+        times = []
+        for _run in range(count):
+            started = time.perf_counter()
+            rc = client.exec_command(command="true")[0]
+            times.append((time.perf_counter() - started) * 1000)
+            if rc != 0:
+                raise RuntimeError("zone round trip: rc %s" % rc)
+    finally:
+        if client is not None:
+            client.close()
+        zone_exec.stop()
+    times.sort()
+    median = statistics.median(times)
+    return ("zone executor round trip (issue 4 target: median under 15 ms): `true` on %s over SSH through a zone executor "
+            "on %s, %d warm requests with the client alone: median %.1f ms, p90 %.1f ms, min %.1f ms, target %s" % (
+                zone_host["name"], lab["executor_hosts"][0], count, median, times[int(count * 0.9)], times[0],
+                "met" if median < 15 else "not met"))
 
 
 def render(rows, notes, runs):

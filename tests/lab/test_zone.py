@@ -257,3 +257,20 @@ def test_timeout_kills_the_remote_process_group(zone, lab):
     time.sleep(1.5)
     left = lab.ssh(host["name"], "pgrep -f 'sleep 30[01]' || true")
     assert left.stdout.strip() == "", "remote processes survived the timeout: %s" % left.stdout
+
+
+def test_executor_command_module_in_ssh_mode(zone, lab, tmp_path):
+    host = zone["hosts"][1]
+    playbook = tmp_path / "cmd.yml"
+    playbook.write_text(json.dumps([{
+        "name": "executor_command through the zone", "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"ansible_python_interpreter": devenv.tool("python")},
+        "tasks": [{"name": "once", "natsops.fleet.executor_command": {
+            "servers": zone["nats"].url, "executor": ZONE, "cmd": "hostname > /root/by-module",
+            "creates": "/root/by-module", "target": {"host": host["addresses"]["zone"], "user": "root", "identity": "lab"}}}],
+    }], ensure_ascii=False))
+    runs = [subprocess.run([devenv.tool("ansible-playbook"), "-i", "localhost,", str(playbook)], env=devenv.ansible_env(),
+                           capture_output=True, text=True, timeout=300, check=False) for _run in range(2)]
+    assert runs[0].returncode == 0 and "changed=1" in runs[0].stdout, runs[0].stdout + runs[0].stderr
+    assert runs[1].returncode == 0 and "changed=0" in runs[1].stdout, runs[1].stdout
+    assert lab.ssh(host["name"], "cat /root/by-module").stdout.strip() == host["name"]
