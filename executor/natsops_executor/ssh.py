@@ -194,6 +194,8 @@ def _open_transport(settings, target, keys, password):
     where = "%s@%s:%d" % (user, host, port)
     try:
         sock = socket.create_connection((host, port), timeout=settings.connect_timeout)
+        # small SSH packets (channel requests, window adjusts) must not wait for delayed ACKs: Nagle off
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
         raise _fail(E_TARGET_UNREACHABLE, "tcp_connect", "cannot reach %s:%d: %s" % (host, port, exc.strerror or exc),
                     host=host, port=port)
