@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 import devenv  # noqa: E402  pylint: disable=wrong-import-position
 
-pytestmark = pytest.mark.lab(hosts=2, zone_hosts=3)
+pytestmark = pytest.mark.lab(hosts=2, zone_hosts=20)
 
 ZONE = "管理网"          # the seed incident's zone name, served for real this time
 STRICT_BAD = "zone-bad-keys"
@@ -39,7 +39,7 @@ def zone(lab, tmp_path_factory):
     scratch = str(tmp_path_factory.mktemp("zone"))
     executor_host = lab.info["executor_hosts"][0]
     zone_hosts = [h for h in lab.hosts if h["networks"] == ["zone"]]
-    assert len(zone_hosts) >= 3
+    assert len(zone_hosts) >= 20
     nats = devenv.NatsServer(listen=lab.info["controller_address"])
     started = []
     try:
@@ -73,9 +73,9 @@ def _target(host, **extra):
     return target
 
 
-def _inventory(zone, path, **hostvars):
+def _inventory(zone, path, count=3, **hostvars):
     hosts = {}
-    for host in zone["hosts"]:
+    for host in zone["hosts"][:count]:
         hosts[host["name"]] = dict({
             "ansible_connection": "natsops.fleet.nats", "ansible_nats_mode": "ssh", "ansible_nats_executor": ZONE,
             "ansible_nats_servers": zone["nats"].url, "ansible_host": host["addresses"]["zone"], "ansible_user": "root",
@@ -154,7 +154,7 @@ def test_playbook_of_builtin_modules_through_the_zone_executor(zone, lab, tmp_pa
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     digest = hashlib.sha256(payload).hexdigest()
-    for host in zone["hosts"]:
+    for host in zone["hosts"][:3]:
         assert re.search(r"%s\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=0" % host["name"], result.stdout)
         on_host = lab.ssh(host["name"], "sha256sum /root/payload.bin; stat -c %a /root/payload.bin; cat /root/zone.conf")
         assert on_host.returncode == 0, on_host.stderr
@@ -274,3 +274,36 @@ def test_executor_command_module_in_ssh_mode(zone, lab, tmp_path):
     assert runs[0].returncode == 0 and "changed=1" in runs[0].stdout, runs[0].stdout + runs[0].stderr
     assert runs[1].returncode == 0 and "changed=0" in runs[1].stdout, runs[1].stdout
     assert lab.ssh(host["name"], "cat /root/by-module").stdout.strip() == host["name"]
+
+
+def test_twenty_hosts_in_parallel_through_one_executor(zone, lab, tmp_path):
+    hosts = zone["hosts"][:20]
+    playbook = tmp_path / "parallel.yml"
+    playbook.write_text("""
+- name: Twenty zone hosts at once through one zone executor
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Who am I
+      ansible.builtin.command: hostname
+      register: me
+      changed_when: false
+    - name: Leave a mark
+      ansible.builtin.copy:
+        content: "{{ me.stdout }} via {{ ansible_nats_executor }}\n"
+        dest: /root/parallel-mark
+        mode: "0600"
+""", encoding="utf-8")
+    inventory = _inventory(zone, str(tmp_path / "inventory.json"), count=20)
+    started = time.monotonic()
+    result = subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, "--forks", "20", str(playbook)],
+                            env=devenv.ansible_env(), capture_output=True, text=True, timeout=900, check=False)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert len(re.findall(r"lab-zone-\d+\s+: ok=2\s+changed=1\s+unreachable=0\s+failed=0", result.stdout)) == 20
+    marks = lab.ssh(lab.info["executor_hosts"][0], " ; ".join(
+        "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
+        "root@%s cat /root/parallel-mark" % h["addresses"]["zone"] for h in hosts), timeout=300)
+    expected = " ".join("%s via %s" % (h["name"], ZONE) for h in hosts)
+    assert " ".join(marks.stdout.split()) == expected, marks.stdout + marks.stderr
+    assert elapsed < 600
