@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
 import devenv  # noqa: E402  pylint: disable=wrong-import-position
 
 PLAYBOOK = os.path.join(HERE, "playbook-30.yml")
+FLEET_PLAYBOOK = os.path.join(HERE, "playbook-10.yml")
 RESULTS = os.path.join(HERE, "results")
 LAB_RESULTS = os.path.join(RESULTS, "lab.md")
 PERFORMANCE = os.path.join(ROOT, "docs", "performance.md")
@@ -91,7 +92,8 @@ def measure(runs):
     try:
         if lab_ok:
             import labctl  # pylint: disable=import-outside-toplevel
-            lab = labctl.up(1, 1)  # lab-mgmt-1 (also the zone executor's host) and lab-zone-1
+            # lab-mgmt-1 (also the zone executor's host), lab-mgmt-2..21 (the fleet scenario), lab-zone-1
+            lab = labctl.up(1 + FLEET_HOSTS, 1)
         nats = devenv.NatsServer(listen=lab["controller_address"] if lab else "127.0.0.1")
         # like a systemd service: without this shell's PYTHONUNBUFFERED (see FINDINGS)
         clean_env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONUNBUFFERED")
@@ -134,6 +136,7 @@ def measure(runs):
         rows = [(name, desc, times[name]) for name, desc, _i, _s in scenarios]
         if lab:
             notes.append(zone_round_trip(lab, nats.url, scratch))
+            notes.append(fleet_through_zone_executor(lab, nats.url, scratch))
     finally:
         if executor is not None:
             executor.stop()
@@ -183,6 +186,57 @@ def zone_round_trip(lab, url, scratch, count=200):
             "on %s, %d warm requests with the client alone: median %.1f ms, p90 %.1f ms, min %.1f ms, target %s" % (
                 zone_host["name"], lab["executor_hosts"][0], count, median, times[int(count * 0.9)], times[0],
                 "met" if median < 15 else "not met"))
+
+
+FLEET_HOSTS = 20
+FLEET_RUNS = 3
+
+
+def fleet_through_zone_executor(lab, url, scratch):
+    """Issue 4's second target: 20 hosts x 10 tasks through one zone executor (SSH mode) against direct ssh
+    (pipelining + ControlPersist) from the controller, same hosts, forks 20, interleaved."""
+    targets = [h for h in lab["hosts"] if h["name"] != lab["executor_hosts"][0] and "mgmt" in h["addresses"]][:FLEET_HOSTS]
+    known = "".join("%s %s\n" % (h["addresses"]["mgmt"], " ".join(h["host_key"].split()[:2])) for h in targets)
+    zone_exec = devenv.LabExecutor(lab["executor_hosts"][0], url, ["bench-fleet"], unit="natsops-bench-fleet", scratch=scratch,
+                                   files={"/etc/natsops/fleet_known_hosts": known},
+                                   extra_args=["--ssh-known-hosts", "/etc/natsops/fleet_known_hosts",
+                                               "--ssh-identity", "default=%s" % lab["executor_key_path"]])
+    common = {"ansible_python_interpreter": "/usr/bin/python3", "ansible_user": "root"}
+    ssh_hosts = dict((h["name"], dict(common, ansible_host=h["addresses"]["mgmt"], ansible_connection="ssh",
+                                      ansible_ssh_private_key_file=lab["ssh_private_key_file"], ansible_ssh_pipelining=True,
+                                      ansible_ssh_common_args="-o ControlMaster=auto -o ControlPersist=60s "
+                                                              "-o StrictHostKeyChecking=no -o UserKnownHostsFile=%s "
+                                                              "-o IdentitiesOnly=yes" % lab["known_hosts"]))
+                     for h in targets)
+    nats_hosts = dict((h["name"], dict(common, ansible_host=h["addresses"]["mgmt"], ansible_connection="natsops.fleet.nats",
+                                       ansible_nats_servers=url, ansible_nats_mode="ssh", ansible_nats_executor="bench-fleet"))
+                      for h in targets)
+    inventories = {}
+    for name, hosts in (("ssh", ssh_hosts), ("zone", nats_hosts)):
+        path = os.path.join(scratch, "fleet-%s.json" % name)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump({"all": {"hosts": hosts}}, handle)
+        inventories[name] = path
+    times = {"ssh": [], "zone": []}
+    try:
+        for rnd in range(FLEET_RUNS + 1):
+            for name, path in inventories.items():
+                started = time.monotonic()
+                result = subprocess.run([devenv.tool("ansible-playbook"), "-i", path, "--forks", str(FLEET_HOSTS), FLEET_PLAYBOOK],
+                                        env=devenv.ansible_env(), capture_output=True, text=True, timeout=900, check=False)
+                elapsed = time.monotonic() - started
+                if result.returncode != 0:
+                    raise RuntimeError("fleet scenario %s failed:\n%s" % (name, result.stdout[-3000:]))
+                if rnd:
+                    times[name].append(elapsed)
+    finally:
+        zone_exec.stop()
+    ssh, zone = statistics.median(times["ssh"]), statistics.median(times["zone"])
+    return ("%d hosts x 10 tasks (bench/playbook-10.yml, forks %d), %d interleaved runs after a warm-up: direct ssh "
+            "(pipelining + ControlPersist) median %.2f s (%s), through one zone executor (SSH mode, pooled) median %.2f s "
+            "(%s): %.2fx, issue 4 target (no slower than direct ssh) %s" % (
+                FLEET_HOSTS, FLEET_HOSTS, FLEET_RUNS, ssh, ", ".join("%.2f" % t for t in times["ssh"]), zone,
+                ", ".join("%.2f" % t for t in times["zone"]), zone / ssh, "met" if zone <= ssh else "not met"))
 
 
 def render(rows, notes, runs):
