@@ -289,7 +289,16 @@ FINDINGS = """
   module_utils from source (the collection loader keeps no bytecode). Now 13 ms: the plugin registers its
   option definitions itself, parsed with the C YAML loader (a unit test checks they equal ansible-core's
   parse), and a worker compiles only the plugin, `mux.py`, `errors.py` and `wire/names.py`; the control
-  process moved to `control.py`. The lab ratio went from 1.15x to about 1.0x.
+  process moved to `control.py`. The lab ratio went from 1.15x to parity: full benchmark runs on
+  2026-11-23 gave 1.02x, 1.07x and 0.90x (the table above is the last one), and a run of ssh-lab against
+  nats-lab alone, 10 interleaved rounds, gave medians 9.53 s and 9.41 s (0.99x). This machine's noise
+  (runs of one scenario spread by 25 %) is larger than the remaining difference. What is left per task:
+  about 11 ms more plugin load in the worker (13 ms against 2 ms for ssh, mostly compiling from source,
+  the rest finding the plugin and the C YAML parse), and about 3-6 ms less transport (a `true` round trip:
+  3.9 ms through the control process, NATS and the executor against 10.3 ms through ssh's ControlPersist;
+  the `command` module payload: 207.6 ms against 211.0 ms, 30 interleaved runs).
+- SSH mode: paramiko's socket needs TCP_NODELAY; without it a zone round trip waited on delayed ACKs
+  (49 ms median, 9 ms with it).
 - Pipelined modules start slower when `PYTHONUNBUFFERED=1` is in the environment of the process that runs
   them (it is on this machine): Python then reads a script from stdin one byte per `read(2)`: 180,399
   calls for the 180 KB AnsiballZ payload of `command`, against 392 without it (0.29 s against 0.22 s to run

@@ -307,3 +307,18 @@ def test_twenty_hosts_in_parallel_through_one_executor(zone, lab, tmp_path):
     expected = " ".join("%s via %s" % (h["name"], ZONE) for h in hosts)
     assert " ".join(marks.stdout.split()) == expected, marks.stdout + marks.stderr
     assert elapsed < 600
+
+
+def test_broken_pooled_connection_is_replaced(zone, lab):
+    host = zone["hosts"][3]
+    client = _client(zone, target=_target(host))
+    try:
+        assert client.exec_command(command="echo one")[1] == b"one\n"  # pooled now
+        time.sleep(1.5)  # older than the check's own ssh session below, which --older spares
+        # cut the executor's pooled connection on the target side: its sshd session process dies
+        lab.ssh(host["name"], "pkill -KILL -f '^sshd: root@notty' --older 1 || true")
+        time.sleep(0.5)
+        rc, out, _err = client.exec_command(command="echo two")
+        assert (rc, out) == (0, b"two\n")
+    finally:
+        client.close()
