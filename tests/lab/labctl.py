@@ -580,6 +580,23 @@ def _save_state(state):
     _write(STATE_FILE, json.dumps(state, indent=2) + "\n", 0o600)
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_PER_HOST = 32  # systemd, journald, logind and path units each hold inotify instances; all hosts share root's limit
+
+
+def _ensure_inotify(host_count):
+    """Every host's systemd uses inotify instances counted against root's one limit (128 by default): about
+    twenty hosts exhaust it and units such as systemd-ask-password-wall.path fail. Raise it when too low."""
+    try:
+        current = int(INOTIFY_INSTANCES.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return
+    needed = 128 + INOTIFY_PER_HOST * host_count
+    if current < needed:
+        log.info("raising fs.inotify.max_user_instances from %d to %d for %d hosts", current, needed, host_count)
+        INOTIFY_INSTANCES.write_text("%d\n" % needed, encoding="ascii")
+
+
 def _setup_network(state):
     """Create the lab bridges and the guard route; refuse if 10.213.0.0/16 is used by something else."""
     addrs = _run(["ip", "-o", "-4", "addr", "show"]).stdout.splitlines()
@@ -757,6 +774,7 @@ def up(hosts=3, zone_hosts=0, timeout=SSH_TIMEOUT):
         state = {"version": 1, "base": str(base), "bridges": [], "route": None, "hosts": [], "started": time.time()}
         _save_state(state)
         try:
+            _ensure_inotify(len(host_plan))
             _setup_network(state)
             HOSTS_DIR.mkdir(parents=True, exist_ok=True)
             for host in host_plan:
