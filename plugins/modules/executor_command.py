@@ -80,6 +80,11 @@ options:
         description: Passphrase of O(target.private_key).
         type: str
 attributes:
+  action_group:
+    description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
+    support: full
+    membership:
+      - natsops.fleet.nats
   check_mode:
     support: partial
     description: Can run in check mode and return changed status prediction without modifying target.

@@ -35,6 +35,11 @@ options:
       - A JMESPath expression applied to RV(executors); the outcome is returned as RV(query_result).
     type: str
 attributes:
+  action_group:
+    description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
+    support: full
+    membership:
+      - natsops.fleet.nats
   check_mode:
     support: full
     description: Read-only; it runs in check mode as well.

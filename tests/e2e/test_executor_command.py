@@ -15,7 +15,9 @@ def _run(nats_server, tmp_path, tasks, check=False):
     playbook.write_text(json.dumps([{
         "name": "executor_command", "hosts": "localhost", "connection": "local", "gather_facts": False,
         "vars": {"ansible_python_interpreter": devenv.tool("python")},
-        "module_defaults": {"natsops.fleet.executor_command": {"servers": nats_server.url, "executor": "e2e-host"}},
+        # the action group sets the connection for every natsops module at once
+        "module_defaults": {"group/natsops.fleet.nats": {"servers": nats_server.url},
+                            "natsops.fleet.executor_command": {"executor": "e2e-host"}},
         "tasks": tasks}], ensure_ascii=False))
     cmd = [devenv.tool("ansible-playbook"), "-i", "localhost,", str(playbook), "-v"] + (["--check"] if check else [])
     return subprocess.run(cmd, env=devenv.ansible_env(), capture_output=True, text=True, timeout=300, check=False)
@@ -51,6 +53,13 @@ def test_creates_removes_and_check_mode(nats_server, executor, tmp_path):
     removes = _run(nats_server, tmp_path, [{"name": "gone", "natsops.fleet.executor_command": {
         "cmd": "false", "removes": str(tmp_path / "absent")}}])
     assert removes.returncode == 0 and "changed=0" in removes.stdout
+
+
+def test_action_group_sets_the_connection_for_executor_info(nats_server, executor, tmp_path):
+    result = _run(nats_server, tmp_path, [
+        {"name": "info", "natsops.fleet.executor_info": {"instance_id": "e2e-host"}, "register": "info"},
+        {"name": "check", "ansible.builtin.assert": {"that": ["info.executors | length == 1"]}}])
+    assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_nobody_serving_is_reported_with_the_fix(nats_server, executor, tmp_path):
