@@ -32,9 +32,6 @@ def main(argv=None):
         log.error("configuration error: %s", exc)
         sys.exit(EXIT_CONFIG)
     logging.getLogger().setLevel(cfg.log_level)
-    if cfg.bklite_compat:
-        log.error("configuration error: --bklite-compat is not available in natsops-executor %s yet", __version__)
-        sys.exit(EXIT_CONFIG)
     sys.exit(asyncio.run(_run(cfg)))
 
 

@@ -17,7 +17,9 @@ import nats
 from nats import micro
 
 from natsops_executor import __version__
+from natsops_executor import bklite
 from natsops_executor import jobs
+from natsops_executor import transfer
 
 try:
     from natsops_executor import ssh
@@ -28,7 +30,7 @@ except ImportError as _exc:  # paramiko is a dependency of the wheel; a bare cop
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire.contract import (
     E_ABORTED, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR, KIND_REQUEST,
-    OP_EXEC, OP_FETCH, OP_PUT,
+    OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER,
     OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, chunk_size, error_message, executor_metadata,
     pack, sha256_hex, subject, unpack, validate_request,
 )
@@ -73,7 +75,8 @@ class Executor:
         self.service = await micro.add_service(
             self.nc, name=SERVICE_NAME, version=__version__, queue_group=QUEUE_GROUP,
             description="natsops.fleet executor on %s" % cfg.name,
-            metadata=executor_metadata(cfg.namespace, cfg.instances, cfg.name, __version__, ssh=self.ssh is not None),
+            metadata=executor_metadata(cfg.namespace, cfg.instances, cfg.name, __version__, ssh=self.ssh is not None,
+                                       bklite=cfg.bklite_compat),
             stats_handler=self._stats)
         index = 0
         for inst in cfg.instances:
@@ -84,6 +87,8 @@ class Executor:
                     name="%s-%d" % (op, index), subject=subj, handler=self._handler(op),
                     metadata={"instance": inst, "op": op})
                 log.info("serving %s (instance %s, queue group %s)", subj, inst, QUEUE_GROUP)
+        if cfg.bklite_compat:
+            await bklite.CompatServer(self).add_endpoints(self.service, index)
         await self.nc.flush()
         log.info("natsops-executor %s ready: %d instance id(s) on %s, max %d jobs, protocol %d, service %s",
                  __version__, len(cfg.instances), self.nc.connected_url.netloc if self.nc.connected_url else "?",
@@ -164,7 +169,7 @@ class Executor:
         try:
             await sender.start()
             chunk = chunk_size(self.nc.max_payload)
-            handler = {OP_EXEC: self._exec, OP_PUT: self._put, OP_FETCH: self._fetch}[op]
+            handler = {OP_EXEC: self._exec, OP_PUT: self._put, OP_FETCH: self._fetch, OP_TRANSFER: self._transfer}[op]
             async with self.slots:
                 self.running += 1
                 try:
@@ -280,6 +285,15 @@ class Executor:
             raise
         summary = await jobs.run_fetch(fd, sender, chunk)
         log.info("fetch %s %s %d bytes", req["id"], req["path"], summary["size"])
+        return None
+
+    async def _transfer(self, req, attachment, request, sender, chunk):  # pylint: disable=unused-argument
+        await self._accept(request, req)
+        result = await transfer.run_transfer(self, req, sender)
+        source = req["source"]
+        log.info("transfer %s%s %s -> %s: %s%s", req["id"], _on(req),
+                 "object %s/%s" % (source["bucket"], source["object"]) if source["object"] else source["path"],
+                 req["path"], "changed" if result["changed"] else "unchanged", " (check)" if req["check"] else "")
         return None
 
 

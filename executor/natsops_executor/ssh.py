@@ -36,7 +36,7 @@ import paramiko
 from natsops_executor import jobs
 from natsops_executor._wire.contract import (
     E_BAD_PATH, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_HOST_KEY, E_IO, E_NOT_FOUND, E_SIZE_MISMATCH,
-    E_SPAWN, E_TARGET_AUTH, E_TARGET_UNREACHABLE, KIND_DATA, KIND_RESULT, STREAM_FILE, WireError,
+    E_SPAWN, E_TARGET_AUTH, E_TARGET_UNREACHABLE, E_TIMEOUT, KIND_DATA, KIND_RESULT, STREAM_FILE, WireError,
 )
 
 log = logging.getLogger("natsops_executor")
@@ -537,7 +537,7 @@ def _sftp_error(exc, what):
     return WireError(E_IO, "%s: %s" % (what, exc), {"stage": "sftp"})
 
 
-def _check_put_target(sftp, path):
+def check_put_target(sftp, path):
     parent = posixpath.dirname(path) or "/"
     try:
         if not stat.S_ISDIR(sftp.stat(parent).st_mode):
@@ -554,7 +554,7 @@ def _check_put_target(sftp, path):
             raise _sftp_error(exc, "cannot check %s" % path)
 
 
-def _upload(sftp, spool, path, mode):
+def upload(sftp, spool, path, mode, deadline=None):
     """Write a temp file beside ``path``, then rename it over ``path``; the temp file never survives a failure."""
     name = ".%s.natsops-%s.tmp" % (posixpath.basename(path)[:64], os.urandom(4).hex())
     temp = posixpath.join(posixpath.dirname(path) or "/", name)
@@ -564,6 +564,8 @@ def _upload(sftp, spool, path, mode):
             handle.set_pipelined(True)
             spool.seek(0)
             while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise WireError(E_TIMEOUT, "copy to %s timed out; nothing was written" % path)
                 block = spool.read(1 << 20)
                 if not block:
                     break
@@ -584,7 +586,7 @@ async def check_put(pool, req):
     """Before accepting a put: the destination directory exists on the target (and the target is reachable)."""
     key, entry, sftp = await pool.sftp(req["target"])
     try:
-        await pool.run(_check_put_target, sftp, req["path"])
+        await pool.run(check_put_target, sftp, req["path"])
     finally:
         sftp.close()
         pool.release(key, entry)
@@ -614,7 +616,7 @@ async def run_put(pool, req, inline, receiver, sender):
                                                  "nothing was written" % (digest.hexdigest(), req["sha256"]))
         key, entry, sftp = await pool.sftp(req["target"])
         try:
-            await pool.run(_upload, sftp, spool, req["path"], req["mode"])
+            await pool.run(upload, sftp, spool, req["path"], req["mode"])
         finally:
             sftp.close()
             pool.release(key, entry)
@@ -623,6 +625,56 @@ async def run_put(pool, req, inline, receiver, sender):
         return summary
     finally:
         spool.close()
+
+
+def _remote_isdir(sftp, path):
+    try:
+        return stat.S_ISDIR(sftp.stat(path).st_mode)
+    except IOError as exc:
+        if getattr(exc, "errno", None) == 2:
+            return False
+        raise
+
+
+def _copy_tree(sftp, source, dest, deadline):
+    """Blocking: copy a file or directory of this host to ``dest`` on the target with scp -r's rules
+    (an existing directory at ``dest`` receives ``basename(source)``); every file lands atomically.
+    Returns (files, bytes, the path it landed at)."""
+    if _remote_isdir(sftp, dest):
+        dest = posixpath.join(dest, os.path.basename(source.rstrip("/")) or "root")
+    files = size = 0
+    if not os.path.isdir(source):
+        with open(source, "rb") as handle:
+            upload(sftp, handle, dest, stat.S_IMODE(os.fstat(handle.fileno()).st_mode), deadline)
+            return 1, os.fstat(handle.fileno()).st_size, dest
+    for root, _dirs, names in os.walk(source):
+        rel = os.path.relpath(root, source)
+        rdir = dest if rel == "." else posixpath.join(dest, *rel.split(os.sep))
+        if not _remote_isdir(sftp, rdir):
+            sftp.mkdir(rdir, stat.S_IMODE(os.stat(root).st_mode))
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            if not os.path.isfile(path):
+                continue  # sockets, fifos, dangling links: scp skips them too
+            with open(path, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                upload(sftp, handle, posixpath.join(rdir, name), stat.S_IMODE(st.st_mode), deadline)
+            files += 1
+            size += st.st_size
+    return files, size, dest
+
+
+async def copy_path(pool, target, source, dest, deadline):
+    """Copy ``source`` (a file or directory on the executor host) to ``dest`` on the target over SFTP,
+    like ``scp -r`` but with host keys checked and every file written to a temp file and renamed."""
+    key, entry, sftp = await pool.sftp(target)
+    try:
+        return await pool.run(_copy_tree, sftp, source, dest, deadline)
+    except (IOError, OSError) as exc:
+        raise _sftp_error(exc, "cannot copy %s to %s:%s" % (source, target["host"], dest))
+    finally:
+        sftp.close()
+        pool.release(key, entry)
 
 
 def _open_remote(sftp, path):

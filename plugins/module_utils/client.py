@@ -20,19 +20,21 @@ import time
 import uuid
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.atomic import AtomicFile
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
     DEFAULT_KEEPALIVE, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
     FRAME_OVERHEAD, KIND_ACCEPTED, KIND_DATA, KIND_ERROR, KIND_KEEPALIVE, KIND_REQUEST, KIND_RESULT, OP_EXEC,
-    OP_FETCH, OP_PUT, PROTOCOL_VERSION, SERVICE_NAME, STREAM_STDERR, STREAM_STDOUT, WireError, chunk_size, kind_of,
-    liveness_timeout, pack, parse_executor_info, serves, subject, unpack, validate_instance_id, validate_namespace,
+    OP_FETCH, OP_PUT, OP_TRANSFER, PROTOCOL_VERSION, SERVICE_NAME, STREAM_STDERR, STREAM_STDOUT, WireError, chunk_size, kind_of,
+    liveness_timeout, object_digest_hex, pack, parse_executor_info, serves, subject, unpack, validate_instance_id, validate_namespace,
 )
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.streams import StreamReceiver, StreamSender
 
 try:
     import nats
     import nats.errors
+    import nats.js.errors
     HAS_NATS = True
     NATS_IMPORT_ERROR = None
 except ImportError as _exc:  # pragma: no cover - depends on the controller environment
@@ -183,8 +185,9 @@ class AsyncExecutorClient:
     # ------------------------------------------------------------ exec
 
     async def exec_command(self, command=None, argv=None, stdin=None, shell="/bin/sh", become=None, pty=False,
-                           timeout=0, env=None, cwd=None):
-        """Run a command; returns (rc, stdout bytes, stderr bytes)."""
+                           timeout=0, env=None, cwd=None, on_output=None):
+        """Run a command; returns (rc, stdout bytes, stderr bytes). ``on_output(stream, data)`` (a coroutine
+        function) sees the output as it arrives."""
         receiver = await StreamReceiver(self.nc).start()
         try:
             req = self._base_request(OP_EXEC, receiver.subject)
@@ -205,6 +208,8 @@ class AsyncExecutorClient:
                 msg = await self._next(receiver, accepted)
                 if msg.kind == KIND_DATA and msg.stream in out:
                     out[msg.stream].extend(msg.data)
+                    if on_output is not None:
+                        await on_output(msg.stream, msg.data)
                 elif msg.kind == KIND_RESULT:
                     result = self._decode(msg.headers, msg.data)
                     for name in (STREAM_STDOUT, STREAM_STDERR):
@@ -273,6 +278,73 @@ class AsyncExecutorClient:
         finally:
             target.discard()
             await receiver.close()
+
+    # ------------------------------------------------------------ transfer
+
+    async def upload_object(self, bucket, name, local_path, sha256):
+        """Put a file into the JetStream Object Store unless the object already holds this content
+        (the bucket is created with defaults when missing). Returns True when it uploaded."""
+        js = self.nc.jetstream()
+        try:
+            store = await js.object_store(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            store = await js.create_object_store(bucket)
+        try:
+            if object_digest_hex((await store.get_info(name)).digest) == sha256:
+                return False
+        except nats.js.errors.NotFoundError:
+            pass
+        with open(local_path, "rb") as handle:
+            info = await store.put(name, handle)
+        if object_digest_hex(info.digest) != sha256:
+            raise ExecutorTaskError(E_CHECKSUM_MISMATCH, "%s changed while it was uploaded to the Object Store" % local_path)
+        return True
+
+    async def transfer(self, path, bucket=None, object_name=None, source_path=None, sha256=None, mode=None, check=False):
+        """Have the executor place an Object Store object (or a file of its own host) at ``path``; returns
+        its result: changed, sha256, size, before."""
+        receiver = await StreamReceiver(self.nc).start()
+        try:
+            req = self._base_request(OP_TRANSFER, receiver.subject)
+            source = {"bucket": bucket, "object": object_name} if object_name is not None else {"path": source_path}
+            req.update(source=source, path=path, check=check)
+            if sha256 is not None:
+                req["sha256"] = sha256
+            if mode is not None:
+                req["mode"] = mode
+            accepted = await self._request(OP_TRANSFER, req)
+            while True:
+                msg = await self._next(receiver, accepted)
+                if msg.kind == KIND_RESULT:
+                    return self._decode(msg.headers, msg.data)
+                if msg.kind != KIND_KEEPALIVE:
+                    raise ExecutorTaskError(E_STREAM, "unexpected %r message in a transfer stream" % msg.kind)
+        finally:
+            await receiver.close()
+
+    # ------------------------------------------------------------ BK-Lite protocol
+
+    async def bklite_call(self, method, request, timeout):
+        """One BK-Lite request (wire/bklite.py) to the executors with our instance id; returns the reply dict.
+        Nobody subscribed is reported like our own protocol does, with what discovery can see."""
+        subj = bklite.subject(method, self.instance_id)
+        try:
+            msg = await self.nc.request(subj, bklite.pack_request(request), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            compat = [e for e in await self.discover(DISCOVERY_WAIT) if e.get("bklite")]
+            served = sorted(set(i for e in compat for i in e["instances"]))
+            raise ExecutorUnreachable(E_NO_RESPONDERS, (
+                "no executor subscribes to %r (BK-Lite protocol, instance id %r) on %s. natsops executors with "
+                "--bklite-compat online serve: %s. BK-Lite's own executors cannot be discovered: check that the "
+                "executor's nats_instanceId is exactly %r, or address one of the instance ids above."
+            ) % (subj, self.instance_id, self.servers, ", ".join(repr(i) for i in served) or "none", self.instance_id),
+                {"subject": subj, "instance_id": self.instance_id, "compat_instances": served})
+        except nats.errors.TimeoutError:
+            raise ExecutorUnreachable(E_EXECUTOR_LOST, "no reply on %r within %.0f s (BK-Lite protocol)" % (subj, timeout))
+        try:
+            return bklite.parse_reply(msg.data)
+        except bklite.BkliteError as exc:
+            raise ExecutorTaskError(E_STREAM, exc.message)
 
     # ------------------------------------------------------------ discovery
 
@@ -371,6 +443,24 @@ class ExecutorClient:
 
     def fetch_file(self, remote_path, local_path):
         return self._run(self.core.fetch_file(remote_path, local_path))
+
+    def transfer(self, path, **kwargs):
+        return self._run(self.core.transfer(path, **kwargs))
+
+    def bklite_call(self, method, request, timeout):
+        return self._run(self.core.bklite_call(method, request, timeout))
+
+    def publisher(self):
+        """The connection's publish coroutine function (for output line events)."""
+        return self.core.nc.publish
+
+    def flush_events(self, events):
+        """Publish what a bklite.LineEvents still holds and make sure the server has it all."""
+        self._run(events.flush())
+        self._run(self.core.nc.flush(timeout=5))
+
+    def upload_object(self, bucket, name, local_path, sha256):
+        return self._run(self.core.upload_object(bucket, name, local_path, sha256))
 
     def discover(self, wait=DISCOVERY_WAIT, stats=False):
         return self._run(self.core.discover(wait, stats))

@@ -33,6 +33,23 @@ NATS_ARGUMENT_SPEC["namespace"] = {"type": "str", "default": DEFAULT_NAMESPACE}
 NATS_ARGUMENT_SPEC["connect_timeout"] = {"type": "float", "default": 10.0}
 
 
+# SSH mode (doc_fragments/target.py)
+TARGET_SPEC = {
+    "host": {"type": "str", "required": True},
+    "port": {"type": "int", "default": 22},
+    "user": {"type": "str", "required": True},
+    "identity": {"type": "str"},
+    "password": {"type": "str", "no_log": True},
+    "private_key": {"type": "str", "no_log": True},
+    "passphrase": {"type": "str", "no_log": True},
+}
+
+
+def target_of(params):
+    """The wire target from the module's O(target), or None (the executor's own host)."""
+    return dict((k, v) for k, v in (params.get("target") or {}).items() if v is not None) or None
+
+
 def argument_spec(**extra):
     """The NATS options plus a module's own."""
     spec = dict(NATS_ARGUMENT_SPEC)

@@ -20,6 +20,7 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.target
 options:
   executor:
     description: Instance id of the executor(s) to address, for example a zone name such as C(管理网).
@@ -51,34 +52,26 @@ options:
   removes:
     description: If this path does not exist where the command would run, the command is not run.
     type: path
-  target:
-    description: SSH mode, the host the executor runs the command on.
-    type: dict
-    suboptions:
-      host:
-        description: Address or name of the host, as the executor resolves it.
-        type: str
-        required: true
-      port:
-        description: SSH port.
-        type: int
-        default: 22
-      user:
-        description: SSH login user.
-        type: str
-        required: true
-      identity:
-        description: Name of a private key configured on the executor (preferred, no secret travels).
-        type: str
-      password:
-        description: Password of O(target.user), sent with the request (never logged).
-        type: str
-      private_key:
-        description: A private key (PEM or OpenSSH text) sent with the request (never logged).
-        type: str
-      passphrase:
-        description: Passphrase of O(target.private_key).
-        type: str
+  stream_topic:
+    description:
+      - Publish each output line, as it arrives, to this NATS subject, so that people and tools can follow a
+        long command live (for example C(nats sub 'job.stream.>')).
+      - Each line is a JSON object C({"execution_id", "stream", "line", "timestamp"}), the event format of
+        BK-Lite's C(stream_log_topic). Empty lines are skipped.
+    type: str
+  execution_id:
+    description: The C(execution_id) of the line events of O(stream_topic). Defaults to a new random id.
+    type: str
+  protocol:
+    description:
+      - C(natsops) talks to C(natsops-executor).
+      - C(bklite) drives BK-Lite's own nats-executor, or a C(natsops-executor --bklite-compat), through the
+        C(local.execute) and C(ssh.execute) subjects. That protocol returns stdout and stderr merged (RV(stdout),
+        with RV(stderr) empty), cut at 1 MiB, and has no stdin. O(target.identity) is not available, and
+        O(timeout=0) becomes 3600 seconds because BK-Lite needs a limit.
+    type: str
+    choices: [natsops, bklite]
+    default: natsops
 attributes:
   action_group:
     description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
@@ -118,6 +111,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+execution_id:
+  description: The id of the line events published to O(stream_topic).
+  returned: when O(stream_topic) is set
+  type: str
 rc:
   description: Exit code of the command (255 when an SSH-mode command ended without one).
   returned: when the command ran
@@ -155,31 +152,79 @@ msg:
 """
 
 import datetime
+import math
 import shlex
+import uuid
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, executor_client
-
-TARGET_SPEC = {
-    "host": {"type": "str", "required": True},
-    "port": {"type": "int", "default": 22},
-    "user": {"type": "str", "required": True},
-    "identity": {"type": "str"},
-    "password": {"type": "str", "no_log": True},
-    "private_key": {"type": "str", "no_log": True},
-    "passphrase": {"type": "str", "no_log": True},
-}
+from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
+from ansible_collections.natsops.fleet.plugins.module_utils.modules import TARGET_SPEC, argument_spec, executor_client, target_of
 
 
 def _text(data):
     return data.decode("utf-8", "replace")
 
 
-def _exists(client, path):
-    rc = client.exec_command(argv=["test", "-e", path])[0]
-    return rc == 0
+class _Runner:
+    """Runs commands through the executor in the module's protocol; run() gives (rc, stdout, stderr) bytes."""
+
+    def __init__(self, module, client):
+        self.module = module
+        self.client = client
+        self.params = module.params
+        self.target = target_of(self.params)
+        if self.params["protocol"] == "bklite":
+            if self.params["stdin"] is not None:
+                module.fail_json(msg="protocol bklite has no stdin; use protocol natsops")
+            if self.target and self.target.get("identity"):
+                module.fail_json(msg="protocol bklite has no executor identities: give target.password or target.private_key")
+
+    def run(self, command=None, argv=None, events=None):
+        params = self.params
+        if params["protocol"] == "natsops":
+            return self.client.exec_command(
+                command=command, argv=argv, cwd=params["chdir"], env=params["env"],
+                stdin=params["stdin"].encode("utf-8") if params["stdin"] is not None else None,
+                timeout=params["timeout"], on_output=events.feed if events else None)
+        return self._bklite(command if command is not None else " ".join(shlex.quote(a) for a in argv), events)
+
+    def _bklite(self, command, events):
+        params = self.params
+        prefix = []
+        if params["chdir"]:
+            prefix.append("cd %s" % shlex.quote(params["chdir"]))
+        timeout = int(math.ceil(params["timeout"])) or 3600
+        request = {"command": command, "execute_timeout": timeout}
+        if self.target:
+            method = bklite.SSH_EXECUTE
+            request.update(host=self.target["host"], port=self.target.get("port", 22), user=self.target["user"])
+            for name in bklite.SECRET_FIELDS:
+                if self.target.get(name):
+                    request[name] = self.target[name]
+            prefix.extend("export %s=%s" % (k, shlex.quote(str(v))) for k, v in sorted((params["env"] or {}).items()))
+        else:
+            method = bklite.LOCAL_EXECUTE
+            if params["env"]:
+                request["env"] = dict((k, str(v)) for k, v in params["env"].items())
+        if prefix:
+            request["command"] = " && ".join(prefix + [command])
+        if events is not None:
+            request.update(stream_logs=True, stream_log_topic=events.topic, execution_id=events.execution_id)
+        reply = self.client.bklite_call(method, request, timeout + 1)
+        output = (reply.get("result") or "").encode("utf-8")
+        if reply.get("success"):
+            return reply.get("exit_code", 0), output, b""
+        rc = reply.get("exit_code", bklite.exit_code(reply))
+        if rc is None or reply.get("code") == bklite.TIMEOUT:
+            details = dict((k, reply[k]) for k in ("stage", "category") if reply.get(k))
+            raise ExecutorError(reply.get("code") or "internal", "BK-Lite %s failed: %s" % (method, reply.get("error")),
+                                details)
+        return rc, output, b""
+
+    def exists(self, path):
+        return self.run(argv=["test", "-e", path])[0] == 0
 
 
 def main():
@@ -194,6 +239,9 @@ def main():
             timeout={"type": "float", "default": 0},
             creates={"type": "path"},
             removes={"type": "path"},
+            stream_topic={"type": "str"},
+            execution_id={"type": "str"},
+            protocol={"type": "str", "choices": ["natsops", "bklite"], "default": "natsops"},
             target={"type": "dict", "options": TARGET_SPEC},
         ),
         mutually_exclusive=[("cmd", "argv")],
@@ -204,22 +252,26 @@ def main():
     shown = params["cmd"] if params["cmd"] is not None else " ".join(shlex.quote(a) for a in params["argv"])
     result = {"changed": False, "cmd": params["cmd"] if params["cmd"] is not None else params["argv"],
               "stdout": "", "stderr": "", "stdout_lines": [], "stderr_lines": []}
-    target = dict((k, v) for k, v in (params["target"] or {}).items() if v is not None) or None
-    client = executor_client(module, params["executor"], target)
+    client = executor_client(module, params["executor"], target_of(params))
+    runner = _Runner(module, client)
+    events = None
+    if params["stream_topic"]:
+        result["execution_id"] = params["execution_id"] or uuid.uuid4().hex
+        events = bklite.LineEvents(client.publisher(), params["stream_topic"], result["execution_id"],
+                                   on_error=lambda exc: module.warn("could not publish an output line: %s" % exc))
     try:
         try:
-            if params["creates"] and _exists(client, params["creates"]):
+            if params["creates"] and runner.exists(params["creates"]):
                 module.exit_json(msg="skipped, since %s exists" % params["creates"], **result)
-            if params["removes"] and not _exists(client, params["removes"]):
+            if params["removes"] and not runner.exists(params["removes"]):
                 module.exit_json(msg="skipped, since %s does not exist" % params["removes"], **result)
             if module.check_mode:
                 result.update(changed=True, msg="command would have run: %s" % shown)
                 module.exit_json(**result)
             started = datetime.datetime.now()
-            rc, out, err = client.exec_command(
-                command=params["cmd"], argv=params["argv"], cwd=params["chdir"], env=params["env"],
-                stdin=params["stdin"].encode("utf-8") if params["stdin"] is not None else None,
-                timeout=params["timeout"])
+            rc, out, err = runner.run(command=params["cmd"], argv=params["argv"], events=events)
+            if events is not None and params["protocol"] == "natsops":
+                client.flush_events(events)
             delta = datetime.datetime.now() - started
         except ExecutorError as exc:
             module.fail_json(msg=exc.message, code=exc.code, details=exc.details, **result)

@@ -36,6 +36,15 @@ def executor(nats_server, tmp_path_factory):
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def compat(nats_server, tmp_path_factory):
+    """An executor with --bklite-compat serving '管理网' and 'bk-shared'."""
+    proc = devenv.ExecutorProcess(nats_server.url, ["管理网", "bk-shared"], extra_args=["--bklite-compat"],
+                                  log_dir=str(tmp_path_factory.mktemp("bklite-logs")))
+    yield proc
+    proc.stop()
+
+
 class Playbook:
     """Runs ansible-playbook against one inventory host that uses natsops.fleet.nats."""
 
@@ -83,3 +92,22 @@ def client_factory(nats_server, executor):  # pylint: disable=unused-argument
     yield make
     for client in made:
         client.close()
+
+
+@pytest.fixture
+def local_play(nats_server, executor, tmp_path):  # pylint: disable=unused-argument
+    """Runs a list of tasks in a localhost play with the NATS options set through the action group;
+    returns the CompletedProcess (text, -v output)."""
+
+    def run(tasks, check=False, defaults=None):
+        play = tmp_path / "play.yml"
+        module_defaults = {"group/natsops.fleet.nats": {"servers": nats_server.url}}
+        module_defaults.update(defaults or {})
+        play.write_text(json.dumps([{
+            "name": "natsops modules", "hosts": "localhost", "connection": "local", "gather_facts": False,
+            "vars": {"ansible_python_interpreter": devenv.tool("python")},
+            "module_defaults": module_defaults, "tasks": tasks}], ensure_ascii=False))
+        cmd = [devenv.tool("ansible-playbook"), "-i", "localhost,", str(play), "-v"] + (["--check"] if check else [])
+        return subprocess.run(cmd, env=devenv.ansible_env(), capture_output=True, text=True, timeout=300, check=False)
+
+    return run

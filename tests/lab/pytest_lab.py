@@ -57,6 +57,17 @@ class Lab:
     def on_network(self, network):
         return [h for h in self.hosts if network in h["addresses"]]
 
+    @staticmethod
+    def known_hosts(hosts, network="zone", keys_of=None):
+        """known_hosts text for these hosts' addresses on ``network``; ``keys_of`` maps a host name to the
+        host whose key to write instead (a deliberately wrong entry)."""
+        by_name = dict((h["name"], h) for h in hosts)
+        lines = []
+        for host in hosts:
+            key_host = by_name.get((keys_of or {}).get(host["name"]), host)
+            lines.append("%s %s\n" % (host["addresses"][network], " ".join(key_host["host_key"].split()[:2])))
+        return "".join(lines)
+
     def ssh(self, name, command, user=None, input_text=None, timeout=60):
         """Run a command on a lab host; returns subprocess.CompletedProcess (text)."""
         return labctl.run_ssh(name, command, user=user, input_text=input_text, timeout=timeout)

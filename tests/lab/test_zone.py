@@ -28,10 +28,6 @@ STRICT_BAD = "zone-bad-keys"
 KNOWN_HOSTS = "/etc/natsops/known_hosts"
 
 
-def _known_line(address, host_key):
-    return "%s %s\n" % (address, " ".join(host_key.split()[:2]))
-
-
 @pytest.fixture(scope="module")
 def zone(lab, tmp_path_factory):
     """nats-server on the controller's management address, a zone executor for ZONE (strict host keys, the
@@ -43,9 +39,9 @@ def zone(lab, tmp_path_factory):
     nats = devenv.NatsServer(listen=lab.info["controller_address"])
     started = []
     try:
-        good = "".join(_known_line(h["addresses"]["zone"], h["host_key"]) for h in zone_hosts)
+        good = lab.known_hosts(zone_hosts)
         # zone-1's address with zone-2's key (a changed key); zone-2 absent (unknown under strict)
-        bad = _known_line(zone_hosts[0]["addresses"]["zone"], zone_hosts[1]["host_key"])
+        bad = lab.known_hosts(zone_hosts[:1], keys_of={zone_hosts[0]["name"]: zone_hosts[1]["name"]})
         key = lab.info["executor_key_path"]
         started.append(devenv.LabExecutor(
             executor_host, nats.url, [ZONE], unit="natsops-zone-executor", scratch=scratch, files={KNOWN_HOSTS: good},
@@ -322,3 +318,32 @@ def test_broken_pooled_connection_is_replaced(zone, lab):
         assert (rc, out) == (0, b"two\n")
     finally:
         client.close()
+
+
+def test_executor_transfer_uploads_once_and_places_on_zone_hosts(zone, lab, tmp_path):
+    hosts = zone["hosts"][5:10]
+    src = tmp_path / "agent.tar.gz"
+    src.write_bytes(os.urandom(1536 * 1024 + 3))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    playbook = tmp_path / "transfer.yml"
+    playbook.write_text(json.dumps([{
+        "name": "executor_transfer through the zone", "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"ansible_python_interpreter": devenv.tool("python")},
+        "module_defaults": {"group/natsops.fleet.nats": {"servers": zone["nats"].url}},
+        "tasks": [{"name": "place", "loop": [h["addresses"]["zone"] for h in hosts], "register": "placed",
+                   "natsops.fleet.executor_transfer": {
+                       "executor": ZONE, "src": str(src), "dest": "/root/agent.tar.gz", "mode": "0600",
+                       "target": {"host": "{{ item }}", "user": "root", "identity": "lab"}}},
+                  {"name": "uploaded once", "ansible.builtin.assert": {"that": [
+                      "placed.results | selectattr('uploaded') | list | length == (1 if placed is changed else 0)"]}}],
+    }], ensure_ascii=False))
+    runs = [subprocess.run([devenv.tool("ansible-playbook"), "-i", "localhost,", str(playbook)] + extra,
+                           env=devenv.ansible_env(), capture_output=True, text=True, timeout=300, check=False)
+            for extra in ([], [], ["--check"])]
+    assert runs[0].returncode == 0 and "changed=1" in runs[0].stdout, runs[0].stdout[-4000:] + runs[0].stderr
+    assert runs[1].returncode == 0 and "changed=0" in runs[1].stdout, runs[1].stdout[-4000:]
+    assert runs[2].returncode == 0 and "changed=0" in runs[2].stdout, runs[2].stdout[-4000:]
+    for host in hosts:
+        out = lab.ssh(host["name"], "sha256sum /root/agent.tar.gz; stat -c %a /root/agent.tar.gz; "
+                                    "ls -a /root | grep -c natsops || true").stdout.split()
+        assert out[0] == digest and out[2] == "600" and out[3] == "0", out

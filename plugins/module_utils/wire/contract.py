@@ -11,6 +11,7 @@ describes it for humans. Standard library only, Python 3.8+ syntax.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -19,7 +20,7 @@ from .names import (  # re-exported, the contract is names + messages  # noqa: F
     ALL_INSTANCES, DEFAULT_NAMESPACE, ERROR_CODES, E_ABORTED, E_BAD_INSTANCE, E_BAD_JSON, E_BAD_PATH, E_BAD_REQUEST,
     E_BECOME, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_INTERNAL, E_IO, E_NOT_FOUND, E_NO_RESPONDERS,
     E_PERMISSION, E_SIZE_MISMATCH, E_SPAWN, E_STREAM, E_TIMEOUT, E_TOO_LARGE, E_UNSUPPORTED_VERSION, OPERATIONS,
-    OP_EXEC, OP_FETCH, OP_PUT, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, subject, validate_instance_id,
+    OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, subject, validate_instance_id,
     validate_namespace, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH, UNREACHABLE_CODES, SSH_STAGES,
 )
 
@@ -174,7 +175,22 @@ SCHEMAS = {
         "path": (_STR, True, None),
         "target": (_DICT, False, None),
     }),
+    OP_TRANSFER: dict(_COMMON, **{
+        "source": (_DICT, True, None),         # _SOURCE_SCHEMA: an Object Store object or a file on the executor host
+        "path": (_STR, True, None),            # where it lands (on the executor host, or on the target)
+        "sha256": (_STR, False, None),         # the content the caller expects; compared before anything is fetched
+        "mode": (_INT, False, None),
+        "check": (_BOOL, False, False),        # only report whether it would change
+        "target": (_DICT, False, None),
+    }),
 }
+
+_SOURCE_SCHEMA = {
+    "bucket": (_STR, False, None),
+    "object": (_STR, False, None),
+    "path": (_STR, False, None),
+}
+BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 _BECOME_SCHEMA = {
     "success": (_STR, True, None),
@@ -302,6 +318,38 @@ def _check_fetch(req):
     return path_problems(req["path"], "fetch: 'path'")
 
 
+def object_digest_hex(digest):
+    """An Object Store digest ('SHA-256=<base64url>') as 64 hex digits, or None."""
+    value = (digest or "").split("=", 1)[1] if "=" in (digest or "") else ""
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, TypeError):
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
+def _check_transfer(req):
+    problems = path_problems(req["path"], "transfer: 'path'")
+    source, sub = _check_fields(req["source"], _SOURCE_SCHEMA, "transfer.source")
+    problems.extend(sub)
+    if not sub:
+        if (source["object"] is None) == (source["path"] is None):
+            problems.append("transfer.source: give exactly one of 'object' (with 'bucket') or 'path'")
+        elif source["object"] is not None:
+            if not source["bucket"] or not BUCKET_RE.match(source["bucket"]):
+                problems.append("transfer.source: 'bucket' must be an Object Store bucket name ([a-zA-Z0-9_-]+)")
+            if not source["object"] or "\x00" in source["object"]:
+                problems.append("transfer.source: 'object' must be a non-empty name")
+        else:
+            problems.extend(path_problems(source["path"], "transfer.source: 'path'"))
+        req["source"] = source
+    if req["sha256"] is not None and not _HEX64_RE.match(req["sha256"]):
+        problems.append("transfer: 'sha256' must be 64 lowercase hex digits")
+    if req["mode"] is not None and not 0 <= req["mode"] <= 0o7777:
+        problems.append("transfer: 'mode' must be between 0 and 0o7777")
+    return problems
+
+
 def _check_target(req, op):
     target, problems = _check_fields(req["target"], _TARGET_SCHEMA, "%s.target" % op)
     if problems:
@@ -326,7 +374,7 @@ def redact_target(target):
     return dict((k, "<redacted>" if k in SECRET_TARGET_FIELDS and v is not None else v) for k, v in target.items())
 
 
-_OP_CHECKS = {OP_EXEC: _check_exec, OP_PUT: _check_put, OP_FETCH: _check_fetch}
+_OP_CHECKS = {OP_EXEC: _check_exec, OP_PUT: _check_put, OP_FETCH: _check_fetch, OP_TRANSFER: _check_transfer}
 
 
 def path_problems(path, where):
@@ -343,7 +391,7 @@ def path_problems(path, where):
 
 # ---------------------------------------------------------------- discovery
 
-def executor_metadata(namespace, instances, hostname, version, mode="agent", ssh=False):
+def executor_metadata(namespace, instances, hostname, version, mode="agent", ssh=False, bklite=False):
     """The metadata an executor publishes in its $SRV INFO (values must be strings)."""
     return {
         "namespace": namespace,
@@ -353,6 +401,7 @@ def executor_metadata(namespace, instances, hostname, version, mode="agent", ssh
         "protocol": str(PROTOCOL_VERSION),
         "mode": mode,
         "ssh": "true" if ssh else "false",   # can run requests that carry a target (SSH mode)
+        "bklite": "true" if bklite else "false",  # also serves the BK-Lite subjects (wire/bklite.py)
     }
 
 
@@ -374,6 +423,7 @@ def parse_executor_info(info):
         "protocol": meta.get("protocol", ""),
         "mode": meta.get("mode", ""),
         "ssh": meta.get("ssh") == "true",
+        "bklite": meta.get("bklite") == "true",
         "subjects": [e.get("subject") for e in info.get("endpoints") or [] if isinstance(e, dict)],
     }
 

@@ -24,7 +24,8 @@ ALL_INSTANCES = "*"
 OP_EXEC = "exec"
 OP_PUT = "put"
 OP_FETCH = "fetch"
-OPERATIONS = (OP_EXEC, OP_PUT, OP_FETCH)
+OP_TRANSFER = "transfer"   # place a JetStream Object Store object (or a file of the executor host) at a path
+OPERATIONS = (OP_EXEC, OP_PUT, OP_FETCH, OP_TRANSFER)
 
 # every NATS connection option, as the plugin, the modules and the executor spell it, with its
 # natscli context field and environment variable (None: no such source)

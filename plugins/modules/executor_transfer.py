@@ -1,0 +1,223 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: executor_transfer
+short_description: Put a file into the JetStream Object Store once and have executors place it on hosts
+description:
+  - With O(src), the controller's file is put into the JetStream Object Store (bucket O(bucket)) unless an
+    object of that name already holds the same content; then the executor(s) serving O(executor) place it at
+    O(dest), on their own host or, with O(target), on a host they reach over SSH. Looping over many hosts
+    uploads the file once.
+  - With O(object), an object already in the store is placed (for example one uploaded by BK-Lite).
+  - With O(remote_src), a file of the executor's own host is copied to O(dest) on O(target).
+  - Checksum-idempotent. The destination's SHA-256 (and mode, when O(mode) is set) is compared first, so nothing
+    is fetched or written when it already matches. Content is verified against the object's digest and lands
+    through a temp file and a rename, so the destination holds either the old file or the complete new one.
+version_added: 0.1.0
+author:
+  - natsops.fleet contributors (@natsops)
+extends_documentation_fragment:
+  - natsops.fleet.nats
+  - natsops.fleet.target
+options:
+  executor:
+    description: Instance id of the executor(s) to address, for example a zone name such as C(管理网).
+    type: str
+    required: true
+  src:
+    description: A file on the controller. Exactly one of O(src), O(object) and O(remote_src).
+    type: path
+  object:
+    description:
+      - Name of the object in O(bucket). With O(src), the name it is stored under. The default name is
+        C(sha256/<digest>), which is shared by every file with the same content.
+      - Without O(src), an object that is already in the store.
+    type: str
+  remote_src:
+    description: An absolute path to a file on the executor's own host, copied to O(dest) (on O(target)).
+    type: str
+  dest:
+    description: Absolute path of the file to write. Its directory must exist.
+    type: str
+    required: true
+  bucket:
+    description:
+      - The Object Store bucket. It is created with default settings when O(src) needs it and it is missing.
+        Create it beforehand for replicas or limits.
+      - Defaults to the value of O(namespace).
+    type: str
+  mode:
+    description:
+      - Permissions of O(dest), as an octal string such as C('0644') or a number.
+      - By default an existing file keeps its mode and a new one gets C(0644).
+    type: raw
+attributes:
+  action_group:
+    description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
+    support: full
+    membership:
+      - natsops.fleet.nats
+  check_mode:
+    support: full
+    description: Nothing is uploaded or written; the executor compares checksums and reports whether O(dest) would change.
+  diff_mode:
+    support: none
+    description: No diff; RV(before) gives the previous checksum and mode.
+seealso:
+  - module: natsops.fleet.executor_command
+  - module: natsops.fleet.executor_info
+"""
+
+EXAMPLES = r"""
+- name: Ship the probe package to every zone host, uploading it once
+  natsops.fleet.executor_transfer:
+    executor: 管理网
+    src: files/probe-1.4.2-linux-amd64.tar.gz
+    dest: /opt/natsops/probe.tar.gz
+    mode: "0640"
+    target:
+      host: "{{ ansible_host }}"
+      user: root
+      identity: default
+  delegate_to: localhost
+
+- name: Place an object already in the store on the executor's own host
+  natsops.fleet.executor_transfer:
+    executor: zone-a-executor
+    bucket: bklite
+    object: linux/x86_64/probe/1.4.2/probe.tar.gz
+    dest: /srv/packages/probe.tar.gz
+  delegate_to: localhost
+
+- name: Copy a file of the executor host to a zone host
+  natsops.fleet.executor_transfer:
+    executor: 管理网
+    remote_src: /etc/natsops/ca.pem
+    dest: /etc/pki/natsops-ca.pem
+    target:
+      host: 10.20.0.11
+      user: root
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+dest:
+  description: Where the file was placed.
+  returned: always
+  type: str
+sha256:
+  description: SHA-256 of the content.
+  returned: always
+  type: str
+size:
+  description: Size in bytes (unknown in check mode before the first upload).
+  returned: when known
+  type: int
+bucket:
+  description: The Object Store bucket used.
+  returned: unless O(remote_src)
+  type: str
+object:
+  description: The object name used.
+  returned: unless O(remote_src)
+  type: str
+uploaded:
+  description: Whether this task put the file into the Object Store.
+  returned: always
+  type: bool
+before:
+  description: Checksum and mode of O(dest) before the task, or null when it did not exist.
+  returned: always
+  type: dict
+"""
+
+import hashlib
+import posixpath
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError
+from ansible_collections.natsops.fleet.plugins.module_utils.modules import TARGET_SPEC, argument_spec, executor_client, target_of
+
+
+def _mode(module, value):
+    if value is None:
+        return None
+    try:
+        mode = int(value, 8) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        module.fail_json(msg="mode must be an octal string such as '0644' or a number, got %r" % (value,))
+    if not 0 <= mode <= 0o7777:
+        module.fail_json(msg="mode must be between 0 and 07777, got %r" % (value,))
+    return mode
+
+
+def _sha256(module, path):
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        module.fail_json(msg="cannot read src %s: %s" % (path, exc.strerror or exc))
+    return digest.hexdigest()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(
+            executor={"type": "str", "required": True},
+            src={"type": "path"},
+            object={"type": "str"},
+            remote_src={"type": "str"},
+            dest={"type": "str", "required": True},
+            bucket={"type": "str"},
+            mode={"type": "raw"},
+            target={"type": "dict", "options": TARGET_SPEC},
+        ),
+        mutually_exclusive=[("src", "remote_src"), ("object", "remote_src")],
+        required_one_of=[("src", "object", "remote_src")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    dest = params["dest"]
+    if not posixpath.isabs(dest):
+        module.fail_json(msg="dest must be an absolute path, got %r" % dest)
+    mode = _mode(module, params["mode"])
+    bucket = params["bucket"] or params["namespace"]
+    result = {"changed": False, "dest": dest, "uploaded": False}
+    digest = None
+    object_name = params["object"]
+    if params["src"]:
+        digest = _sha256(module, params["src"])
+        object_name = object_name or "sha256/%s" % digest
+    if params["remote_src"] is None:
+        result.update(bucket=bucket, object=object_name)
+
+    client = executor_client(module, params["executor"], target_of(params))
+    try:
+        try:
+            if params["src"] and not module.check_mode:
+                result["uploaded"] = client.upload_object(bucket, object_name, params["src"], digest)
+            if params["remote_src"] is not None:
+                placed = client.transfer(dest, source_path=params["remote_src"], mode=mode, check=module.check_mode)
+            else:
+                placed = client.transfer(dest, bucket=bucket, object_name=object_name, sha256=digest, mode=mode,
+                                         check=module.check_mode)
+        except ExecutorError as exc:
+            module.fail_json(msg=exc.message, code=exc.code, details=exc.details, **result)
+    finally:
+        client.close()
+    result.update(changed=placed["changed"], sha256=placed["sha256"], before=placed.get("before"))
+    if placed.get("size") is not None:
+        result["size"] = placed["size"]
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
