@@ -346,9 +346,23 @@ class AsyncExecutorClient:
         except bklite.BkliteError as exc:
             raise ExecutorTaskError(E_STREAM, exc.message)
 
+    async def object_digest(self, bucket, name):
+        """sha256 (hex) of an Object Store object, or None when the bucket or object is missing."""
+        try:
+            return object_digest_hex((await (await self.nc.jetstream().object_store(bucket)).get_info(name)).digest)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def bklite_health(self, wait=DISCOVERY_WAIT):
+        """health.check replies of every executor subscribed for our instance id (BK-Lite's own executors
+        all answer; ours answer once per queue group)."""
+        replies = await self._collect(bklite.subject(bklite.HEALTH_CHECK, self.instance_id), wait,
+                                      bklite.pack_request({"execute_timeout": 5}))
+        return [r for r in replies if isinstance(r, dict) and r.get("status")]
+
     # ------------------------------------------------------------ discovery
 
-    async def _collect(self, subj, wait):
+    async def _collect(self, subj, wait, payload=b""):
         replies = []
         last = [time.monotonic()]
         inbox = self.nc.new_inbox()
@@ -362,7 +376,7 @@ class AsyncExecutorClient:
 
         sub = await self.nc.subscribe(inbox, cb=on_reply)
         try:
-            await self.nc.publish(subj, b"", reply=inbox)
+            await self.nc.publish(subj, payload, reply=inbox)
             started = time.monotonic()
             while time.monotonic() - started < wait:
                 await asyncio.sleep(0.05)
@@ -446,6 +460,12 @@ class ExecutorClient:
 
     def transfer(self, path, **kwargs):
         return self._run(self.core.transfer(path, **kwargs))
+
+    def object_digest(self, bucket, name):
+        return self._run(self.core.object_digest(bucket, name))
+
+    def bklite_health(self, wait=DISCOVERY_WAIT):
+        return self._run(self.core.bklite_health(wait))
 
     def bklite_call(self, method, request, timeout):
         return self._run(self.core.bklite_call(method, request, timeout))

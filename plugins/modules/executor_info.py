@@ -34,6 +34,15 @@ options:
     description:
       - A JMESPath expression applied to RV(executors); the outcome is returned as RV(query_result).
     type: str
+  protocol:
+    description:
+      - C(natsops) discovers C(natsops-executor) processes (all of them, or those serving O(instance_id)).
+      - C(bklite) asks BK-Lite executors serving O(instance_id) (required then) for C(health.check); BK-Lite has no
+        discovery, so only the O(instance_id) asked for is seen. Each record then has C(instance_id), C(status),
+        C(timestamp) and C(protocol=bklite).
+    type: str
+    choices: [natsops, bklite]
+    default: natsops
 attributes:
   action_group:
     description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
@@ -103,6 +112,9 @@ executors:
     ssh:
       description: Whether it can run tasks on hosts over SSH (zone executor).
       type: bool
+    bklite:
+      description: Whether it also serves the BK-Lite subjects (C(--bklite-compat)).
+      type: bool
     subjects:
       description: The subjects it serves.
       type: list
@@ -121,7 +133,10 @@ executors:
       ssh: true
       load: {running: 0, max_jobs: 32, completed: 12, failed: 0}
 instances:
-  description: For each instance id served in O(namespace), the host names of the executors serving it.
+  description:
+    - For each instance id served in O(namespace), the host names of the executors serving it.
+    - With O(protocol=bklite), one entry per executor that answered, named by its instance id (BK-Lite's health
+      reply carries no host name).
   returned: always
   type: dict
   sample: {"default": ["exec-a", "exec-b"], "管理网": ["zone-exec-1"]}
@@ -153,7 +168,9 @@ def main():
             wait={"type": "float", "default": 0.5},
             stats={"type": "bool", "default": True},
             query={"type": "str"},
+            protocol={"type": "str", "choices": ["natsops", "bklite"], "default": "natsops"},
         ),
+        required_if=[("protocol", "bklite", ("instance_id",))],
         supports_check_mode=True,
     )
     params = module.params
@@ -168,17 +185,22 @@ def main():
         except jmespath.exceptions.JMESPathError as exc:
             module.fail_json(msg="query is not a valid JMESPath expression: %s" % exc)
     client = executor_client(module, params["instance_id"])
+    instances = {}
     try:
-        executors = client.discover(params["wait"], params["stats"])
-        if params["instance_id"]:
-            executors = client.serving(executors, params["instance_id"])
+        if params["protocol"] == "bklite":
+            executors = [dict(r, protocol="bklite") for r in client.bklite_health(params["wait"])]
+            for record in executors:
+                instances.setdefault(record.get("instance_id"), []).append(record.get("instance_id"))
+        else:
+            executors = client.discover(params["wait"], params["stats"])
+            if params["instance_id"]:
+                executors = client.serving(executors, params["instance_id"])
+            for record in executors:
+                if record["namespace"] == params["namespace"]:
+                    for inst in record["instances"]:
+                        instances.setdefault(inst, []).append(record["hostname"])
     finally:
         client.close()
-    instances = {}
-    for record in executors:
-        if record["namespace"] == params["namespace"]:
-            for inst in record["instances"]:
-                instances.setdefault(inst, []).append(record["hostname"])
     result = {"changed": False, "executors": executors, "instances": instances}
     if compiled is not None:
         result["query_result"] = compiled.search(executors)

@@ -56,6 +56,21 @@ options:
       - Permissions of O(dest), as an octal string such as C('0644') or a number.
       - By default an existing file keeps its mode and a new one gets C(0644).
     type: raw
+  protocol:
+    description:
+      - C(natsops) talks to C(natsops-executor) (the C(transfer) operation).
+      - C(bklite) drives BK-Lite's own nats-executor, or a C(natsops-executor --bklite-compat). It uses
+        C(download.local) without O(target), C(download.remote) with it, and C(upload.remote) for O(remote_src),
+        which needs O(target). The checksum and mode of O(dest) are read and set with C(local.execute) or
+        C(ssh.execute), so the module stays idempotent. O(target.identity) is not available. O(bucket)
+        defaults to C(bklite).
+    type: str
+    choices: [natsops, bklite]
+    default: natsops
+  timeout:
+    description: Seconds the executor may spend on one BK-Lite request (O(protocol=bklite)).
+    type: int
+    default: 600
 attributes:
   action_group:
     description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
@@ -138,10 +153,12 @@ before:
 
 import hashlib
 import posixpath
+import shlex
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError
+from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError
+from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import TARGET_SPEC, argument_spec, executor_client, target_of
 
 
@@ -168,6 +185,80 @@ def _sha256(module, path):
     return digest.hexdigest()
 
 
+class _Bklite:
+    """The transfer through BK-Lite's subjects: state read and mode set with an execute call."""
+
+    def __init__(self, module, client, target):
+        self.module = module
+        self.client = client
+        self.target = target
+        self.timeout = module.params["timeout"]
+        if target and target.get("identity"):
+            module.fail_json(msg="protocol bklite has no executor identities: give target.password or target.private_key")
+
+    def _ssh_fields(self):
+        fields = {"host": self.target["host"], "port": self.target.get("port", 22), "user": self.target["user"]}
+        fields.update((k, self.target[k]) for k in bklite.SECRET_FIELDS if self.target.get(k))
+        return fields
+
+    def _call(self, method, request):
+        request["execute_timeout"] = self.timeout
+        if method in bklite.SSH_METHODS:
+            request.update(self._ssh_fields())
+        reply = self.client.bklite_call(method, request, self.timeout + 1)
+        if not reply.get("success"):
+            details = dict((k, reply[k]) for k in ("stage", "category", "result") if reply.get(k))
+            raise ExecutorTaskError(reply.get("code") or "internal", "BK-Lite %s failed: %s" % (method, reply.get("error")),
+                                    details)
+        return reply.get("result") or ""
+
+    def sh(self, command, on_target=True):
+        if on_target and self.target:
+            return self._call(bklite.SSH_EXECUTE, {"command": command})
+        return self._call(bklite.LOCAL_EXECUTE, {"command": command})
+
+    def state(self, path, on_target=True):
+        """(sha256, mode) of a regular file, or None."""
+        out = self.sh('f=%s; if [ -f "$f" ]; then sha256sum "$f" | cut -d" " -f1; stat -c %%a "$f"; fi'
+                      % shlex.quote(path), on_target).split()
+        return (out[0], int(out[1], 8)) if len(out) == 2 else None
+
+    def place(self, dest, bucket=None, object_name=None, remote_src=None):
+        if remote_src is not None:
+            self._call(bklite.UPLOAD_REMOTE, {"source_path": remote_src, "target_path": dest})
+            return
+        request = {"bucket_name": bucket, "file_key": object_name, "file_name": posixpath.basename(dest)}
+        if self.target:
+            request.update(target_path=dest, local_path="")
+            self._call(bklite.DOWNLOAD_REMOTE, request)
+        else:
+            request["target_path"] = posixpath.dirname(dest)
+            self._call(bklite.DOWNLOAD_LOCAL, request)
+
+    def transfer(self, dest, digest, mode, check, bucket=None, object_name=None, remote_src=None):
+        if remote_src is not None:
+            if not self.target:
+                self.module.fail_json(msg="remote_src with protocol bklite needs a target (upload.remote)")
+            source = self.state(remote_src, on_target=False)
+            if source is None:
+                self.module.fail_json(msg="remote_src %s is not a file on the executor host" % remote_src)
+            digest = source[0]
+        elif digest is None:
+            digest = self.client.object_digest(bucket, object_name)
+            if digest is None:
+                self.module.fail_json(msg="object %r is not in the Object Store bucket %r" % (object_name, bucket))
+        before = self.state(dest)
+        changed = before is None or before[0] != digest or (mode is not None and before[1] != mode)
+        if changed and not check:
+            if before is None or before[0] != digest:
+                self.place(dest, bucket, object_name, remote_src)
+            self.sh("chmod %o %s" % (mode if mode is not None else (before[1] if before else 0o644), shlex.quote(dest)))
+            after = self.state(dest)
+            if after is None or after[0] != digest:
+                raise ExecutorTaskError("checksum_mismatch", "%s does not hold the expected content after the transfer" % dest)
+        return {"changed": changed, "sha256": digest, "before": {"sha256": before[0], "mode": before[1]} if before else None}
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
@@ -178,6 +269,8 @@ def main():
             dest={"type": "str", "required": True},
             bucket={"type": "str"},
             mode={"type": "raw"},
+            protocol={"type": "str", "choices": ["natsops", "bklite"], "default": "natsops"},
+            timeout={"type": "int", "default": 600},
             target={"type": "dict", "options": TARGET_SPEC},
         ),
         mutually_exclusive=[("src", "remote_src"), ("object", "remote_src")],
@@ -189,7 +282,7 @@ def main():
     if not posixpath.isabs(dest):
         module.fail_json(msg="dest must be an absolute path, got %r" % dest)
     mode = _mode(module, params["mode"])
-    bucket = params["bucket"] or params["namespace"]
+    bucket = params["bucket"] or (bklite.DEFAULT_BUCKET if params["protocol"] == "bklite" else params["namespace"])
     result = {"changed": False, "dest": dest, "uploaded": False}
     digest = None
     object_name = params["object"]
@@ -204,7 +297,10 @@ def main():
         try:
             if params["src"] and not module.check_mode:
                 result["uploaded"] = client.upload_object(bucket, object_name, params["src"], digest)
-            if params["remote_src"] is not None:
+            if params["protocol"] == "bklite":
+                placed = _Bklite(module, client, target_of(params)).transfer(
+                    dest, digest, mode, module.check_mode, bucket, object_name, params["remote_src"])
+            elif params["remote_src"] is not None:
                 placed = client.transfer(dest, source_path=params["remote_src"], mode=mode, check=module.check_mode)
             else:
                 placed = client.transfer(dest, bucket=bucket, object_name=object_name, sha256=digest, mode=mode,

@@ -198,7 +198,7 @@ def test_ssh_execute_failures_name_stage_and_category(client):
     assert "s3cret-never-logged" not in json.dumps(reply)
 
 
-def test_executors_sharing_an_instance_id_run_a_request_once(nats_server, compat, tmp_path):
+def test_executors_sharing_an_instance_id_run_a_request_once(nats_server, compat, tmp_path):  # pylint: disable=unused-argument
     twin = devenv.ExecutorProcess(nats_server.url, ["bk-shared"], extra_args=["--bklite-compat"], log_dir=str(tmp_path))
     try:
         shared = BkliteServerClient(nats_server.url, "bk-shared")
@@ -225,3 +225,30 @@ def test_secrets_never_reach_the_log(compat):
     log = compat.output()
     assert "s3cret-never-logged" not in log
     assert "serving local.execute.%s (BK-Lite compat" % ZONE in log
+
+
+def test_executor_info_health_checks_bklite_executors(local_play, tmp_path, compat):  # pylint: disable=unused-argument
+    out = tmp_path / "info.json"
+    run = local_play([
+        {"name": "health", "natsops.fleet.executor_info": {"protocol": "bklite", "instance_id": ZONE}, "register": "info"},
+        {"name": "keep", "ansible.builtin.copy": {"content": "{{ info | to_json }}", "dest": str(out)}},
+        {"name": "nobody", "natsops.fleet.executor_info": {"protocol": "bklite", "instance_id": "业务网"}, "register": "nobody"},
+        {"name": "check", "ansible.builtin.assert": {"that": ["nobody.executors == []"]}}])
+    assert run.returncode == 0, run.stdout[-3000:]
+    info = json.loads(out.read_text())
+    assert [(e["instance_id"], e["status"], e["protocol"]) for e in info["executors"]] == [(ZONE, "ok", "bklite")]
+
+
+def test_executor_command_bklite_protocol_reports_rc_and_unreachable(local_play, compat):  # pylint: disable=unused-argument
+    run = local_play([
+        {"name": "rc", "natsops.fleet.executor_command": {"executor": ZONE, "protocol": "bklite", "cmd": "echo hi; exit 4",
+                                                          "env": {"A": "1"}, "chdir": "/tmp"},
+         "register": "bad", "ignore_errors": True},
+        {"name": "check rc", "ansible.builtin.assert": {"that": ["bad.rc == 4", "bad.stdout == 'hi\\n'"]}},
+        {"name": "creates", "natsops.fleet.executor_command": {"executor": ZONE, "protocol": "bklite", "cmd": "false",
+                                                               "creates": "/tmp"}, "register": "skip"},
+        {"name": "check skip", "ansible.builtin.assert": {"that": ["skip is not changed"]}},
+        {"name": "nobody", "natsops.fleet.executor_command": {"executor": "业务网", "protocol": "bklite", "cmd": "true"}}])
+    assert run.returncode != 0
+    assert "ok=4" in run.stdout, run.stdout[-3000:]
+    assert "no executor subscribes to 'local.execute.业务网'" in run.stdout and "'管理网'" in run.stdout

@@ -103,3 +103,17 @@ def test_failures_are_clear_and_leave_nothing(local_play, tmp_path):
     relative = local_play([_transfer(src=str(src), dest="relative/path")])
     assert relative.returncode != 0 and "dest must be an absolute path" in relative.stdout
     assert sorted(os.listdir(str(tmp_path))) == ["f.txt", "play.yml"]  # nothing half-written anywhere
+
+
+def test_bklite_protocol_is_idempotent_too(local_play, tmp_path, compat):  # pylint: disable=unused-argument
+    src = tmp_path / "src" / "tool.bin"
+    src.parent.mkdir()
+    src.write_bytes(os.urandom(64 * 1024))
+    dest = tmp_path / "bk" / "tool.bin"
+    dest.parent.mkdir()
+    args = {"src": str(src), "dest": str(dest), "mode": "0750", "protocol": "bklite", "executor": "bk-shared"}
+    first = _play(local_play, tmp_path, **args)
+    assert first["changed"] is True and first["bucket"] == "bklite"
+    assert dest.read_bytes() == src.read_bytes() and (os.stat(str(dest)).st_mode & 0o777) == 0o750
+    assert _play(local_play, tmp_path, **args)["changed"] is False
+    assert sorted(os.listdir(str(dest.parent))) == ["tool.bin"]

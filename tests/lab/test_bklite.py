@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import subprocess
 import sys
 
 import nats
@@ -162,3 +163,32 @@ def test_upload_remote_copies_a_directory_from_the_executor_host(bk, lab):
     reply = bk["client"].transfer_file_to_remote("/srv/nothing-here", "/srv/dest", _address(host), "root",
                                                  private_key=bk["key"], raw=True)
     assert reply["code"] == "execution_failure" and "does not exist" in reply["error"]
+
+
+def test_modules_drive_the_bklite_subjects_over_ssh(bk, lab, tmp_path):
+    """executor_command and executor_transfer with protocol bklite, as they would drive BK-Lite's own executors."""
+    hosts = bk["hosts"][5:7]
+    src = tmp_path / "conf.tar"
+    src.write_bytes(os.urandom(200 * 1024))
+    playbook = tmp_path / "bk.yml"
+    target = {"host": "{{ item }}", "user": "root", "private_key": bk["key"]}
+    playbook.write_text(json.dumps([{
+        "name": "BK-Lite protocol through the zone", "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"ansible_python_interpreter": devenv.tool("python")},
+        "module_defaults": {"group/natsops.fleet.nats": {"servers": bk["nats"].url, "protocol": "bklite"}},
+        "tasks": [
+            {"name": "place", "loop": [_address(h) for h in hosts], "natsops.fleet.executor_transfer": {
+                "executor": ZONE, "src": str(src), "dest": "/root/conf.tar", "mode": "0600", "target": target}},
+            {"name": "run", "loop": [_address(h) for h in hosts], "register": "ran", "changed_when": False,
+             "natsops.fleet.executor_command": {"executor": ZONE, "cmd": "sha256sum /root/conf.tar", "target": target}},
+            {"name": "same content", "ansible.builtin.assert": {"that": [
+                "ran.results | map(attribute='stdout') | map('split') | map('first') | unique | list == ['%s']"
+                % hashlib.sha256(src.read_bytes()).hexdigest()]}}],
+    }], ensure_ascii=False))
+    runs = [subprocess.run([devenv.tool("ansible-playbook"), "-i", "localhost,", str(playbook)], env=devenv.ansible_env(),
+                           capture_output=True, text=True, timeout=300, check=False) for _round in range(2)]
+    assert runs[0].returncode == 0 and "changed=1" in runs[0].stdout, runs[0].stdout[-4000:] + runs[0].stderr[-2000:]
+    assert runs[1].returncode == 0 and "changed=0" in runs[1].stdout, runs[1].stdout[-4000:]
+    for host in hosts:
+        assert lab.ssh(host["name"], "stat -c %a /root/conf.tar").stdout.strip() == "600"
+    assert bk["key"].strip().splitlines()[1] not in runs[0].stdout + bk["executor"].log()
