@@ -297,6 +297,16 @@ FINDINGS = """
   the rest finding the plugin and the C YAML parse), and about 3-6 ms less transport (a `true` round trip:
   3.9 ms through the control process, NATS and the executor against 10.3 ms through ssh's ControlPersist;
   the `command` module payload: 207.6 ms against 211.0 ms, 30 interleaved runs).
+- 20 hosts x 10 tasks through one zone executor (profiled 2026-11-23, second session): per run of 200
+  tasks the executor used 2.0 CPU-s (paramiko >= 3.4; 2.3-2.8 CPU-s with Debian's paramiko 2.12, whose
+  `asbytes()` formats the repr of every outgoing packet into an exception message and throws it away: 14 %
+  of the executor's GIL time), nats-server 0.4, the control process 0.75, and the ansible-playbook workers
+  1.2-1.5 CPU-s more than with ssh (the plugin load above). On this 2-core machine the 20 targets, the
+  executor, NATS and the controller share the CPUs, so that CPU is wall time. After the paramiko change,
+  single runs gave 36.71 and 39.42 s through the zone executor against 35.72 and 40.37 s direct (within the
+  noise); a 3-round run disturbed by a concurrent ansible-lint gave medians 46.04 against 41.56 s (1.11x).
+  The target stays open until an undisturbed `make bench` shows it. The lab's executors now run the
+  paramiko the wheel would install (copied from the virtualenv) instead of Debian's.
 - SSH mode: paramiko's socket needs TCP_NODELAY; without it a zone round trip waited on delayed ACKs
   (49 ms median, 9 ms with it).
 - Pipelined modules start slower when `PYTHONUNBUFFERED=1` is in the environment of the process that runs

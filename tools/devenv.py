@@ -147,7 +147,7 @@ class ExecutorProcess:
 
 class LabExecutor:
     """natsops-executor on a lab host (tests/lab), as a transient systemd unit: the portable site is copied
-    there over ssh and run with the host's own python3 (and its distribution's paramiko for SSH mode).
+    there over ssh and run with the host's own python3 (with the venv's paramiko, as the wheel would install it).
     ``files`` ({remote path: text}) are written first, for example known_hosts or a config file."""
 
     def __init__(self, lab_host, url, instances, extra_args=(), unit="natsops-lab-executor", files=None, scratch=None):
@@ -192,10 +192,15 @@ class LabExecutor:
                  check=False)
 
 
+# SSH mode's dependencies, as the wheel pulls them in (paramiko>=3.4); binary, for this CPython version
+SSH_PACKAGES = ("paramiko", "cryptography", "bcrypt", "nacl", "_cffi_backend")
+
+
 def portable_site(directory):
-    """Copy the executor, the wire contract and the pure-Python packages it needs (nats-py, PyYAML)
-    into ``directory``, world-readable, so that any Python 3.9+ can run ``python3 -m natsops_executor``
-    with PYTHONPATH=directory: as another account on this machine, or on a lab host."""
+    """Copy the executor, the wire contract and the packages it needs (nats-py, PyYAML, and paramiko with
+    its binary dependencies) into ``directory``, world-readable, so that ``python3 -m natsops_executor`` runs
+    with PYTHONPATH=directory: as another account on this machine, or on a lab host (same CPython version:
+    both are Debian 12's 3.11 here). The copies shadow a distribution's older paramiko."""
     import importlib  # pylint: disable=import-outside-toplevel
     shutil.copytree(os.path.join(ROOT, "executor", "natsops_executor"), os.path.join(directory, "natsops_executor"),
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -204,6 +209,12 @@ def portable_site(directory):
     for package in ("nats", "yaml"):
         shutil.copytree(os.path.dirname(importlib.import_module(package).__file__), os.path.join(directory, package),
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    for package in SSH_PACKAGES:
+        path = importlib.import_module(package).__file__
+        if os.path.basename(path).startswith("__init__."):
+            shutil.copytree(os.path.dirname(path), os.path.join(directory, package), ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(path, directory)
     os.chmod(directory, 0o755)
     for dirpath, dirnames, filenames in os.walk(directory):
         for name in dirnames:

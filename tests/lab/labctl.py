@@ -100,7 +100,7 @@ BASE_RECIPE = {
     "variant": "minbase",
     "include": ["systemd", "systemd-sysv", "openssh-server", "python3", "sudo", "iproute2", "procps"],
     # installed with apt after debootstrap (its own dependency ordering fails on python3 packages):
-    # zone executors in the lab use the distribution's paramiko
+    # the lab executors run paramiko from the portable site (tools/devenv.py); this is a fallback
     "packages": ["python3-paramiko"],
     "files": {
         "etc/ssh/sshd_config.d/10-natsops-lab.conf": [SSHD_CONFIG, 0o644],

@@ -1,0 +1,151 @@
+# Copyright: natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The natsops.fleet.nats_server role on real systemd hosts: a single server installed from a release archive
+(file:// URL + checksum, as a mirror would serve it), then a 3-node JetStream cluster installed from a
+binary on the controller (air-gapped), with an R3 stream that keeps serving while one node is down."""
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+
+import nats
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import devenv  # noqa: E402  pylint: disable=wrong-import-position
+
+pytestmark = pytest.mark.lab(hosts=4)
+
+PLAYBOOK = os.path.join(ROOT, "playbooks", "nats_cluster.yml")
+VERSION = "2.15.1"
+
+
+def _inventory(lab, path, hosts, **group_vars):
+    data = {"all": {
+        "vars": {"ansible_user": "root", "ansible_ssh_private_key_file": lab.info["ssh_private_key_file"],
+                 "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=%s -o IdentitiesOnly=yes"
+                                            % lab.info["known_hosts"],
+                 "ansible_python_interpreter": "/usr/bin/python3"},
+        "children": {"nats_servers": {"vars": group_vars,
+                                      "hosts": dict((h["name"], {"ansible_host": h["addresses"]["mgmt"]}) for h in hosts)}}}}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    return path
+
+
+def _play(inventory, *extra):
+    return subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, PLAYBOOK] + list(extra), env=devenv.ansible_env(),
+                          capture_output=True, text=True, timeout=900, check=False)
+
+
+def _recap(result, changed):
+    """The play succeeded; changed=0 on every host, or (changed=1) a change somewhere."""
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    counts = [int(c) for c in re.findall(r"changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)]
+    assert counts, result.stdout[-4000:]
+    assert (max(counts) == 0) if changed == 0 else (max(counts) > 0), result.stdout[-4000:]
+
+
+def _main_pid(lab, host):
+    return lab.ssh(host["name"], "systemctl show -p MainPID --value nats-server").stdout.strip()
+
+
+def _varz(lab, host):
+    out = lab.ssh(host["name"], "python3 -c \"import urllib.request; print(urllib.request.urlopen("
+                                "'http://127.0.0.1:8222/varz').read().decode())\"").stdout
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def hosts(lab):
+    chosen = [h for h in lab.hosts if "mgmt" in h["addresses"] and h["role"] != "executor"][:3]
+    assert len(chosen) == 3
+    yield chosen
+    for host in chosen:
+        lab.ssh(host["name"], "systemctl disable --now nats-server 2>/dev/null; rm -f /etc/systemd/system/nats-server.service;"
+                              " systemctl daemon-reload")
+
+
+def test_single_server_from_an_archive(lab, hosts, tmp_path):
+    # the upstream archive layout, served from a file:// URL (a mirror) and checked against its sha256
+    name = "nats-server-v%s-linux-amd64" % VERSION
+    archive = tmp_path / (name + ".tar.gz")
+    with tarfile.open(str(archive), "w:gz") as tar:
+        tar.add(devenv.tool("nats-server"), arcname="%s/nats-server" % name)
+    checksum = "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest()
+    host = hosts[0]
+    inventory = _inventory(lab, str(tmp_path / "single.json"), [host], nats_server_archive_url="file://%s" % archive,
+                           nats_server_archive_checksum=checksum, nats_server_cache_dir=str(tmp_path / "cache"))
+
+    wrong = _inventory(lab, str(tmp_path / "wrong.json"), [host], nats_server_archive_url="file://%s" % archive,
+                       nats_server_archive_checksum="sha256:" + "0" * 64, nats_server_cache_dir=str(tmp_path / "cache2"))
+    refused = _play(wrong)
+    assert refused.returncode != 0 and "checksum" in refused.stdout.lower(), refused.stdout[-3000:]
+    assert lab.ssh(host["name"], "test -e /usr/local/bin/nats-server && echo there || echo absent").stdout.strip() == "absent"
+
+    _recap(_play(inventory), changed=1)
+    state = lab.ssh(host["name"], "systemctl is-active nats-server; systemctl is-enabled nats-server; "
+                                  "stat -c '%U %a' /etc/nats-server/nats-server.conf /var/lib/nats-server/jetstream; "
+                                  "ps -o user= -C nats-server").stdout.split()
+    assert state == ["active", "enabled", "root", "640", "nats", "750", "nats"], state
+    _recap(_play(inventory), changed=0)
+    _recap(_play(inventory, "--check"), changed=0)
+
+    async def jetstream():
+        nc = await nats.connect("nats://%s:4222" % host["addresses"]["mgmt"], connect_timeout=5, max_reconnect_attempts=1)
+        try:
+            info = await nc.jetstream().account_info()
+            return info.limits is not None
+        finally:
+            await nc.close()
+    assert asyncio.run(jetstream())
+
+    # a reloadable change is a SIGHUP (same process); a listen change is a restart
+    pid = _main_pid(lab, host)
+    _recap(_play(inventory, "-e", "nats_server_max_payload=2097152"), changed=1)
+    assert _main_pid(lab, host) == pid and _varz(lab, host)["max_payload"] == 2097152
+    _recap(_play(inventory, "-e", "nats_server_max_payload=2097152"), changed=0)
+    _recap(_play(inventory, "-e", "nats_server_max_payload=2097152", "-e", "nats_server_port=4223"), changed=1)
+    assert _main_pid(lab, host) != pid and _varz(lab, host)["port"] == 4223
+
+
+def test_three_node_cluster_keeps_an_r3_stream_with_one_node_down(lab, hosts, tmp_path):
+    inventory = _inventory(lab, str(tmp_path / "cluster.json"), hosts, nats_server_install_method="local",
+                           nats_server_local_file=devenv.tool("nats-server"), nats_server_cluster_name="natsops-lab",
+                           nats_server_jetstream_store_dir="/var/lib/nats-cluster/jetstream")
+    _recap(_play(inventory), changed=1)
+    _recap(_play(inventory), changed=0)
+    urls = ["nats://%s:4222" % h["addresses"]["mgmt"] for h in hosts]
+
+    async def stream_through_an_outage():
+        nc = await nats.connect(servers=urls, connect_timeout=5, max_reconnect_attempts=30, reconnect_time_wait=0.5)
+        js = nc.jetstream()
+        try:
+            await js.add_stream(name="ORDERS", subjects=["orders.>"], num_replicas=3)
+            for i in range(10):
+                await js.publish("orders.new", b"order-%d" % i)
+            info = await js.stream_info("ORDERS")
+            assert info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2
+            # one node down (lame duck), the stream keeps taking and serving messages
+            down = hosts[2]
+            await asyncio.get_running_loop().run_in_executor(None, lambda: lab.ssh(down["name"], "systemctl stop nats-server"))
+            for i in range(10, 20):
+                await js.publish("orders.new", b"order-%d" % i, timeout=10)
+            info = await js.stream_info("ORDERS")
+            assert info.state.messages == 20
+            msg = await js.get_msg("ORDERS", 20)
+            assert msg.data == b"order-19"
+            await asyncio.get_running_loop().run_in_executor(None, lambda: lab.ssh(down["name"], "systemctl start nats-server"))
+        finally:
+            await nc.close()
+
+    asyncio.run(stream_through_an_outage())
+    _recap(_play(inventory), changed=0)  # the node came back; the role finds nothing to change
