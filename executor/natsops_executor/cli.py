@@ -32,6 +32,10 @@ def main(argv=None):
         log.error("configuration error: %s", exc)
         sys.exit(EXIT_CONFIG)
     logging.getLogger().setLevel(cfg.log_level)
+    if "--check-config" in argv:
+        print("natsops-executor %s: configuration is usable: instance id(s) %s on %s" % (
+            __version__, ", ".join(cfg.instances), ", ".join(cfg.servers)))
+        return 0
     sys.exit(asyncio.run(_run(cfg)))
 
 

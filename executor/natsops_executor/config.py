@@ -127,6 +127,8 @@ def build_parser():
     add("--ssh-pool-size", dest="ssh_pool_size", type=int, help="SSH connections kept for reuse (default 64)")
     add("--ssh-idle-timeout", dest="ssh_idle_timeout", type=float, help="seconds an idle SSH connection is kept (default 300)")
     add("--ssh-connect-timeout", dest="ssh_connect_timeout", type=float, help="SSH connect timeout in seconds (default 10)")
+    add("--check-config", dest="check_config", action="store_true",
+        help="validate the configuration (flags, environment, --config file) and exit: 0 if usable, 2 if not")
     add("--version", action="store_true", help="print the version and exit")
     return parser
 

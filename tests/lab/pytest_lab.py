@@ -57,11 +57,10 @@ class Lab:
     def on_network(self, network):
         return [h for h in self.hosts if network in h["addresses"]]
 
-    @staticmethod
-    def known_hosts(hosts, network="zone", keys_of=None):
+    def known_hosts(self, hosts, network="zone", keys_of=None):
         """known_hosts text for these hosts' addresses on ``network``; ``keys_of`` maps a host name to the
-        host whose key to write instead (a deliberately wrong entry)."""
-        by_name = dict((h["name"], h) for h in hosts)
+        lab host whose key to write instead (a deliberately wrong entry)."""
+        by_name = dict((h["name"], h) for h in self.hosts)
         lines = []
         for host in hosts:
             key_host = by_name.get((keys_of or {}).get(host["name"]), host)

@@ -1,0 +1,56 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Files arrive complete or not at all: the one implementation, used by both ends
+(the executor for put, the caller for fetch). Standard library only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+
+class AtomicFile:
+    """A temp file beside ``path``: bytes are written and hashed, then commit() renames it over
+    ``path`` (after fsync and chmod) or discard() removes it. Raises OSError from the file system."""
+
+    def __init__(self, path):
+        self.path = path
+        parent = os.path.dirname(path) or "/"
+        name = ".%s.natsops-%d-%s.tmp" % (os.path.basename(path)[:64], os.getpid(), os.urandom(4).hex())
+        self.temp = os.path.join(parent, name)
+        self._fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        view = memoryview(data)
+        self._hash.update(view)
+        self.size += len(view)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def sha256(self):
+        return self._hash.hexdigest()
+
+    def commit(self, mode=None):
+        """fsync, apply ``mode`` (exactly, when given), rename into place."""
+        os.fsync(self._fd)
+        if mode is not None:
+            os.fchmod(self._fd, mode)
+        os.close(self._fd)
+        self._fd = None
+        os.rename(self.temp, self.path)
+        self.temp = None
+
+    def discard(self):
+        """Remove the temp file (no-op after commit)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.temp is not None:
+            try:
+                os.unlink(self.temp)
+            except OSError:
+                pass
+            self.temp = None

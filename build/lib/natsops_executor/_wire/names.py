@@ -1,0 +1,148 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The names both ends of the natsops protocol share: protocol version, namespace, instance ids,
+operations and subjects, error codes, and the NATS connection option names.
+
+Part of the wire contract (``contract.py`` re-exports all of it); kept apart because the connection
+plugin imports it in every task's worker process, where only names and validation are needed.
+Standard library only, Python 3.8+ syntax.
+"""
+
+from __future__ import annotations
+
+import re
+
+PROTOCOL_VERSION = 1
+DEFAULT_NAMESPACE = "natsops"
+SERVICE_NAME = "natsops-executor"
+# One queue group for every executor endpoint: executors sharing an instance id
+# (or serving all of them with ``*``) share the load and each request runs once.
+QUEUE_GROUP = "natsops-executors"
+ALL_INSTANCES = "*"
+
+OP_EXEC = "exec"
+OP_PUT = "put"
+OP_FETCH = "fetch"
+OP_TRANSFER = "transfer"   # place a JetStream Object Store object (or a file of the executor host) at a path
+OPERATIONS = (OP_EXEC, OP_PUT, OP_FETCH, OP_TRANSFER)
+
+# every NATS connection option, as the plugin, the modules and the executor spell it, with its
+# natscli context field and environment variable (None: no such source)
+OPTION_SOURCES = {
+    "servers": ("url", "NATS_URL"),
+    "user": ("user", "NATS_USER"),
+    "password": ("password", "NATS_PASSWORD"),
+    "token": ("token", "NATS_TOKEN"),
+    "creds": ("creds", "NATS_CREDS"),
+    "nkey": ("nkey", "NATS_NKEY"),
+    "ca": ("ca", "NATS_CA"),
+    "cert": ("cert", "NATS_CERT"),
+    "key": ("key", "NATS_KEY"),
+}
+OPTION_NAMES = tuple(OPTION_SOURCES) + ("tls_hostname", "context")
+
+# Error codes: every error reply carries one of these.
+E_BAD_JSON = "bad_json"
+E_BAD_REQUEST = "bad_request"
+E_BAD_INSTANCE = "bad_instance"
+E_BAD_PATH = "bad_path"
+E_TOO_LARGE = "too_large"
+E_UNSUPPORTED_VERSION = "unsupported_version"
+E_NOT_FOUND = "not_found"
+E_PERMISSION = "permission_denied"
+E_IO = "io_error"
+E_SIZE_MISMATCH = "size_mismatch"
+E_CHECKSUM_MISMATCH = "checksum_mismatch"
+E_STREAM = "stream_error"
+E_TIMEOUT = "timeout"
+E_BECOME = "become_failed"
+E_SPAWN = "spawn_failed"
+E_ABORTED = "aborted"
+E_INTERNAL = "internal"
+# SSH mode (the executor reaches the target host over SSH); details carry "stage", one of SSH_STAGES.
+E_TARGET_UNREACHABLE = "target_unreachable"   # TCP connect or SSH handshake failed
+E_HOST_KEY = "host_key_rejected"             # unknown (strict policy) or changed host key
+E_TARGET_AUTH = "target_auth_failed"         # the SSH user/key/password was refused
+# Raised on the caller side only.
+E_NO_RESPONDERS = "no_responders"
+E_EXECUTOR_LOST = "executor_lost"
+E_CONNECT = "connect_failed"
+
+ERROR_CODES = (
+    E_BAD_JSON, E_BAD_REQUEST, E_BAD_INSTANCE, E_BAD_PATH, E_TOO_LARGE, E_UNSUPPORTED_VERSION,
+    E_NOT_FOUND, E_PERMISSION, E_IO, E_SIZE_MISMATCH, E_CHECKSUM_MISMATCH, E_STREAM, E_TIMEOUT,
+    E_BECOME, E_SPAWN, E_ABORTED, E_INTERNAL, E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT,
+    E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH,
+)
+# Errors that mean "the host could not be reached" (Ansible: unreachable) rather than "the task failed".
+UNREACHABLE_CODES = (E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH)
+SSH_STAGES = ("tcp_connect", "handshake", "host_key", "auth", "session", "sftp")
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+# Text that means a variable was never substituted: the seed incident's cousin.
+_UNRENDERED_RE = re.compile(r"(\$\{|\$[A-Za-z_]|\{\{|\}\}|\{%|%\(|<no value>)")
+
+
+class WireError(Exception):
+    """A protocol-level failure with a machine-readable code."""
+
+    def __init__(self, code, message, details=None):
+        super(WireError, self).__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+    def to_dict(self):
+        return {"v": PROTOCOL_VERSION, "code": self.code, "message": self.message, "details": self.details}
+
+    @classmethod
+    def from_dict(cls, data):
+        if not isinstance(data, dict):
+            return cls(E_INTERNAL, "malformed error reply: %r" % (data,))
+        details = data.get("details")
+        return cls(str(data.get("code") or E_INTERNAL), str(data.get("message") or "unknown error"),
+                   details if isinstance(details, dict) else {})
+
+    def __str__(self):
+        return "%s: %s" % (self.code, self.message)
+
+
+def validate_instance_id(value, allow_all=False):
+    """Return the instance id, or raise WireError(bad_instance) saying what is wrong with it."""
+    if not isinstance(value, str):
+        raise WireError(E_BAD_INSTANCE, "instance id must be a string, got %s" % type(value).__name__)
+    if value == ALL_INSTANCES:
+        if allow_all:
+            return value
+        raise WireError(E_BAD_INSTANCE, "instance id '*' (all instances) can only be served, not addressed")
+    if not value or not value.strip():
+        raise WireError(E_BAD_INSTANCE, "instance id is empty")
+    if len(value.encode("utf-8")) > 128:
+        raise WireError(E_BAD_INSTANCE, "instance id is longer than 128 bytes: %r" % value)
+    if _UNRENDERED_RE.search(value):
+        raise WireError(E_BAD_INSTANCE, "instance id %r looks like an unrendered variable or template; "
+                                        "set the real instance id (for example 'default' or a zone name)" % value)
+    for char in value:
+        if char.isspace() or ord(char) < 32 or char in ".*>":
+            raise WireError(E_BAD_INSTANCE, "instance id %r contains %r; whitespace, control characters, "
+                                            "'.', '*' and '>' are not allowed in a NATS subject token" % (value, char))
+    return value
+
+
+def validate_namespace(value):
+    """A namespace is one or more dot-separated tokens of letters, digits, '_' and '-'."""
+    if not isinstance(value, str) or not value:
+        raise WireError(E_BAD_REQUEST, "namespace must be a non-empty string")
+    for token in value.split("."):
+        if not _TOKEN_RE.match(token):
+            raise WireError(E_BAD_REQUEST, "namespace %r is invalid: use dot-separated tokens of "
+                                           "letters, digits, '_' and '-'" % value)
+    return value
+
+
+def subject(namespace, op, instance_id):
+    """The subject an executor serving ``instance_id`` listens on for ``op``."""
+    if op not in OPERATIONS:
+        raise ValueError("unknown operation %r" % op)
+    return "%s.%s.%s" % (namespace, op, instance_id)

@@ -1,0 +1,168 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ordered, acknowledged message streams over core NATS, used by both ends.
+
+A stream carries the events of one job (output chunks, keepalives, the result) or
+the bytes of one upload. The sender numbers every message (Natsops-Seq) and asks
+for an acknowledgement on ``<ack inbox>.<seq>``; at most ``window`` messages are
+unacknowledged, which gives back-pressure and bounded memory on both sides. The
+receiver acknowledges a message only when its consumer takes it, checks that the
+sequence has no gap, and so either gets every byte in order or an error.
+
+Standard library only; ``nc`` is a connected nats-py client (duck-typed here so the
+module imports without nats-py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .contract import (
+    DEFAULT_WINDOW, E_ABORTED, E_STREAM, H_STATUS, H_STREAM, KIND_DATA, WireError, kind_of, pack, parse_seq,
+)
+
+
+async def _unsubscribe(sub):
+    """Unsubscribe if subscribed; the connection may already be closed, then nothing is left to release."""
+    if sub is not None:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # pylint: disable=broad-except
+            pass
+    return None
+
+
+class StreamSender:
+    """Publish an ordered stream to ``subject`` with a bounded window of unacknowledged messages."""
+
+    def __init__(self, nc, subject, window=DEFAULT_WINDOW, ack_timeout=30.0):
+        self._nc = nc
+        self.subject = subject
+        self._window = asyncio.Semaphore(window)
+        self._window_size = window
+        self._ack_timeout = ack_timeout
+        self._seq = 0
+        self._outstanding = set()
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
+        self._lock = asyncio.Lock()
+        self._error = None
+        self._inbox = None
+        self._sub = None
+
+    @property
+    def sent(self):
+        return self._seq
+
+    async def start(self):
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)
+        return self
+
+    async def _on_ack(self, msg):
+        if msg.headers and msg.headers.get(H_STATUS) == "503":
+            self._fail(WireError(E_ABORTED, "nobody listens on %s any more (the peer went away)" % self.subject))
+            return
+        try:
+            seq = int(msg.subject.rsplit(".", 1)[1])
+        except (IndexError, ValueError):
+            return
+        if seq in self._outstanding:
+            self._outstanding.discard(seq)
+            self._window.release()
+            if not self._outstanding:
+                self._all_acked.set()
+
+    def _fail(self, error):
+        if self._error is None:
+            self._error = error
+        # wake every waiter so it sees the error
+        for dummy in range(self._window_size):
+            self._window.release()
+        self._all_acked.set()
+
+    async def _within_ack_timeout(self, awaitable):
+        try:
+            await asyncio.wait_for(awaitable, self._ack_timeout)
+        except asyncio.TimeoutError:
+            self._fail(WireError(E_ABORTED, "the receiver on %s did not acknowledge for %.0f s"
+                                 % (self.subject, self._ack_timeout)))
+
+    def _check(self):
+        if self._error is not None:
+            raise self._error
+
+    async def send(self, kind, document=None, attachment=b"", stream=None):
+        """Send one message; waits while the window is full. Raises WireError when the peer is gone."""
+        self._check()
+        await self._within_ack_timeout(self._window.acquire())
+        self._check()
+        async with self._lock:
+            self._seq += 1
+            seq = self._seq
+            headers, body = pack(kind, document, attachment, seq=seq, stream=stream)
+            self._outstanding.add(seq)
+            self._all_acked.clear()
+            await self._nc.publish(self.subject, body, reply="%s.%d" % (self._inbox, seq), headers=headers)
+
+    async def send_bytes(self, data, chunk, stream=None):
+        """Send ``data`` as consecutive data messages of at most ``chunk`` bytes."""
+        view = memoryview(data)
+        for offset in range(0, len(view), chunk):
+            await self.send(KIND_DATA, attachment=view[offset:offset + chunk], stream=stream)
+
+    async def drain(self):
+        """Wait until every message sent so far is acknowledged."""
+        await self._within_ack_timeout(self._all_acked.wait())
+        self._check()
+
+    async def close(self):
+        self._sub = await _unsubscribe(self._sub)
+
+
+class StreamMessage:
+    """One received stream message: kind, stream name, raw headers and data."""
+
+    __slots__ = ("kind", "stream", "headers", "data")
+
+    def __init__(self, kind, stream, headers, data):
+        self.kind = kind
+        self.stream = stream
+        self.headers = headers
+        self.data = data
+
+
+class StreamReceiver:
+    """Receive an ordered stream on ``subject`` (a fresh inbox unless given)."""
+
+    def __init__(self, nc, subject=None):
+        self._nc = nc
+        self.subject = subject or nc.new_inbox()
+        self._queue = asyncio.Queue()
+        self._expected = 1
+        self._sub = None
+
+    async def start(self):
+        self._sub = await self._nc.subscribe(self.subject, cb=self._on_msg)
+        return self
+
+    async def _on_msg(self, msg):
+        self._queue.put_nowait(msg)
+
+    async def get(self, timeout):
+        """Next message in order. Raises asyncio.TimeoutError after ``timeout`` s of silence,
+        WireError(stream_error) when a message is missing or duplicated."""
+        msg = await asyncio.wait_for(self._queue.get(), timeout)
+        headers = msg.headers or {}
+        seq = parse_seq(headers)
+        if seq != self._expected:
+            raise WireError(E_STREAM, "stream message %d arrived while %d was expected on %s: "
+                                      "a message was lost or repeated" % (seq, self._expected, self.subject))
+        self._expected += 1
+        if msg.reply:
+            await self._nc.publish(msg.reply, b"")
+        return StreamMessage(kind_of(headers), headers.get(H_STREAM), headers, msg.data)
+
+    async def close(self):
+        self._sub = await _unsubscribe(self._sub)

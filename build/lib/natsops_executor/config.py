@@ -1,0 +1,258 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""natsops-executor configuration: command line > environment > YAML file > defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+
+import yaml
+
+from natsops_executor._wire import connect as wire_connect
+from natsops_executor._wire.contract import DEFAULT_NAMESPACE, WireError, validate_instance_id, validate_namespace
+
+
+class ConfigError(Exception):
+    """Bad configuration: the executor refuses to start and says why."""
+
+
+@dataclasses.dataclass
+class Config:
+    servers: list
+    instances: list
+    namespace: str = DEFAULT_NAMESPACE
+    name: str = ""
+    user: str = None
+    password: str = None
+    token: str = None
+    creds: str = None
+    nkey: str = None
+    ca: str = None
+    cert: str = None
+    key: str = None
+    tls_hostname: str = None
+    context: str = None
+    max_jobs: int = 32
+    shutdown_grace: float = 10.0
+    log_level: str = "INFO"
+    bklite_compat: bool = False
+    ssh_known_hosts: str = None
+    ssh_host_key_policy: str = "strict"
+    ssh_identities: dict = None
+    ssh_pool_size: int = 64
+    ssh_idle_timeout: float = 300.0
+    ssh_connect_timeout: float = 10.0
+
+    def nats_options(self):
+        return dict((k, getattr(self, k)) for k in wire_connect.OPTION_NAMES)
+
+    def ssh_settings(self):
+        """SSH mode settings; loads identities and known_hosts (ValueError when they are unusable)."""
+        # imported here: paramiko only when the configuration is checked or the service starts
+        from natsops_executor import ssh  # pylint: disable=import-outside-toplevel
+        return ssh.SSHSettings(self.ssh_known_hosts, self.ssh_host_key_policy, self.ssh_identities,
+                               self.ssh_pool_size, self.ssh_idle_timeout, self.ssh_connect_timeout)
+
+
+# key -> environment variable (NATS_* are natscli's names)
+ENVIRONMENT = {
+    "servers": "NATS_URL",
+    "instances": "NATSOPS_INSTANCES",
+    "namespace": "NATSOPS_NAMESPACE",
+    "name": "NATSOPS_NAME",
+    "user": "NATS_USER",
+    "password": "NATS_PASSWORD",
+    "token": "NATS_TOKEN",
+    "creds": "NATS_CREDS",
+    "nkey": "NATS_NKEY",
+    "ca": "NATS_CA",
+    "cert": "NATS_CERT",
+    "key": "NATS_KEY",
+    "tls_hostname": "NATS_TLS_HOSTNAME",
+    "context": "NATS_CONTEXT",
+    "max_jobs": "NATSOPS_MAX_JOBS",
+    "shutdown_grace": "NATSOPS_SHUTDOWN_GRACE",
+    "log_level": "NATSOPS_LOG_LEVEL",
+    "bklite_compat": "NATSOPS_BKLITE_COMPAT",
+    "ssh_known_hosts": "NATSOPS_SSH_KNOWN_HOSTS",
+    "ssh_host_key_policy": "NATSOPS_SSH_HOST_KEY_POLICY",
+    "ssh_identities": "NATSOPS_SSH_IDENTITIES",
+    "ssh_pool_size": "NATSOPS_SSH_POOL_SIZE",
+    "ssh_idle_timeout": "NATSOPS_SSH_IDLE_TIMEOUT",
+    "ssh_connect_timeout": "NATSOPS_SSH_CONNECT_TIMEOUT",
+}
+LIST_KEYS = ("servers", "instances")
+DICT_KEYS = ("ssh_identities",)
+FIELDS = dict((f.name, f) for f in dataclasses.fields(Config))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="natsops-executor",
+        description="Serve natsops tasks (exec, put, fetch) from NATS for one or more instance ids.",
+        epilog="Every option can also be set in the YAML --config file (same names, '-' as '_') or by "
+               "environment: " + ", ".join("%s=$%s" % (k, v) for k, v in ENVIRONMENT.items()),
+    )
+    add = parser.add_argument
+    add("--config", metavar="FILE", default=os.environ.get("NATSOPS_CONFIG"), help="YAML configuration file")
+    add("--server", dest="servers", action="append", metavar="URL", help="NATS server URL (repeatable)")
+    add("--instance", dest="instances", action="append", metavar="ID",
+        help="instance id to serve (repeatable); '*' serves every instance id")
+    add("--namespace", help="subject prefix (default %s)" % DEFAULT_NAMESPACE)
+    add("--name", help="connection and executor name (default: host name)")
+    add("--user")
+    add("--password", help="prefer NATS_PASSWORD or the config file: arguments are visible in ps")
+    add("--token", help="prefer NATS_TOKEN or the config file: arguments are visible in ps")
+    add("--creds", metavar="FILE", help="JWT user credentials file")
+    add("--nkey", metavar="FILE", help="NKey seed file")
+    add("--ca", metavar="FILE", help="CA certificate(s) to verify the server")
+    add("--cert", metavar="FILE", help="client certificate (mutual TLS)")
+    add("--key", metavar="FILE", help="client private key (mutual TLS)")
+    add("--tls-hostname", dest="tls_hostname")
+    add("--context", help="natscli context name to read server and auth settings from")
+    add("--max-jobs", dest="max_jobs", type=int, help="jobs run at once (default 32); more wait")
+    add("--shutdown-grace", dest="shutdown_grace", type=float, help="seconds running jobs get at shutdown")
+    add("--log-level", dest="log_level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add("--bklite-compat", dest="bklite_compat", action="store_true", default=None,
+        help="also serve the BK-Lite nats-executor subjects")
+    add("--ssh-known-hosts", dest="ssh_known_hosts", metavar="FILE",
+        help="known_hosts for SSH mode (default ~/.ssh/known_hosts)")
+    add("--ssh-host-key-policy", dest="ssh_host_key_policy", choices=("strict", "accept-new", "ignore"),
+        help="unknown host keys: refuse (strict, default), learn (accept-new) or never check (ignore, logged loudly)")
+    add("--ssh-identity", dest="ssh_identities", action="append", metavar="NAME=KEYFILE",
+        help="a private key callers may name as ssh identity (repeatable); 'default' is used when they name none")
+    add("--ssh-pool-size", dest="ssh_pool_size", type=int, help="SSH connections kept for reuse (default 64)")
+    add("--ssh-idle-timeout", dest="ssh_idle_timeout", type=float, help="seconds an idle SSH connection is kept (default 300)")
+    add("--ssh-connect-timeout", dest="ssh_connect_timeout", type=float, help="SSH connect timeout in seconds (default 10)")
+    add("--check-config", dest="check_config", action="store_true",
+        help="validate the configuration (flags, environment, --config file) and exit: 0 if usable, 2 if not")
+    add("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def _from_file(path):
+    try:
+        with open(path, "rb") as handle:
+            data = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror or exc))
+    except yaml.YAMLError as exc:
+        raise ConfigError("config file %s is not valid YAML: %s" % (path, exc))
+    if not isinstance(data, dict):
+        raise ConfigError("config file %s must be a mapping of option names to values" % path)
+    data = dict((str(k).replace("-", "_"), v) for k, v in data.items())
+    # a singular spelling is what people write by hand
+    for single, plural in (("server", "servers"), ("instance", "instances")):
+        if single in data:
+            data.setdefault(plural, data.pop(single))
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError("config file %s: unknown option(s) %s; known: %s" % (path, ", ".join(unknown), ", ".join(sorted(FIELDS))))
+    return data
+
+
+def _from_env(environ):
+    data = {}
+    for key, var in ENVIRONMENT.items():
+        if environ.get(var):
+            data[key] = environ[var]
+    return data
+
+
+def _coerce(key, value, source):
+    field_type = FIELDS[key].type
+    try:
+        if key in DICT_KEYS:
+            return _name_map(value)
+        if key in LIST_KEYS:
+            if isinstance(value, str):
+                items = value.split(",") if key == "instances" else value.replace(",", " ").split()
+            elif isinstance(value, (list, tuple)):
+                items = list(value)
+            else:
+                raise TypeError("a list or a comma-separated string")
+            return [str(v).strip() if key == "servers" else str(v) for v in items]
+        if field_type in ("int", int):
+            return int(value)
+        if field_type in ("float", float):
+            return float(value)
+        if field_type in ("bool", bool):
+            if isinstance(value, bool):
+                return value
+            return str(value).strip().lower() in ("1", "true", "yes", "on")
+        return None if value is None else str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("option %s from %s has a bad value %r: %s" % (key, source, value, exc))
+
+
+def _name_map(value):
+    """NAME=PATH pairs (a list, or a comma-separated string) or a mapping -> {name: path}."""
+    if isinstance(value, dict):
+        return dict((str(k), str(v)) for k, v in value.items())
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)):
+        raise TypeError("a mapping of names to key files, or NAME=KEYFILE items")
+    result = {}
+    for item in value:
+        name, sep, path = str(item).strip().partition("=")
+        if not sep or not name or not path:
+            raise ValueError("%r is not NAME=KEYFILE" % item)
+        result[name.strip()] = path.strip()
+    return result
+
+
+def load(argv=None, environ=None):
+    """Parse everything and return a validated Config, or raise ConfigError."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    layers = []
+    if args.config:
+        layers.append(("config file %s" % args.config, _from_file(args.config)))
+    layers.append(("environment", _from_env(environ)))
+    layers.append(("command line", dict((k, v) for k, v in vars(args).items() if k in FIELDS and v is not None)))
+    merged = {}
+    for source, data in layers:
+        for key, value in data.items():
+            merged[key] = _coerce(key, value, source)
+    cfg = Config(servers=merged.pop("servers", None) or [wire_connect.DEFAULT_SERVER],
+                 instances=merged.pop("instances", None) or [], **merged)
+    return validate(cfg)
+
+
+def validate(cfg):
+    if not cfg.instances:
+        raise ConfigError("no instance id to serve: pass --instance ID (repeatable), set instances: in the "
+                          "config file or NATSOPS_INSTANCES; use the zone name callers address (e.g. 'default')")
+    seen = []
+    for inst in cfg.instances:
+        try:
+            validate_instance_id(inst, allow_all=True)
+        except WireError as exc:
+            raise ConfigError("bad instance id: %s" % exc.message)
+        if inst not in seen:
+            seen.append(inst)
+    cfg.instances = seen
+    try:
+        validate_namespace(cfg.namespace)
+        wire_connect.resolve(cfg.nats_options())
+    except WireError as exc:
+        raise ConfigError(exc.message)
+    except wire_connect.ConnectOptionsError as exc:
+        raise ConfigError(str(exc))
+    if cfg.max_jobs < 1:
+        raise ConfigError("max_jobs must be at least 1")
+    if cfg.ssh_pool_size < 1 or cfg.ssh_idle_timeout <= 0 or cfg.ssh_connect_timeout <= 0:
+        raise ConfigError("ssh_pool_size must be at least 1 and the ssh timeouts positive")
+    try:
+        cfg.ssh_settings()  # known_hosts and identity files are read now: a bad one stops the start
+    except ValueError as exc:
+        raise ConfigError(str(exc))
+    except ImportError as exc:  # paramiko missing: fine for agent mode, an error if SSH mode was configured
+        if cfg.ssh_identities or cfg.ssh_known_hosts or cfg.ssh_host_key_policy != "strict":
+            raise ConfigError("SSH options are set but SSH mode is unavailable: %s (install paramiko)" % exc)
+    cfg.name = cfg.name or socket.gethostname()
+    return cfg
