@@ -63,4 +63,10 @@ notes:
     C(ansible_python_interpreter: '{{ ansible_playbook_python }}')."
 requirements:
   - nats-py >= 2.9 (and nkeys for NKey/JWT authentication) where the module runs
+attributes:
+  action_group:
+    description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
+    support: full
+    membership:
+      - natsops.fleet.nats
 """

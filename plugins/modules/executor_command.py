@@ -20,12 +20,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
-  - natsops.fleet.target
+  - natsops.fleet.executor
 options:
-  executor:
-    description: Instance id of the executor(s) to address, for example a zone name such as C(管理网).
-    type: str
-    required: true
   cmd:
     description: The command, run by C(/bin/sh -c). Exactly one of O(cmd) and O(argv).
     type: str
@@ -73,11 +69,6 @@ options:
     choices: [natsops, bklite]
     default: natsops
 attributes:
-  action_group:
-    description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
-    support: full
-    membership:
-      - natsops.fleet.nats
   check_mode:
     support: partial
     description: Can run in check mode and return changed status prediction without modifying target.

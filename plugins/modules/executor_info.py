@@ -44,11 +44,6 @@ options:
     choices: [natsops, bklite]
     default: natsops
 attributes:
-  action_group:
-    description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
-    support: full
-    membership:
-      - natsops.fleet.nats
   check_mode:
     support: full
     description: Read-only; it runs in check mode as well.

@@ -23,12 +23,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
-  - natsops.fleet.target
+  - natsops.fleet.executor
 options:
-  executor:
-    description: Instance id of the executor(s) to address, for example a zone name such as C(管理网).
-    type: str
-    required: true
   src:
     description: A file on the controller. Exactly one of O(src), O(object) and O(remote_src).
     type: path
@@ -72,11 +68,6 @@ options:
     type: int
     default: 600
 attributes:
-  action_group:
-    description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
-    support: full
-    membership:
-      - natsops.fleet.nats
   check_mode:
     support: full
     description: Nothing is uploaded or written; the executor compares checksums and reports whether O(dest) would change.

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """SSH mode of the executor modules: the host a zone executor works on."""
+    """What executor_command and executor_transfer address: the executor(s) of an instance id and, in SSH mode,
+    the host a zone executor works on."""
 
     DOCUMENTATION = r"""
 options:
+  executor:
+    description: Instance id of the executor(s) to address, for example a zone name such as C(管理网).
+    type: str
+    required: true
   target:
     description:
       - SSH mode, the host the executor works on over SSH (host key checked against the executor's known_hosts).
