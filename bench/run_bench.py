@@ -305,7 +305,9 @@ FINDINGS = """
   executor, NATS and the controller share the CPUs, so that CPU is wall time. After the paramiko change,
   single runs gave 36.71 and 39.42 s through the zone executor against 35.72 and 40.37 s direct (within the
   noise); a 3-round run disturbed by a concurrent ansible-lint gave medians 46.04 against 41.56 s (1.11x).
-  The target stays open until an undisturbed `make bench` shows it. The lab's executors now run the
+  An undisturbed 3-round run afterwards: ssh median 43.90 s (40.71, 43.90, 47.04), zone 48.25 s (41.55, 48.57,
+  48.25): 1.10x, target not met. Next: cut the executor's per-task CPU (10 ms: threads, asyncio, paramiko's
+  Python packetizer), or measure on hardware where the targets do not share the controller's two cores. The lab's executors now run the
   paramiko the wheel would install (copied from the virtualenv) instead of Debian's.
 - SSH mode: paramiko's socket needs TCP_NODELAY; without it a zone round trip waited on delayed ACKs
   (49 ms median, 9 ms with it).
