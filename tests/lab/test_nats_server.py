@@ -117,6 +117,75 @@ def test_single_server_from_an_archive(lab, hosts, tmp_path):
     assert _main_pid(lab, host) != pid and _varz(lab, host)["port"] == 4223
 
 
+def _tls_files(directory, address, serial):
+    """A CA and a server certificate for ``address`` (IP SAN), as PEM files; returns (ca, cert, key) paths."""
+    import datetime  # pylint: disable=import-outside-toplevel
+    import ipaddress  # pylint: disable=import-outside-toplevel
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import hashes, serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ec  # pylint: disable=import-outside-toplevel
+    from cryptography.x509.oid import NameOID  # pylint: disable=import-outside-toplevel
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "natsops lab CA %d" % serial)])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(serial).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(serial + 1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = [os.path.join(directory, name) for name in ("ca.pem", "cert.pem", "key.pem")]
+    for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM), cert.public_bytes(serialization.Encoding.PEM),
+                                  key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))):
+        with open(path, "wb") as handle:
+            handle.write(data)
+    return paths
+
+
+def test_tls_for_clients_and_certificate_rotation_by_reload(lab, hosts, tmp_path):
+    import ssl  # pylint: disable=import-outside-toplevel
+    host = hosts[0]
+    address = host["addresses"]["mgmt"]
+    first = tmp_path / "first"
+    first.mkdir()
+    ca, cert, key = _tls_files(str(first), address, 100)
+
+    def tls_inventory(name, ca, cert, key):
+        return _inventory(lab, str(tmp_path / name), [host], nats_server_install_method="local",
+                          nats_server_local_file=devenv.tool("nats-server"), nats_server_tls_cert_file=cert,
+                          nats_server_tls_key_file=key, nats_server_tls_ca_file=ca)
+
+    inventory = tls_inventory("tls.json", ca, cert, key)
+    _recap(_play(inventory), changed=1)
+    _recap(_play(inventory), changed=0)
+
+    async def connect(ca_path, url="tls://%s:4222" % address):
+        context = ssl.create_default_context(cafile=ca_path)
+        nc = await nats.connect(url, tls=context, connect_timeout=5, max_reconnect_attempts=1, allow_reconnect=False)
+        try:
+            return (await nc.jetstream().account_info()) is not None
+        finally:
+            await nc.close()
+
+    assert asyncio.run(connect(ca))
+    with pytest.raises(Exception):  # a client that does not trust this CA is refused
+        asyncio.run(connect(_tls_files(str(tmp_path), address, 200)[0]))
+    # rotation: a new CA and certificate are applied with a reload (same process)
+    pid = _main_pid(lab, host)
+    second = tmp_path / "second"
+    second.mkdir()
+    ca2, cert2, key2 = _tls_files(str(second), address, 300)
+    _recap(_play(tls_inventory("tls2.json", ca2, cert2, key2)), changed=1)
+    assert _main_pid(lab, host) == pid
+    assert asyncio.run(connect(ca2))
+    state = lab.ssh(host["name"], "stat -c '%U:%G %a' /etc/nats-server/tls/key.pem").stdout.split()
+    assert state == ["root:nats", "640"]
+
+
 def test_three_node_cluster_keeps_an_r3_stream_with_one_node_down(lab, hosts, tmp_path):
     inventory = _inventory(lab, str(tmp_path / "cluster.json"), hosts, nats_server_install_method="local",
                            nats_server_local_file=devenv.tool("nats-server"), nats_server_cluster_name="natsops-lab",
