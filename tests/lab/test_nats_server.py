@@ -117,8 +117,8 @@ def test_single_server_from_an_archive(lab, hosts, tmp_path):
     assert _main_pid(lab, host) != pid and _varz(lab, host)["port"] == 4223
 
 
-def _tls_files(directory, address, serial):
-    """A CA and a server certificate for ``address`` (IP SAN), as PEM files; returns (ca, cert, key) paths."""
+def _tls_files(directory, addresses, serial):
+    """A CA and a server certificate for ``addresses`` (IP SANs), as PEM files; returns (ca, cert, key) paths."""
     import datetime  # pylint: disable=import-outside-toplevel
     import ipaddress  # pylint: disable=import-outside-toplevel
     from cryptography import x509  # pylint: disable=import-outside-toplevel
@@ -132,10 +132,11 @@ def _tls_files(directory, address, serial):
           .serial_number(serial).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, addresses[0])]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(serial + 1).not_valid_before(now)
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]),
+                           critical=False)
             .sign(ca_key, hashes.SHA256()))
     paths = [os.path.join(directory, name) for name in ("ca.pem", "cert.pem", "key.pem")]
     for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM), cert.public_bytes(serialization.Encoding.PEM),
@@ -152,7 +153,7 @@ def test_tls_for_clients_and_certificate_rotation_by_reload(lab, hosts, tmp_path
     address = host["addresses"]["mgmt"]
     first = tmp_path / "first"
     first.mkdir()
-    ca, cert, key = _tls_files(str(first), address, 100)
+    ca, cert, key = _tls_files(str(first), [address], 100)
 
     def tls_inventory(name, ca, cert, key):
         return _inventory(lab, str(tmp_path / name), [host], nats_server_install_method="local",
@@ -173,12 +174,12 @@ def test_tls_for_clients_and_certificate_rotation_by_reload(lab, hosts, tmp_path
 
     assert asyncio.run(connect(ca))
     with pytest.raises(Exception):  # a client that does not trust this CA is refused
-        asyncio.run(connect(_tls_files(str(tmp_path), address, 200)[0]))
+        asyncio.run(connect(_tls_files(str(tmp_path), [address], 200)[0]))
     # rotation: a new CA and certificate are applied with a reload (same process)
     pid = _main_pid(lab, host)
     second = tmp_path / "second"
     second.mkdir()
-    ca2, cert2, key2 = _tls_files(str(second), address, 300)
+    ca2, cert2, key2 = _tls_files(str(second), [address], 300)
     _recap(_play(tls_inventory("tls2.json", ca2, cert2, key2)), changed=1)
     assert _main_pid(lab, host) == pid
     assert asyncio.run(connect(ca2))
@@ -187,15 +188,23 @@ def test_tls_for_clients_and_certificate_rotation_by_reload(lab, hosts, tmp_path
 
 
 def test_three_node_cluster_keeps_an_r3_stream_with_one_node_down(lab, hosts, tmp_path):
+    import ssl  # pylint: disable=import-outside-toplevel
+    # TLS for clients and for the routes between the nodes (one certificate naming all three addresses)
+    ca, cert, key = _tls_files(str(tmp_path), [h["addresses"]["mgmt"] for h in hosts], 500)
     inventory = _inventory(lab, str(tmp_path / "cluster.json"), hosts, nats_server_install_method="local",
                            nats_server_local_file=devenv.tool("nats-server"), nats_server_cluster_name="natsops-lab",
-                           nats_server_jetstream_store_dir="/var/lib/nats-cluster/jetstream")
+                           nats_server_jetstream_store_dir="/var/lib/nats-cluster/jetstream",
+                           nats_server_tls_cert_file=cert, nats_server_tls_key_file=key, nats_server_tls_ca_file=ca)
     _recap(_play(inventory), changed=1)
     _recap(_play(inventory), changed=0)
-    urls = ["nats://%s:4222" % h["addresses"]["mgmt"] for h in hosts]
+    urls = ["tls://%s:4222" % h["addresses"]["mgmt"] for h in hosts]
+    # the routes require TLS (and the role already saw all three members in the JetStream meta group)
+    cluster = _varz(lab, hosts[0])["cluster"]
+    assert cluster.get("tls_required") is True and cluster.get("tls_verify") is True, cluster
 
     async def stream_through_an_outage():
-        nc = await nats.connect(servers=urls, connect_timeout=5, max_reconnect_attempts=30, reconnect_time_wait=0.5)
+        nc = await nats.connect(servers=urls, tls=ssl.create_default_context(cafile=ca), connect_timeout=5,
+                                max_reconnect_attempts=30, reconnect_time_wait=0.5)
         js = nc.jetstream()
         try:
             await js.add_stream(name="ORDERS", subjects=["orders.>"], num_replicas=3)
