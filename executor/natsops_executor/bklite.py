@@ -145,9 +145,7 @@ class CompatServer:
 
     def _handler(self, method):
         async def handle(request):
-            task = asyncio.ensure_future(self._serve(method, request))
-            self.ex.jobs.add(task)
-            task.add_done_callback(self.ex.jobs.discard)
+            self.ex.start_job(self._serve(method, request))
         return handle
 
     async def _serve(self, method, request):
@@ -190,8 +188,8 @@ class CompatServer:
 
     # ------------------------------------------------------------ execute
 
-    async def _run(self, method, req, target):
-        bk.check_execute(method, req)
+    async def _run(self, req, target):
+        """A checked local.execute (target None) or ssh.execute request: run it, build the reply."""
         capture = _Capture(self.ex.nc, req)
         chunk = chunk_size(self.ex.nc.max_payload)
         started = time.monotonic()
@@ -234,7 +232,7 @@ class CompatServer:
         return doc
 
     async def _local_execute(self, req):
-        return await self._run(bk.LOCAL_EXECUTE, req, None)
+        return await self._run(bk.check_execute(bk.LOCAL_EXECUTE, req), None)
 
     async def _ssh_execute(self, req):
         bk.check_execute(bk.SSH_EXECUTE, req)
@@ -248,7 +246,7 @@ class CompatServer:
                                          bk.CATEGORY_NETWORK)
                 raise bk.BkliteError(bk.DEPENDENCY_FAILURE, "TCP connect failed: dial tcp %s:%d: %s" % (
                     target["host"], target["port"], failed[1]), bk.STAGE_TCP_CONNECT, bk.CATEGORY_NETWORK)
-        return await self._run(bk.SSH_EXECUTE, req, target)
+        return await self._run(req, target)
 
     def _need_ssh(self, method):
         if self.ex.ssh is None:

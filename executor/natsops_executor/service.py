@@ -129,12 +129,15 @@ class Executor:
 
     # ------------------------------------------------------------ requests
 
+    def start_job(self, coro):
+        """Run a request's work in its own task (never block the subscription); stop() waits for it."""
+        task = asyncio.ensure_future(coro)
+        self.jobs.add(task)
+        task.add_done_callback(self.jobs.discard)
+
     def _handler(self, op):
         async def handle(request):
-            # never block the subscription: each job runs in its own task
-            task = asyncio.ensure_future(self._serve(op, request))
-            self.jobs.add(task)
-            task.add_done_callback(self.jobs.discard)
+            self.start_job(self._serve(op, request))
         return handle
 
     async def _reply_error(self, request, error):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import logging
@@ -325,37 +326,46 @@ class SSHPool:
         entry.busy -= 1
         entry.last_used = time.monotonic()
 
-    async def session(self, target):
-        """(key, entry, channel): a new session channel, reconnecting once if a pooled connection turned out dead."""
+    async def _open_channel(self, target, open_channel, stage, what):
+        """(key, entry, channel) from ``open_channel(transport)``, reconnecting once if a pooled connection
+        turned out dead; ``release(key, entry)`` when done."""
         for attempt in (0, 1):
             key, entry = await self.acquire(target, fresh=attempt == 1)
             try:
-                chan = await self.run(entry.transport.open_session, self.settings.connect_timeout)
-                return key, entry, chan
+                return key, entry, await self.run(open_channel, entry.transport)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 self.release(key, entry)
                 self._drop(key, entry)
                 if attempt == 1:
-                    raise _fail(E_TARGET_UNREACHABLE, "session", "cannot open an SSH session on %s: %s" % (target["host"], exc),
+                    raise _fail(E_TARGET_UNREACHABLE, stage, "%s on %s: %s" % (what, target["host"], exc),
                                 host=target["host"], port=target["port"])
         raise AssertionError("unreachable")
 
+    async def session(self, target):
+        """(key, entry, channel): a new session channel."""
+        return await self._open_channel(target, lambda transport: transport.open_session(self.settings.connect_timeout),
+                                        "session", "cannot open an SSH session")
+
     async def sftp(self, target):
-        """(key, entry, SFTPClient), reconnecting once like session()."""
-        for attempt in (0, 1):
-            key, entry = await self.acquire(target, fresh=attempt == 1)
-            try:
-                client = await self.run(paramiko.SFTPClient.from_transport, entry.transport)
-                if client is None:
-                    raise paramiko.SSHException("the server refused the sftp subsystem")
-                return key, entry, client
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                self.release(key, entry)
-                self._drop(key, entry)
-                if attempt == 1:
-                    raise _fail(E_TARGET_UNREACHABLE, "sftp", "cannot start SFTP on %s: %s" % (target["host"], exc),
-                                host=target["host"], port=target["port"])
-        raise AssertionError("unreachable")
+        """(key, entry, SFTPClient)."""
+        return await self._open_channel(target, _sftp_client, "sftp", "cannot start SFTP")
+
+    @contextlib.asynccontextmanager
+    async def sftp_client(self, target):
+        """An SFTPClient on the target for the ``async with`` block; closed and released afterwards."""
+        key, entry, client = await self.sftp(target)
+        try:
+            yield client
+        finally:
+            client.close()
+            self.release(key, entry)
+
+
+def _sftp_client(transport):
+    client = paramiko.SFTPClient.from_transport(transport)
+    if client is None:
+        raise paramiko.SSHException("the server refused the sftp subsystem")
+    return client
 
 
 # ---------------------------------------------------------------- exec
@@ -584,12 +594,8 @@ def upload(sftp, spool, path, mode, deadline=None):
 
 async def check_put(pool, req):
     """Before accepting a put: the destination directory exists on the target (and the target is reachable)."""
-    key, entry, sftp = await pool.sftp(req["target"])
-    try:
+    async with pool.sftp_client(req["target"]) as sftp:
         await pool.run(check_put_target, sftp, req["path"])
-    finally:
-        sftp.close()
-        pool.release(key, entry)
 
 
 async def run_put(pool, req, inline, receiver, sender):
@@ -614,12 +620,8 @@ async def run_put(pool, req, inline, receiver, sender):
         if digest.hexdigest() != req["sha256"]:
             raise WireError(E_CHECKSUM_MISMATCH, "sha256 of the received bytes is %s, the caller announced %s; "
                                                  "nothing was written" % (digest.hexdigest(), req["sha256"]))
-        key, entry, sftp = await pool.sftp(req["target"])
-        try:
+        async with pool.sftp_client(req["target"]) as sftp:
             await pool.run(upload, sftp, spool, req["path"], req["mode"])
-        finally:
-            sftp.close()
-            pool.release(key, entry)
         summary = {"size": size, "sha256": req["sha256"]}
         await sender.send(KIND_RESULT, summary)
         return summary
@@ -667,14 +669,11 @@ def _copy_tree(sftp, source, dest, deadline):
 async def copy_path(pool, target, source, dest, deadline):
     """Copy ``source`` (a file or directory on the executor host) to ``dest`` on the target over SFTP,
     like ``scp -r`` but with host keys checked and every file written to a temp file and renamed."""
-    key, entry, sftp = await pool.sftp(target)
-    try:
-        return await pool.run(_copy_tree, sftp, source, dest, deadline)
-    except (IOError, OSError) as exc:
-        raise _sftp_error(exc, "cannot copy %s to %s:%s" % (source, target["host"], dest))
-    finally:
-        sftp.close()
-        pool.release(key, entry)
+    async with pool.sftp_client(target) as sftp:
+        try:
+            return await pool.run(_copy_tree, sftp, source, dest, deadline)
+        except (IOError, OSError) as exc:
+            raise _sftp_error(exc, "cannot copy %s to %s:%s" % (source, target["host"], dest))
 
 
 def _open_remote(sftp, path):

@@ -143,8 +143,7 @@ async def _place_remote(pool, req, source, current):
     from natsops_executor import ssh  # pylint: disable=import-outside-toplevel
     path = req["path"]
     mode = req["mode"] if req["mode"] is not None else (current[1] if current else 0o644)
-    key, entry, sftp = await pool.sftp(req["target"])
-    try:
+    async with pool.sftp_client(req["target"]) as sftp:
         if current and current[0] == source.sha256:
             await pool.run(sftp.chmod, path, mode)
             return
@@ -152,18 +151,11 @@ async def _place_remote(pool, req, source, current):
         with tempfile.TemporaryFile(prefix="natsops-transfer-") as spool:
             await source.write_into(spool)
             await pool.run(ssh.upload, sftp, spool, path, mode)
-    finally:
-        sftp.close()
-        pool.release(key, entry)
 
 
 async def _current_remote(pool, target, path):
-    key, entry, sftp = await pool.sftp(target)
-    try:
+    async with pool.sftp_client(target) as sftp:
         return await pool.run(_remote_state, sftp, path)
-    finally:
-        sftp.close()
-        pool.release(key, entry)
 
 
 async def _transfer(executor, req):

@@ -154,6 +154,15 @@ class AsyncExecutorClient:
             raise ExecutorError.from_wire(WireError.from_dict(doc))
         return msg
 
+    async def _result(self, receiver, accepted, op):
+        """The result document of a job whose stream carries only keepalives before it."""
+        while True:
+            msg = await self._next(receiver, accepted)
+            if msg.kind == KIND_RESULT:
+                return self._decode(msg.headers, msg.data)
+            if msg.kind != KIND_KEEPALIVE:
+                raise ExecutorTaskError(E_STREAM, "unexpected %r message in a %s stream" % (msg.kind, op))
+
     def _base_request(self, op, reply_to):
         req = {"v": PROTOCOL_VERSION, "op": op, "id": uuid.uuid4().hex, "reply_to": reply_to,
                "keepalive": self.keepalive}
@@ -243,14 +252,9 @@ class AsyncExecutorClient:
                 if accepted.get("upload"):
                     step = chunk_size(self.nc.max_payload)
                     await self._upload(accepted, iter(lambda: handle.read(step), b""))
-            while True:
-                msg = await self._next(receiver, accepted)
-                if msg.kind == KIND_RESULT:
-                    result = self._decode(msg.headers, msg.data)
-                    self._check_summary("put %s" % remote_path, result, size, digest.hexdigest())
-                    return result
-                if msg.kind != KIND_KEEPALIVE:
-                    raise ExecutorTaskError(E_STREAM, "unexpected %r message in a put stream" % msg.kind)
+            result = await self._result(receiver, accepted, OP_PUT)
+            self._check_summary("put %s" % remote_path, result, size, digest.hexdigest())
+            return result
         finally:
             await receiver.close()
 
@@ -312,13 +316,7 @@ class AsyncExecutorClient:
                 req["sha256"] = sha256
             if mode is not None:
                 req["mode"] = mode
-            accepted = await self._request(OP_TRANSFER, req)
-            while True:
-                msg = await self._next(receiver, accepted)
-                if msg.kind == KIND_RESULT:
-                    return self._decode(msg.headers, msg.data)
-                if msg.kind != KIND_KEEPALIVE:
-                    raise ExecutorTaskError(E_STREAM, "unexpected %r message in a transfer stream" % msg.kind)
+            return await self._result(receiver, await self._request(OP_TRANSFER, req), OP_TRANSFER)
         finally:
             await receiver.close()
 

@@ -76,3 +76,18 @@ def executor_client(module, instance_id=None, target=None):
         module.fail_json(msg=exc.message, code=exc.code)
     except ValueError as exc:
         module.fail_json(msg="bad NATS connection options: %s" % exc)
+
+
+def bklite_target(module):
+    """The module's target for protocol bklite (which has no executor identities), or None."""
+    target = target_of(module.params)
+    if target and target.get("identity"):
+        module.fail_json(msg="protocol bklite has no executor identities: give target.password or target.private_key")
+    return target
+
+
+def bklite_failure(method, reply, keys=("stage", "category")):
+    """The error of a failed BK-Lite reply, with those of its fields that are set as details."""
+    from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError  # pylint: disable=import-outside-toplevel
+    details = dict((k, reply[k]) for k in keys if reply.get(k))
+    return ExecutorTaskError(reply.get("code") or "internal", "BK-Lite %s failed: %s" % (method, reply.get("error")), details)

@@ -151,7 +151,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import TARGET_SPEC, argument_spec, executor_client, target_of
+from ansible_collections.natsops.fleet.plugins.module_utils.modules import (
+    TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
+)
 
 
 def _text(data):
@@ -169,8 +171,7 @@ class _Runner:
         if self.params["protocol"] == "bklite":
             if self.params["stdin"] is not None:
                 module.fail_json(msg="protocol bklite has no stdin; use protocol natsops")
-            if self.target and self.target.get("identity"):
-                module.fail_json(msg="protocol bklite has no executor identities: give target.password or target.private_key")
+            self.target = bklite_target(module)
 
     def run(self, command=None, argv=None, events=None):
         params = self.params
@@ -190,10 +191,7 @@ class _Runner:
         request = {"command": command, "execute_timeout": timeout}
         if self.target:
             method = bklite.SSH_EXECUTE
-            request.update(host=self.target["host"], port=self.target.get("port", 22), user=self.target["user"])
-            for name in bklite.SECRET_FIELDS:
-                if self.target.get(name):
-                    request[name] = self.target[name]
+            request.update(bklite.ssh_fields(self.target))
             prefix.extend("export %s=%s" % (k, shlex.quote(str(v))) for k, v in sorted((params["env"] or {}).items()))
         else:
             method = bklite.LOCAL_EXECUTE
@@ -209,9 +207,7 @@ class _Runner:
             return reply.get("exit_code", 0), output, b""
         rc = reply.get("exit_code", bklite.exit_code(reply))
         if rc is None or reply.get("code") == bklite.TIMEOUT:
-            details = dict((k, reply[k]) for k in ("stage", "category") if reply.get(k))
-            raise ExecutorError(reply.get("code") or "internal", "BK-Lite %s failed: %s" % (method, reply.get("error")),
-                                details)
+            raise bklite_failure(method, reply)
         return rc, output, b""
 
     def exists(self, path):

@@ -150,7 +150,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import TARGET_SPEC, argument_spec, executor_client, target_of
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CHECKSUM_MISMATCH
+from ansible_collections.natsops.fleet.plugins.module_utils.modules import (
+    TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
+)
 
 
 def _mode(module, value):
@@ -179,28 +182,19 @@ def _sha256(module, path):
 class _Bklite:
     """The transfer through BK-Lite's subjects: state read and mode set with an execute call."""
 
-    def __init__(self, module, client, target):
+    def __init__(self, module, client):
         self.module = module
         self.client = client
-        self.target = target
+        self.target = bklite_target(module)
         self.timeout = module.params["timeout"]
-        if target and target.get("identity"):
-            module.fail_json(msg="protocol bklite has no executor identities: give target.password or target.private_key")
-
-    def _ssh_fields(self):
-        fields = {"host": self.target["host"], "port": self.target.get("port", 22), "user": self.target["user"]}
-        fields.update((k, self.target[k]) for k in bklite.SECRET_FIELDS if self.target.get(k))
-        return fields
 
     def _call(self, method, request):
         request["execute_timeout"] = self.timeout
         if method in bklite.SSH_METHODS:
-            request.update(self._ssh_fields())
+            request.update(bklite.ssh_fields(self.target))
         reply = self.client.bklite_call(method, request, self.timeout + 1)
         if not reply.get("success"):
-            details = dict((k, reply[k]) for k in ("stage", "category", "result") if reply.get(k))
-            raise ExecutorTaskError(reply.get("code") or "internal", "BK-Lite %s failed: %s" % (method, reply.get("error")),
-                                    details)
+            raise bklite_failure(method, reply, keys=("stage", "category", "result"))
         return reply.get("result") or ""
 
     def sh(self, command, on_target=True):
@@ -246,7 +240,7 @@ class _Bklite:
             self.sh("chmod %o %s" % (mode if mode is not None else (before[1] if before else 0o644), shlex.quote(dest)))
             after = self.state(dest)
             if after is None or after[0] != digest:
-                raise ExecutorTaskError("checksum_mismatch", "%s does not hold the expected content after the transfer" % dest)
+                raise ExecutorTaskError(E_CHECKSUM_MISMATCH, "%s does not hold the expected content after the transfer" % dest)
         return {"changed": changed, "sha256": digest, "before": {"sha256": before[0], "mode": before[1]} if before else None}
 
 
@@ -289,7 +283,7 @@ def main():
             if params["src"] and not module.check_mode:
                 result["uploaded"] = client.upload_object(bucket, object_name, params["src"], digest)
             if params["protocol"] == "bklite":
-                placed = _Bklite(module, client, target_of(params)).transfer(
+                placed = _Bklite(module, client).transfer(
                     dest, digest, mode, module.check_mode, bucket, object_name, params["remote_src"])
             elif params["remote_src"] is not None:
                 placed = client.transfer(dest, source_path=params["remote_src"], mode=mode, check=module.check_mode)

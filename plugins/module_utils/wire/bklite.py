@@ -178,6 +178,13 @@ def shell_argv(shell, command):
     return [shell, "-c", command]
 
 
+def ssh_fields(target):
+    """BK-Lite's SSH request fields (host, port, user, credentials) for one of our targets (contract.py's target)."""
+    fields = {"host": target["host"], "port": target.get("port", 22), "user": target["user"]}
+    fields.update((name, target[name]) for name in SECRET_FIELDS if target.get(name))
+    return fields
+
+
 def redact(req):
     """The request as it may be logged."""
     return dict((k, "<redacted>" if k in SECRET_FIELDS and v else v) for k, v in req.items())
