@@ -34,6 +34,7 @@ class Config:
     cert: str = None
     key: str = None
     tls_hostname: str = None
+    inbox_prefix: str = None
     context: str = None
     max_jobs: int = 32
     shutdown_grace: float = 10.0
@@ -72,6 +73,7 @@ ENVIRONMENT = {
     "cert": "NATS_CERT",
     "key": "NATS_KEY",
     "tls_hostname": "NATS_TLS_HOSTNAME",
+    "inbox_prefix": "NATS_INBOX_PREFIX",
     "context": "NATS_CONTEXT",
     "max_jobs": "NATSOPS_MAX_JOBS",
     "shutdown_grace": "NATSOPS_SHUTDOWN_GRACE",
@@ -112,6 +114,9 @@ def build_parser():
     add("--cert", metavar="FILE", help="client certificate (mutual TLS)")
     add("--key", metavar="FILE", help="client private key (mutual TLS)")
     add("--tls-hostname", dest="tls_hostname")
+    add("--inbox-prefix", dest="inbox_prefix", metavar="PREFIX",
+        help="subject prefix of this executor's reply inboxes (default _INBOX); with the role's permission model "
+             "it is _INBOX.<NATS user name>")
     add("--context", help="natscli context name to read server and auth settings from")
     add("--max-jobs", dest="max_jobs", type=int, help="jobs run at once (default 32); more wait")
     add("--shutdown-grace", dest="shutdown_grace", type=float, help="seconds running jobs get at shutdown")

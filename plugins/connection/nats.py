@@ -168,6 +168,19 @@ options:
     ini:
       - section: natsops
         key: tls_hostname
+  inbox_prefix:
+    description:
+      - Subject prefix of the reply inboxes of this connection (default C(_INBOX)).
+      - With the least-privilege permissions of the P(natsops.fleet.nats_server#role) role, an identity may only
+        subscribe below its own prefix, C(_INBOX.<user name>); set it to that.
+    type: str
+    vars:
+      - name: ansible_nats_inbox_prefix
+    env:
+      - name: NATS_INBOX_PREFIX
+    ini:
+      - section: natsops
+        key: inbox_prefix
   context:
     description:
       - Name of a natscli context (C(~/.config/nats/context/NAME.json)); its URL and credentials fill the

@@ -44,6 +44,12 @@ options:
   tls_hostname:
     description: Host name expected in the server certificate. Defaults to E(NATS_TLS_HOSTNAME).
     type: str
+  inbox_prefix:
+    description:
+      - Subject prefix of this client's reply inboxes. Defaults to E(NATS_INBOX_PREFIX), then C(_INBOX).
+      - With the least-privilege permissions of the P(natsops.fleet.nats_server#role) role, an identity may only
+        subscribe below its own prefix, C(_INBOX.<user name>); set it to that.
+    type: str
   context:
     description:
       - Name of a natscli context whose URL and credentials fill the options not set otherwise.

@@ -45,7 +45,7 @@ options:
     description:
       - The Object Store bucket. It is created with default settings when O(src) needs it and it is missing.
         Create it beforehand for replicas or limits.
-      - Defaults to the value of O(namespace).
+      - Defaults to the value of O(namespace), dots replaced by C(_) (bucket names have no dots); C(bklite) with O(protocol=bklite).
     type: str
   mode:
     description:
@@ -150,7 +150,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CHECKSUM_MISMATCH
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CHECKSUM_MISMATCH, default_bucket
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import (
     TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
 )
@@ -267,7 +267,7 @@ def main():
     if not posixpath.isabs(dest):
         module.fail_json(msg="dest must be an absolute path, got %r" % dest)
     mode = _mode(module, params["mode"])
-    bucket = params["bucket"] or (bklite.DEFAULT_BUCKET if params["protocol"] == "bklite" else params["namespace"])
+    bucket = params["bucket"] or (bklite.DEFAULT_BUCKET if params["protocol"] == "bklite" else default_bucket(params["namespace"]))
     result = {"changed": False, "dest": dest, "uploaded": False}
     digest = None
     object_name = params["object"]

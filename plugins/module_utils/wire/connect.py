@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 
-from .names import OPTION_NAMES, OPTION_SOURCES  # noqa: F401  pylint: disable=unused-import
+from .names import OPTION_NAMES, OPTION_SOURCES, WireError, validate_inbox_prefix  # noqa: F401  pylint: disable=unused-import
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
@@ -87,6 +87,11 @@ def resolve(options):
     for option in ("creds", "nkey", "ca", "cert", "key"):
         if opts.get(option):
             opts[option] = _readable(option, opts[option])
+    if opts.get("inbox_prefix"):
+        try:
+            validate_inbox_prefix(opts["inbox_prefix"])
+        except WireError as exc:
+            raise ConnectOptionsError("option 'inbox_prefix': %s" % exc.message)
     return opts
 
 
@@ -127,6 +132,8 @@ def connect_kwargs(options, name, connect_timeout=5.0):
         kwargs["user_credentials"] = opts["creds"]
     if opts.get("nkey"):
         kwargs["nkeys_seed"] = opts["nkey"]
+    if opts.get("inbox_prefix"):
+        kwargs["inbox_prefix"] = opts["inbox_prefix"]
     ctx = tls_context(opts)
     if ctx is not None:
         kwargs["tls"] = ctx

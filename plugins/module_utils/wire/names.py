@@ -39,7 +39,11 @@ OPTION_SOURCES = {
     "ca": ("ca", "NATS_CA"),
     "cert": ("cert", "NATS_CERT"),
     "key": ("key", "NATS_KEY"),
+    "inbox_prefix": ("inbox_prefix", "NATS_INBOX_PREFIX"),
 }
+# Replies arrive below the inbox prefix. Give each identity its own (``_INBOX.<name>``) and allow it to
+# subscribe only there: then no party can read another party's replies (see wire/permissions.py).
+DEFAULT_INBOX_PREFIX = "_INBOX"
 OPTION_NAMES = tuple(OPTION_SOURCES) + ("tls_hostname", "context")
 
 # Error codes: every error reply carries one of these.
@@ -80,6 +84,7 @@ UNREACHABLE_CODES = (E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT, E_TARGET_UNREA
 SSH_STAGES = ("tcp_connect", "handshake", "host_key", "auth", "session", "sftp")
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 # Text that means a variable was never substituted: the seed incident's cousin.
 _UNRENDERED_RE = re.compile(r"(\$\{|\$[A-Za-z_]|\{\{|\}\}|\{%|%\(|<no value>)")
 
@@ -139,6 +144,19 @@ def validate_namespace(value):
             raise WireError(E_BAD_REQUEST, "namespace %r is invalid: use dot-separated tokens of "
                                            "letters, digits, '_' and '-'" % value)
     return value
+
+
+def validate_inbox_prefix(value):
+    """An inbox prefix is one or more dot-separated tokens of letters, digits, '_' and '-' (no wildcards)."""
+    if not isinstance(value, str) or not _PREFIX_RE.match(value):
+        raise WireError(E_BAD_REQUEST, "inbox prefix %r is invalid: use dot-separated tokens of letters, digits, "
+                                       "'_' and '-' (no wildcards), for example '_INBOX.controller'" % (value,))
+    return value
+
+
+def default_bucket(namespace):
+    """The Object Store bucket executor_transfer uses by default: the namespace, dots as '_'."""
+    return namespace.replace(".", "_")
 
 
 def subject(namespace, op, instance_id):

@@ -1,0 +1,109 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The least-privilege NATS permissions of each party of the protocol, derived from its subjects.
+
+Part of the wire contract: whoever renders a NATS server's authorization (the nats_server role, through
+the ``natsops.fleet.nats_authorization`` filter) takes the subjects from here, so the permissions cannot
+drift from what the executor, the callers and the probes really publish and subscribe.
+
+Roles:
+- ``controller``: calls executors (every operation, every instance id), discovers them, uses JetStream
+  (Object Store uploads for executor_transfer, the NATS resource modules) and reads probe heartbeats.
+- ``executor``: serves only its instance ids (and BK-Lite's subjects for them with ``bklite``), answers
+  discovery, replies to callers, reads the Object Store buckets it places files from. It subscribes to
+  no inbox but its own (``inbox_prefix``), so it cannot read other parties' replies or uploads.
+- ``probe``: an agent on one host: serves that host's instance id and publishes only its own heartbeats.
+- ``admin``: everything (no permissions block).
+
+Standard library only, Python 3.8+ syntax.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .bklite import DEFAULT_BUCKET as BKLITE_BUCKET, METHODS as BKLITE_METHODS
+from .names import (
+    DEFAULT_INBOX_PREFIX, DEFAULT_NAMESPACE, E_BAD_REQUEST, default_bucket, OPERATIONS, SERVICE_NAME, WireError, validate_inbox_prefix,
+    validate_instance_id, validate_namespace,
+)
+
+ROLES = ("controller", "executor", "probe", "admin")
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def inbox_prefix_for(name):
+    """The inbox prefix of an identity: ``_INBOX.<name>`` (its replies arrive below it)."""
+    return "%s.%s" % (DEFAULT_INBOX_PREFIX, name)
+
+
+def probe_heartbeat_subject(namespace, host_id):
+    """The subject a probe publishes its heartbeats on."""
+    return "%s.probe.heartbeat.%s" % (namespace, validate_instance_id(host_id))
+
+
+def _serve(namespace, instances, bklite):
+    subjects = ["%s.%s.%s" % (namespace, op, i) for i in instances for op in OPERATIONS]
+    if bklite:
+        subjects += ["%s.%s" % (method, i) for i in instances for method in BKLITE_METHODS]
+    # NATS micro discovery: $SRV.<VERB>, $SRV.<VERB>.<name>, $SRV.<VERB>.<name>.<service id>
+    return subjects + ["$SRV.*", "$SRV.*.%s" % SERVICE_NAME, "$SRV.*.%s.*" % SERVICE_NAME]
+
+
+def _object_store_reads(buckets):
+    if not buckets:
+        return []
+    subjects = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]  # nats-py looks the stream up by subject
+    for bucket in buckets:
+        stream = "OBJ_%s" % bucket
+        subjects += ["$JS.API.STREAM.INFO.%s" % stream, "$JS.API.STREAM.MSG.GET.%s" % stream,
+                     "$JS.API.DIRECT.GET.%s" % stream, "$JS.API.DIRECT.GET.%s.>" % stream,
+                     "$JS.API.CONSUMER.CREATE.%s" % stream, "$JS.API.CONSUMER.CREATE.%s.>" % stream,
+                     "$JS.API.CONSUMER.DELETE.%s.>" % stream]
+    return subjects
+
+
+def permissions(role, namespace=DEFAULT_NAMESPACE, instances=(), inbox_prefix=None, bklite=False, buckets=None):
+    """NATS ``permissions`` (``{"publish": {"allow": [...]}, "subscribe": {...}, "allow_responses": ...}``) for a
+    party of the protocol, or None for ``admin`` (no restriction). Raises WireError on bad input."""
+    if role not in ROLES:
+        raise WireError(E_BAD_REQUEST, "role %r is unknown; use one of %s" % (role, ", ".join(ROLES)))
+    if role == "admin":
+        return None
+    validate_namespace(namespace)
+    inbox = validate_inbox_prefix(inbox_prefix or DEFAULT_INBOX_PREFIX) if role != "controller" else None
+    instances = [validate_instance_id(i, allow_all=(role == "executor")) for i in (instances or [])]
+    if role == "controller":
+        publish = ["%s.%s.*" % (namespace, op) for op in OPERATIONS] + ["$SRV.>", "_INBOX.>", "$JS.API.>", "$JS.ACK.>",
+                                                                       "$JS.FC.>", "$O.>", "$KV.>"]
+        if bklite:
+            publish += ["%s.*" % method for method in BKLITE_METHODS]
+        # the controller may read every inbox (it may run anything anyway), so callers need no inbox prefix
+        subscribe = ["_INBOX.>", "%s.probe.>" % namespace]
+        return {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": _unique(subscribe)}}
+    if not instances:
+        raise WireError(E_BAD_REQUEST, "a %s identity needs the instance ids it serves" % role)
+    if inbox == DEFAULT_INBOX_PREFIX:
+        raise WireError(E_BAD_REQUEST, "a %s identity needs its own inbox prefix (for example %r), so that it cannot "
+                                       "subscribe to other parties' replies under _INBOX.>" % (role, inbox_prefix_for("NAME")))
+    if role == "probe" and len(instances) != 1:
+        raise WireError(E_BAD_REQUEST, "a probe identity serves exactly one host id, got %s" % ", ".join(instances))
+    if buckets is None:
+        buckets = [default_bucket(namespace)] + ([BKLITE_BUCKET] if bklite else [])
+    for bucket in buckets:
+        if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket):
+            raise WireError(E_BAD_REQUEST, "bucket name %r is invalid" % (bucket,))
+    subscribe = _serve(namespace, instances, bklite and role == "executor") + ["%s.>" % inbox]
+    publish = ["_INBOX.>"] + _object_store_reads(buckets if role == "executor" else [])
+    if role == "probe":
+        publish.append(probe_heartbeat_subject(namespace, instances[0]))
+    return {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": _unique(subscribe)}, "allow_responses": True}
+
+
+def _unique(items):
+    seen = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen

@@ -1,0 +1,164 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The least-privilege permission model (wire/permissions.py, rendered by the natsops.fleet.nats_authorization
+filter) on a real nats-server: the fleet works with it, and each identity is refused what it must not do."""
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+
+import nats
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+
+import devenv  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.natsops.fleet.plugins.filter.nats_authorization import nats_authorization  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # noqa: E402  pylint: disable=wrong-import-position
+
+PASSWORDS = {"controller": "ctl-Pw-7", "exec-mgmt": "mgmt-Pw-8", "exec-default": "dflt-Pw-9", "probe-web1": "probe-Pw-0"}
+IDENTITIES = [
+    {"name": "controller", "role": "controller", "password": PASSWORDS["controller"], "bklite": True},
+    {"name": "exec-mgmt", "role": "executor", "instances": ["管理网"], "password": PASSWORDS["exec-mgmt"], "bklite": True},
+    {"name": "exec-default", "role": "executor", "instances": ["default"], "password": PASSWORDS["exec-default"]},
+    {"name": "probe-web1", "role": "probe", "instances": ["web1"], "password": PASSWORDS["probe-web1"]},
+]
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    blocks = nats_authorization(IDENTITIES)
+    config = "".join("%s: %s\n" % (key, json.dumps(value, ensure_ascii=False)) for key, value in sorted(blocks.items()))
+    server = devenv.NatsServer(extra_config=config)
+    logs = str(tmp_path_factory.mktemp("executors"))
+    started = []
+    try:
+        for name, instance, extra in (("exec-mgmt", "管理网", ["--bklite-compat"]), ("exec-default", "default", []),
+                                      ("probe-web1", "web1", [])):
+            started.append(devenv.ExecutorProcess(
+                server.url, [instance], ["--user", name, "--inbox-prefix", "_INBOX." + name, "--name", name] + extra,
+                env={"NATS_PASSWORD": PASSWORDS[name]}, log_dir=logs))
+        yield {"server": server, "executors": started}
+    finally:
+        for proc in started:
+            proc.stop()
+        server.stop()
+
+
+def _controller(secured, instance):
+    return ExecutorClient({"servers": secured["server"].url, "user": "controller",
+                           "password": PASSWORDS["controller"]}, instance).connect()
+
+
+def test_the_fleet_works_under_its_permissions(secured, tmp_path):
+    for instance, name in (("管理网", "exec-mgmt"), ("default", "exec-default"), ("web1", "probe-web1")):
+        client = _controller(secured, instance)
+        try:
+            rc, out, err = client.exec_command(command="echo served-by-%s" % name)
+            assert (rc, out, err) == (0, ("served-by-%s\n" % name).encode(), b"")
+            assert sorted(i for e in client.discover() for i in e["instances"]) == ["default", "web1", "管理网"]
+        finally:
+            client.close()
+    # executor_transfer: the controller uploads to the Object Store, the executor reads it with its narrow rights
+    data = os.urandom(300 * 1024)
+    source = tmp_path / "payload.bin"
+    source.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    client = _controller(secured, "管理网")
+    try:
+        assert client.upload_object("natsops", "sha256/" + digest, str(source), digest)
+        dest = tmp_path / "placed.bin"
+        result = client.transfer(str(dest), bucket="natsops", object_name="sha256/" + digest, sha256=digest)
+        assert result["changed"] and dest.read_bytes() == data
+        assert client.bklite_health()  # the BK-Lite subjects of 管理网 are served (and callable by the controller)
+    finally:
+        client.close()
+    for proc in secured["executors"]:
+        text = proc.output()
+        assert "Permissions Violation" not in text and "permissions violation" not in text.lower(), text[-2000:]
+        assert not any(secret in text for secret in PASSWORDS.values())
+
+
+async def _violations(url, name, actions):
+    """Connect as ``name``, run ``actions(nc)``, return the permission errors the server reported."""
+    errors = []
+
+    async def on_error(exc):
+        errors.append(str(exc))
+
+    nc = await nats.connect(url, user=name, password=PASSWORDS[name], inbox_prefix="_INBOX." + name,
+                            error_cb=on_error, allow_reconnect=False, connect_timeout=5)
+    try:
+        await actions(nc)
+        await nc.flush(timeout=5)
+        await asyncio.sleep(0.3)
+    finally:
+        await nc.close()
+    return [e for e in errors if "permissions violation" in e.lower()]
+
+
+def test_an_executor_identity_cannot_call_or_serve_another_zone_or_read_other_inboxes(secured):
+    url = secured["server"].url
+
+    async def call_other_zone(nc):
+        with pytest.raises(Exception):
+            await nc.request("natsops.exec.管理网", b"{}", timeout=1)
+
+    assert any("natsops.exec.管理网" in e for e in asyncio.run(_violations(url, "exec-default", call_other_zone)))
+
+    async def serve_other_zone(nc):
+        await nc.subscribe("natsops.exec.管理网", queue="natsops-executors")
+
+    assert any("natsops.exec.管理网" in e for e in asyncio.run(_violations(url, "exec-default", serve_other_zone)))
+
+    async def snoop(nc):
+        await nc.subscribe("_INBOX.>")
+        await nc.subscribe("_INBOX.exec-mgmt.>")
+
+    found = asyncio.run(_violations(url, "exec-default", snoop))
+    assert len(found) == 2 and all("subscription" in e.lower() for e in found), found
+
+    async def own_work(nc):  # what it may do: serve its zone, reply below _INBOX
+        await nc.subscribe("natsops.exec.default", queue="natsops-executors")
+        await nc.publish("_INBOX.controller.x", b"")
+
+    assert asyncio.run(_violations(url, "exec-default", own_work)) == []
+
+
+def test_a_probe_identity_only_publishes_its_heartbeats(secured):
+    url = secured["server"].url
+    received = []
+
+    async def scenario():
+        listener = await nats.connect(url, user="controller", password=PASSWORDS["controller"], connect_timeout=5)
+
+        async def on_heartbeat(msg):
+            received.append(msg.subject)
+
+        sub = await listener.subscribe("natsops.probe.heartbeat.*", cb=on_heartbeat)
+        await listener.flush()
+
+        async def probe_actions(nc):
+            await nc.publish("natsops.probe.heartbeat.web1", b"{}")
+            await nc.publish("natsops.probe.heartbeat.web2", b"{}")   # another host's heartbeat
+            await nc.publish("natsops.exec.default", b"{}")           # calling an executor
+            await nc.publish("natsops.exec.web1", b"{}")              # even its own subject
+            await nc.subscribe("natsops.exec.default")                # serving another host
+
+        found = await _violations(url, "probe-web1", probe_actions)
+        await listener.flush()
+        await asyncio.sleep(0.2)
+        await sub.unsubscribe()
+        await listener.close()
+        return found
+
+    found = asyncio.run(scenario())
+    assert received == ["natsops.probe.heartbeat.web1"]
+    for subject in ("natsops.probe.heartbeat.web2", "natsops.exec.default", "natsops.exec.web1"):
+        assert any(subject in e for e in found), (subject, found)
+    assert len(found) == 4, found
