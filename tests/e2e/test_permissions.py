@@ -128,6 +128,13 @@ def test_an_executor_identity_cannot_call_or_serve_another_zone_or_read_other_in
         await nc.publish("_INBOX.controller.x", b"")
 
     assert asyncio.run(_violations(url, "exec-default", own_work)) == []
+    # and it may see which executors are online (the executor role's check after a deployment)
+    client = ExecutorClient({"servers": url, "user": "exec-default", "password": PASSWORDS["exec-default"],
+                             "inbox_prefix": "_INBOX.exec-default"}, "default").connect()
+    try:
+        assert sorted(i for e in client.discover() for i in e["instances"]) == ["default", "web1", "管理网"]
+    finally:
+        client.close()
 
 
 def test_a_probe_identity_only_publishes_its_heartbeats(secured):

@@ -5,11 +5,7 @@ repository: a zone executor for 管理网 (SSH to the zone hosts) on the executo
 for 业务网 with BK-Lite compatibility; idempotent, check mode clean, restarted on a config change and checked
 through discovery after every run."""
 
-import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 
 import pytest
@@ -21,28 +17,10 @@ sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 import devenv  # noqa: E402  pylint: disable=wrong-import-position
+import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
 from bklite_client import BkliteServerClient  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.lab(hosts=4, zone_hosts=2)
-
-PLAYBOOK = os.path.join(ROOT, "playbooks", "executors.yml")
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("wheelhouse"))
-    # build from a copy of what the wheel is made of: setuptools would write build/ into the checkout
-    source = str(tmp_path_factory.mktemp("source"))
-    for name in ("pyproject.toml", "docs/executor.md", "executor/natsops_executor", "plugins/module_utils/wire"):
-        if os.path.isdir(os.path.join(ROOT, name)):
-            shutil.copytree(os.path.join(ROOT, name), os.path.join(source, name), ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            os.makedirs(os.path.dirname(os.path.join(source, name)), exist_ok=True)
-            shutil.copy(os.path.join(ROOT, name), os.path.join(source, name))
-    pip = [devenv.tool("python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["wheel", "-w", path, source], check=True, timeout=900)
-    subprocess.run(pip + ["download", "-d", path, "pip"], check=True, timeout=300)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,36 +33,24 @@ def fleet(lab, wheelhouse, tmp_path_factory):
     inventory = scratch / "inventory.json"
 
     def write(zone_instances=("管理网",), max_jobs=32):
-        data = {"all": {
-            "vars": {"ansible_user": "root", "ansible_ssh_private_key_file": lab.info["ssh_private_key_file"],
-                     "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=%s -o IdentitiesOnly=yes"
-                                                % lab.info["known_hosts"],
-                     "ansible_python_interpreter": "/usr/bin/python3"},
-            "children": {"executors": {
-                "vars": {"executor_servers": [server.url], "executor_wheelhouse": wheelhouse, "executor_max_jobs": max_jobs},
-                "hosts": {
-                    zone_gw["name"]: {"ansible_host": zone_gw["addresses"]["mgmt"], "executor_instances": list(zone_instances),
-                                      "executor_ssh_identities": {"default": lab.info["ssh_private_key_file"]},
-                                      "executor_ssh_known_hosts": lab.known_hosts(zone_hosts).splitlines()},
-                    agent["name"]: {"ansible_host": agent["addresses"]["mgmt"], "executor_instances": ["业务网"],
-                                    "executor_bklite_compat": True, "executor_sandbox": False}}}}}}
-        inventory.write_text(json.dumps(data, ensure_ascii=False))
-        return str(inventory)
+        return fleetkit.write_inventory(lab, inventory, {"executors": {
+            "vars": {"executor_servers": [server.url], "executor_wheelhouse": wheelhouse, "executor_max_jobs": max_jobs},
+            "hosts": {
+                zone_gw["name"]: {"ansible_host": zone_gw["addresses"]["mgmt"], "executor_instances": list(zone_instances),
+                                  "executor_ssh_identities": {"default": lab.info["ssh_private_key_file"]},
+                                  "executor_ssh_known_hosts": lab.known_hosts(zone_hosts).splitlines()},
+                agent["name"]: {"ansible_host": agent["addresses"]["mgmt"], "executor_instances": ["业务网"],
+                                "executor_bklite_compat": True, "executor_sandbox": False}}}})
 
     try:
         yield {"nats": server, "zone_gw": zone_gw, "agent": agent, "zone_hosts": zone_hosts, "write": write}
     finally:
-        for host in (zone_gw, agent):
-            lab.ssh(host["name"], "systemctl disable --now natsops-executor 2>/dev/null; "
-                                  "rm -f /etc/systemd/system/natsops-executor.service; systemctl daemon-reload")
+        fleetkit.remove_units(lab, (zone_gw, agent), "natsops-executor")
         server.stop()
 
 
 def _play(inventory, *extra):
-    result = subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, PLAYBOOK] + list(extra), env=devenv.ansible_env(),
-                            capture_output=True, text=True, timeout=900, check=False)
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    return [int(c) for c in re.findall(r"changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)]
+    return fleetkit.changed(fleetkit.play("executors.yml", inventory, *extra))
 
 
 def _client(fleet, instance, target=None):

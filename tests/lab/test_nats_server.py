@@ -8,8 +8,6 @@ import asyncio
 import hashlib
 import json
 import os
-import re
-import subprocess
 import sys
 import tarfile
 
@@ -21,37 +19,24 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import devenv  # noqa: E402  pylint: disable=wrong-import-position
+import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.lab(hosts=4)
 
-PLAYBOOK = os.path.join(ROOT, "playbooks", "nats_cluster.yml")
 VERSION = "2.15.1"
 
 
 def _inventory(lab, path, hosts, **group_vars):
-    data = {"all": {
-        "vars": {"ansible_user": "root", "ansible_ssh_private_key_file": lab.info["ssh_private_key_file"],
-                 "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=%s -o IdentitiesOnly=yes"
-                                            % lab.info["known_hosts"],
-                 "ansible_python_interpreter": "/usr/bin/python3"},
-        "children": {"nats_servers": {"vars": group_vars,
-                                      "hosts": dict((h["name"], {"ansible_host": h["addresses"]["mgmt"]}) for h in hosts)}}}}
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    return path
+    group_vars.setdefault("nats_server_allow_anonymous", True)
+    return fleetkit.write_inventory(lab, path, {"nats_servers": {
+        "vars": group_vars, "hosts": dict((h["name"], {"ansible_host": h["addresses"]["mgmt"]}) for h in hosts)}})
 
 
 def _play(inventory, *extra):
-    return subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, PLAYBOOK] + list(extra), env=devenv.ansible_env(),
-                          capture_output=True, text=True, timeout=900, check=False)
+    return fleetkit.play("nats_cluster.yml", inventory, *extra)
 
 
-def _recap(result, changed):
-    """The play succeeded; changed=0 on every host, or (changed=1) a change somewhere."""
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    counts = [int(c) for c in re.findall(r"changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)]
-    assert counts, result.stdout[-4000:]
-    assert (max(counts) == 0) if changed == 0 else (max(counts) > 0), result.stdout[-4000:]
+_recap = fleetkit.recap
 
 
 def _main_pid(lab, host):
@@ -69,9 +54,7 @@ def hosts(lab):
     chosen = [h for h in lab.hosts if "mgmt" in h["addresses"] and h["role"] != "executor"][:3]
     assert len(chosen) == 3
     yield chosen
-    for host in chosen:
-        lab.ssh(host["name"], "systemctl disable --now nats-server 2>/dev/null; rm -f /etc/systemd/system/nats-server.service;"
-                              " systemctl daemon-reload")
+    fleetkit.remove_units(lab, chosen, "nats-server")
 
 
 def test_single_server_from_an_archive(lab, hosts, tmp_path):
@@ -117,34 +100,7 @@ def test_single_server_from_an_archive(lab, hosts, tmp_path):
     assert _main_pid(lab, host) != pid and _varz(lab, host)["port"] == 4223
 
 
-def _tls_files(directory, addresses, serial):
-    """A CA and a server certificate for ``addresses`` (IP SANs), as PEM files; returns (ca, cert, key) paths."""
-    import datetime  # pylint: disable=import-outside-toplevel
-    import ipaddress  # pylint: disable=import-outside-toplevel
-    from cryptography import x509  # pylint: disable=import-outside-toplevel
-    from cryptography.hazmat.primitives import hashes, serialization  # pylint: disable=import-outside-toplevel
-    from cryptography.hazmat.primitives.asymmetric import ec  # pylint: disable=import-outside-toplevel
-    from cryptography.x509.oid import NameOID  # pylint: disable=import-outside-toplevel
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "natsops lab CA %d" % serial)])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(serial).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, addresses[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(serial + 1).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = [os.path.join(directory, name) for name in ("ca.pem", "cert.pem", "key.pem")]
-    for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM), cert.public_bytes(serialization.Encoding.PEM),
-                                  key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))):
-        with open(path, "wb") as handle:
-            handle.write(data)
-    return paths
+_tls_files = fleetkit.tls_files
 
 
 def test_tls_for_clients_and_certificate_rotation_by_reload(lab, hosts, tmp_path):

@@ -11,7 +11,8 @@ Roles:
 - ``controller``: calls executors (every operation, every instance id), discovers them, uses JetStream
   (Object Store uploads for executor_transfer, the NATS resource modules) and reads probe heartbeats.
 - ``executor``: serves only its instance ids (and BK-Lite's subjects for them with ``bklite``), answers
-  discovery, replies to callers, reads the Object Store buckets it places files from. It subscribes to
+  discovery, replies to callers, reads the Object Store buckets it places files from, and may ask which
+  executors are online (``$SRV.INFO.natsops-executor``, read-only; the executor role's check uses it). It subscribes to
   no inbox but its own (``inbox_prefix``), so it cannot read other parties' replies or uploads.
 - ``probe``: an agent on one host: serves that host's instance id and publishes only its own heartbeats.
 - ``admin``: everything (no permissions block).
@@ -96,6 +97,10 @@ def permissions(role, namespace=DEFAULT_NAMESPACE, instances=(), inbox_prefix=No
             raise WireError(E_BAD_REQUEST, "bucket name %r is invalid" % (bucket,))
     subscribe = _serve(namespace, instances, bklite and role == "executor") + ["%s.>" % inbox]
     publish = ["_INBOX.>"] + _object_store_reads(buckets if role == "executor" else [])
+    if role == "executor":
+        # discovery of natsops executors (read-only): the executor role checks with the executor's identity
+        # that it serves exactly its instance ids
+        publish.append("$SRV.INFO.%s" % SERVICE_NAME)
     if role == "probe":
         publish.append(probe_heartbeat_subject(namespace, instances[0]))
     return {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": _unique(subscribe)}, "allow_responses": True}

@@ -1,0 +1,220 @@
+# Copyright: natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""playbooks/site.yml on real systemd hosts, secured: a NATS server with TLS and users whose permissions follow
+the fleet's least-privilege model, executors in two zones (管理网 over SSH, default on its own host) that
+connect with their own identities; idempotent, check mode clean, user changes applied with a reload, the
+permission model enforced, an open server refused; then the same server in operator (JWT) mode."""
+
+import asyncio
+import os
+import ssl
+import sys
+
+import nats
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+import devenv  # noqa: E402  pylint: disable=wrong-import-position
+import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
+
+pytestmark = pytest.mark.lab(hosts=4, zone_hosts=2)
+
+PASSWORDS = {"controller": "Ctl-lab-1", "exec-mgmt": "Mgmt-lab-2", "exec-default": "Dflt-lab-3", "probe-1": "Probe-lab-4",
+             "ops": "Ops-lab-5"}
+
+
+@pytest.fixture(scope="module")
+def site(lab, wheelhouse, tmp_path_factory):
+    scratch = tmp_path_factory.mktemp("site")
+    candidates = [h for h in lab.hosts if "mgmt" in h["addresses"] and h["role"] != "executor"]
+    nats_host, agent = candidates[0], candidates[-1]
+    zone_gw = lab.host(lab.info["executor_hosts"][0])
+    zone_hosts = [h for h in lab.hosts if h["networks"] == ["zone"]][:2]
+    address = nats_host["addresses"]["mgmt"]
+    ca, cert, key = fleetkit.tls_files(str(scratch), [address], 700)
+    url = "tls://%s:4222" % address
+
+    def users(extra=()):
+        return [{"name": "controller", "role": "controller", "password": PASSWORDS["controller"]},
+                {"name": "exec-mgmt", "role": "executor", "instances": ["管理网"], "password": PASSWORDS["exec-mgmt"]},
+                {"name": "exec-default", "role": "executor", "instances": ["default"], "password": PASSWORDS["exec-default"]},
+                {"name": "probe-1", "role": "probe", "instances": [agent["name"]], "password": PASSWORDS["probe-1"]}] + list(extra)
+
+    def write(name="site.json", nats_vars=None, extra_users=()):
+        group_vars = {"nats_server_install_method": "local", "nats_server_local_file": devenv.tool("nats-server"),
+                      "nats_server_tls_cert_file": cert, "nats_server_tls_key_file": key, "nats_server_tls_ca_file": ca,
+                      "nats_server_users": users(extra_users)}
+        group_vars.update(nats_vars or {})
+        return fleetkit.write_inventory(lab, scratch / name, {
+            "nats_servers": {"vars": group_vars, "hosts": {nats_host["name"]: {"ansible_host": address}}},
+            "executors": {
+                "vars": {"executor_servers": [url], "executor_wheelhouse": wheelhouse, "executor_nats_ca_file": ca},
+                "hosts": {
+                    zone_gw["name"]: {"ansible_host": zone_gw["addresses"]["mgmt"], "executor_instances": ["管理网"],
+                                      "executor_nats_user": "exec-mgmt", "executor_nats_password": PASSWORDS["exec-mgmt"],
+                                      "executor_ssh_identities": {"default": lab.info["ssh_private_key_file"]},
+                                      "executor_ssh_known_hosts": lab.known_hosts(zone_hosts).splitlines()},
+                    agent["name"]: {"ansible_host": agent["addresses"]["mgmt"], "executor_instances": ["default"],
+                                    "executor_nats_user": "exec-default",
+                                    "executor_nats_password": PASSWORDS["exec-default"]}}}})
+
+    try:
+        yield {"nats_host": nats_host, "agent": agent, "zone_gw": zone_gw, "zone_hosts": zone_hosts, "url": url, "ca": ca,
+               "write": write, "scratch": scratch}
+    finally:
+        fleetkit.remove_units(lab, (zone_gw, agent), "natsops-executor")
+        fleetkit.remove_units(lab, (nats_host,), "nats-server")
+
+
+def _client(site, instance, target=None):
+    from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    return ExecutorClient({"servers": [site["url"]], "ca": site["ca"], "user": "controller",
+                           "password": PASSWORDS["controller"]}, instance, target=target).connect()
+
+
+async def _violations(site, name, actions):
+    errors = []
+
+    async def on_error(exc):
+        errors.append(str(exc))
+
+    nc = await nats.connect(site["url"], tls=ssl.create_default_context(cafile=site["ca"]), user=name,
+                            password=PASSWORDS[name], inbox_prefix="_INBOX." + name, error_cb=on_error,
+                            allow_reconnect=False, connect_timeout=5)
+    try:
+        await actions(nc)
+        await nc.flush(timeout=5)
+        await asyncio.sleep(0.3)
+    finally:
+        await nc.close()
+    return [e for e in errors if "permissions violation" in e.lower()]
+
+
+def _nats_pid(lab, site):
+    return lab.ssh(site["nats_host"]["name"], "systemctl show -p MainPID --value nats-server").stdout.strip()
+
+
+def test_site_with_tls_users_and_executors_in_two_zones(lab, site):
+    inventory = site["write"]()
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changes=1)
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changes=0)
+    fleetkit.recap(fleetkit.play("site.yml", inventory, "--check"), changes=0)
+    conf = lab.ssh(site["nats_host"]["name"], "cat /etc/nats-server/nats-server.conf").stdout
+    assert "$2b$11$" in conf and not any(secret in conf for secret in PASSWORDS.values())
+    executor_conf = lab.ssh(site["zone_gw"]["name"], "cat /etc/natsops/executor.yml").stdout
+    assert 'inbox_prefix: "_INBOX.exec-mgmt"' in executor_conf
+
+    zone_host = site["zone_hosts"][0]
+    client = _client(site, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})
+    try:
+        assert client.exec_command(command="hostname")[1].decode().strip() == zone_host["name"]
+    finally:
+        client.close()
+    client = _client(site, "default")
+    try:
+        assert client.exec_command(command="hostname")[1].decode().strip() == site["agent"]["name"]
+    finally:
+        client.close()
+
+
+def test_the_permission_model_is_enforced(site):
+    async def call_other_zone(nc):
+        await nc.publish("natsops.exec.管理网", b"{}")
+        await nc.subscribe("natsops.exec.管理网", queue="natsops-executors")
+        await nc.subscribe("_INBOX.>")
+
+    assert len(asyncio.run(_violations(site, "exec-default", call_other_zone))) == 3
+
+    async def probe_calls_an_executor(nc):
+        await nc.publish("natsops.exec.default", b"{}")
+        await nc.publish("natsops.probe.heartbeat.%s" % site["agent"]["name"], b"{}")  # its own heartbeat: allowed
+
+    found = asyncio.run(_violations(site, "probe-1", probe_calls_an_executor))
+    assert len(found) == 1 and "natsops.exec.default" in found[0], found
+
+    async def anonymous():
+        await nats.connect(site["url"], tls=ssl.create_default_context(cafile=site["ca"]), allow_reconnect=False,
+                           max_reconnect_attempts=0, connect_timeout=5)
+
+    with pytest.raises(Exception) as refused:
+        asyncio.run(anonymous())
+    assert "authorization" in str(refused.value).lower()
+
+
+def test_a_new_user_is_a_reload_and_an_open_server_is_refused(lab, site):
+    pid = _nats_pid(lab, site)
+    inventory = site["write"]("more.json", extra_users=[{"name": "ops", "role": "admin", "password": PASSWORDS["ops"]}])
+    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changes=1)
+    assert _nats_pid(lab, site) == pid
+
+    async def ops_may_use_jetstream():
+        nc = await nats.connect(site["url"], tls=ssl.create_default_context(cafile=site["ca"]), user="ops",
+                                password=PASSWORDS["ops"], connect_timeout=5, allow_reconnect=False)
+        try:
+            return (await nc.jetstream().account_info()) is not None
+        finally:
+            await nc.close()
+
+    assert asyncio.run(ops_may_use_jetstream())
+    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changes=0)
+
+    before = lab.ssh(site["nats_host"]["name"], "sha256sum /etc/nats-server/nats-server.conf").stdout
+    open_server = site["write"]("open.json", nats_vars={"nats_server_users": []})
+    result = fleetkit.play("nats_cluster.yml", open_server)
+    assert result.returncode != 0 and "nats_server_allow_anonymous" in result.stdout, result.stdout[-3000:]
+    assert lab.ssh(site["nats_host"]["name"], "sha256sum /etc/nats-server/nats-server.conf").stdout == before
+
+
+def test_operator_mode_with_jwt_credentials(lab, site):
+    import natsauth  # pylint: disable=import-outside-toplevel
+    from nats_jwt.nkeys_ext import create_account_pair, create_user_pair  # pylint: disable=import-outside-toplevel
+    from nats_jwt.v2.account_claims import AccountClaims  # pylint: disable=import-outside-toplevel
+    from nats_jwt.v2.snippets import init_new_operator  # pylint: disable=import-outside-toplevel
+    from nats_jwt.v2.user_claims import UserClaims  # pylint: disable=import-outside-toplevel
+
+    scratch = str(site["scratch"])
+    operator, operator_jwt = init_new_operator("natsops-lab")
+    system = create_account_pair()
+    fleet = create_account_pair()
+    fleet_claims = AccountClaims(fleet.public_key.decode(), "FLEET")
+    fleet_claims.nats.limits.memory_storage = 64 * 1024 * 1024  # JetStream for the account
+    fleet_claims.nats.limits.disk_storage = 256 * 1024 * 1024
+    preload = {system.public_key.decode(): AccountClaims(system.public_key.decode(), "SYS").encode(operator),
+               fleet.public_key.decode(): fleet_claims.encode(operator)}
+    user = create_user_pair()
+    claims = UserClaims(sub=user.public_key.decode(), name="controller")
+    claims.nats.issuer_account = fleet.public_key.decode()
+    creds = natsauth.write(os.path.join(scratch, "controller.creds"), natsauth._creds(  # pylint: disable=protected-access
+        claims.encode(fleet), user.seed.decode()))
+    operator_file = natsauth.write(os.path.join(scratch, "operator.jwt"), operator_jwt + "\n")
+    inventory = site["write"]("operator.json", nats_vars={
+        "nats_server_users": [], "nats_server_operator_jwt_file": operator_file,
+        "nats_server_system_account": system.public_key.decode(), "nats_server_resolver_preload": preload})
+    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changes=1)
+    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changes=0)
+
+    async def with_creds():
+        nc = await nats.connect(site["url"], tls=ssl.create_default_context(cafile=site["ca"]), user_credentials=creds,
+                                connect_timeout=5, allow_reconnect=False)
+        try:
+            js = nc.jetstream()  # JetStream works for the account the operator signed
+            await js.add_stream(name="LAB", subjects=["lab.>"], max_bytes=1024 * 1024)
+            await js.publish("lab.one", b"1")
+            return (await js.stream_info("LAB")).state.messages
+        finally:
+            await nc.close()
+
+    assert asyncio.run(with_creds()) == 1
+
+    async def with_a_password():
+        await nats.connect(site["url"], tls=ssl.create_default_context(cafile=site["ca"]), user="controller",
+                           password=PASSWORDS["controller"], allow_reconnect=False, max_reconnect_attempts=0,
+                           connect_timeout=5)
+
+    with pytest.raises(Exception):
+        asyncio.run(with_a_password())
