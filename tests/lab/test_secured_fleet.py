@@ -6,6 +6,7 @@ connect with their own identities; idempotent, check mode clean, user changes ap
 permission model enforced, an open server refused; then the same server in operator (JWT) mode."""
 
 import asyncio
+import json
 import os
 import ssl
 import sys
@@ -25,7 +26,7 @@ import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
 pytestmark = pytest.mark.lab(hosts=4, zone_hosts=2)
 
 PASSWORDS = {"controller": "Ctl-lab-1", "exec-mgmt": "Mgmt-lab-2", "exec-default": "Dflt-lab-3", "probe-1": "Probe-lab-4",
-             "ops": "Ops-lab-5"}
+             "ops": "Ops-lab-5", "leaf-mgmt": "Leaf-lab-6"}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,10 @@ def site(lab, wheelhouse, tmp_path_factory):
     address = nats_host["addresses"]["mgmt"]
     ca, cert, key = fleetkit.tls_files(str(scratch), [address], 700)
     url = "tls://%s:4222" % address
+    # a JetStream store left by another test (or by the operator-mode test below) holds accounts this one does
+    # not know, and /healthz would say so
+    wipe = "systemctl stop nats-server 2>/dev/null; rm -rf /var/lib/nats-server/jetstream"
+    lab.ssh(nats_host["name"], wipe)
 
     def users(extra=()):
         return [{"name": "controller", "role": "controller", "password": PASSWORDS["controller"]},
@@ -45,20 +50,32 @@ def site(lab, wheelhouse, tmp_path_factory):
                 {"name": "exec-default", "role": "executor", "instances": ["default"], "password": PASSWORDS["exec-default"]},
                 {"name": "probe-1", "role": "probe", "instances": [agent["name"]], "password": PASSWORDS["probe-1"]}] + list(extra)
 
-    def write(name="site.json", nats_vars=None, extra_users=()):
+    def write(name="site.json", nats_vars=None, extra_users=(), leaf=False):
         group_vars = {"nats_server_install_method": "local", "nats_server_local_file": devenv.tool("nats-server"),
                       "nats_server_tls_cert_file": cert, "nats_server_tls_key_file": key, "nats_server_tls_ca_file": ca,
                       "nats_server_users": users(extra_users)}
         group_vars.update(nats_vars or {})
+        servers = {nats_host["name"]: {"ansible_host": address}}
+        gateway = {}
+        if leaf:
+            # the zone's own NATS server on its gateway, a leaf node of the central one; the executor uses it
+            servers[nats_host["name"]]["nats_server_leafnodes_port"] = 7422
+            servers[zone_gw["name"]] = {
+                "ansible_host": zone_gw["addresses"]["mgmt"], "nats_server_jetstream": False,
+                "nats_server_tls_cert_file": "", "nats_server_tls_key_file": "", "nats_server_listen_address": "127.0.0.1",
+                "nats_server_users": [u for u in users() if u["name"] == "exec-mgmt"],
+                "nats_server_leafnode_remotes": [{"urls": ["tls://%s:7422" % address], "user": "leaf-mgmt",
+                                                  "password": PASSWORDS["leaf-mgmt"], "tls": True}]}
+            gateway = {"executor_servers": ["nats://127.0.0.1:4222"], "executor_nats_ca_file": ""}
         return fleetkit.write_inventory(lab, scratch / name, {
-            "nats_servers": {"vars": group_vars, "hosts": {nats_host["name"]: {"ansible_host": address}}},
+            "nats_servers": {"vars": group_vars, "hosts": servers},
             "executors": {
                 "vars": {"executor_servers": [url], "executor_wheelhouse": wheelhouse, "executor_nats_ca_file": ca},
                 "hosts": {
                     zone_gw["name"]: {"ansible_host": zone_gw["addresses"]["mgmt"], "executor_instances": ["管理网"],
                                       "executor_nats_user": "exec-mgmt", "executor_nats_password": PASSWORDS["exec-mgmt"],
                                       "executor_ssh_identities": {"default": lab.info["ssh_private_key_file"]},
-                                      "executor_ssh_known_hosts": lab.known_hosts(zone_hosts).splitlines()},
+                                      "executor_ssh_known_hosts": lab.known_hosts(zone_hosts).splitlines(), **gateway},
                     agent["name"]: {"ansible_host": agent["addresses"]["mgmt"], "executor_instances": ["default"],
                                     "executor_nats_user": "exec-default",
                                     "executor_nats_password": PASSWORDS["exec-default"]}}}})
@@ -68,7 +85,8 @@ def site(lab, wheelhouse, tmp_path_factory):
                "write": write, "scratch": scratch}
     finally:
         fleetkit.remove_units(lab, (zone_gw, agent), "natsops-executor")
-        fleetkit.remove_units(lab, (nats_host,), "nats-server")
+        fleetkit.remove_units(lab, (nats_host, zone_gw), "nats-server")
+        lab.ssh(nats_host["name"], wipe)
 
 
 def _client(site, instance, target=None):
@@ -168,6 +186,23 @@ def test_a_new_user_is_a_reload_and_an_open_server_is_refused(lab, site):
     result = fleetkit.play("nats_cluster.yml", open_server)
     assert result.returncode != 0 and "nats_server_allow_anonymous" in result.stdout, result.stdout[-3000:]
     assert lab.ssh(site["nats_host"]["name"], "sha256sum /etc/nats-server/nats-server.conf").stdout == before
+
+
+def test_a_zone_behind_a_leaf_node(lab, site):
+    leaf_user = [{"name": "leaf-mgmt", "role": "admin", "password": PASSWORDS["leaf-mgmt"]}]
+    inventory = site["write"]("leaf.json", extra_users=leaf_user, leaf=True)
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changes=1)
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changes=0)
+    # the controller still talks to the central server only; the zone's executor sits behind the leaf node
+    zone_host = site["zone_hosts"][1]
+    client = _client(site, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})
+    try:
+        assert client.exec_command(command="hostname")[1].decode().strip() == zone_host["name"]
+    finally:
+        client.close()
+    leafz = lab.ssh(site["nats_host"]["name"], "python3 -c \"import urllib.request; print(urllib.request.urlopen("
+                                               "'http://127.0.0.1:8222/leafz').read().decode())\"").stdout
+    assert json.loads(leafz)["leafnodes"] == 1, leafz[-2000:]
 
 
 def test_operator_mode_with_jwt_credentials(lab, site):
