@@ -41,7 +41,7 @@ def play(playbook, inventory, *extra):
                           env=devenv.ansible_env(), capture_output=True, text=True, timeout=900, check=False)
 
 
-def changed(result):
+def changed_counts(result):
     """The play succeeded: the changed= counts of its recap (one per host)."""
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     counts = [int(c) for c in re.findall(r"changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)]
@@ -49,10 +49,10 @@ def changed(result):
     return counts
 
 
-def recap(result, changes):
-    """The play succeeded with changed=0 on every host (changes=0), or a change somewhere (changes=1)."""
-    counts = changed(result)
-    assert (max(counts) == 0) if changes == 0 else (max(counts) > 0), result.stdout[-4000:]
+def recap(result, changed):
+    """The play succeeded with changed=0 on every host (changed=0), or a change somewhere (changed=1)."""
+    counts = changed_counts(result)
+    assert (max(counts) == 0) if changed == 0 else (max(counts) > 0), result.stdout[-4000:]
 
 
 def tls_files(directory, addresses, serial):

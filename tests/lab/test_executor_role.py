@@ -50,7 +50,7 @@ def fleet(lab, wheelhouse, tmp_path_factory):
 
 
 def _play(inventory, *extra):
-    return fleetkit.changed(fleetkit.play("executors.yml", inventory, *extra))
+    return fleetkit.changed_counts(fleetkit.play("executors.yml", inventory, *extra))
 
 
 def _client(fleet, instance, target=None):

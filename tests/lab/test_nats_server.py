@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tarfile
 
@@ -101,6 +102,45 @@ def test_single_server_from_an_archive(lab, hosts, tmp_path):
 
 
 _tls_files = fleetkit.tls_files
+
+
+def test_os_package_from_a_local_repository(lab, hosts, tmp_path):
+    """install_method package: Debian's nats-server, from a local apt repository (the lab hosts reach no mirror)."""
+    import labctl  # pylint: disable=import-outside-toplevel
+    # the package, and python3-apt (with what it needs) that Ansible's apt module uses
+    wanted = ["nats-server", "python3-apt", "python-apt-common", "distro-info-data", "iso-codes", "lsb-release"]
+    download = subprocess.run(["apt-get", "download"] + wanted, cwd=str(tmp_path), capture_output=True, text=True,
+                              timeout=300, check=False)
+    debs = sorted(tmp_path.glob("*.deb"))
+    if download.returncode != 0 or len(debs) != len(wanted):
+        pytest.skip("apt-get download %s failed on this machine: %s" % (" ".join(wanted), download.stderr[-500:]))
+    packages = ""
+    host = hosts[1]
+    repo = "/var/local/natsops-apt"
+    for deb in debs:
+        fields = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True, check=True).stdout.strip()
+        data = deb.read_bytes()
+        packages += "%s\nFilename: ./%s\nSize: %d\nSHA256: %s\n\n" % (fields, deb.name, len(data), hashlib.sha256(data).hexdigest())
+        subprocess.run(labctl._ssh_argv(host["name"]) + ["mkdir -p %s && cat > %s/%s" % (repo, repo, deb.name)],  # pylint: disable=protected-access
+                       input=data, check=True, timeout=120)
+    version = next(d.name.split("_")[1].split("-")[0] for d in debs if d.name.startswith("nats-server_"))
+    prepared = lab.ssh(host["name"], "cat > %s/Packages && echo 'deb [trusted=yes] file:%s ./' > /etc/apt/sources.list.d/natsops-local.list"
+                                     " && apt-get update -q -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/natsops-local.list"
+                                     " -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 && apt-get install -y -q python3-apt"
+                                     % (repo, repo), input_text=packages, timeout=300)
+    assert prepared.returncode == 0, prepared.stdout[-2000:] + prepared.stderr[-2000:]
+    inventory = _inventory(lab, str(tmp_path / "package.json"), [host], nats_server_install_method="package")
+    try:
+        _recap(_play(inventory), changed=1)
+        _recap(_play(inventory), changed=0)
+        state = lab.ssh(host["name"], "dpkg-query -W -f '${Status}\\n' nats-server; systemctl is-active nats-server; "
+                                      "systemctl show -p ExecStart --value nats-server").stdout
+        assert "install ok installed" in state and "active" in state and "/usr/sbin/nats-server -c /etc/nats-server/nats-server.conf" in state, state
+        assert _varz(lab, host)["version"] == version
+    finally:
+        fleetkit.remove_units(lab, [host], "nats-server")
+        lab.ssh(host["name"], "apt-get purge -y -q nats-server >/dev/null; rm -rf %s /etc/apt/sources.list.d/natsops-local.list"
+                              % repo, timeout=300)
 
 
 def test_tls_for_clients_and_certificate_rotation_by_reload(lab, hosts, tmp_path):

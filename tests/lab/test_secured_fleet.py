@@ -119,9 +119,9 @@ def _nats_pid(lab, site):
 
 def test_site_with_tls_users_and_executors_in_two_zones(lab, site):
     inventory = site["write"]()
-    fleetkit.recap(fleetkit.play("site.yml", inventory), changes=1)
-    fleetkit.recap(fleetkit.play("site.yml", inventory), changes=0)
-    fleetkit.recap(fleetkit.play("site.yml", inventory, "--check"), changes=0)
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changed=1)
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changed=0)
+    fleetkit.recap(fleetkit.play("site.yml", inventory, "--check"), changed=0)
     conf = lab.ssh(site["nats_host"]["name"], "cat /etc/nats-server/nats-server.conf").stdout
     assert "$2b$11$" in conf and not any(secret in conf for secret in PASSWORDS.values())
     executor_conf = lab.ssh(site["zone_gw"]["name"], "cat /etc/natsops/executor.yml").stdout
@@ -167,7 +167,7 @@ def test_the_permission_model_is_enforced(site):
 def test_a_new_user_is_a_reload_and_an_open_server_is_refused(lab, site):
     pid = _nats_pid(lab, site)
     inventory = site["write"]("more.json", extra_users=[{"name": "ops", "role": "admin", "password": PASSWORDS["ops"]}])
-    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changes=1)
+    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changed=1)
     assert _nats_pid(lab, site) == pid
 
     async def ops_may_use_jetstream():
@@ -179,7 +179,7 @@ def test_a_new_user_is_a_reload_and_an_open_server_is_refused(lab, site):
             await nc.close()
 
     assert asyncio.run(ops_may_use_jetstream())
-    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changes=0)
+    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changed=0)
 
     before = lab.ssh(site["nats_host"]["name"], "sha256sum /etc/nats-server/nats-server.conf").stdout
     open_server = site["write"]("open.json", nats_vars={"nats_server_users": []})
@@ -191,8 +191,8 @@ def test_a_new_user_is_a_reload_and_an_open_server_is_refused(lab, site):
 def test_a_zone_behind_a_leaf_node(lab, site):
     leaf_user = [{"name": "leaf-mgmt", "role": "admin", "password": PASSWORDS["leaf-mgmt"]}]
     inventory = site["write"]("leaf.json", extra_users=leaf_user, leaf=True)
-    fleetkit.recap(fleetkit.play("site.yml", inventory), changes=1)
-    fleetkit.recap(fleetkit.play("site.yml", inventory), changes=0)
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changed=1)
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changed=0)
     # the controller still talks to the central server only; the zone's executor sits behind the leaf node
     zone_host = site["zone_hosts"][1]
     client = _client(site, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})
@@ -230,8 +230,8 @@ def test_operator_mode_with_jwt_credentials(lab, site):
     inventory = site["write"]("operator.json", nats_vars={
         "nats_server_users": [], "nats_server_operator_jwt_file": operator_file,
         "nats_server_system_account": system.public_key.decode(), "nats_server_resolver_preload": preload})
-    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changes=1)
-    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changes=0)
+    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changed=1)
+    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changed=0)
 
     async def with_creds():
         nc = await nats.connect(site["url"], tls=ssl.create_default_context(cafile=site["ca"]), user_credentials=creds,
