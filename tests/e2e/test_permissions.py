@@ -169,3 +169,60 @@ def test_a_probe_identity_only_publishes_its_heartbeats(secured):
     for subject in ("natsops.probe.heartbeat.web2", "natsops.exec.default", "natsops.exec.web1"):
         assert any(subject in e for e in found), (subject, found)
     assert len(found) == 4, found
+
+
+def _server_for(**kwargs):
+    blocks = nats_authorization(kwargs.pop("identities", []), **kwargs)
+    return devenv.NatsServer(extra_config="".join("%s: %s\n" % (k, json.dumps(v, ensure_ascii=False))
+                                                  for k, v in sorted(blocks.items())))
+
+
+def test_accounts_keep_their_subjects_and_jetstream_apart():
+    server = _server_for(identities=[
+        {"name": "controller", "role": "controller", "password": "ctl", "account": "FLEET"},
+        {"name": "other", "role": "admin", "password": "oth", "account": "OTHER"}],
+        accounts={"FLEET": {"jetstream": True}, "OTHER": {}})
+
+    async def scenario():
+        fleet = await nats.connect(server.url, user="controller", password="ctl", connect_timeout=5)
+        other = await nats.connect(server.url, user="other", password="oth", connect_timeout=5)
+        try:
+            seen = []
+
+            async def on_msg(msg):
+                seen.append(msg.data)
+
+            await fleet.subscribe("natsops.probe.heartbeat.h1", cb=on_msg)
+            await fleet.flush()
+            await other.publish("natsops.probe.heartbeat.h1", b"from another account")
+            await other.flush()
+            await asyncio.sleep(0.3)
+            js = fleet.jetstream()
+            await js.add_stream(name="FLEETSTREAM", subjects=["natsops.probe.heartbeat.*"], max_bytes=1024 * 1024)
+            with pytest.raises(Exception):  # no JetStream in OTHER
+                await other.jetstream().account_info()
+            return seen
+        finally:
+            await fleet.close()
+            await other.close()
+
+    try:
+        assert asyncio.run(scenario()) == []
+    finally:
+        server.stop()
+
+
+def test_a_token_server():
+    server = _server_for(token="tok-Zz-42")
+
+    async def connect(token):
+        nc = await nats.connect(server.url, token=token, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=0)
+        await nc.close()
+
+    try:
+        asyncio.run(connect("tok-Zz-42"))
+        with pytest.raises(Exception):
+            asyncio.run(connect("wrong"))
+        assert "tok-Zz-42" not in open(server.config, encoding="utf-8").read()
+    finally:
+        server.stop()
