@@ -76,8 +76,8 @@ def permissions(role, namespace=DEFAULT_NAMESPACE, instances=(), inbox_prefix=No
     inbox = validate_inbox_prefix(inbox_prefix or DEFAULT_INBOX_PREFIX) if role != "controller" else None
     instances = [validate_instance_id(i, allow_all=(role == "executor")) for i in (instances or [])]
     if role == "controller":
-        publish = ["%s.%s.*" % (namespace, op) for op in OPERATIONS] + ["$SRV.>", "_INBOX.>", "$JS.API.>", "$JS.ACK.>",
-                                                                       "$JS.FC.>", "$O.>", "$KV.>"]
+        jetstream = ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$O.>", "$KV.>"]
+        publish = ["%s.%s.*" % (namespace, op) for op in OPERATIONS] + ["$SRV.>", "_INBOX.>"] + jetstream
         if bklite:
             publish += ["%s.*" % method for method in BKLITE_METHODS]
         # the controller may read every inbox (it may run anything anyway), so callers need no inbox prefix
