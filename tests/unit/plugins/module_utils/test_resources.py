@@ -1,0 +1,38 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Sizes and durations as users write them in the NATS resource modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, changes, duration_ns, size_bytes
+
+
+@pytest.mark.parametrize("text, ns", [("0", 0), (90, 90 * 10**9), ("1.5", 1_500_000_000), ("90s", 90 * 10**9),
+                                      ("2m30s", 150 * 10**9), ("24h", 86400 * 10**9), ("7d", 7 * 86400 * 10**9),
+                                      ("250ms", 250_000_000), (None, None)])
+def test_durations(text, ns):
+    assert duration_ns(text, "max_age") == ns
+
+
+@pytest.mark.parametrize("text", ["a week", "5 min", "1h-2m", "h"])
+def test_bad_durations_name_the_option(text):
+    with pytest.raises(ResourceError) as caught:
+        duration_ns(text, "max_age")
+    assert "max_age" in caught.value.message and "not a duration" in caught.value.message
+
+
+@pytest.mark.parametrize("text, size", [("-1", -1), ("1024", 1024), ("64MB", 64 * 1024 * 1024), ("10G", 10 * 1024**3), (None, None)])
+def test_sizes(text, size):
+    assert size_bytes(text, "max_bytes") == size
+
+
+def test_bad_size():
+    with pytest.raises(ResourceError) as caught:
+        size_bytes("lots", "max_bytes")
+    assert "max_bytes" in caught.value.message
+
+
+def test_changes_ignore_unmanaged_settings():
+    assert changes({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": None}) == ["b"]
