@@ -7,6 +7,7 @@ as clear failures, sizes and durations as users write them, and before/after com
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 from ansible.module_utils.common.text.formatters import human_to_bytes
@@ -104,6 +105,26 @@ def run(module, work):
         return asyncio.run(main())
     except ResourceError as exc:
         module.fail_json(msg=exc.message, **exc.details)
+
+
+def message_options():
+    """The options of a module that sends one message (publish, request)."""
+    return {"subject": {"type": "str", "required": True}, "data": {"type": "str"}, "json": {"type": "raw"},
+            "headers": {"type": "dict"}}
+
+
+def payload_of(module):
+    """(subject, payload bytes, headers) from the module's message options, or fail_json."""
+    params = module.params
+    subject = params["subject"]
+    if not subject or any(c.isspace() for c in subject) or any(t in ("*", ">") or not t for t in subject.split(".")):
+        module.fail_json(msg="subject %r is invalid: dot-separated tokens without whitespace or wildcards" % subject)
+    if params["json"] is not None:
+        payload = json.dumps(params["json"], ensure_ascii=False, sort_keys=True).encode("utf-8")
+    else:
+        payload = (params["data"] or "").encode("utf-8")
+    headers = dict((str(k), str(v)) for k, v in (params["headers"] or {}).items())
+    return subject, payload, headers
 
 
 def changes(before, wanted):
