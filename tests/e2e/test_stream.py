@@ -64,7 +64,7 @@ def test_create_update_delete(local_play, nats_server, tmp_path):
     assert checked["changed"] and checked["changed_settings"] == ["max_age"]
     assert checked["diff"]["before"]["max_age"] == 7 * 86400 * 10**9 and checked["diff"]["after"]["max_age"] == 86400 * 10**9
     assert asyncio.run(_info(url, "HEARTBEATS")).config.max_age == 7 * 86400
-    assert [_run(local_play, tmp_path, update)["changed"] for _ in range(2)] == [True, False]
+    assert [_run(local_play, tmp_path, update)["changed"] for attempt in range(2)] == [True, False]
     assert asyncio.run(_info(url, "HEARTBEATS")).config.max_age == 86400
     # options not given are left alone
     assert not _run(local_play, tmp_path, {"name": "HEARTBEATS"})["changed"]
