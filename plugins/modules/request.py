@@ -18,20 +18,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.message
 options:
-  subject:
-    description: Subject of the service (no wildcards).
-    type: str
-    required: true
-  data:
-    description: The request payload as text (UTF-8). Mutually exclusive with O(json).
-    type: str
-  json:
-    description: A value sent as its JSON text. Mutually exclusive with O(data).
-    type: raw
-  headers:
-    description: NATS headers (names and string values).
-    type: dict
   timeout:
     description: Seconds to wait for the reply.
     type: float

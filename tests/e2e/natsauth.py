@@ -114,3 +114,23 @@ METHODS = {
     "tls": tls,
     "mtls": lambda d: tls(d, mutual=True),
 }
+
+
+async def permission_violations(actions, **connect):
+    """Connect with ``connect`` (nats.connect arguments), run ``await actions(nc)``, and return the permission
+    violations the server reported meanwhile (texts)."""
+    import asyncio  # pylint: disable=import-outside-toplevel
+    import nats  # pylint: disable=import-outside-toplevel
+    errors = []
+
+    async def on_error(exc):
+        errors.append(str(exc))
+
+    nc = await nats.connect(error_cb=on_error, allow_reconnect=False, connect_timeout=5, **connect)
+    try:
+        await actions(nc)
+        await nc.flush(timeout=5)
+        await asyncio.sleep(0.3)
+    finally:
+        await nc.close()
+    return [e for e in errors if "permissions violation" in e.lower()]

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 import devenv  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.natsops.fleet.plugins.filter.nats_authorization import nats_authorization  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # noqa: E402  pylint: disable=wrong-import-position
+from natsauth import permission_violations  # noqa: E402  pylint: disable=wrong-import-position
 
 PASSWORDS = {"controller": "ctl-Pw-7", "exec-mgmt": "mgmt-Pw-8", "exec-default": "dflt-Pw-9", "probe-web1": "probe-Pw-0"}
 IDENTITIES = [
@@ -85,21 +86,8 @@ def test_the_fleet_works_under_its_permissions(secured, tmp_path):
 
 
 async def _violations(url, name, actions):
-    """Connect as ``name``, run ``actions(nc)``, return the permission errors the server reported."""
-    errors = []
-
-    async def on_error(exc):
-        errors.append(str(exc))
-
-    nc = await nats.connect(url, user=name, password=PASSWORDS[name], inbox_prefix="_INBOX." + name,
-                            error_cb=on_error, allow_reconnect=False, connect_timeout=5)
-    try:
-        await actions(nc)
-        await nc.flush(timeout=5)
-        await asyncio.sleep(0.3)
-    finally:
-        await nc.close()
-    return [e for e in errors if "permissions violation" in e.lower()]
+    """The permission errors the server reported while ``name`` ran ``actions(nc)``."""
+    return await permission_violations(actions, servers=url, user=name, password=PASSWORDS[name], inbox_prefix="_INBOX." + name)
 
 
 def test_an_executor_identity_cannot_call_or_serve_another_zone_or_read_other_inboxes(secured):

@@ -55,6 +55,14 @@ def recap(result, changed):
     assert (max(counts) == 0) if changed == 0 else (max(counts) > 0), result.stdout[-4000:]
 
 
+def hostname_through(client):
+    """Run ``hostname`` through a connected ExecutorClient, close it, return the name."""
+    try:
+        return client.exec_command(command="hostname")[1].decode().strip()
+    finally:
+        client.close()
+
+
 def tls_files(directory, addresses, serial):
     """A CA and a server certificate for ``addresses`` (IP SANs), as PEM files; returns (ca, cert, key) paths."""
     from cryptography import x509  # pylint: disable=import-outside-toplevel

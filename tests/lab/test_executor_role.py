@@ -69,16 +69,9 @@ def test_executors_in_two_zones_from_a_wheelhouse(lab, fleet):
     assert state == ["active", "natsops", "root:natsops", "640", "natsops:natsops", "600"], state
 
     zone_host = fleet["zone_hosts"][0]
-    client = _client(fleet, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})
-    try:
-        assert client.exec_command(command="hostname")[1].decode().strip() == zone_host["name"]
-    finally:
-        client.close()
-    client = _client(fleet, "业务网")
-    try:
-        assert client.exec_command(command="hostname")[1].decode().strip() == fleet["agent"]["name"]
-    finally:
-        client.close()
+    assert fleetkit.hostname_through(_client(fleet, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})) \
+        == zone_host["name"]
+    assert fleetkit.hostname_through(_client(fleet, "业务网")) == fleet["agent"]["name"]
     assert BkliteServerClient(fleet["nats"].url, "业务网").health_check()["status"] == "ok"
 
 

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 import devenv  # noqa: E402  pylint: disable=wrong-import-position
 import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
+from natsauth import permission_violations  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.lab(hosts=4, zone_hosts=2)
 
@@ -96,21 +97,8 @@ def _client(site, instance, target=None):
 
 
 async def _violations(site, name, actions):
-    errors = []
-
-    async def on_error(exc):
-        errors.append(str(exc))
-
-    nc = await nats.connect(site["url"], tls=ssl.create_default_context(cafile=site["ca"]), user=name,
-                            password=PASSWORDS[name], inbox_prefix="_INBOX." + name, error_cb=on_error,
-                            allow_reconnect=False, connect_timeout=5)
-    try:
-        await actions(nc)
-        await nc.flush(timeout=5)
-        await asyncio.sleep(0.3)
-    finally:
-        await nc.close()
-    return [e for e in errors if "permissions violation" in e.lower()]
+    return await permission_violations(actions, servers=site["url"], tls=ssl.create_default_context(cafile=site["ca"]),
+                                       user=name, password=PASSWORDS[name], inbox_prefix="_INBOX." + name)
 
 
 def _nats_pid(lab, site):
@@ -128,16 +116,9 @@ def test_site_with_tls_users_and_executors_in_two_zones(lab, site):
     assert 'inbox_prefix: "_INBOX.exec-mgmt"' in executor_conf
 
     zone_host = site["zone_hosts"][0]
-    client = _client(site, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})
-    try:
-        assert client.exec_command(command="hostname")[1].decode().strip() == zone_host["name"]
-    finally:
-        client.close()
-    client = _client(site, "default")
-    try:
-        assert client.exec_command(command="hostname")[1].decode().strip() == site["agent"]["name"]
-    finally:
-        client.close()
+    assert fleetkit.hostname_through(_client(site, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})) \
+        == zone_host["name"]
+    assert fleetkit.hostname_through(_client(site, "default")) == site["agent"]["name"]
 
 
 def test_the_permission_model_is_enforced(site):
@@ -195,11 +176,8 @@ def test_a_zone_behind_a_leaf_node(lab, site):
     fleetkit.recap(fleetkit.play("site.yml", inventory), changed=0)
     # the controller still talks to the central server only; the zone's executor sits behind the leaf node
     zone_host = site["zone_hosts"][1]
-    client = _client(site, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})
-    try:
-        assert client.exec_command(command="hostname")[1].decode().strip() == zone_host["name"]
-    finally:
-        client.close()
+    assert fleetkit.hostname_through(_client(site, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})) \
+        == zone_host["name"]
     leafz = lab.ssh(site["nats_host"]["name"], "python3 -c \"import urllib.request; print(urllib.request.urlopen("
                                                "'http://127.0.0.1:8222/leafz').read().decode())\"").stdout
     assert json.loads(leafz)["leafnodes"] == 1, leafz[-2000:]
