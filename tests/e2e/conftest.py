@@ -111,3 +111,22 @@ def local_play(nats_server, executor, tmp_path):  # pylint: disable=unused-argum
         return subprocess.run(cmd, env=devenv.ansible_env(), capture_output=True, text=True, timeout=300, check=False)
 
     return run
+
+
+@pytest.fixture
+def module_task(local_play, tmp_path):
+    """Runs one natsops.fleet module task (failures kept, not fatal) and returns its registered result."""
+
+    def run(module, args, check=False, diff=False):
+        out = tmp_path / "module-result.json"
+        task = {"name": module, "natsops.fleet.%s" % module: args, "register": "outcome", "ignore_errors": True}
+        if diff:
+            task["diff"] = True
+        play = local_play([task, {"name": "keep the result", "check_mode": False,
+                                  "ansible.builtin.copy": {"content": "{{ outcome | to_json }}", "dest": str(out)}}], check=check)
+        assert play.returncode == 0, play.stdout[-4000:] + play.stderr[-2000:]
+        result = json.loads(out.read_text())
+        out.unlink()
+        return result
+
+    return run

@@ -10,17 +10,6 @@ import json
 import nats
 
 
-def _run(local_play, tmp_path, module, args, check=False):
-    out = tmp_path / "result.json"
-    run = local_play([{"name": module, "natsops.fleet.%s" % module: args, "register": "outcome", "ignore_errors": True},
-                      {"name": "keep the result", "check_mode": False,
-                       "ansible.builtin.copy": {"content": "{{ outcome | to_json }}", "dest": str(out)}}], check=check)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    result = json.loads(out.read_text())
-    out.unlink()
-    return result
-
-
 async def _stream(url, action):
     nc = await nats.connect(url)
     try:
@@ -29,7 +18,7 @@ async def _stream(url, action):
         await nc.close()
 
 
-def test_publish_core_and_jetstream_with_a_dedupe_id(local_play, nats_server, tmp_path):
+def test_publish_core_and_jetstream_with_a_dedupe_id(module_task, nats_server):
     url = nats_server.url
 
     async def create(js):
@@ -37,17 +26,17 @@ def test_publish_core_and_jetstream_with_a_dedupe_id(local_play, nats_server, tm
 
     asyncio.run(_stream(url, create))
     try:
-        checked = _run(local_play, tmp_path, "publish", {"subject": "events.core", "data": "x"}, check=True)
+        checked = module_task("publish", {"subject": "events.core", "data": "x"}, check=True)
         assert checked["changed"]
-        core = _run(local_play, tmp_path, "publish", {"subject": "events.core", "json": {"zone": "管理网", "n": 1},
+        core = module_task("publish", {"subject": "events.core", "json": {"zone": "管理网", "n": 1},
                                                       "headers": {"Source": "ansible"}})
         assert core["changed"] and core["size"] == len('{"n": 1, "zone": "管理网"}'.encode())
         args = {"subject": "events.deploy", "data": "release 1.4.2", "msg_id": "deploy-1.4.2", "stream": "EVENTS"}
-        first = _run(local_play, tmp_path, "publish", args)
-        again = _run(local_play, tmp_path, "publish", args)
+        first = module_task("publish", args)
+        again = module_task("publish", args)
         assert (first["changed"], first["duplicate"], first["stream"]) == (True, False, "EVENTS")
         assert (again["changed"], again["duplicate"], again["seq"]) == (False, True, first["seq"])
-        wrong = _run(local_play, tmp_path, "publish", dict(args, msg_id="other", stream="NOPE"))
+        wrong = module_task("publish", dict(args, msg_id="other", stream="NOPE"))
         assert wrong["failed"] and "JetStream refused" in wrong["msg"], wrong
 
         async def stored(js):
@@ -64,14 +53,14 @@ def test_publish_core_and_jetstream_with_a_dedupe_id(local_play, nats_server, tm
         asyncio.run(_stream(url, delete))
 
 
-def test_request_with_a_query(local_play, tmp_path):
+def test_request_with_a_query(module_task):
     # NATS micro discovery of the session's executor is a JSON request/reply service
-    reply = _run(local_play, tmp_path, "request", {"subject": "$SRV.INFO.natsops-executor", "query": "metadata.instances"})
+    reply = module_task("request", {"subject": "$SRV.INFO.natsops-executor", "query": "metadata.instances"})
     assert not reply["changed"] and reply["json"]["name"] == "natsops-executor"
     assert "e2e-host" in json.loads(reply["query_result"])
-    nobody = _run(local_play, tmp_path, "request", {"subject": "nobody.serves.this", "timeout": 2})
+    nobody = module_task("request", {"subject": "nobody.serves.this", "timeout": 2})
     assert nobody["failed"] and "no responders" in nobody["msg"] and "nobody.serves.this" in nobody["msg"]
-    bad = _run(local_play, tmp_path, "request", {"subject": "natsops.exec.*"})
+    bad = module_task("request", {"subject": "natsops.exec.*"})
     assert bad["failed"] and "invalid" in bad["msg"]
-    skipped = _run(local_play, tmp_path, "request", {"subject": "$SRV.INFO.natsops-executor"}, check=True)
+    skipped = module_task("request", {"subject": "$SRV.INFO.natsops-executor"}, check=True)
     assert skipped.get("skipped") and "data" not in skipped

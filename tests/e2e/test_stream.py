@@ -6,23 +6,9 @@ updates with diff, settings NATS cannot change refused, deletion, bad input."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import nats
 import nats.js.errors
-
-
-def _run(local_play, tmp_path, args, check=False, diff=False):
-    out = tmp_path / "result.json"
-    task = {"name": "stream", "natsops.fleet.stream": args, "register": "outcome", "ignore_errors": True}
-    if diff:
-        task["diff"] = True
-    run = local_play([task, {"name": "keep the result", "check_mode": False,
-                             "ansible.builtin.copy": {"content": "{{ outcome | to_json }}", "dest": str(out)}}], check=check)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    result = json.loads(out.read_text())
-    out.unlink()
-    return result
 
 
 async def _info(url, name):
@@ -35,23 +21,23 @@ async def _info(url, name):
         await nc.close()
 
 
-def _four_steps(local_play, tmp_path, args):
+def _four_steps(module_task, args):
     """check (changed, nothing done), real (changed), check again and real again (both unchanged)."""
-    first = _run(local_play, tmp_path, args, check=True)
+    first = module_task("stream", args, check=True)
     assert first["changed"] and not first.get("failed"), first
-    second = _run(local_play, tmp_path, args)
+    second = module_task("stream", args)
     assert second["changed"] and not second.get("failed"), second
     for check in (True, False):
-        again = _run(local_play, tmp_path, args, check=check)
+        again = module_task("stream", args, check=check)
         assert not again["changed"] and not again.get("failed"), again
     return first, second
 
 
-def test_create_update_delete(local_play, nats_server, tmp_path):
+def test_create_update_delete(module_task, nats_server):
     url = nats_server.url
     args = {"name": "HEARTBEATS", "subjects": ["natsops.probe.heartbeat.*"], "max_msgs_per_subject": 1, "max_age": "7d",
             "duplicate_window": "2m", "max_bytes": "64MB", "storage": "file"}
-    first, second = _four_steps(local_play, tmp_path, args)
+    first, second = _four_steps(module_task, args)
     assert first["stream"]["name"] == "HEARTBEATS" and "state" not in first  # check mode: nothing was created
     info = asyncio.run(_info(url, "HEARTBEATS"))
     assert info.config.max_msgs_per_subject == 1 and info.config.max_age == 7 * 86400
@@ -60,34 +46,34 @@ def test_create_update_delete(local_play, nats_server, tmp_path):
 
     # an update: only the changed setting, shown in the diff; check mode first changes nothing
     update = dict(args, max_age="24h")
-    checked = _run(local_play, tmp_path, update, check=True, diff=True)
+    checked = module_task("stream", update, check=True, diff=True)
     assert checked["changed"] and checked["changed_settings"] == ["max_age"]
     assert checked["diff"]["before"]["max_age"] == 7 * 86400 * 10**9 and checked["diff"]["after"]["max_age"] == 86400 * 10**9
     assert asyncio.run(_info(url, "HEARTBEATS")).config.max_age == 7 * 86400
-    assert [_run(local_play, tmp_path, update)["changed"] for attempt in range(2)] == [True, False]
+    assert [module_task("stream", update)["changed"] for attempt in range(2)] == [True, False]
     assert asyncio.run(_info(url, "HEARTBEATS")).config.max_age == 86400
     # options not given are left alone
-    assert not _run(local_play, tmp_path, {"name": "HEARTBEATS"})["changed"]
+    assert not module_task("stream", {"name": "HEARTBEATS"})["changed"]
 
     # what NATS cannot change is refused, and the stream is untouched
-    refused = _run(local_play, tmp_path, dict(update, storage="memory"))
+    refused = module_task("stream", dict(update, storage="memory"))
     assert refused["failed"] and "storage of stream HEARTBEATS cannot change" in refused["msg"]
     storage = asyncio.run(_info(url, "HEARTBEATS")).config.storage
     assert getattr(storage, "value", storage) == "file"
 
-    _four_steps(local_play, tmp_path, {"name": "HEARTBEATS", "state": "absent"})
+    _four_steps(module_task, {"name": "HEARTBEATS", "state": "absent"})
     assert asyncio.run(_info(url, "HEARTBEATS")) is None
 
 
-def test_bad_input_fails_clearly(local_play, tmp_path):
-    bad = _run(local_play, tmp_path, {"name": "X1", "max_age": "a week"})
+def test_bad_input_fails_clearly(module_task):
+    bad = module_task("stream", {"name": "X1", "max_age": "a week"})
     assert bad["failed"] and "max_age" in bad["msg"] and "not a duration" in bad["msg"]
-    bad = _run(local_play, tmp_path, {"name": "bad.name"})
+    bad = module_task("stream", {"name": "bad.name"})
     assert bad["failed"] and "invalid" in bad["msg"]
-    bad = _run(local_play, tmp_path, {"name": "X2", "subjects": ["x.>"], "replicas": 7})
+    bad = module_task("stream", {"name": "X2", "subjects": ["x.>"], "replicas": 7})
     assert bad["failed"] and "between 1 and 5" in bad["msg"]
     # JetStream's own refusal comes back with its code: subjects that overlap another stream's
-    assert not _run(local_play, tmp_path, {"name": "A1", "subjects": ["overlap.>"]}).get("failed")
-    overlap = _run(local_play, tmp_path, {"name": "A2", "subjects": ["overlap.x"]})
+    assert not module_task("stream", {"name": "A1", "subjects": ["overlap.>"]}).get("failed")
+    overlap = module_task("stream", {"name": "A2", "subjects": ["overlap.x"]})
     assert overlap["failed"] and "JetStream refused" in overlap["msg"] and overlap.get("err_code"), overlap
-    _run(local_play, tmp_path, {"name": "A1", "state": "absent"})
+    module_task("stream", {"name": "A1", "state": "absent"})
