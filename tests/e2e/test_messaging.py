@@ -29,7 +29,7 @@ def test_publish_core_and_jetstream_with_a_dedupe_id(module_task, nats_server):
         checked = module_task("publish", {"subject": "events.core", "data": "x"}, check=True)
         assert checked["changed"]
         core = module_task("publish", {"subject": "events.core", "json": {"zone": "管理网", "n": 1},
-                                                      "headers": {"Source": "ansible"}})
+                                       "headers": {"Source": "ansible"}})
         assert core["changed"] and core["size"] == len('{"n": 1, "zone": "管理网"}'.encode())
         args = {"subject": "events.deploy", "data": "release 1.4.2", "msg_id": "deploy-1.4.2", "stream": "EVENTS"}
         first = module_task("publish", args)
