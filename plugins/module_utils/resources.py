@@ -68,9 +68,8 @@ def run(module, work):
     """Connect with the module's NATS options, ``await work(nc)``, close; return its result.
     Connection problems, JetStream refusals and ResourceError end the module with fail_json."""
     if not HAS_NATS:
-        module.fail_json(msg="the Python package nats-py is required where this module runs (pip install nats-py); "
-                             "for the controller use the interpreter that runs ansible, "
-                             "ansible_python_interpreter: '{{ ansible_playbook_python }}'")
+        from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
+        module.fail_json(msg=missing_nats_message())
     params = module.params
     try:
         kwargs = connect_kwargs(nats_options(params), "natsops.fleet %s" % module._name, params["connect_timeout"])

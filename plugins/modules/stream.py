@@ -151,7 +151,6 @@ _FIELDS = {"subjects": "subjects", "description": "description", "retention": "r
            "max_msg_size": "max_msg_size", "max_msgs_per_subject": "max_msgs_per_subject", "discard": "discard",
            "duplicate_window": "duplicate_window", "allow_direct": "allow_direct", "deny_delete": "deny_delete",
            "deny_purge": "deny_purge"}
-_RETENTION = {"limits": "limits", "interest": "interest", "workqueue": "workqueue"}
 
 
 def wanted_config(params):
@@ -160,8 +159,6 @@ def wanted_config(params):
     wanted["max_bytes"] = size_bytes(params["max_bytes"], "max_bytes")
     wanted["max_age"] = duration_ns(params["max_age"], "max_age")
     wanted["duplicate_window"] = duration_ns(params["duplicate_window"], "duplicate_window")
-    if wanted["retention"] is not None:
-        wanted["retention"] = _RETENTION[wanted["retention"]]
     if wanted["num_replicas"] is not None and not 1 <= wanted["num_replicas"] <= 5:
         raise ResourceError("option replicas: %d is not between 1 and 5" % wanted["num_replicas"])
     return wanted
@@ -209,22 +206,20 @@ async def ensure(nc, params, check_mode):
             wanted["subjects"] = None  # NATS then captures the subject named like the stream
         config = dict((k, v) for k, v in wanted.items() if v is not None)
         config["name"] = name
-        after = config if check_mode else (await js.add_stream(StreamConfig.from_response(dict(config)))).config.as_dict()
-        result = {"stream": after, "changed_settings": sorted(config)}
-        if not check_mode:
-            result["state"] = _state(await js.stream_info(name))
-        return True, result, {"before": {}, "after": _managed(after, wanted)}
+        if check_mode:
+            return True, {"stream": config, "changed_settings": sorted(config)}, {"before": {}, "after": _managed(config, wanted)}
+        info = await js.add_stream(StreamConfig.from_response(dict(config)))
+        after = info.config.as_dict()
+        return True, {"stream": after, "changed_settings": sorted(config), "state": _state(info)}, {
+            "before": {}, "after": _managed(after, wanted)}
     _refuse_immutable(name, before, wanted)
     changed = changes(before, wanted)
-    after = before
+    after = dict(before)
+    after.update((k, wanted[k]) for k in changed)
     if changed and not check_mode:
-        merged = dict(before)
-        merged.update((k, wanted[k]) for k in changed)
-        after = (await js.update_stream(StreamConfig.from_response(merged))).config.as_dict()
-    elif changed:
-        after = dict(before)
-        after.update((k, wanted[k]) for k in changed)
-    return bool(changed), {"stream": after, "changed_settings": changed, "state": _state(await js.stream_info(name))}, {
+        info = await js.update_stream(StreamConfig.from_response(after))
+        after = info.config.as_dict()
+    return bool(changed), {"stream": after, "changed_settings": changed, "state": _state(info)}, {
         "before": _managed(before, wanted), "after": _managed(after, wanted)}
 
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import re
 
-from .bklite import DEFAULT_BUCKET as BKLITE_BUCKET, METHODS as BKLITE_METHODS
+from .bklite import DEFAULT_BUCKET as BKLITE_BUCKET, METHODS as BKLITE_METHODS, subject as bklite_subject
 from .names import (
     DEFAULT_INBOX_PREFIX, DEFAULT_NAMESPACE, E_BAD_REQUEST, default_bucket, OPERATIONS, SERVICE_NAME, WireError, validate_inbox_prefix,
-    validate_instance_id, validate_namespace,
+    validate_instance_id, validate_namespace, subject,
 )
 
 ROLES = ("controller", "executor", "probe", "admin")
@@ -45,9 +45,9 @@ def probe_heartbeat_subject(namespace, host_id):
 
 
 def _serve(namespace, instances, bklite):
-    subjects = ["%s.%s.%s" % (namespace, op, i) for i in instances for op in OPERATIONS]
+    subjects = [subject(namespace, op, i) for i in instances for op in OPERATIONS]
     if bklite:
-        subjects += ["%s.%s" % (method, i) for i in instances for method in BKLITE_METHODS]
+        subjects += [bklite_subject(method, i) for i in instances for method in BKLITE_METHODS]
     # NATS micro discovery: $SRV.<VERB>, $SRV.<VERB>.<name>, $SRV.<VERB>.<name>.<service id>
     return subjects + ["$SRV.*", "$SRV.*.%s" % SERVICE_NAME, "$SRV.*.%s.*" % SERVICE_NAME]
 
@@ -107,8 +107,4 @@ def permissions(role, namespace=DEFAULT_NAMESPACE, instances=(), inbox_prefix=No
 
 
 def _unique(items):
-    seen = []
-    for item in items:
-        if item not in seen:
-            seen.append(item)
-    return seen
+    return list(dict.fromkeys(items))
