@@ -76,3 +76,119 @@ attributes:
     membership:
       - natsops.fleet.nats
 """
+
+    # Plugins that run on the controller (lookup, inventory): the same names, also read from the environment and
+    # from the [natsops] section of ansible.cfg, like the natsops.fleet.nats connection plugin.
+    PLUGIN = r"""
+options:
+  servers:
+    description: NATS server URLs, comma-separated or a list; several URLs of one cluster give failover. C(tls://) URLs enable TLS.
+    type: list
+    elements: str
+    env:
+      - name: NATS_URL
+    ini:
+      - section: natsops
+        key: servers
+  user:
+    description: NATS user name (with O(password)).
+    type: str
+    env:
+      - name: NATS_USER
+    ini:
+      - section: natsops
+        key: user
+  password:
+    description: NATS password for O(user). Never logged.
+    type: str
+    env:
+      - name: NATS_PASSWORD
+    ini:
+      - section: natsops
+        key: password
+  token:
+    description: NATS authentication token. Never logged.
+    type: str
+    env:
+      - name: NATS_TOKEN
+    ini:
+      - section: natsops
+        key: token
+  creds:
+    description: JWT user credentials file (C(.creds), operator mode).
+    type: path
+    env:
+      - name: NATS_CREDS
+    ini:
+      - section: natsops
+        key: creds
+  nkey:
+    description: NKey seed file.
+    type: path
+    env:
+      - name: NATS_NKEY
+    ini:
+      - section: natsops
+        key: nkey
+  ca:
+    description: CA certificate(s) to verify the NATS server.
+    type: path
+    env:
+      - name: NATS_CA
+    ini:
+      - section: natsops
+        key: ca
+  cert:
+    description: Client certificate for mutual TLS.
+    type: path
+    env:
+      - name: NATS_CERT
+    ini:
+      - section: natsops
+        key: cert
+  key:
+    description: Client private key for mutual TLS.
+    type: path
+    env:
+      - name: NATS_KEY
+    ini:
+      - section: natsops
+        key: key
+  tls_hostname:
+    description: Host name expected in the server certificate.
+    type: str
+    env:
+      - name: NATS_TLS_HOSTNAME
+    ini:
+      - section: natsops
+        key: tls_hostname
+  inbox_prefix:
+    description:
+      - Subject prefix of this client's reply inboxes (default C(_INBOX)).
+      - With the least-privilege permissions of the P(natsops.fleet.nats_server#role) role, C(_INBOX.<user name>).
+    type: str
+    env:
+      - name: NATS_INBOX_PREFIX
+    ini:
+      - section: natsops
+        key: inbox_prefix
+  context:
+    description: Name of a natscli context whose URL and credentials fill the options not set otherwise.
+    type: str
+    env:
+      - name: NATS_CONTEXT
+    ini:
+      - section: natsops
+        key: context
+  connect_timeout:
+    description: Seconds to wait for the NATS connection and for replies.
+    type: float
+    default: 10
+    env:
+      - name: ANSIBLE_NATS_CONNECT_TIMEOUT
+    ini:
+      - section: natsops
+        key: connect_timeout
+requirements:
+  - nats-py >= 2.9 (and nkeys for NKey/JWT authentication) on the controller
+"""

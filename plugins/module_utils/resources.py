@@ -129,3 +129,72 @@ def payload_of(module):
 def changes(before, wanted):
     """The keys of ``wanted`` whose values differ from ``before`` (None in wanted: not managed)."""
     return sorted(k for k, v in wanted.items() if v is not None and before.get(k) != v)
+
+
+# Key-value and object store buckets are streams (KV_<bucket>, OBJ_<bucket>); their settings, by option name,
+# as fields of the stream's configuration.
+BUCKET_FIELDS = {"description": "description", "ttl": "max_age", "max_bytes": "max_bytes", "storage": "storage",
+                 "replicas": "num_replicas"}
+_BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def bucket_options(**extra):
+    """The argument spec of a bucket's settings (see doc fragment natsops.fleet.bucket) plus ``extra``."""
+    spec = {"bucket": {"type": "str", "required": True}, "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            "description": {"type": "str"}, "ttl": {"type": "str"}, "max_bytes": {"type": "str"},
+            "storage": {"type": "str", "choices": ["file", "memory"]}, "replicas": {"type": "int"}}
+    spec.update(extra)
+    return spec
+
+
+def bucket_settings(params, fields=None):
+    """The managed bucket settings as stream fields (None: not managed); raises ResourceError on bad values."""
+    if not _BUCKET_RE.match(params["bucket"] or ""):
+        raise ResourceError("bucket name %r is invalid: letters, digits, '_' and '-' only" % params["bucket"])
+    fields = fields or BUCKET_FIELDS
+    wanted = dict((api, params.get(option)) for option, api in fields.items())
+    wanted["max_age"] = duration_ns(params.get("ttl"), "ttl")
+    wanted["max_bytes"] = size_bytes(params.get("max_bytes"), "max_bytes")
+    if wanted["num_replicas"] is not None and not 1 <= wanted["num_replicas"] <= 5:
+        raise ResourceError("option replicas: %d is not between 1 and 5" % wanted["num_replicas"])
+    return wanted
+
+
+async def stream_config(js, stream):
+    """The configuration of a stream as a dict, or None when it does not exist."""
+    import nats.js.errors as errors  # pylint: disable=import-outside-toplevel
+    try:
+        return (await js.stream_info(stream)).config.as_dict()
+    except errors.NotFoundError:
+        return None
+
+
+async def ensure_bucket(js, stream, bucket, wanted, check_mode, create, delete, absent):
+    """Make the bucket stored in ``stream`` exist with ``wanted`` settings, or not exist (``absent``).
+
+    ``create()`` and ``delete()`` make and remove the bucket with the client's own bucket API (so the stream gets
+    every setting a bucket needs); later changes update the stream. Returns (changed, changed_settings, diff)."""
+    from nats.js.api import StreamConfig  # pylint: disable=import-outside-toplevel
+    before = await stream_config(js, stream)
+    if absent:
+        if before is None:
+            return False, [], {"before": {}, "after": {}}
+        if not check_mode:
+            await delete()
+        return True, ["state"], {"before": {"bucket": bucket}, "after": {}}
+    managed = dict((k, v) for k, v in wanted.items() if v is not None)
+    if before is None:
+        if not check_mode:
+            await create()
+        return True, sorted(managed) or ["state"], {"before": {}, "after": dict(managed, bucket=bucket)}
+    if wanted.get("storage") is not None and before.get("storage") != wanted["storage"]:
+        raise ResourceError("the storage of bucket %s cannot change (%s -> %s); make a new bucket, or delete this one "
+                            "(state: absent) first" % (bucket, before.get("storage"), wanted["storage"]))
+    changed = changes(before, wanted)
+    if changed and not check_mode:
+        after = dict(before)
+        after.update((k, wanted[k]) for k in changed)
+        if after.get("max_age") and (after.get("duplicate_window") or 0) > after["max_age"]:
+            after["duplicate_window"] = after["max_age"]  # NATS requires the dedupe window within the TTL
+        await js.update_stream(StreamConfig.from_response(after))
+    return bool(changed), changed, {"before": dict((k, before.get(k)) for k in managed), "after": managed}

@@ -1,0 +1,145 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: kv
+short_description: Read keys of a JetStream key-value bucket
+description:
+  - Returns the current values of the given keys of a NATS JetStream key-value bucket, read from the controller.
+  - The NATS connection options are those of the P(natsops.fleet.nats#connection) connection plugin, from the lookup's
+    arguments, the environment (E(NATS_URL), E(NATS_CREDS), ...) or the C([natsops]) section of C(ansible.cfg).
+version_added: 0.1.0
+author:
+  - natsops.fleet contributors (@natsops)
+extends_documentation_fragment:
+  - natsops.fleet.nats.plugin
+options:
+  _terms:
+    description: The keys to read.
+    type: list
+    elements: str
+    required: true
+  bucket:
+    description: The key-value bucket.
+    type: str
+    required: true
+  json:
+    description: Decode each value as JSON.
+    type: bool
+    default: false
+  details:
+    description: Return for each key a dictionary with C(bucket), C(key), C(value) and C(revision) instead of the value alone.
+    type: bool
+    default: false
+  default:
+    description: The result for a key that does not exist or is deleted. Without it such a key is an error.
+    type: raw
+seealso:
+  - module: natsops.fleet.kv
+"""
+
+EXAMPLES = r"""
+- name: One value
+  ansible.builtin.debug:
+    msg: "{{ lookup('natsops.fleet.kv', 'rollout.batch_size', bucket='config') }}"
+
+- name: A JSON value, with a default when the key is not set
+  ansible.builtin.set_fact:
+    maintenance: "{{ lookup('natsops.fleet.kv', 'maintenance', bucket='config', json=true, default={'enabled': false}) }}"
+
+- name: Compare-and-set, from the revision that was read
+  vars:
+    current: "{{ lookup('natsops.fleet.kv', 'counter', bucket='config', details=true) }}"
+  natsops.fleet.kv:
+    bucket: config
+    key: counter
+    value: "{{ current.value | int + 1 }}"
+    revision: "{{ current.revision }}"
+
+- name: Several keys from a secured cluster
+  ansible.builtin.debug:
+    msg: "{{ query('natsops.fleet.kv', 'a', 'b', bucket='config', servers='tls://nats.example.com:4222', creds='/etc/natsops/ops.creds') }}"
+"""
+
+RETURN = r"""
+_raw:
+  description: The values of the keys, in the order given (dictionaries with O(details)).
+  type: list
+  elements: raw
+"""
+
+import asyncio
+import json
+
+from ansible.errors import AnsibleLookupError
+from ansible.plugins.lookup import LookupBase
+
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.connect import ConnectOptionsError, connect_kwargs, describe
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES
+
+try:
+    import nats
+    import nats.errors
+    import nats.js.errors
+    HAS_NATS = True
+except ImportError:  # pragma: no cover - reported by run()
+    HAS_NATS = False
+
+
+class LookupModule(LookupBase):
+
+    def run(self, terms, variables=None, **kwargs):
+        if not HAS_NATS:
+            from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
+            raise AnsibleLookupError(missing_nats_message())
+        self.set_options(var_options=variables, direct=kwargs)
+        options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
+        timeout = self.get_option("connect_timeout")
+        try:
+            connect = connect_kwargs(options, "natsops.fleet kv lookup", timeout)
+        except ConnectOptionsError as exc:
+            raise AnsibleLookupError("natsops.fleet.kv: bad NATS connection options: %s" % exc)
+        connect.update(allow_reconnect=False, max_reconnect_attempts=0)
+        try:
+            return asyncio.run(self._read(connect, describe(options), [str(t) for t in terms]))
+        except nats.errors.TimeoutError:
+            raise AnsibleLookupError("natsops.fleet.kv: NATS did not answer in %s s" % timeout)
+
+    async def _read(self, connect, where, keys):
+        bucket = self.get_option("bucket")
+        try:
+            nc = await nats.connect(**connect)
+        except Exception as exc:  # pylint: disable=broad-except
+            raise AnsibleLookupError("natsops.fleet.kv: cannot connect to NATS (%s): %s" % (where, exc or type(exc).__name__))
+        try:
+            try:
+                kv = await nc.jetstream().key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                raise AnsibleLookupError("natsops.fleet.kv: key-value bucket %s does not exist" % bucket)
+            except nats.errors.NoRespondersError:
+                raise AnsibleLookupError("natsops.fleet.kv: JetStream is not enabled for this account (no responders on $JS.API)")
+            return [await self._value(kv, bucket, key) for key in keys]
+        finally:
+            await nc.close()
+
+    async def _value(self, kv, bucket, key):
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            if self.get_option("default") is None:
+                raise AnsibleLookupError("natsops.fleet.kv: key %s of bucket %s does not exist (give default= to accept that)" % (key, bucket))
+            return self.get_option("default")
+        except nats.js.errors.InvalidKeyError:
+            raise AnsibleLookupError("natsops.fleet.kv: key %r is invalid: letters, digits and -/_=. only" % key)
+        value = (entry.value or b"").decode("utf-8", "replace")
+        if self.get_option("json"):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise AnsibleLookupError("natsops.fleet.kv: key %s of bucket %s is not JSON (%s)" % (key, bucket, exc))
+        if self.get_option("details"):
+            return {"bucket": bucket, "key": key, "value": value, "revision": entry.revision}
+        return value

@@ -1,0 +1,264 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: kv
+short_description: Manage JetStream key-value buckets and their keys
+description:
+  - Without O(name), creates, updates or deletes a key-value bucket so that it has the settings given.
+  - With O(name), sets or deletes one key of an existing bucket. A key that already holds the value is left
+    alone, so the task is idempotent; O(revision) makes the change a compare-and-set.
+version_added: 0.1.0
+author:
+  - natsops.fleet contributors (@natsops)
+extends_documentation_fragment:
+  - natsops.fleet.nats
+  - natsops.fleet.bucket
+options:
+  state:
+    description:
+      - Without O(name), V(present) creates or updates the bucket and V(absent) deletes it with every key.
+      - With O(name), V(present) sets the key to O(value) or O(json) and V(absent) deletes the key.
+    type: str
+    choices: [present, absent]
+    default: present
+  history:
+    description: Values kept per key (1 to 64). A bucket setting, only without O(name).
+    type: int
+  max_value_size:
+    description: Largest value accepted, in bytes (-1 unlimited). A bucket setting, only without O(name).
+    type: int
+  name:
+    description:
+      - The key to manage (letters, digits and C(-/_=.), not starting or ending with C(.)).
+      - Called O(name) because O(key) is the client TLS key of the NATS connection.
+    type: str
+  value:
+    description: The key's value as text (with O(name) and O(state=present)).
+    type: str
+  json:
+    description: The key's value as data, stored as compact JSON with sorted keys (with O(name) and O(state=present)).
+    type: raw
+  revision:
+    description:
+      - Compare-and-set. The key is changed only if its current revision is this one; V(0) means only if the key
+        does not exist (or is deleted). Otherwise the task fails, changes nothing and returns the current revision.
+      - A key that already holds the wanted value (or is already deleted) is not changed, whatever its revision.
+    type: int
+  purge:
+    description: With O(name) and O(state=absent), also remove the key's earlier values instead of leaving them in its history.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would change and changes nothing.
+  diff_mode:
+    support: full
+    description: Shows the bucket settings or the key's value before and after.
+"""
+
+EXAMPLES = r"""
+- name: The probe registry, entries expiring after 5 minutes without heartbeat, on three servers
+  natsops.fleet.kv:
+    bucket: natsops_registry
+    ttl: 5m
+    history: 1
+    replicas: 3
+  delegate_to: localhost
+
+- name: A setting the executors read
+  natsops.fleet.kv:
+    bucket: config
+    name: rollout.batch_size
+    value: "20"
+
+- name: A structured value, replaced only if nobody changed it since we read it
+  natsops.fleet.kv:
+    bucket: config
+    name: maintenance
+    json: {enabled: true, until: "2026-12-01T06:00:00Z"}
+    revision: "{{ lookup('natsops.fleet.kv', 'maintenance', bucket='config', details=true).revision }}"
+
+- name: Forget a key and its history
+  natsops.fleet.kv:
+    bucket: config
+    name: maintenance
+    state: absent
+    purge: true
+"""
+
+RETURN = r"""
+bucket:
+  description: The bucket's settings after the task (the stream's configuration; durations in nanoseconds); empty when absent.
+  returned: without O(name)
+  type: dict
+  sample: {"name": "KV_config", "max_msgs_per_subject": 1, "max_age": 300000000000, "num_replicas": 3}
+changed_settings:
+  description: The bucket settings the task changed (or would change).
+  returned: without O(name)
+  type: list
+  elements: str
+  sample: [max_age]
+entry:
+  description: The key after the task; C(value) is absent when the key does not exist or is deleted.
+  returned: with O(name)
+  type: dict
+  sample: {"bucket": "config", "key": "rollout.batch_size", "value": "20", "revision": 7}
+"""
+
+import json
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
+from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
+    BUCKET_FIELDS, ResourceError, bucket_options, bucket_settings, ensure_bucket, run, stream_config,
+)
+
+_KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+_FIELDS = dict(BUCKET_FIELDS, history="max_msgs_per_subject", max_value_size="max_msg_size")
+_KEY_ONLY = ("value", "json", "revision")
+
+
+def _wanted_value(params):
+    if params["json"] is not None:
+        return json.dumps(params["json"], ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return (params["value"] or "").encode("utf-8")
+
+
+async def _current(kv, key):
+    """(value bytes or None when missing/deleted, revision of the last entry or 0)."""
+    import nats.js.errors  # pylint: disable=import-outside-toplevel
+    try:
+        entry = await kv.get(key)
+        return entry.value or b"", entry.revision
+    except nats.js.errors.KeyNotFoundError as exc:
+        return None, exc.entry.revision if exc.entry is not None else 0
+
+
+async def _history_left(js, stream, subject):
+    """True when the subject still has messages other than a purge marker."""
+    import nats.js.errors  # pylint: disable=import-outside-toplevel
+    try:
+        msg = await js.get_last_msg(stream, subject)
+    except nats.js.errors.NotFoundError:
+        return False
+    return (msg.headers or {}).get("KV-Operation") != "PURGE"
+
+
+def _entry(bucket, key, value, revision):
+    entry = {"bucket": bucket, "key": key, "revision": revision}
+    if value is not None:
+        entry["value"] = value.decode("utf-8", "replace")
+    return entry
+
+
+async def ensure_key(nc, params, check_mode):
+    """Set or delete the key; returns (changed, result, diff)."""
+    import nats.js.errors  # pylint: disable=import-outside-toplevel
+    js = nc.jetstream()
+    bucket, key, revision = params["bucket"], params["name"], params["revision"]
+    try:
+        kv = await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        raise ResourceError("key-value bucket %s does not exist; create it first (natsops.fleet.kv with bucket: %s and no name)" % (bucket, bucket))
+    value, current = await _current(kv, key)
+    shown = (value or b"").decode("utf-8", "replace")
+    if params["state"] == "absent":
+        wanted = None
+        changed = value is not None or (params["purge"] and await _history_left(js, "KV_%s" % bucket, "$KV.%s.%s" % (bucket, key)))
+    else:
+        wanted = _wanted_value(params)
+        changed = value != wanted
+    diff = {"before": shown + "\n" if value is not None else "", "after": wanted.decode("utf-8", "replace") + "\n" if wanted is not None else ""}
+    if not changed:
+        return False, {"entry": _entry(bucket, key, value, current)}, diff
+    if revision is not None and revision != (current if value is not None else 0) and not (revision == current and value is None):
+        raise ResourceError("key %s of bucket %s changed since revision %d: it is at revision %d now; nothing was written" % (
+            key, bucket, revision, current), revision=current)
+    if check_mode:
+        return True, {"entry": _entry(bucket, key, wanted, current)}, diff
+    try:
+        if wanted is None and params["purge"]:
+            await kv.purge(key)
+        elif wanted is None:
+            await kv.delete(key, last=revision or None)
+        elif revision == 0 or (revision is not None and value is None):
+            current = await kv.create(key, wanted)
+        elif revision is not None:
+            current = await kv.update(key, wanted, last=revision)
+        else:
+            current = await kv.put(key, wanted)
+    except nats.js.errors.KeyWrongLastSequenceError:
+        raise ResourceError("key %s of bucket %s changed while the task ran (expected revision %s); nothing was written" % (
+            key, bucket, revision), revision=(await _current(kv, key))[1])
+    if wanted is None:
+        current = (await _current(kv, key))[1]
+    return True, {"entry": _entry(bucket, key, wanted, current)}, diff
+
+
+async def ensure(nc, params, check_mode):
+    """The bucket, or the key when one is given; returns (changed, result, diff)."""
+    if params["name"] is not None:
+        return await ensure_key(nc, params, check_mode)
+    from nats.js.api import KeyValueConfig, StorageType  # pylint: disable=import-outside-toplevel
+    js = nc.jetstream()
+    bucket = params["bucket"]
+    wanted = bucket_settings(params, _FIELDS)
+
+    async def create():
+        config = KeyValueConfig(bucket=bucket, description=params["description"], history=params["history"] or 1,
+                                replicas=params["replicas"] or 1, max_value_size=params["max_value_size"],
+                                ttl=wanted["max_age"] / 1e9 if wanted["max_age"] else None, max_bytes=wanted["max_bytes"],
+                                storage=StorageType(params["storage"]) if params["storage"] else None)
+        await js.create_key_value(config)
+
+    changed, changed_settings, diff = await ensure_bucket(js, "KV_%s" % bucket, bucket, wanted, check_mode, create,
+                                                          lambda: js.delete_key_value(bucket), params["state"] == "absent")
+    after = {} if params["state"] == "absent" or check_mode and changed else await stream_config(js, "KV_%s" % bucket)
+    return changed, {"bucket": after or {}, "changed_settings": changed_settings}, diff
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(**bucket_options(
+            history=dict(type="int"), max_value_size=dict(type="int"), name=dict(type="str"),
+            value=dict(type="str"), json=dict(type="raw"), revision=dict(type="int"), purge=dict(type="bool", default=False),
+        )),
+        mutually_exclusive=[("value", "json")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        bucket_settings(params, _FIELDS)  # bad names, sizes and durations fail before anything connects
+    except ResourceError as exc:
+        module.fail_json(msg=exc.message)
+    if params["name"] is None:
+        given = [o for o in _KEY_ONLY if params[o] is not None] + (["purge"] if params["purge"] else [])
+        if given:
+            module.fail_json(msg="%s need a name (the key); without name the task manages the bucket" % ", ".join(given))
+        if params["history"] is not None and not 1 <= params["history"] <= 64:
+            module.fail_json(msg="option history: %d is not between 1 and 64" % params["history"])
+    else:
+        settings = [o for o in list(_FIELDS) if params[o] is not None]
+        if settings:
+            module.fail_json(msg="%s are bucket settings; give them in a task without name" % ", ".join(settings))
+        key = params["name"]
+        if not _KEY_RE.match(key) or key.startswith(".") or key.endswith("."):
+            module.fail_json(msg="key %r is invalid: letters, digits and -/_=. only, not starting or ending with '.'" % key)
+        if params["state"] == "present" and params["value"] is None and params["json"] is None:
+            module.fail_json(msg="state present with a name (key) needs value or json")
+    changed, result, diff = run(module, lambda nc: ensure(nc, params, module.check_mode))
+    if module._diff:
+        result["diff"] = diff
+    module.exit_json(changed=changed, **result)
+
+
+if __name__ == "__main__":
+    main()
