@@ -1,0 +1,269 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: object
+short_description: Manage JetStream object store buckets and objects
+description:
+  - Without O(name), creates, updates or deletes an object store bucket so that it has the settings given.
+  - With O(name), puts a file or text into the bucket as that object, fetches the object to a file, or deletes it.
+    Contents are compared by their SHA-256 digest, so an object or file that already has them is not written again.
+version_added: 0.1.0
+author:
+  - natsops.fleet contributors (@natsops)
+extends_documentation_fragment:
+  - natsops.fleet.nats
+  - natsops.fleet.bucket
+  - ansible.builtin.files
+options:
+  state:
+    description:
+      - Without O(name), V(present) creates or updates the bucket and V(absent) deletes it with every object.
+      - With O(name), V(present) puts O(src) or O(content) (or fetches to O(dest)) and V(absent) deletes the object.
+    type: str
+    choices: [present, absent]
+    default: present
+  name:
+    description: The object's name in the bucket (any text, for example a file name or a path).
+    type: str
+  src:
+    description: File to upload, on the host the module runs on.
+    type: path
+  content:
+    description: Text to upload as the object.
+    type: str
+  dest:
+    description:
+      - File to write the object to, on the host the module runs on. It is replaced atomically, and only when its
+        digest differs; the object's digest is verified before the file is replaced.
+      - The file attributes (O(mode), O(owner), ...) apply to it.
+    type: path
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would change and changes nothing.
+  diff_mode:
+    support: partial
+    description: Shows the bucket settings, or the object's digest and size, before and after.
+"""
+
+EXAMPLES = r"""
+- name: A bucket for probe packages, kept on three servers
+  natsops.fleet.object:
+    bucket: natsops_artifacts
+    description: probe packages
+    replicas: 3
+  delegate_to: localhost
+
+- name: Publish a package once (a second run compares digests and uploads nothing)
+  natsops.fleet.object:
+    bucket: natsops_artifacts
+    name: natsops-probe-0.1.0-linux-amd64.tar.gz
+    src: dist/natsops-probe-0.1.0-linux-amd64.tar.gz
+  delegate_to: localhost
+
+- name: Fetch it
+  natsops.fleet.object:
+    bucket: natsops_artifacts
+    name: natsops-probe-0.1.0-linux-amd64.tar.gz
+    dest: /var/cache/natsops/probe.tar.gz
+    mode: "0644"
+
+- name: Remove it
+  natsops.fleet.object:
+    bucket: natsops_artifacts
+    name: natsops-probe-0.1.0-linux-amd64.tar.gz
+    state: absent
+"""
+
+RETURN = r"""
+bucket:
+  description: The bucket's settings after the task (the stream's configuration; durations in nanoseconds); empty when absent.
+  returned: without O(name)
+  type: dict
+  sample: {"name": "OBJ_natsops_artifacts", "num_replicas": 3}
+changed_settings:
+  description: The bucket settings the task changed (or would change).
+  returned: without O(name)
+  type: list
+  elements: str
+  sample: [num_replicas]
+object:
+  description: The object after the task; empty when it does not exist.
+  returned: with O(name)
+  type: dict
+  sample: {"bucket": "natsops_artifacts", "name": "probe.tar.gz", "size": 5123456, "chunks": 41,
+           "digest": "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=", "sha256": "e3b0c442...b855"}
+"""
+
+import base64
+import hashlib
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
+from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
+    ResourceError, bucket_options, bucket_settings, ensure_bucket, run, stream_config,
+)
+
+_OBJECT_ONLY = ("src", "content", "dest")
+
+
+def _sha256_of_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_of_info(info):
+    """The hex SHA-256 of an object's info (its digest is 'SHA-256=<base64url>')."""
+    text = (info.digest or "").split("=", 1)[-1]
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).hex()
+    except (ValueError, TypeError):
+        return None
+
+
+def _described(bucket, info):
+    if info is None:
+        return {}
+    return {"bucket": bucket, "name": info.name, "size": info.size, "chunks": info.chunks, "digest": info.digest,
+            "sha256": _sha256_of_info(info)}
+
+
+async def _info(store, name):
+    import nats.js.errors  # pylint: disable=import-outside-toplevel
+    try:
+        return await store.get_info(name)
+    except nats.js.errors.ObjectNotFoundError:
+        return None
+
+
+async def ensure_object(module, nc, params):
+    """Put, fetch or delete the object; returns (changed, result, diff)."""
+    import nats.js.errors  # pylint: disable=import-outside-toplevel
+    bucket, name = params["bucket"], params["name"]
+    try:
+        store = await nc.jetstream().object_store(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        raise ResourceError("object store bucket %s does not exist; create it first (natsops.fleet.object with bucket: %s and no name)" % (bucket, bucket))
+    info = await _info(store, name)
+    before = _described(bucket, info)
+    diff_before = dict((k, before[k]) for k in ("sha256", "size")) if info else {}
+    if params["state"] == "absent":
+        if info is not None and not module.check_mode:
+            await store.delete(name)
+        return info is not None, {"object": {}}, {"before": diff_before, "after": {}}
+    if params["dest"]:
+        if info is None:
+            raise ResourceError("object %s does not exist in bucket %s" % (name, bucket))
+        return await _fetch(module, store, info, before)
+    if params["src"] is not None:
+        wanted, size = _sha256_of_file(params["src"]), os.path.getsize(params["src"])
+    else:
+        data = params["content"].encode("utf-8")
+        wanted, size = hashlib.sha256(data).hexdigest(), len(data)
+    if info is not None and before["sha256"] == wanted:
+        return False, {"object": before}, {"before": diff_before, "after": diff_before}
+    after = {"sha256": wanted, "size": size}
+    if module.check_mode:
+        return True, {"object": dict(before, bucket=bucket, name=name, **after)}, {"before": diff_before, "after": after}
+    if params["src"] is not None:
+        with open(params["src"], "rb") as handle:
+            put = await store.put(name, handle)
+    else:
+        put = await store.put(name, data)
+    if _sha256_of_info(put) != wanted:
+        raise ResourceError("object %s of bucket %s was stored with digest %s, not the SHA-256 of the source" % (name, bucket, put.digest))
+    return True, {"object": _described(bucket, put)}, {"before": diff_before, "after": after}
+
+
+async def _fetch(module, store, info, described):
+    """Write the object to dest when the file's digest differs; verified before the file is replaced."""
+    dest = module.params["dest"]
+    current = _sha256_of_file(dest) if os.path.isfile(dest) else None
+    diff = {"before": {"sha256": current} if current else {}, "after": {"sha256": described["sha256"], "size": info.size}}
+    if current == described["sha256"]:
+        return False, {"object": described, "dest": dest}, diff
+    if module.check_mode:
+        return True, {"object": described, "dest": dest}, diff
+    directory = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(directory):
+        raise ResourceError("dest %s: directory %s does not exist" % (dest, directory))
+    handle, temp = tempfile.mkstemp(prefix=".natsops-object-", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            await store.get(info.name, writeinto=out)
+        if _sha256_of_file(temp) != described["sha256"]:
+            raise ResourceError("object %s arrived with another digest than its metadata says; dest %s was left as it was" % (info.name, dest))
+        module.atomic_move(temp, dest)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return True, {"object": described, "dest": dest}, diff
+
+
+async def ensure(module, nc):
+    """The bucket, or the object when a name is given; returns (changed, result, diff)."""
+    params = module.params
+    if params["name"] is not None:
+        return await ensure_object(module, nc, params)
+    from nats.js.api import ObjectStoreConfig, StorageType  # pylint: disable=import-outside-toplevel
+    js = nc.jetstream()
+    bucket = params["bucket"]
+    wanted = bucket_settings(params)
+
+    async def create():
+        await js.create_object_store(bucket, config=ObjectStoreConfig(
+            bucket=bucket, description=params["description"], replicas=params["replicas"] or 1, max_bytes=wanted["max_bytes"],
+            ttl=wanted["max_age"] / 1e9 if wanted["max_age"] else None, storage=StorageType(params["storage"]) if params["storage"] else None))
+
+    changed, changed_settings, diff = await ensure_bucket(js, "OBJ_%s" % bucket, bucket, wanted, module.check_mode, create,
+                                                          lambda: js.delete_object_store(bucket), params["state"] == "absent")
+    after = {} if params["state"] == "absent" or module.check_mode and changed else await stream_config(js, "OBJ_%s" % bucket)
+    return changed, {"bucket": after or {}, "changed_settings": changed_settings}, diff
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(**bucket_options(name=dict(type="str"), src=dict(type="path"), content=dict(type="str"),
+                                                     dest=dict(type="path"))),
+        mutually_exclusive=[("src", "content", "dest")],
+        add_file_common_args=True,
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        bucket_settings(params)  # bad names, sizes and durations fail before anything connects
+    except ResourceError as exc:
+        module.fail_json(msg=exc.message)
+    if params["name"] is None:
+        given = [o for o in _OBJECT_ONLY if params[o] is not None]
+        if given:
+            module.fail_json(msg="%s need a name (the object); without name the task manages the bucket" % ", ".join(given))
+    else:
+        settings = [o for o in ("description", "ttl", "max_bytes", "storage", "replicas") if params[o] is not None]
+        if settings:
+            module.fail_json(msg="%s are bucket settings; give them in a task without name" % ", ".join(settings))
+        if params["state"] == "present" and not any(params[o] is not None for o in _OBJECT_ONLY):
+            module.fail_json(msg="state present with a name (object) needs src, content or dest")
+        if params["src"] is not None and not os.path.isfile(params["src"]):
+            module.fail_json(msg="src %s is not a readable file" % params["src"])
+    changed, result, diff = run(module, lambda nc: ensure(module, nc))
+    if params["dest"] and os.path.exists(params["dest"]):
+        changed = module.set_fs_attributes_if_different(module.load_file_common_arguments(params, path=params["dest"]), changed)
+    if module._diff:
+        result["diff"] = diff
+    module.exit_json(changed=changed, **result)
+
+
+if __name__ == "__main__":
+    main()
