@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The natsops.fleet.nats_server role on real systemd hosts: a single server installed from a release archive
 (file:// URL + checksum, as a mirror would serve it), then a 3-node JetStream cluster installed from a
-binary on the controller (air-gapped), with an R3 stream that keeps serving while one node is down."""
+binary on the controller (air-gapped), with an R3 stream that keeps serving while one node is down, and the
+resource modules (stream, consumer, kv, object) scaling their streams from one replica to three on it."""
 
 import asyncio
 import hashlib
@@ -223,3 +224,41 @@ def test_three_node_cluster_keeps_an_r3_stream_with_one_node_down(lab, hosts, tm
 
     asyncio.run(stream_through_an_outage())
     _recap(_play(inventory), changed=0)  # the node came back; the role finds nothing to change
+
+    # the resource modules on the role-built cluster: stream, key-value and object buckets made with one
+    # replica, then scaled to three in the four steps (check, real, idempotent check, idempotent)
+    resources = _resources_play(str(tmp_path), urls, ca)
+    _recap(fleetkit.play(resources, "localhost,", "-e", "replicas=1"), changed=1)
+    for check, changed in ((True, 1), (False, 1), (True, 0), (False, 0)):
+        _recap(fleetkit.play(resources, "localhost,", "-e", "replicas=3", *(["--check"] if check else [])), changed=changed)
+
+    async def replicas():
+        nc = await nats.connect(servers=urls, tls=ssl.create_default_context(cafile=ca), connect_timeout=5)
+        try:
+            js = nc.jetstream()
+            found = {}
+            for stream in ("EVENTS", "KV_registry", "OBJ_artifacts"):
+                info = await js.stream_info(stream)
+                found[stream] = (info.config.num_replicas, len(info.cluster.replicas or []) + 1)
+            entry = await (await js.key_value("registry")).get("zone-a")
+            return found, entry.value
+        finally:
+            await nc.close()
+    found, value = asyncio.run(replicas())
+    assert found == {"EVENTS": (3, 3), "KV_registry": (3, 3), "OBJ_artifacts": (3, 3)} and value == b"up", found
+
+
+def _resources_play(directory, urls, ca):
+    """A localhost play of natsops.fleet resource modules with {{ replicas }} replicas; returns its path."""
+    path = os.path.join(directory, "resources.yml")
+    tasks = [{"natsops.fleet.stream": {"name": "EVENTS", "subjects": ["events.>"], "replicas": "{{ replicas }}"}},
+             {"natsops.fleet.consumer": {"stream": "EVENTS", "name": "audit", "ack_wait": "30s"}},
+             {"natsops.fleet.kv": {"bucket": "registry", "ttl": "5m", "replicas": "{{ replicas }}"}},
+             {"natsops.fleet.kv": {"bucket": "registry", "name": "zone-a", "value": "up"}},
+             {"natsops.fleet.object": {"bucket": "artifacts", "replicas": "{{ replicas }}"}},
+             {"natsops.fleet.object": {"bucket": "artifacts", "name": "motd", "content": "hello"}}]
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump([{"name": "NATS resources", "hosts": "localhost", "connection": "local", "gather_facts": False,
+                    "vars": {"ansible_python_interpreter": devenv.tool("python")},
+                    "module_defaults": {"group/natsops.fleet.nats": {"servers": urls, "ca": ca}}, "tasks": tasks}], handle)
+    return path
