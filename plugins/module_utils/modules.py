@@ -6,7 +6,9 @@ doc_fragments/nats.py, named as in the connection plugin) and a client built fro
 
 from __future__ import annotations
 
-from ansible.module_utils.basic import env_fallback
+import traceback
+
+from ansible.module_utils.basic import env_fallback, missing_required_lib
 
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import DEFAULT_NAMESPACE, OPTION_NAMES, OPTION_SOURCES
 
@@ -91,3 +93,19 @@ def bklite_failure(method, reply, keys=("stage", "category")):
     from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError  # pylint: disable=import-outside-toplevel
     details = dict((k, reply[k]) for k in keys if reply.get(k))
     return ExecutorTaskError(reply.get("code") or "internal", "BK-Lite %s failed: %s" % (method, reply.get("error")), details)
+
+
+def compile_query(module, option="query"):
+    """The module's JMESPath option compiled (None when not set); fail_json when jmespath is missing or the
+    expression is not valid, before the module does anything."""
+    expression = module.params.get(option)
+    if not expression:
+        return None
+    try:
+        import jmespath  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        module.fail_json(msg=missing_required_lib("jmespath"), exception=traceback.format_exc())
+    try:
+        return jmespath.compile(expression)
+    except jmespath.exceptions.JMESPathError as exc:
+        module.fail_json(msg="%s is not a valid JMESPath expression: %s" % (option, exc))

@@ -141,19 +141,9 @@ query_result:
   type: raw
 """
 
-import traceback
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, executor_client
-
-try:
-    import jmespath
-    HAS_JMESPATH = True
-    JMESPATH_ERROR = None
-except ImportError:
-    HAS_JMESPATH = False
-    JMESPATH_ERROR = traceback.format_exc()
+from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query, executor_client
 
 
 def main():
@@ -169,16 +159,9 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if params["query"] and not HAS_JMESPATH:
-        module.fail_json(msg=missing_required_lib("jmespath"), exception=JMESPATH_ERROR)
     if params["wait"] <= 0 or params["wait"] > 60:
         module.fail_json(msg="wait must be between 0 and 60 seconds, got %s" % params["wait"])
-    compiled = None
-    if params["query"]:
-        try:
-            compiled = jmespath.compile(params["query"])
-        except jmespath.exceptions.JMESPathError as exc:
-            module.fail_json(msg="query is not a valid JMESPath expression: %s" % exc)
+    compiled = compile_query(module)
     client = executor_client(module, params["instance_id"])
     instances = {}
     try:

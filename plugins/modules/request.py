@@ -78,16 +78,10 @@ query_result:
 
 import json
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
+from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query
 from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, message_options, payload_of, run
-
-try:
-    import jmespath
-    HAS_JMESPATH = True
-except ImportError:  # pragma: no cover
-    HAS_JMESPATH = False
 
 
 def main():
@@ -97,14 +91,7 @@ def main():
         supports_check_mode=False,
     )
     params = module.params
-    compiled = None
-    if params["query"]:
-        if not HAS_JMESPATH:
-            module.fail_json(msg=missing_required_lib("jmespath"))
-        try:
-            compiled = jmespath.compile(params["query"])
-        except jmespath.exceptions.JMESPathError as exc:
-            module.fail_json(msg="query is not a valid JMESPath expression: %s" % exc)
+    compiled = compile_query(module)
     subject, payload, headers = payload_of(module)
 
     async def request(nc):

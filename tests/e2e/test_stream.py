@@ -77,3 +77,6 @@ def test_bad_input_fails_clearly(module_task):
     overlap = module_task("stream", {"name": "A2", "subjects": ["overlap.x"]})
     assert overlap["failed"] and "JetStream refused" in overlap["msg"] and overlap.get("err_code"), overlap
     module_task("stream", {"name": "A1", "state": "absent"})
+    # NATS unreachable: a clear failure, not a hang (nats-py retries forever with max_reconnect_attempts=0)
+    down = module_task("stream", {"name": "A3", "servers": ["nats://127.0.0.1:9"], "connect_timeout": 2})
+    assert down["failed"] and "cannot connect to NATS (servers=nats://127.0.0.1:9" in down["msg"], down
