@@ -13,6 +13,7 @@ import yaml
 
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire.contract import DEFAULT_NAMESPACE, WireError, validate_instance_id, validate_namespace
+from natsops_executor._wire.names import validate_probe_id
 
 
 class ConfigError(Exception):
@@ -46,6 +47,9 @@ class Config:
     ssh_pool_size: int = 64
     ssh_idle_timeout: float = 300.0
     ssh_connect_timeout: float = 10.0
+    register: bool = False
+    zone: str = None
+    heartbeat_interval: float = 30.0
 
     def nats_options(self):
         return dict((k, getattr(self, k)) for k in wire_connect.OPTION_NAMES)
@@ -85,6 +89,9 @@ ENVIRONMENT = {
     "ssh_pool_size": "NATSOPS_SSH_POOL_SIZE",
     "ssh_idle_timeout": "NATSOPS_SSH_IDLE_TIMEOUT",
     "ssh_connect_timeout": "NATSOPS_SSH_CONNECT_TIMEOUT",
+    "register": "NATSOPS_REGISTER",
+    "zone": "NATSOPS_ZONE",
+    "heartbeat_interval": "NATSOPS_HEARTBEAT_INTERVAL",
 }
 LIST_KEYS = ("servers", "instances")
 DICT_KEYS = ("ssh_identities",)
@@ -132,6 +139,12 @@ def build_parser():
     add("--ssh-pool-size", dest="ssh_pool_size", type=int, help="SSH connections kept for reuse (default 64)")
     add("--ssh-idle-timeout", dest="ssh_idle_timeout", type=float, help="seconds an idle SSH connection is kept (default 300)")
     add("--ssh-connect-timeout", dest="ssh_connect_timeout", type=float, help="SSH connect timeout in seconds (default 10)")
+    add("--register", dest="register", action="store_true", default=None,
+        help="probe mode: register this host in the registry bucket (<namespace>_registry) under its one instance id "
+             "(the node id) and keep the record fresh; the record is deleted when the executor stops")
+    add("--zone", help="zone name put in the registry record (with --register)")
+    add("--heartbeat-interval", dest="heartbeat_interval", type=float,
+        help="seconds between registry heartbeats (default 30; the bucket's TTL should be a few of them)")
     add("--check-config", dest="check_config", action="store_true",
         help="validate the configuration (flags, environment, --config file) and exit: 0 if usable, 2 if not")
     add("--version", action="store_true", help="print the version and exit")
@@ -248,6 +261,16 @@ def validate(cfg):
         raise ConfigError(exc.message)
     except wire_connect.ConnectOptionsError as exc:
         raise ConfigError(str(exc))
+    if cfg.register:
+        if len(cfg.instances) != 1:
+            raise ConfigError("--register (probe mode) serves exactly one instance id, the host's node id; got %s"
+                              % ", ".join(cfg.instances))
+        try:
+            validate_probe_id(cfg.instances[0])
+        except WireError as exc:
+            raise ConfigError(exc.message)
+        if not 1 <= cfg.heartbeat_interval <= 3600:
+            raise ConfigError("heartbeat_interval must be between 1 and 3600 seconds")
     if cfg.max_jobs < 1:
         raise ConfigError("max_jobs must be at least 1")
     if cfg.ssh_pool_size < 1 or cfg.ssh_idle_timeout <= 0 or cfg.ssh_connect_timeout <= 0:

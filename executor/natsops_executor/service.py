@@ -43,6 +43,7 @@ class Executor:
     def __init__(self, cfg):
         self.cfg = cfg
         self.nc = None
+        self.heartbeat = None
         self.service = None
         self.jobs = set()
         self.slots = asyncio.Semaphore(cfg.max_jobs)
@@ -90,12 +91,19 @@ class Executor:
         if cfg.bklite_compat:
             await bklite.CompatServer(self).add_endpoints(self.service, index)
         await self.nc.flush()
+        if cfg.register:
+            from natsops_executor.registry import Heartbeat  # pylint: disable=import-outside-toplevel
+            self.heartbeat = Heartbeat(self.nc, cfg)
+            await self.heartbeat.beat()
+            self.heartbeat.start()
         log.info("natsops-executor %s ready: %d instance id(s) on %s, max %d jobs, protocol %d, service %s",
                  __version__, len(cfg.instances), self.nc.connected_url.netloc if self.nc.connected_url else "?",
                  cfg.max_jobs, PROTOCOL_VERSION, self.service.id)
 
     async def stop(self):
         """Stop taking work, give running jobs the grace period, then end them."""
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
         if self.service is not None:
             await self.service.stop()
         if self.jobs:

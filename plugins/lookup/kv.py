@@ -77,16 +77,11 @@ import json
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.connect import ConnectOptionsError, connect_kwargs, describe
+from ansible_collections.natsops.fleet.plugins.module_utils.resources import HAS_NATS, ResourceError, connect, use
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES
 
-try:
-    import nats
-    import nats.errors
+if HAS_NATS:
     import nats.js.errors
-    HAS_NATS = True
-except ImportError:  # pragma: no cover - reported by run()
-    HAS_NATS = False
 
 
 class LookupModule(LookupBase):
@@ -98,32 +93,24 @@ class LookupModule(LookupBase):
         self.set_options(var_options=variables, direct=kwargs)
         options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
         timeout = self.get_option("connect_timeout")
-        try:
-            connect = connect_kwargs(options, "natsops.fleet kv lookup", timeout)
-        except ConnectOptionsError as exc:
-            raise AnsibleLookupError("natsops.fleet.kv: bad NATS connection options: %s" % exc)
-        connect.update(allow_reconnect=False, max_reconnect_attempts=0)
-        try:
-            return asyncio.run(self._read(connect, describe(options), [str(t) for t in terms]))
-        except nats.errors.TimeoutError:
-            raise AnsibleLookupError("natsops.fleet.kv: NATS did not answer in %s s" % timeout)
+        keys = [str(t) for t in terms]
 
-    async def _read(self, connect, where, keys):
+        async def read():
+            nc = await connect(options, "natsops.fleet kv lookup", timeout)
+            return await use(nc, lambda nc: self._read(nc, keys), timeout)
+
+        try:
+            return asyncio.run(read())
+        except ResourceError as exc:
+            raise AnsibleLookupError("natsops.fleet.kv: %s" % exc.message)
+
+    async def _read(self, nc, keys):
         bucket = self.get_option("bucket")
         try:
-            nc = await nats.connect(**connect)
-        except Exception as exc:  # pylint: disable=broad-except
-            raise AnsibleLookupError("natsops.fleet.kv: cannot connect to NATS (%s): %s" % (where, exc or type(exc).__name__))
-        try:
-            try:
-                kv = await nc.jetstream().key_value(bucket)
-            except nats.js.errors.BucketNotFoundError:
-                raise AnsibleLookupError("natsops.fleet.kv: key-value bucket %s does not exist" % bucket)
-            except nats.errors.NoRespondersError:
-                raise AnsibleLookupError("natsops.fleet.kv: JetStream is not enabled for this account (no responders on $JS.API)")
-            return [await self._value(kv, bucket, key) for key in keys]
-        finally:
-            await nc.close()
+            kv = await nc.jetstream().key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            raise AnsibleLookupError("natsops.fleet.kv: key-value bucket %s does not exist" % bucket)
+        return [await self._value(kv, bucket, key) for key in keys]
 
     async def _value(self, kv, bucket, key):
         try:

@@ -64,6 +64,37 @@ def size_bytes(value, option):
         raise ResourceError("option %s: %r is not a size (%s)" % (option, value, exc))
 
 
+async def connect(options, name, timeout, **extra):
+    """A NATS connection from the connection options (the user-facing names), without reconnects: for a module run
+    or a controller-side plugin. ResourceError (secrets never in it) when the options are bad or NATS is unreachable."""
+    try:
+        kwargs = connect_kwargs(options, name, timeout)
+    except ConnectOptionsError as exc:
+        raise ResourceError("bad NATS connection options: %s" % exc)
+    # nats-py counts 0 as unlimited: one attempt per server, then fail
+    kwargs.update(allow_reconnect=False, max_reconnect_attempts=1, **extra)
+    try:
+        return await nats.connect(**kwargs)
+    except Exception as exc:  # pylint: disable=broad-except
+        raise ResourceError("cannot connect to NATS (%s): %s" % (describe(options), exc or type(exc).__name__))
+
+
+async def use(nc, work, timeout, errors=()):
+    """``await work(nc)``, then close nc; JetStream refusals, no responders and timeouts as ResourceError."""
+    try:
+        return await work(nc)
+    except nats.js.errors.APIError as exc:
+        raise ResourceError("JetStream refused: %s" % (exc.description or exc), code=exc.code, err_code=exc.err_code)
+    except nats.errors.NoRespondersError:
+        raise ResourceError("JetStream is not enabled for this account (no responders on $JS.API); check the "
+                            "server's jetstream block and the account's JetStream limits")
+    except nats.errors.TimeoutError:
+        raise ResourceError("NATS did not answer in %s s%s" % (timeout, "".join(
+            "; %s" % e for e in errors if "permissions violation" in str(e).lower())))
+    finally:
+        await nc.close()
+
+
 def run(module, work):
     """Connect with the module's NATS options, ``await work(nc)``, close; return its result.
     Connection problems, JetStream refusals and ResourceError end the module with fail_json."""
@@ -71,11 +102,6 @@ def run(module, work):
         from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
         module.fail_json(msg=missing_nats_message())
     params = module.params
-    try:
-        kwargs = connect_kwargs(nats_options(params), "natsops.fleet %s" % module._name, params["connect_timeout"])
-    except ConnectOptionsError as exc:
-        module.fail_json(msg="bad NATS connection options: %s" % exc)
-    kwargs.update(allow_reconnect=False, max_reconnect_attempts=0)
 
     async def main():
         errors = []
@@ -83,22 +109,8 @@ def run(module, work):
         async def on_error(exc):
             errors.append(exc)
 
-        try:
-            nc = await nats.connect(error_cb=on_error, **kwargs)
-        except Exception as exc:  # pylint: disable=broad-except
-            raise ResourceError("cannot connect to NATS (%s): %s" % (describe(nats_options(params)), exc or type(exc).__name__))
-        try:
-            return await work(nc)
-        except nats.js.errors.APIError as exc:
-            raise ResourceError("JetStream refused: %s" % (exc.description or exc), code=exc.code, err_code=exc.err_code)
-        except nats.errors.NoRespondersError:
-            raise ResourceError("JetStream is not enabled for this account (no responders on $JS.API); check the "
-                                "server's jetstream block and the account's JetStream limits")
-        except nats.errors.TimeoutError:
-            raise ResourceError("NATS did not answer in %s s%s" % (params["connect_timeout"], "".join(
-                "; %s" % e for e in errors if "permissions violation" in str(e).lower())))
-        finally:
-            await nc.close()
+        nc = await connect(nats_options(params), "natsops.fleet %s" % module._name, params["connect_timeout"], error_cb=on_error)
+        return await use(nc, work, params["connect_timeout"], errors)
 
     try:
         return asyncio.run(main())

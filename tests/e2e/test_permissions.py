@@ -125,37 +125,36 @@ def test_an_executor_identity_cannot_call_or_serve_another_zone_or_read_other_in
         client.close()
 
 
-def test_a_probe_identity_only_publishes_its_heartbeats(secured):
+def test_a_probe_identity_only_writes_its_own_registry_key(secured):
     url = secured["server"].url
-    received = []
 
     async def scenario():
-        listener = await nats.connect(url, user="controller", password=PASSWORDS["controller"], connect_timeout=5)
-
-        async def on_heartbeat(msg):
-            received.append(msg.subject)
-
-        sub = await listener.subscribe("natsops.probe.heartbeat.*", cb=on_heartbeat)
-        await listener.flush()
+        controller = await nats.connect(url, user="controller", password=PASSWORDS["controller"], connect_timeout=5)
+        js = controller.jetstream()
+        kv = await js.create_key_value(bucket="natsops_registry", ttl=60)
 
         async def probe_actions(nc):
-            await nc.publish("natsops.probe.heartbeat.web1", b"{}")
-            await nc.publish("natsops.probe.heartbeat.web2", b"{}")   # another host's heartbeat
+            await nc.publish("$KV.natsops_registry.web1", b"{}")       # its own record: allowed
+            await nc.publish("$KV.natsops_registry.web2", b"{}")       # another host's record
             await nc.publish("natsops.exec.default", b"{}")           # calling an executor
             await nc.publish("natsops.exec.web1", b"{}")              # even its own subject
             await nc.subscribe("natsops.exec.default")                # serving another host
 
-        found = await _violations(url, "probe-web1", probe_actions)
-        await listener.flush()
-        await asyncio.sleep(0.2)
-        await sub.unsubscribe()
-        await listener.close()
-        return found
+        try:
+            found = await _violations(url, "probe-web1", probe_actions)
+            await asyncio.sleep(0.2)
+            try:
+                keys = sorted(await kv.keys())
+            finally:
+                await js.delete_key_value("natsops_registry")
+            return found, keys
+        finally:
+            await controller.close()
 
-    found = asyncio.run(scenario())
-    assert received == ["natsops.probe.heartbeat.web1"]
-    for subject in ("natsops.probe.heartbeat.web2", "natsops.exec.default", "natsops.exec.web1"):
-        assert any(subject in e for e in found), (subject, found)
+    found, keys = asyncio.run(scenario())
+    assert keys == ["web1"]
+    for subject in ("$KV.natsops_registry.web2", "natsops.exec.default", "natsops.exec.web1"):
+        assert any(subject.lower() in e.lower() for e in found), (subject, found)  # nats-py lowercases the message
     assert len(found) == 4, found
 
 
@@ -180,13 +179,13 @@ def test_accounts_keep_their_subjects_and_jetstream_apart():
             async def on_msg(msg):
                 seen.append(msg.data)
 
-            await fleet.subscribe("natsops.probe.heartbeat.h1", cb=on_msg)
+            await fleet.subscribe("_INBOX.cross.h1", cb=on_msg)
             await fleet.flush()
-            await other.publish("natsops.probe.heartbeat.h1", b"from another account")
+            await other.publish("_INBOX.cross.h1", b"from another account")
             await other.flush()
             await asyncio.sleep(0.3)
             js = fleet.jetstream()
-            await js.add_stream(name="FLEETSTREAM", subjects=["natsops.probe.heartbeat.*"], max_bytes=1024 * 1024)
+            await js.add_stream(name="FLEETSTREAM", subjects=["natsops.events.*"], max_bytes=1024 * 1024)
             with pytest.raises(Exception):  # no JetStream in OTHER
                 await other.jetstream().account_info()
             return seen

@@ -159,6 +159,31 @@ def default_bucket(namespace):
     return namespace.replace(".", "_")
 
 
+# Probes register in a JetStream key-value bucket: one key per probe (its node id, which is also the instance
+# id its executor serves), holding its latest record; the bucket's TTL expires probes that went silent.
+_PROBE_ID_RE = re.compile(r"^[A-Za-z0-9_=-]+$")
+REGISTRY_SUFFIX = "_registry"
+
+
+def registry_bucket(namespace):
+    """The key-value bucket probes register in: ``<namespace>_registry``, dots as '_'."""
+    return default_bucket(namespace) + REGISTRY_SUFFIX
+
+
+def validate_probe_id(value):
+    """A probe's node id: an instance id that is also a key-value key (ASCII letters, digits, '_', '=', '-')."""
+    validate_instance_id(value)
+    if value == "*" or not _PROBE_ID_RE.match(value):
+        raise WireError(E_BAD_INSTANCE, "probe node id %r is invalid: ASCII letters, digits, '_', '=' and '-' only "
+                                        "(it is the probe's key in the registry bucket)" % value)
+    return value
+
+
+def registry_subject(namespace, node_id):
+    """The subject a probe publishes its registration and heartbeats to: its key of the registry bucket."""
+    return "$KV.%s.%s" % (registry_bucket(namespace), validate_probe_id(node_id))
+
+
 def subject(namespace, op, instance_id):
     """The subject an executor serving ``instance_id`` listens on for ``op``."""
     if op not in OPERATIONS:

@@ -9,12 +9,13 @@ drift from what the executor, the callers and the probes really publish and subs
 
 Roles:
 - ``controller``: calls executors (every operation, every instance id), discovers them, uses JetStream
-  (Object Store uploads for executor_transfer, the NATS resource modules) and reads probe heartbeats.
+  (Object Store uploads for executor_transfer, the NATS resource modules) and reads the probe registry.
 - ``executor``: serves only its instance ids (and BK-Lite's subjects for them with ``bklite``), answers
   discovery, replies to callers, reads the Object Store buckets it places files from, and may ask which
   executors are online (``$SRV.INFO.natsops-executor``, read-only; the executor role's check uses it). It subscribes to
   no inbox but its own (``inbox_prefix``), so it cannot read other parties' replies or uploads.
-- ``probe``: an agent on one host: serves that host's instance id and publishes only its own heartbeats.
+- ``probe``: an agent on one host: serves that host's instance id and writes only its own registry key
+  (``$KV.<namespace>_registry.<node id>``, a JetStream publish: no JetStream API rights).
 - ``admin``: everything (no permissions block).
 
 Standard library only, Python 3.8+ syntax.
@@ -26,7 +27,7 @@ import re
 
 from .bklite import DEFAULT_BUCKET as BKLITE_BUCKET, METHODS as BKLITE_METHODS, subject as bklite_subject
 from .names import (
-    DEFAULT_INBOX_PREFIX, DEFAULT_NAMESPACE, E_BAD_REQUEST, default_bucket, OPERATIONS, SERVICE_NAME, WireError, validate_inbox_prefix,
+    DEFAULT_INBOX_PREFIX, DEFAULT_NAMESPACE, E_BAD_REQUEST, default_bucket, OPERATIONS, registry_subject, SERVICE_NAME, WireError, validate_inbox_prefix,
     validate_instance_id, validate_namespace, subject,
 )
 
@@ -40,8 +41,8 @@ def inbox_prefix_for(name):
 
 
 def probe_heartbeat_subject(namespace, host_id):
-    """The subject a probe publishes its heartbeats on."""
-    return "%s.probe.heartbeat.%s" % (namespace, validate_instance_id(host_id))
+    """The subject a probe publishes its registration and heartbeats on: its own key of the registry bucket."""
+    return registry_subject(namespace, host_id)
 
 
 def _serve(namespace, instances, bklite):
@@ -81,7 +82,7 @@ def permissions(role, namespace=DEFAULT_NAMESPACE, instances=(), inbox_prefix=No
         if bklite:
             publish += ["%s.*" % method for method in BKLITE_METHODS]
         # the controller may read every inbox (it may run anything anyway), so callers need no inbox prefix
-        subscribe = ["_INBOX.>", "%s.probe.>" % namespace]
+        subscribe = ["_INBOX.>"]
         return {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": _unique(subscribe)}}
     if not instances:
         raise WireError(E_BAD_REQUEST, "a %s identity needs the instance ids it serves" % role)

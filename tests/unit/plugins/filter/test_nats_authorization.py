@@ -47,7 +47,7 @@ def test_the_permission_model():
     assert not any(s.startswith("ops.fleet.") for s in executor["publish"]["allow"])
     assert "$JS.API.STREAM.INFO.OBJ_ops_fleet" in executor["publish"]["allow"] and executor["allow_responses"] is True
     probe = users[NKEY]["permissions"]
-    assert "ops.fleet.probe.heartbeat.web1" in probe["publish"]["allow"]
+    assert "$KV.ops_fleet_registry.web1" in probe["publish"]["allow"]
     assert not any(s.startswith("$JS") for s in probe["publish"]["allow"])
     assert "ops.fleet.exec.web1" in probe["subscribe"]["allow"]
     controller = users["controller"]["permissions"]
