@@ -174,7 +174,7 @@ def bucket_settings(params, fields=None):
 
 async def stream_config(js, stream):
     """The configuration of a stream as a dict, or None when it does not exist."""
-    import nats.js.errors as errors  # pylint: disable=import-outside-toplevel
+    from nats.js import errors  # pylint: disable=import-outside-toplevel
     try:
         return (await js.stream_info(stream)).config.as_dict()
     except errors.NotFoundError:

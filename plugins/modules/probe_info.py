@@ -9,8 +9,8 @@ DOCUMENTATION = r"""
 module: probe_info
 short_description: The probe registry as data
 description:
-  - Reads the records probes keep in the registry bucket (C(<namespace>_registry), one key per probe: its node
-    id) and returns them, each with its age and whether it is stale.
+  - Reads the records probes keep in the registry bucket (C(<namespace>_registry), one key per probe, named by its
+    node id) and returns them, each with its age and whether it is stale.
   - A probe is a C(natsops-executor --register) on the host itself; its record names the host, its addresses,
     OS, architecture, zone and probe version, and when it was last seen.
 version_added: 0.1.0
