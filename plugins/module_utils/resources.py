@@ -118,6 +118,15 @@ def run(module, work):
         module.fail_json(msg=exc.message, **exc.details)
 
 
+def ensure_resource(module, ensure):
+    """Run ``ensure(nc)`` (returning changed, result, diff) on one connection and exit the module with its result,
+    the diff in --diff mode."""
+    changed, result, diff = run(module, ensure)
+    if module._diff:
+        result["diff"] = diff
+    module.exit_json(changed=changed, **result)
+
+
 def message_options():
     """The options of a module that sends one message (publish, request)."""
     return {"subject": {"type": "str", "required": True}, "data": {"type": "str"}, "json": {"type": "raw"},

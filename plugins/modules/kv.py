@@ -118,7 +118,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
-    BUCKET_FIELDS, ResourceError, bucket_options, bucket_settings, ensure_bucket, run, stream_config,
+    BUCKET_FIELDS, ResourceError, bucket_options, bucket_settings, ensure_bucket, ensure_resource, stream_config,
 )
 
 _KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
@@ -254,10 +254,7 @@ def main():
             module.fail_json(msg="key %r is invalid: letters, digits and -/_=. only, not starting or ending with '.'" % key)
         if params["state"] == "present" and params["value"] is None and params["json"] is None:
             module.fail_json(msg="state present with a name (key) needs value or json")
-    changed, result, diff = run(module, lambda nc: ensure(nc, params, module.check_mode))
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(changed=changed, **result)
+    ensure_resource(module, lambda nc: ensure(nc, params, module.check_mode))
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
-    ResourceError, bucket_options, bucket_settings, ensure_bucket, run, stream_config,
+    ResourceError, bucket_options, bucket_settings, ensure_bucket, ensure_resource, stream_config,
 )
 
 _OBJECT_ONLY = ("src", "content", "dest")
@@ -215,7 +215,10 @@ async def ensure(module, nc):
     """The bucket, or the object when a name is given; returns (changed, result, diff)."""
     params = module.params
     if params["name"] is not None:
-        return await ensure_object(module, nc, params)
+        changed, result, diff = await ensure_object(module, nc, params)
+        if params["dest"] and os.path.exists(params["dest"]):  # mode, owner, ... of the fetched file
+            changed = module.set_fs_attributes_if_different(module.load_file_common_arguments(params, path=params["dest"]), changed)
+        return changed, result, diff
     from nats.js.api import ObjectStoreConfig, StorageType  # pylint: disable=import-outside-toplevel
     js = nc.jetstream()
     bucket = params["bucket"]
@@ -257,12 +260,7 @@ def main():
             module.fail_json(msg="state present with a name (object) needs src, content or dest")
         if params["src"] is not None and not os.path.isfile(params["src"]):
             module.fail_json(msg="src %s is not a readable file" % params["src"])
-    changed, result, diff = run(module, lambda nc: ensure(module, nc))
-    if params["dest"] and os.path.exists(params["dest"]):
-        changed = module.set_fs_attributes_if_different(module.load_file_common_arguments(params, path=params["dest"]), changed)
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(changed=changed, **result)
+    ensure_resource(module, lambda nc: ensure(module, nc))
 
 
 if __name__ == "__main__":

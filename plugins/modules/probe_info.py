@@ -45,6 +45,7 @@ attributes:
     description: Reads only; runs in check mode too.
   diff_mode:
     support: none
+    description: Changes nothing, so there is no diff.
 """
 
 EXAMPLES = r"""

@@ -141,7 +141,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
-    ResourceError, changes, duration_ns, run, size_bytes,
+    ResourceError, changes, duration_ns, ensure_resource, size_bytes,
 )
 
 _NAME_RE = re.compile(r"^[^\s.*>/\\]+$")
@@ -252,10 +252,7 @@ def main():
         wanted_config(module.params)  # bad sizes and durations fail before anything connects
     except ResourceError as exc:
         module.fail_json(msg=exc.message)
-    changed, result, diff = run(module, lambda nc: ensure(nc, module.params, module.check_mode))
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(changed=changed, **result)
+    ensure_resource(module, lambda nc: ensure(nc, module.params, module.check_mode))
 
 
 if __name__ == "__main__":

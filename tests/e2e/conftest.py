@@ -130,3 +130,21 @@ def module_task(local_play, tmp_path):
         return result
 
     return run
+
+
+@pytest.fixture
+def four_steps(module_task):
+    """The resource modules' idempotence pattern: check (changed), real (changed), check again and real again
+    (both unchanged), none failing. Returns the results of the first two."""
+
+    def run(module, args):
+        first = module_task(module, args, check=True)
+        assert first["changed"] and not first.get("failed"), first
+        second = module_task(module, args)
+        assert second["changed"] and not second.get("failed"), second
+        for check in (True, False):
+            again = module_task(module, args, check=check)
+            assert not again["changed"] and not again.get("failed"), again
+        return first, second
+
+    return run

@@ -41,23 +41,12 @@ async def _deliveries(url, stream, name, subject):
         await nc.close()
 
 
-def _four_steps(module_task, args):
-    first = module_task("consumer", args, check=True)
-    assert first["changed"] and not first.get("failed"), first
-    second = module_task("consumer", args)
-    assert second["changed"] and not second.get("failed"), second
-    for check in (True, False):
-        again = module_task("consumer", args, check=check)
-        assert not again["changed"] and not again.get("failed"), again
-    return first, second
-
-
-def test_pull_and_push_consumers(module_task, nats_server):
+def test_pull_and_push_consumers(module_task, nats_server, four_steps):
     url = nats_server.url
     assert not module_task("stream", {"name": "JOBS", "subjects": ["jobs.>"]}).get("failed")
     pull = {"stream": "JOBS", "name": "workers", "filter_subjects": ["jobs.probe.>"], "ack_policy": "explicit",
             "ack_wait": "1s", "max_deliver": 3, "max_ack_pending": 100, "description": "probe jobs"}
-    first, second = _four_steps(module_task, pull)
+    first, second = four_steps("consumer", pull)
     assert "state" not in first and asyncio.run(_info(url, "JOBS", "workers")) is not None
     info = asyncio.run(_info(url, "JOBS", "workers"))
     assert info.config.filter_subject == "jobs.probe.>" and info.config.ack_wait == 1 and info.config.max_deliver == 3
@@ -87,12 +76,12 @@ def test_pull_and_push_consumers(module_task, nats_server):
     # a push consumer with backoff and a queue group
     push = {"stream": "JOBS", "name": "audit", "deliver_subject": "deliver.audit", "deliver_group": "auditors",
             "deliver_policy": "new", "max_deliver": 4, "backoff": ["1s", "2s", "1m"]}
-    _four_steps(module_task, push)
+    four_steps("consumer", push)
     info = asyncio.run(_info(url, "JOBS", "audit"))
     assert info.config.deliver_subject == "deliver.audit" and info.config.deliver_group == "auditors"
     assert info.config.backoff == [1, 2, 60]
 
-    _four_steps(module_task, {"stream": "JOBS", "name": "workers", "state": "absent"})
+    four_steps("consumer", {"stream": "JOBS", "name": "workers", "state": "absent"})
     assert asyncio.run(_info(url, "JOBS", "workers")) is None
     module_task("stream", {"name": "JOBS", "state": "absent"})
 

@@ -44,21 +44,10 @@ async def _history(url, bucket, key):
         await nc.close()
 
 
-def _four_steps(module_task, args):
-    first = module_task("kv", args, check=True)
-    assert first["changed"] and not first.get("failed"), first
-    second = module_task("kv", args)
-    assert second["changed"] and not second.get("failed"), second
-    for check in (True, False):
-        again = module_task("kv", args, check=check)
-        assert not again["changed"] and not again.get("failed"), again
-    return first, second
-
-
-def test_bucket_lifecycle(module_task, nats_server):
+def test_bucket_lifecycle(module_task, nats_server, four_steps):
     url = nats_server.url
     args = {"bucket": "registry", "ttl": "5m", "history": 3, "max_bytes": "16MB", "description": "probes"}
-    first, second = _four_steps(module_task, args)
+    first, second = four_steps("kv", args)
     assert first["bucket"] == {} and second["bucket"]["name"] == "KV_registry"
     config = asyncio.run(_kv(url, "registry"))[0]
     assert config.max_age == 300 and config.max_msgs_per_subject == 3 and config.max_bytes == 16 * 1024 * 1024
@@ -74,19 +63,19 @@ def test_bucket_lifecycle(module_task, nats_server):
     refused = module_task("kv", {"bucket": "registry", "storage": "memory"})
     assert refused["failed"] and "storage of bucket registry cannot change" in refused["msg"]
 
-    _four_steps(module_task, {"bucket": "registry", "state": "absent"})
+    four_steps("kv", {"bucket": "registry", "state": "absent"})
     assert asyncio.run(_kv(url, "registry")) == (None, None)
 
 
-def test_keys_and_lookup(module_task, local_play, nats_server, tmp_path):
+def test_keys_and_lookup(module_task, local_play, nats_server, tmp_path, four_steps):
     url = nats_server.url
     assert not module_task("kv", {"bucket": "config", "history": 5}).get("failed")
-    first, second = _four_steps(module_task, {"bucket": "config", "name": "rollout.batch_size", "value": "20"})
+    first, second = four_steps("kv", {"bucket": "config", "name": "rollout.batch_size", "value": "20"})
     assert first["entry"]["revision"] == 0 and second["entry"]["value"] == "20"
     assert asyncio.run(_kv(url, "config", "rollout.batch_size"))[1] == ("20", second["entry"]["revision"])
 
     # structured values are stored as canonical JSON, so key order does not make a change
-    _four_steps(module_task, {"bucket": "config", "name": "maintenance", "json": {"enabled": True, "until": "06:00"}})
+    four_steps("kv", {"bucket": "config", "name": "maintenance", "json": {"enabled": True, "until": "06:00"}})
     assert not module_task("kv", {"bucket": "config", "name": "maintenance", "json": {"until": "06:00", "enabled": True}})["changed"]
     assert json.loads(asyncio.run(_kv(url, "config", "maintenance"))[1][0]) == {"enabled": True, "until": "06:00"}
 
@@ -125,10 +114,10 @@ def test_keys_and_lookup(module_task, local_play, nats_server, tmp_path):
     assert missing.returncode != 0 and "key nope of bucket config does not exist" in missing.stdout
 
     # deletion: a delete marker (history kept), then purge (history gone); both idempotent
-    _four_steps(module_task, {"bucket": "config", "name": "rollout.batch_size", "state": "absent"})
+    four_steps("kv", {"bucket": "config", "name": "rollout.batch_size", "state": "absent"})
     assert asyncio.run(_kv(url, "config", "rollout.batch_size"))[1] is None
     assert len(asyncio.run(_history(url, "config", "rollout.batch_size"))) > 1
-    _four_steps(module_task, {"bucket": "config", "name": "rollout.batch_size", "state": "absent", "purge": True})
+    four_steps("kv", {"bucket": "config", "name": "rollout.batch_size", "state": "absent", "purge": True})
     assert len(asyncio.run(_history(url, "config", "rollout.batch_size"))) <= 1  # the purge marker alone
     # a deleted key can be set again
     assert module_task("kv", {"bucket": "config", "name": "rollout.batch_size", "value": "5", "revision": 0})["changed"]

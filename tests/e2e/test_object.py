@@ -26,20 +26,9 @@ async def _object(url, bucket, name):
         await nc.close()
 
 
-def _four_steps(module_task, args):
-    first = module_task("object", args, check=True)
-    assert first["changed"] and not first.get("failed"), first
-    second = module_task("object", args)
-    assert second["changed"] and not second.get("failed"), second
-    for check in (True, False):
-        again = module_task("object", args, check=check)
-        assert not again["changed"] and not again.get("failed"), again
-    return first, second
-
-
-def test_bucket_objects_fetch_delete(module_task, nats_server, tmp_path):
+def test_bucket_objects_fetch_delete(module_task, nats_server, tmp_path, four_steps):
     url = nats_server.url
-    first, second = _four_steps(module_task, {"bucket": "artifacts", "description": "probe packages", "max_bytes": "256MB"})
+    first, second = four_steps("object", {"bucket": "artifacts", "description": "probe packages", "max_bytes": "256MB"})
     assert first["bucket"] == {} and second["bucket"]["name"] == "OBJ_artifacts" and second["bucket"]["max_bytes"] == 256 * 2**20
 
     # a 3 MB file (several chunks) put once; check mode uploads nothing
@@ -50,32 +39,32 @@ def test_bucket_objects_fetch_delete(module_task, nats_server, tmp_path):
     first = module_task("object", put, check=True, diff=True)
     assert first["changed"] and asyncio.run(_object(url, "artifacts", put["name"])) is None
     assert first["diff"]["after"]["sha256"] == hashlib.sha256(payload).hexdigest()
-    _four_steps(module_task, put)
+    four_steps("object", put)
     assert asyncio.run(_object(url, "artifacts", put["name"])) == payload
     # new contents replace the object; content works as well
     src.write_bytes(payload[:1000])
     replaced = module_task("object", put)
     assert replaced["changed"] and replaced["object"]["size"] == 1000
     assert asyncio.run(_object(url, "artifacts", put["name"])) == payload[:1000]
-    _four_steps(module_task, {"bucket": "artifacts", "name": "motd", "content": "hello fleet\n"})
+    four_steps("object", {"bucket": "artifacts", "name": "motd", "content": "hello fleet\n"})
     assert asyncio.run(_object(url, "artifacts", "motd")) == b"hello fleet\n"
 
     # fetch: written once, atomically, with the mode asked; a changed file is put back
     dest = tmp_path / "out" / "probe.tar.gz"
     dest.parent.mkdir()
     fetch = {"bucket": "artifacts", "name": put["name"], "dest": str(dest), "mode": "0600"}
-    _four_steps(module_task, fetch)
+    four_steps("object", fetch)
     assert dest.read_bytes() == payload[:1000] and oct(dest.stat().st_mode & 0o777) == "0o600"
     dest.write_bytes(b"tampered")
     assert module_task("object", fetch)["changed"] and dest.read_bytes() == payload[:1000]
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".natsops-object-")]  # no temp file left
 
-    _four_steps(module_task, {"bucket": "artifacts", "name": "motd", "state": "absent"})
+    four_steps("object", {"bucket": "artifacts", "name": "motd", "state": "absent"})
     assert asyncio.run(_object(url, "artifacts", "motd")) is None
     missing = module_task("object", {"bucket": "artifacts", "name": "motd", "dest": str(tmp_path / "motd")})
     assert missing["failed"] and "object motd does not exist in bucket artifacts" in missing["msg"]
     assert not (tmp_path / "motd").exists()
-    _four_steps(module_task, {"bucket": "artifacts", "state": "absent"})
+    four_steps("object", {"bucket": "artifacts", "state": "absent"})
 
 
 def test_bad_input_fails_clearly(module_task, tmp_path):

@@ -21,23 +21,11 @@ async def _info(url, name):
         await nc.close()
 
 
-def _four_steps(module_task, args):
-    """check (changed, nothing done), real (changed), check again and real again (both unchanged)."""
-    first = module_task("stream", args, check=True)
-    assert first["changed"] and not first.get("failed"), first
-    second = module_task("stream", args)
-    assert second["changed"] and not second.get("failed"), second
-    for check in (True, False):
-        again = module_task("stream", args, check=check)
-        assert not again["changed"] and not again.get("failed"), again
-    return first, second
-
-
-def test_create_update_delete(module_task, nats_server):
+def test_create_update_delete(module_task, nats_server, four_steps):
     url = nats_server.url
     args = {"name": "HEARTBEATS", "subjects": ["natsops.probe.heartbeat.*"], "max_msgs_per_subject": 1, "max_age": "7d",
             "duplicate_window": "2m", "max_bytes": "64MB", "storage": "file"}
-    first, second = _four_steps(module_task, args)
+    first, second = four_steps("stream", args)
     assert first["stream"]["name"] == "HEARTBEATS" and "state" not in first  # check mode: nothing was created
     info = asyncio.run(_info(url, "HEARTBEATS"))
     assert info.config.max_msgs_per_subject == 1 and info.config.max_age == 7 * 86400
@@ -61,7 +49,7 @@ def test_create_update_delete(module_task, nats_server):
     storage = asyncio.run(_info(url, "HEARTBEATS")).config.storage
     assert getattr(storage, "value", storage) == "file"
 
-    _four_steps(module_task, {"name": "HEARTBEATS", "state": "absent"})
+    four_steps("stream", {"name": "HEARTBEATS", "state": "absent"})
     assert asyncio.run(_info(url, "HEARTBEATS")) is None
 
 
