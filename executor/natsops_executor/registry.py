@@ -18,7 +18,7 @@ import platform
 import socket
 
 from natsops_executor import __version__
-from natsops_executor._wire.names import registry_bucket, registry_subject
+from natsops_executor._wire.names import REGISTRY_TIME_FORMAT, registry_bucket, registry_subject
 
 log = logging.getLogger("natsops_executor.registry")
 
@@ -26,7 +26,7 @@ RECORD_SCHEMA = 1
 
 
 def _now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.now(datetime.timezone.utc).strftime(REGISTRY_TIME_FORMAT)
 
 
 def _os_release(path="/etc/os-release"):
@@ -80,17 +80,17 @@ class Heartbeat:
         self.node_id = cfg.instances[0]
         self.bucket = registry_bucket(cfg.namespace)
         self.subject = registry_subject(cfg.namespace, self.node_id)
-        self.started = _now()
         self.beats = 0
         self.task = None
         self._warned = None
+        # what does not change while the probe runs, looked up once (getfqdn may wait on DNS, in the event loop)
+        self.fixed = {"schema": RECORD_SCHEMA, "node_id": self.node_id, "hostname": socket.gethostname(),
+                      "fqdn": socket.getfqdn(), "os": _os_release(), "arch": platform.machine(), "kernel": platform.release(),
+                      "zone": cfg.zone or "", "namespace": cfg.namespace, "probe_version": __version__, "started": _now(),
+                      "interval": cfg.heartbeat_interval}
 
     def record(self):
-        return {"schema": RECORD_SCHEMA, "node_id": self.node_id, "hostname": socket.gethostname(),
-                "fqdn": socket.getfqdn(), "addresses": addresses(), "os": _os_release(), "arch": platform.machine(),
-                "kernel": platform.release(), "zone": self.cfg.zone or "", "namespace": self.cfg.namespace,
-                "probe_version": __version__, "started": self.started, "last_seen": _now(),
-                "interval": self.cfg.heartbeat_interval, "heartbeats": self.beats}
+        return dict(self.fixed, addresses=addresses(), last_seen=_now(), heartbeats=self.beats)
 
     async def beat(self):
         """Publish the record once; True when JetStream stored it."""

@@ -19,16 +19,10 @@ import tempfile
 from natsops_executor import jobs
 from natsops_executor._wire.contract import (
     E_BAD_PATH, E_CHECKSUM_MISMATCH, E_IO, E_NOT_FOUND, KIND_KEEPALIVE, KIND_RESULT, WireError, object_digest_hex,
+    sha256_of,
 )
 
 BLOCK = 1 << 20
-
-
-def _hash_open_file(handle):
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(BLOCK), b""):
-        digest.update(block)
-    return digest.hexdigest()
 
 
 def _local_state(path):
@@ -43,7 +37,7 @@ def _local_state(path):
         raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
     try:
         with open(path, "rb") as handle:
-            return _hash_open_file(handle), stat.S_IMODE(st.st_mode)
+            return sha256_of(handle), stat.S_IMODE(st.st_mode)
     except OSError as exc:
         raise jobs.os_error(exc, "cannot read %s" % path)
 
@@ -59,7 +53,7 @@ def _remote_state(sftp, path):
         raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
     with sftp.open(path, "rb") as handle:
         handle.prefetch(st.st_size)
-        return _hash_open_file(handle), stat.S_IMODE(st.st_mode)
+        return sha256_of(handle), stat.S_IMODE(st.st_mode)
 
 
 class _Source:
@@ -81,7 +75,7 @@ class _Source:
                 if not stat.S_ISREG(st.st_mode):
                     raise WireError(E_BAD_PATH, "source %s is not a regular file" % spec["path"])
                 with open(spec["path"], "rb") as handle:
-                    self.sha256 = await loop.run_in_executor(None, _hash_open_file, handle)
+                    self.sha256 = await loop.run_in_executor(None, sha256_of, handle)
                 self.size = st.st_size
             except OSError as exc:
                 raise jobs.os_error(exc, "cannot read the source %s on the executor host" % spec["path"])

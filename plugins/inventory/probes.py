@@ -69,13 +69,11 @@ compose:
   ansible_host: natsops_probe.addresses[0]
 """
 
-import asyncio
-
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
 from ansible_collections.natsops.fleet.plugins.module_utils import registry
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import HAS_NATS, ResourceError, connect, use
+from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, call
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES, registry_bucket
 
 GROUP = "natsops_probes"
@@ -92,22 +90,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     def parse(self, inventory, loader, path, cache=True):
         super(InventoryModule, self).parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        if not HAS_NATS:
-            from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
-            raise AnsibleParserError(missing_nats_message())
         options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
-        timeout = self.get_option("connect_timeout")
         namespace = self.get_option("namespace")
         bucket = self.get_option("bucket") or registry_bucket(namespace)
-
-        async def read():
-            nc = await connect(options, "natsops.fleet probes inventory", timeout)
-            return await use(nc, lambda nc: registry.read(nc, bucket, self.get_option("stale_after")), timeout)
-
         try:
-            records = asyncio.run(read())
-        except (ResourceError, LookupError) as exc:
-            raise AnsibleParserError("natsops.fleet.probes: %s" % getattr(exc, "message", exc))
+            records = call(options, "natsops.fleet probes inventory", self.get_option("connect_timeout"),
+                           lambda nc: registry.read(nc, bucket, self.get_option("stale_after")))
+        except ResourceError as exc:
+            raise AnsibleParserError("natsops.fleet.probes: %s" % exc.message)
         self.inventory.add_group(GROUP)
         for record in records:
             if record["stale"] and not self.get_option("include_stale"):

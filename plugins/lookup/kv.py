@@ -71,13 +71,12 @@ _raw:
   elements: raw
 """
 
-import asyncio
 import json
 
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import HAS_NATS, ResourceError, connect, use
+from ansible_collections.natsops.fleet.plugins.module_utils.resources import HAS_NATS, ResourceError, call
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES
 
 if HAS_NATS:
@@ -87,20 +86,11 @@ if HAS_NATS:
 class LookupModule(LookupBase):
 
     def run(self, terms, variables=None, **kwargs):
-        if not HAS_NATS:
-            from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
-            raise AnsibleLookupError(missing_nats_message())
         self.set_options(var_options=variables, direct=kwargs)
         options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
-        timeout = self.get_option("connect_timeout")
         keys = [str(t) for t in terms]
-
-        async def read():
-            nc = await connect(options, "natsops.fleet kv lookup", timeout)
-            return await use(nc, lambda nc: self._read(nc, keys), timeout)
-
         try:
-            return asyncio.run(read())
+            return call(options, "natsops.fleet kv lookup", self.get_option("connect_timeout"), lambda nc: self._read(nc, keys))
         except ResourceError as exc:
             raise AnsibleLookupError("natsops.fleet.kv: %s" % exc.message)
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import datetime
 import json
 
+from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import REGISTRY_TIME_FORMAT
+
 
 def _age(last_seen, now):
     try:
-        seen = datetime.datetime.strptime(last_seen, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+        seen = datetime.datetime.strptime(last_seen, REGISTRY_TIME_FORMAT).replace(tzinfo=datetime.timezone.utc)
     except (TypeError, ValueError):
         return None
     return round((now - seen).total_seconds(), 3)
@@ -24,14 +27,14 @@ def _age(last_seen, now):
 
 async def read(nc, bucket, stale_after):
     """Every record of the bucket, sorted by node id, each with ``age`` (seconds since last seen), ``stale`` and
-    ``revision``. Raises LookupError when the bucket does not exist."""
+    ``revision``. Raises ResourceError when the bucket does not exist."""
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     js = nc.jetstream()
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        raise LookupError("probe registry bucket %s does not exist: no probe was installed in this namespace yet "
-                          "(the natsops.fleet.probe role creates it)" % bucket)
+        raise ResourceError("probe registry bucket %s does not exist: no probe was installed in this namespace yet "
+                            "(the natsops.fleet.probe role creates it)" % bucket)
     try:
         keys = await kv.keys()
     except nats.js.errors.NoKeysError:

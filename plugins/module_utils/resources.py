@@ -20,7 +20,7 @@ try:
     import nats.errors
     import nats.js.errors
     HAS_NATS = True
-except ImportError:  # pragma: no cover - reported by run()
+except ImportError:  # pragma: no cover - reported by call()
     HAS_NATS = False
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
@@ -64,44 +64,18 @@ def size_bytes(value, option):
         raise ResourceError("option %s: %r is not a size (%s)" % (option, value, exc))
 
 
-async def connect(options, name, timeout, **extra):
-    """A NATS connection from the connection options (the user-facing names), without reconnects: for a module run
-    or a controller-side plugin. ResourceError (secrets never in it) when the options are bad or NATS is unreachable."""
+def call(options, name, timeout, work):
+    """Connect with the connection options (the user-facing names), ``await work(nc)``, close; from synchronous
+    code: a module run, the kv lookup, the probes inventory. Every failure is a ResourceError, secrets never in
+    it: nats-py missing, bad options, NATS unreachable, JetStream refusals, timeouts (naming the permission
+    violations the server reported)."""
+    if not HAS_NATS:
+        from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
+        raise ResourceError(missing_nats_message())
     try:
         kwargs = connect_kwargs(options, name, timeout)
     except ConnectOptionsError as exc:
         raise ResourceError("bad NATS connection options: %s" % exc)
-    # nats-py counts 0 as unlimited: one attempt per server, then fail
-    kwargs.update(allow_reconnect=False, max_reconnect_attempts=1, **extra)
-    try:
-        return await nats.connect(**kwargs)
-    except Exception as exc:  # pylint: disable=broad-except
-        raise ResourceError("cannot connect to NATS (%s): %s" % (describe(options), exc or type(exc).__name__))
-
-
-async def use(nc, work, timeout, errors=()):
-    """``await work(nc)``, then close nc; JetStream refusals, no responders and timeouts as ResourceError."""
-    try:
-        return await work(nc)
-    except nats.js.errors.APIError as exc:
-        raise ResourceError("JetStream refused: %s" % (exc.description or exc), code=exc.code, err_code=exc.err_code)
-    except nats.errors.NoRespondersError:
-        raise ResourceError("JetStream is not enabled for this account (no responders on $JS.API); check the "
-                            "server's jetstream block and the account's JetStream limits")
-    except nats.errors.TimeoutError:
-        raise ResourceError("NATS did not answer in %s s%s" % (timeout, "".join(
-            "; %s" % e for e in errors if "permissions violation" in str(e).lower())))
-    finally:
-        await nc.close()
-
-
-def run(module, work):
-    """Connect with the module's NATS options, ``await work(nc)``, close; return its result.
-    Connection problems, JetStream refusals and ResourceError end the module with fail_json."""
-    if not HAS_NATS:
-        from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
-        module.fail_json(msg=missing_nats_message())
-    params = module.params
 
     async def main():
         errors = []
@@ -109,11 +83,34 @@ def run(module, work):
         async def on_error(exc):
             errors.append(exc)
 
-        nc = await connect(nats_options(params), "natsops.fleet %s" % module._name, params["connect_timeout"], error_cb=on_error)
-        return await use(nc, work, params["connect_timeout"], errors)
+        # no reconnects; nats-py counts max_reconnect_attempts=0 as unlimited: one attempt per server, then fail
+        kwargs.update(allow_reconnect=False, max_reconnect_attempts=1, error_cb=on_error)
+        try:
+            nc = await nats.connect(**kwargs)
+        except Exception as exc:  # pylint: disable=broad-except
+            raise ResourceError("cannot connect to NATS (%s): %s" % (describe(options), exc or type(exc).__name__))
+        try:
+            return await work(nc)
+        except nats.js.errors.APIError as exc:
+            raise ResourceError("JetStream refused: %s" % (exc.description or exc), code=exc.code, err_code=exc.err_code)
+        except nats.errors.NoRespondersError:
+            raise ResourceError("JetStream is not enabled for this account (no responders on $JS.API); check the "
+                                "server's jetstream block and the account's JetStream limits")
+        except nats.errors.TimeoutError:
+            raise ResourceError("NATS did not answer in %s s%s" % (timeout, "".join(
+                "; %s" % e for e in errors if "permissions violation" in str(e).lower())))
+        finally:
+            await nc.close()
 
+    return asyncio.run(main())
+
+
+def run(module, work):
+    """Connect with the module's NATS options, ``await work(nc)``, close; return its result.
+    Every failure (see call) ends the module with fail_json."""
+    params = module.params
     try:
-        return asyncio.run(main())
+        return call(nats_options(params), "natsops.fleet %s" % module._name, params["connect_timeout"], work)
     except ResourceError as exc:
         module.fail_json(msg=exc.message, **exc.details)
 
@@ -190,32 +187,61 @@ async def stream_config(js, stream):
         return None
 
 
+def check_bucket_task(module, fields, item_options, item):
+    """A kv or object task manages the bucket (without ``name``) or one ``item`` of it (with ``name``): fail on
+    options of the other kind and on bad bucket settings, before anything connects."""
+    params = module.params
+    try:
+        bucket_settings(params, fields)
+    except ResourceError as exc:
+        module.fail_json(msg=exc.message)
+    if params["name"] is None:
+        given = [o for o in item_options if params[o] is not None and params[o] is not False]
+        if given:
+            module.fail_json(msg="%s need a name (the %s); without name the task manages the bucket" % (", ".join(given), item))
+    else:
+        settings = [o for o in fields if params[o] is not None]
+        if settings:
+            module.fail_json(msg="%s are bucket settings; give them in a task without name" % ", ".join(settings))
+
+
 async def ensure_bucket(js, stream, bucket, wanted, check_mode, create, delete, absent):
     """Make the bucket stored in ``stream`` exist with ``wanted`` settings, or not exist (``absent``).
 
-    ``create()`` and ``delete()`` make and remove the bucket with the client's own bucket API (so the stream gets
-    every setting a bucket needs); later changes update the stream. Returns (changed, changed_settings, diff)."""
-    from nats.js.api import StreamConfig  # pylint: disable=import-outside-toplevel
+    ``create(settings)`` and ``delete()`` make and remove the bucket with the client's own bucket API (so the stream
+    gets every setting a bucket needs); ``settings`` are the common ones as that API takes them (description,
+    replicas, max_bytes, ttl in seconds, storage). Later changes update the stream.
+    Returns (changed, {"bucket": stream config after, "changed_settings": [...]}, diff)."""
+    from nats.js.api import StorageType, StreamConfig  # pylint: disable=import-outside-toplevel
     before = await stream_config(js, stream)
     if absent:
         if before is None:
-            return False, [], {"before": {}, "after": {}}
+            return False, {"bucket": {}, "changed_settings": []}, {"before": {}, "after": {}}
         if not check_mode:
             await delete()
-        return True, ["state"], {"before": {"bucket": bucket}, "after": {}}
+        return True, {"bucket": {}, "changed_settings": ["state"]}, {"before": {"bucket": bucket}, "after": {}}
     managed = dict((k, v) for k, v in wanted.items() if v is not None)
     if before is None:
+        after = {}
         if not check_mode:
-            await create()
-        return True, sorted(managed) or ["state"], {"before": {}, "after": dict(managed, bucket=bucket)}
+            await create({"description": wanted["description"], "replicas": wanted["num_replicas"] or 1,
+                          "max_bytes": wanted["max_bytes"], "ttl": wanted["max_age"] / 1e9 if wanted["max_age"] else None,
+                          "storage": StorageType(wanted["storage"]) if wanted["storage"] else None})
+            after = await stream_config(js, stream)
+        return True, {"bucket": after, "changed_settings": sorted(managed) or ["state"]}, {
+            "before": {}, "after": dict(managed, bucket=bucket)}
     if wanted.get("storage") is not None and before.get("storage") != wanted["storage"]:
         raise ResourceError("the storage of bucket %s cannot change (%s -> %s); make a new bucket, or delete this one "
                             "(state: absent) first" % (bucket, before.get("storage"), wanted["storage"]))
     changed = changes(before, wanted)
-    if changed and not check_mode:
-        after = dict(before)
-        after.update((k, wanted[k]) for k in changed)
-        if after.get("max_age") and (after.get("duplicate_window") or 0) > after["max_age"]:
-            after["duplicate_window"] = after["max_age"]  # NATS requires the dedupe window within the TTL
-        await js.update_stream(StreamConfig.from_response(after))
-    return bool(changed), changed, {"before": dict((k, before.get(k)) for k in managed), "after": managed}
+    after = before
+    if changed:
+        after = {}
+        if not check_mode:
+            update = dict(before)
+            update.update((k, wanted[k]) for k in changed)
+            if update.get("max_age") and (update.get("duplicate_window") or 0) > update["max_age"]:
+                update["duplicate_window"] = update["max_age"]  # NATS requires the dedupe window within the TTL
+            after = (await js.update_stream(StreamConfig.from_response(update))).config.as_dict()
+    return bool(changed), {"bucket": after, "changed_settings": changed}, {
+        "before": dict((k, before.get(k)) for k in managed), "after": managed}

@@ -142,7 +142,6 @@ before:
   type: dict
 """
 
-import hashlib
 import posixpath
 import shlex
 
@@ -150,6 +149,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import sha256_of
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CHECKSUM_MISMATCH, default_bucket
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import (
     TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
@@ -169,14 +169,11 @@ def _mode(module, value):
 
 
 def _sha256(module, path):
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            return sha256_of(handle)
     except OSError as exc:
         module.fail_json(msg="cannot read src %s: %s" % (path, exc.strerror or exc))
-    return digest.hexdigest()
 
 
 class _Bklite:

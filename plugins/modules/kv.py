@@ -118,12 +118,12 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
-    BUCKET_FIELDS, ResourceError, bucket_options, bucket_settings, ensure_bucket, ensure_resource, stream_config,
+    BUCKET_FIELDS, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
 )
 
 _KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 _FIELDS = dict(BUCKET_FIELDS, history="max_msgs_per_subject", max_value_size="max_msg_size")
-_KEY_ONLY = ("value", "json", "revision")
+_KEY_ONLY = ("value", "json", "revision", "purge")
 
 
 def _wanted_value(params):
@@ -207,22 +207,16 @@ async def ensure(nc, params, check_mode):
     """The bucket, or the key when one is given; returns (changed, result, diff)."""
     if params["name"] is not None:
         return await ensure_key(nc, params, check_mode)
-    from nats.js.api import KeyValueConfig, StorageType  # pylint: disable=import-outside-toplevel
+    from nats.js.api import KeyValueConfig  # pylint: disable=import-outside-toplevel
     js = nc.jetstream()
     bucket = params["bucket"]
-    wanted = bucket_settings(params, _FIELDS)
 
-    async def create():
-        config = KeyValueConfig(bucket=bucket, description=params["description"], history=params["history"] or 1,
-                                replicas=params["replicas"] or 1, max_value_size=params["max_value_size"],
-                                ttl=wanted["max_age"] / 1e9 if wanted["max_age"] else None, max_bytes=wanted["max_bytes"],
-                                storage=StorageType(params["storage"]) if params["storage"] else None)
-        await js.create_key_value(config)
+    async def create(settings):
+        await js.create_key_value(KeyValueConfig(bucket=bucket, history=params["history"] or 1,
+                                                 max_value_size=params["max_value_size"], **settings))
 
-    changed, changed_settings, diff = await ensure_bucket(js, "KV_%s" % bucket, bucket, wanted, check_mode, create,
-                                                          lambda: js.delete_key_value(bucket), params["state"] == "absent")
-    after = {} if params["state"] == "absent" or check_mode and changed else await stream_config(js, "KV_%s" % bucket)
-    return changed, {"bucket": after or {}, "changed_settings": changed_settings}, diff
+    return await ensure_bucket(js, "KV_%s" % bucket, bucket, bucket_settings(params, _FIELDS), check_mode, create,
+                               lambda: js.delete_key_value(bucket), params["state"] == "absent")
 
 
 def main():
@@ -235,20 +229,11 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
-        bucket_settings(params, _FIELDS)  # bad names, sizes and durations fail before anything connects
-    except ResourceError as exc:
-        module.fail_json(msg=exc.message)
+    check_bucket_task(module, _FIELDS, _KEY_ONLY, "key")
     if params["name"] is None:
-        given = [o for o in _KEY_ONLY if params[o] is not None] + (["purge"] if params["purge"] else [])
-        if given:
-            module.fail_json(msg="%s need a name (the key); without name the task manages the bucket" % ", ".join(given))
         if params["history"] is not None and not 1 <= params["history"] <= 64:
             module.fail_json(msg="option history: %d is not between 1 and 64" % params["history"])
     else:
-        settings = [o for o in list(_FIELDS) if params[o] is not None]
-        if settings:
-            module.fail_json(msg="%s are bucket settings; give them in a task without name" % ", ".join(settings))
         key = params["name"]
         if not _KEY_RE.match(key) or key.startswith(".") or key.endswith("."):
             module.fail_json(msg="key %r is invalid: letters, digits and -/_=. only, not starting or ending with '.'" % key)

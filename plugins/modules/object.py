@@ -100,8 +100,6 @@ object:
            "digest": "SHA-256=47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU=", "sha256": "e3b0c442...b855"}
 """
 
-import base64
-import hashlib
 import os
 import tempfile
 
@@ -109,34 +107,23 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
-    ResourceError, bucket_options, bucket_settings, ensure_bucket, ensure_resource, stream_config,
+    BUCKET_FIELDS, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
 )
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import object_digest_hex, sha256_hex, sha256_of
 
 _OBJECT_ONLY = ("src", "content", "dest")
 
 
 def _sha256_of_file(path):
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _sha256_of_info(info):
-    """The hex SHA-256 of an object's info (its digest is 'SHA-256=<base64url>')."""
-    text = (info.digest or "").split("=", 1)[-1]
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).hex()
-    except (ValueError, TypeError):
-        return None
+        return sha256_of(handle)
 
 
 def _described(bucket, info):
     if info is None:
         return {}
     return {"bucket": bucket, "name": info.name, "size": info.size, "chunks": info.chunks, "digest": info.digest,
-            "sha256": _sha256_of_info(info)}
+            "sha256": object_digest_hex(info.digest)}
 
 
 async def _info(store, name):
@@ -170,7 +157,7 @@ async def ensure_object(module, nc, params):
         wanted, size = _sha256_of_file(params["src"]), os.path.getsize(params["src"])
     else:
         data = params["content"].encode("utf-8")
-        wanted, size = hashlib.sha256(data).hexdigest(), len(data)
+        wanted, size = sha256_hex(data), len(data)
     if info is not None and before["sha256"] == wanted:
         return False, {"object": before}, {"before": diff_before, "after": diff_before}
     after = {"sha256": wanted, "size": size}
@@ -181,7 +168,7 @@ async def ensure_object(module, nc, params):
             put = await store.put(name, handle)
     else:
         put = await store.put(name, data)
-    if _sha256_of_info(put) != wanted:
+    if object_digest_hex(put.digest) != wanted:
         raise ResourceError("object %s of bucket %s was stored with digest %s, not the SHA-256 of the source" % (name, bucket, put.digest))
     return True, {"object": _described(bucket, put)}, {"before": diff_before, "after": after}
 
@@ -219,20 +206,15 @@ async def ensure(module, nc):
         if params["dest"] and os.path.exists(params["dest"]):  # mode, owner, ... of the fetched file
             changed = module.set_fs_attributes_if_different(module.load_file_common_arguments(params, path=params["dest"]), changed)
         return changed, result, diff
-    from nats.js.api import ObjectStoreConfig, StorageType  # pylint: disable=import-outside-toplevel
+    from nats.js.api import ObjectStoreConfig  # pylint: disable=import-outside-toplevel
     js = nc.jetstream()
     bucket = params["bucket"]
-    wanted = bucket_settings(params)
 
-    async def create():
-        await js.create_object_store(bucket, config=ObjectStoreConfig(
-            bucket=bucket, description=params["description"], replicas=params["replicas"] or 1, max_bytes=wanted["max_bytes"],
-            ttl=wanted["max_age"] / 1e9 if wanted["max_age"] else None, storage=StorageType(params["storage"]) if params["storage"] else None))
+    async def create(settings):
+        await js.create_object_store(bucket, config=ObjectStoreConfig(bucket=bucket, **settings))
 
-    changed, changed_settings, diff = await ensure_bucket(js, "OBJ_%s" % bucket, bucket, wanted, module.check_mode, create,
-                                                          lambda: js.delete_object_store(bucket), params["state"] == "absent")
-    after = {} if params["state"] == "absent" or module.check_mode and changed else await stream_config(js, "OBJ_%s" % bucket)
-    return changed, {"bucket": after or {}, "changed_settings": changed_settings}, diff
+    return await ensure_bucket(js, "OBJ_%s" % bucket, bucket, bucket_settings(params), module.check_mode, create,
+                               lambda: js.delete_object_store(bucket), params["state"] == "absent")
 
 
 def main():
@@ -244,18 +226,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
-        bucket_settings(params)  # bad names, sizes and durations fail before anything connects
-    except ResourceError as exc:
-        module.fail_json(msg=exc.message)
-    if params["name"] is None:
-        given = [o for o in _OBJECT_ONLY if params[o] is not None]
-        if given:
-            module.fail_json(msg="%s need a name (the object); without name the task manages the bucket" % ", ".join(given))
-    else:
-        settings = [o for o in ("description", "ttl", "max_bytes", "storage", "replicas") if params[o] is not None]
-        if settings:
-            module.fail_json(msg="%s are bucket settings; give them in a task without name" % ", ".join(settings))
+    check_bucket_task(module, BUCKET_FIELDS, _OBJECT_ONLY, "object")
+    if params["name"] is not None:
         if params["state"] == "present" and not any(params[o] is not None for o in _OBJECT_ONLY):
             module.fail_json(msg="state present with a name (object) needs src, content or dest")
         if params["src"] is not None and not os.path.isfile(params["src"]):

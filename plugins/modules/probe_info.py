@@ -95,7 +95,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils import registry
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, run
+from ansible_collections.natsops.fleet.plugins.module_utils.resources import run
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import registry_bucket
 
 
@@ -110,13 +110,7 @@ def main():
     compiled = compile_query(module)
     bucket = params["bucket"] or registry_bucket(params["namespace"])
 
-    async def read(nc):
-        try:
-            return await registry.read(nc, bucket, params["stale_after"])
-        except LookupError as exc:
-            raise ResourceError(str(exc))
-
-    records = run(module, read)
+    records = run(module, lambda nc: registry.read(nc, bucket, params["stale_after"]))
     if params["node_ids"] is not None:
         records = [r for r in records if r["node_id"] in params["node_ids"]]
     if not params["include_stale"]:

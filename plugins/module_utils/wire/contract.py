@@ -69,6 +69,14 @@ def sha256_hex(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_of(handle, block=1 << 20):
+    """The SHA-256 (hex) of what an open binary file (or file-like object) yields from here on, read in blocks."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(block), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------- framing
 
 def pack(kind, document=None, attachment=b"", **headers):

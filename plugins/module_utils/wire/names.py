@@ -163,6 +163,7 @@ def default_bucket(namespace):
 # id its executor serves), holding its latest record; the bucket's TTL expires probes that went silent.
 _PROBE_ID_RE = re.compile(r"^[A-Za-z0-9_=-]+$")
 REGISTRY_SUFFIX = "_registry"
+REGISTRY_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the record's times (started, last_seen), UTC
 
 
 def registry_bucket(namespace):
