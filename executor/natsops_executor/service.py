@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 
 import nats
@@ -37,6 +38,17 @@ from natsops_executor._wire.contract import (
 from natsops_executor._wire.streams import StreamReceiver, StreamSender
 
 log = logging.getLogger("natsops_executor")
+
+
+def service_version(version):
+    """The package's PEP 440 version as the semantic version NATS micro services require: the release padded to
+    X.Y.Z, anything after it as build metadata (0.1.0.post900 -> 0.1.0+post900, 1.2 -> 1.2.0). Discovery still
+    reports the package's own version, in the service metadata."""
+    match = re.match(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?(.*)$", version)
+    if not match:
+        return "0.0.0+" + (re.sub(r"[^0-9A-Za-z-]+", ".", version).strip(".") or "unknown")
+    rest = re.sub(r"[^0-9A-Za-z-]+", ".", match.group(4)).strip(".")
+    return "%s.%s.%s" % (match.group(1), match.group(2) or 0, match.group(3) or 0) + ("+" + rest if rest else "")
 
 
 class Executor:
@@ -74,7 +86,7 @@ class Executor:
         self.nc = await nats.connect(**kwargs)
         self.nc.options["max_reconnect_attempts"] = -1
         self.service = await micro.add_service(
-            self.nc, name=SERVICE_NAME, version=__version__, queue_group=QUEUE_GROUP,
+            self.nc, name=SERVICE_NAME, version=service_version(__version__), queue_group=QUEUE_GROUP,
             description="natsops.fleet executor on %s" % cfg.name,
             metadata=executor_metadata(cfg.namespace, cfg.instances, cfg.name, __version__, ssh=self.ssh is not None,
                                        bklite=cfg.bklite_compat),

@@ -269,3 +269,14 @@ def test_startup_logs_one_line_per_subject(executor):
     lines = [line for line in executor.output().splitlines() if " serving " in line]
     subjects = [line.split(" serving ")[1].split()[0] for line in lines]
     assert subjects == ["natsops.%s.%s" % (op, inst) for inst in ("e2e-host", "default") for op in contract.OPERATIONS]
+
+
+@pytest.mark.parametrize("version, expected", [("0.1.0", "0.1.0"), ("0.1.0.post900", "0.1.0+post900"), ("1.2", "1.2.0"),
+                                               ("2.0.0rc1", "2.0.0+rc1"), ("1.0.0.dev3+local.7", "1.0.0+dev3.local.7")])
+def test_any_package_version_is_a_valid_micro_service_version(version, expected):
+    """A PEP 440 version (a post release, a release candidate) once crashed the executor at start: NATS micro
+    services accept only semantic versions."""
+    from nats.micro.service import ServiceConfig  # pylint: disable=import-outside-toplevel
+    from natsops_executor.service import service_version  # pylint: disable=import-outside-toplevel
+    assert service_version(version) == expected
+    ServiceConfig(name="natsops-executor", version=service_version(version))

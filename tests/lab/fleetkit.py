@@ -91,15 +91,22 @@ def tls_files(directory, addresses, serial):
     return paths
 
 
-def build_wheelhouse(path, scratch):
+def build_wheelhouse(path, scratch, version=None):
     """The executor wheel (built from a copy of what it is made of: setuptools would write build/ into the
-    checkout) and pip, as the executor role's air-gapped install takes them."""
+    checkout) and pip, as the executor role's air-gapped install takes them; ``version`` overrides the package's
+    version (an upgrade to roll out)."""
     for name in ("pyproject.toml", "docs/executor.md", "executor/natsops_executor", "plugins/module_utils/wire"):
         if os.path.isdir(os.path.join(ROOT, name)):
             shutil.copytree(os.path.join(ROOT, name), os.path.join(scratch, name), ignore=shutil.ignore_patterns("__pycache__"))
         else:
             os.makedirs(os.path.dirname(os.path.join(scratch, name)), exist_ok=True)
             shutil.copy(os.path.join(ROOT, name), os.path.join(scratch, name))
+    if version:
+        init = os.path.join(scratch, "executor", "natsops_executor", "__init__.py")
+        with open(init, encoding="utf-8") as handle:
+            text = re.sub(r'__version__ = "[^"]*"', '__version__ = "%s"' % version, handle.read())
+        with open(init, "w", encoding="utf-8") as handle:
+            handle.write(text)
     pip = [devenv.tool("python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(pip + ["wheel", "-w", path, scratch], check=True, timeout=900)
     subprocess.run(pip + ["download", "-d", path, "pip"], check=True, timeout=300)
