@@ -306,8 +306,13 @@ FINDINGS = """
   single runs gave 36.71 and 39.42 s through the zone executor against 35.72 and 40.37 s direct (within the
   noise); a 3-round run disturbed by a concurrent ansible-lint gave medians 46.04 against 41.56 s (1.11x).
   An undisturbed 3-round run afterwards: ssh median 43.90 s (40.71, 43.90, 47.04), zone 48.25 s (41.55, 48.57,
-  48.25): 1.10x, target not met. Next: cut the executor's per-task CPU (10 ms: threads, asyncio, paramiko's
-  Python packetizer), or measure on hardware where the targets do not share the controller's two cores. The lab's executors now run the
+  48.25): 1.10x, target not met. Third session, no change to the per-task path: the full benchmark above
+  gave 0.99x (3 rounds), and the fleet scenario alone, 6 interleaved rounds, gave medians 36.51 s direct
+  (36.01, 37.57, 37.00, 40.25, 35.76, 33.59) against 36.47 s through the zone executor (35.69, 35.66, 40.51,
+  40.23, 34.04, 37.25): 1.00x, target met; the zone executor was faster in 5 of those 9 paired rounds, and
+  their sums differ by 2.8 %. So the two paths are at parity within this machine's noise, where all 20
+  targets, the executor, NATS and the controller share two cores. Headroom, if needed: the executor's
+  per-task CPU (10 ms: threads, asyncio, paramiko's Python packetizer). The lab's executors now run the
   paramiko the wheel would install (copied from the virtualenv) instead of Debian's.
 - SSH mode: paramiko's socket needs TCP_NODELAY; without it a zone round trip waited on delayed ACKs
   (49 ms median, 9 ms with it).
