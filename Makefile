@@ -57,6 +57,7 @@ sanity: $(SANITY_ROOT) get-pip-cache
 
 units: $(SANITY_ROOT) get-pip-cache
 	cd $(SANITY_ROOT) && $(CURDIR)/$(BIN)/ansible-test units --venv --python 3.11 --color no
+	$(BIN)/python -m pytest -q tests/executor
 
 lint: venv
 	$(BIN)/ansible-lint

@@ -4,7 +4,7 @@
 
 An unmodified BK-Lite server drives us with its own envelope and reads its own reply fields
 (the contract is ``_wire/bklite.py``). The work is done by the same code as our own protocol
-(jobs.py, ssh.py), which is where it improves on the original without breaking it:
+(jobs.py on the executor's hosts/), which is where it improves on the original without breaking it:
 
 - the subjects are served in our queue group: several executors sharing an instance id share
   the load and a request runs once (BK-Lite's executors all run it);
@@ -26,42 +26,45 @@ import socket
 import stat
 import tempfile
 import time
-import uuid
 import zipfile
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from natsops_executor import jobs
-try:
-    from natsops_executor import ssh
-except ImportError:  # without paramiko: local subjects only (service.py says so at start)
-    ssh = None
 from natsops_executor._wire import bklite as bk
 from natsops_executor._wire.atomic import AtomicFile
 from natsops_executor._wire.contract import (
-    E_HOST_KEY, E_SPAWN, E_TARGET_AUTH, E_TARGET_UNREACHABLE, E_TIMEOUT, KIND_DATA, KIND_RESULT, WireError, chunk_size,
+    E_HOST_KEY, E_SPAWN, E_TARGET_AUTH, E_TARGET_UNREACHABLE, E_TIMEOUT, KIND_DATA, WireError, chunk_size,
 )
+from natsops_executor._wire.messages import ExecRequest, Target
+from natsops_executor.hosts.base import Host
+
+try:
+    from natsops_executor import sshpool
+except ImportError:  # without paramiko: local subjects only (service.py says so at start)
+    sshpool = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from natsops_executor.service import JobBook
 
 log = logging.getLogger("natsops_executor")
 
 
 class _Capture:
-    """Stands in for a StreamSender under jobs.supervise: keeps the output for the one reply (stdout
+    """Stands in for a StreamSender under jobs.run_command: keeps the output for the one reply (stdout
     and stderr share BK-Lite's cap, first come first kept) and publishes each line to
     ``stream_log_topic`` when the request asks for it."""
 
-    def __init__(self, nc, req):
+    def __init__(self, nc: Any, req: Dict[str, Any]) -> None:
         self.kept = {"stdout": bytearray(), "stderr": bytearray()}
         self.size = 0
         self.dropped = False
-        self.result = None
         self.lines = None
         if req.get("stream_logs") and req.get("stream_log_topic"):
             self.lines = bk.LineEvents(nc.publish, req["stream_log_topic"], req.get("execution_id"), on_error=lambda exc: log.info(
                 "bklite: could not publish an output line to %s: %s", req["stream_log_topic"], exc))
 
-    async def send(self, kind, document=None, attachment=b"", stream=None):
-        if kind == KIND_RESULT:
-            self.result = document
-        elif kind == KIND_DATA and attachment:
+    async def send(self, kind: str, document: Any = None, attachment: bytes = b"", stream: Optional[str] = None) -> None:
+        if kind == KIND_DATA and attachment and stream is not None:
             room = bk.OUTPUT_LIMIT - self.size
             if len(attachment) > room:
                 self.dropped = True
@@ -71,29 +74,42 @@ class _Capture:
             if self.lines is not None:
                 await self.lines.feed(stream, attachment)
 
-    async def flush(self):
+    async def flush(self) -> None:
         if self.lines is not None:
             await self.lines.flush()
 
-    def output(self):
+    def output(self) -> str:
         return bk.capped_output(self.kept["stdout"], self.kept["stderr"], self.dropped)
 
 
-def _exec_request(command, argv, timeout, env=None, target=None):
-    """A request for jobs.supervise / ssh.run_exec (our own exec schema, already normalised)."""
-    return {"id": str(uuid.uuid4()), "command": command, "argv": argv, "shell": "/bin/sh", "cwd": None, "env": env,
-            "timeout": timeout, "stdin": None, "become": None, "pty": False, "keepalive": 1.0, "target": target}
+def _exec_request(timeout: float, command: Optional[str] = None, argv: Optional[List[str]] = None,
+                  env: Optional[Dict[str, str]] = None) -> ExecRequest:
+    """Our exec request for a BK-Lite execute (its reply goes back through BK-Lite's request/reply, so the
+    request's own reply subject is never used)."""
+    return ExecRequest.new("bklite", command=command, argv=argv, env=env, timeout=timeout)
 
 
-def _target(req):
+def _target(req: Dict[str, Any]) -> Target:
     """Our SSH target from a BK-Lite request; no credentials = the executor's own identities."""
-    return {"host": req["host"].strip(), "port": req["port"] or 22, "user": req["user"].strip(), "identity": None,
-            "password": req["password"] or None, "private_key": req["private_key"] or None,
-            "passphrase": (req["passphrase"] or None) if req["private_key"] else None}
+    host, user = req["host"].strip(), req["user"].strip()
+    if not host or not user:
+        raise bk.BkliteError(bk.INVALID_REQUEST, "host and user are required")
+    try:
+        target = Target(host=host, port=req["port"] or 22, user=user, password=req["password"] or None,
+                        private_key=req["private_key"] or None,
+                        passphrase=(req["passphrase"] or None) if req["private_key"] else None)
+    except WireError as exc:
+        raise bk.BkliteError(bk.INVALID_REQUEST, exc.message) from None
+    if target.private_key and sshpool is not None:
+        try:
+            sshpool.load_private_key(text=target.private_key, passphrase=target.passphrase)
+        except ValueError as exc:
+            raise bk.BkliteError(bk.INVALID_REQUEST, "Failed to parse private key: %s" % exc) from None
+    return target
 
 
-def _ssh_failure(exc):
-    """An SSH connection WireError (ssh.py, with details.stage) as a BK-Lite ssh.execute failure."""
+def _ssh_failure(exc: WireError) -> bk.BkliteError:
+    """An SSH connection WireError (sshpool.py, with details.stage) as a BK-Lite ssh.execute failure."""
     text = exc.message
     if exc.code == E_TARGET_AUTH:
         return bk.BkliteError(bk.DEPENDENCY_FAILURE, "SSH authentication failed: %s" % text, bk.STAGE_SSH_DIAL, bk.CATEGORY_AUTH)
@@ -113,7 +129,7 @@ def _ssh_failure(exc):
     return bk.BkliteError(bk.EXECUTION_FAILURE, text, bk.STAGE_COMMAND_RUN, bk.CATEGORY_REMOTE_EXIT)
 
 
-async def _probe(host, port, remaining):
+async def _probe(host: str, port: int, remaining: float) -> Optional[Tuple[str, str]]:
     """BK-Lite's connection_test / fast_fail: a plain TCP connect first, with a fifth of the budget (1-5 s)."""
     timeout = min(max(remaining / 5.0, 1.0), 5.0, remaining)
     try:
@@ -127,14 +143,24 @@ async def _probe(host, port, remaining):
 
 
 class CompatServer:
-    """The seven BK-Lite subjects for every instance id of an Executor (service.py)."""
+    """The seven BK-Lite subjects for every instance id, served by the executor's NATS connection, its hosts
+    (``host_for``) and its job accounting (``book``)."""
 
-    def __init__(self, executor):
-        self.ex = executor
+    def __init__(self, nc: Any, host_for: Callable[[Optional[Target]], Host], book: "JobBook",
+                 instances: List[str]) -> None:
+        self.nc = nc
+        self.host_for = host_for
+        self.book = book
+        self.instances = instances
+        self._methods: Dict[str, Callable[[Dict[str, Any]], Awaitable[Any]]] = {
+            bk.LOCAL_EXECUTE: self._local_execute, bk.SSH_EXECUTE: self._ssh_execute,
+            bk.DOWNLOAD_LOCAL: self._download_local, bk.DOWNLOAD_REMOTE: self._download_remote,
+            bk.UPLOAD_REMOTE: self._upload_remote, bk.UNZIP_LOCAL: self._unzip_local,
+        }
 
-    async def add_endpoints(self, service, first_index):
+    async def add_endpoints(self, service: Any, first_index: int) -> int:
         index = first_index
-        for inst in self.ex.cfg.instances:
+        for inst in self.instances:
             for method in bk.METHODS:
                 index += 1
                 subj = bk.subject(method, inst)
@@ -143,28 +169,24 @@ class CompatServer:
                 log.info("serving %s (BK-Lite compat, instance %s)", subj, inst)
         return index
 
-    def _handler(self, method):
-        async def handle(request):
-            self.ex.start_job(self._serve(method, request))
+    def _handler(self, method: str) -> Callable[[Any], Awaitable[None]]:
+        async def handle(msg: Any) -> None:
+            self.book.start(self._serve(method, msg))
         return handle
 
-    async def _serve(self, method, request):
+    async def _serve(self, method: str, msg: Any) -> None:
         started = time.monotonic()
-        instance_id = bk.method_of(request.subject)[1]
+        instance_id = bk.method_of(msg.subject)[1]
         doc = None
         try:
             if method == bk.HEALTH_CHECK:
                 doc = bk.health_reply(instance_id)
             else:
-                req = bk.unpack_request(method, request.data)
-                async with self.ex.slots:
-                    self.ex.running += 1
-                    try:
-                        result = await getattr(self, "_" + method.replace(".", "_"))(req)
-                    finally:
-                        self.ex.running -= 1
-                doc = result if isinstance(result, dict) else bk.reply(instance_id, result)
-                doc["instance_id"] = instance_id
+                async with self.book.run() as outcome:
+                    result = await self._methods[method](bk.unpack_request(method, msg.data))
+                    doc = result if isinstance(result, dict) else bk.reply(instance_id, result)
+                    doc["instance_id"] = instance_id
+                    outcome.ok = bool(doc.get("success"))
         except bk.BkliteError as exc:
             doc = bk.reply(instance_id, error=exc)
         except asyncio.CancelledError:
@@ -175,55 +197,51 @@ class CompatServer:
             doc = bk.reply(instance_id, error=bk.BkliteError(bk.EXECUTION_FAILURE, "executor error: %r" % exc))
         finally:
             if doc is not None:
-                if doc.get("success"):
-                    self.ex.completed += 1
-                else:
-                    self.ex.failed += 1
                 log.info("bklite %s on %s: %s%s %.3fs", method, instance_id, "ok" if doc.get("success") else doc.get("code"),
                          "" if doc.get("success") else " (%s)" % doc.get("error", "")[:200], time.monotonic() - started)
                 try:
-                    await request.respond(bk.fit(doc, self.ex.nc.max_payload))
+                    await msg.respond(bk.fit(doc, self.nc.max_payload))
                 except Exception as exc:  # pylint: disable=broad-except
-                    log.warning("bklite: could not reply on %s: %s", request.subject, exc)
+                    log.warning("bklite: could not reply on %s: %s", msg.subject, exc)
+
+    def _ssh_host(self, method: str, target: Target) -> Host:
+        try:
+            return self.host_for(target)
+        except WireError as exc:
+            raise bk.BkliteError(bk.DEPENDENCY_FAILURE, "%s is unavailable on this executor: %s" % (method, exc.message)) from None
 
     # ------------------------------------------------------------ execute
 
-    async def _run(self, req, target):
-        """A checked local.execute (target None) or ssh.execute request: run it, build the reply."""
-        capture = _Capture(self.ex.nc, req)
-        chunk = chunk_size(self.ex.nc.max_payload)
+    async def _run(self, req: Dict[str, Any], host: Host, exec_req: ExecRequest, remote: bool = False) -> Dict[str, Any]:
+        """A checked local.execute or (``remote``) ssh.execute request on ``host``: run it, build the reply."""
+        capture = _Capture(self.nc, req)
         started = time.monotonic()
         timeout = req["execute_timeout"]
         try:
-            if target is None:
-                exec_req = _exec_request(None, bk.shell_argv(req["shell"], req["command"]), timeout, req["env"] or None)
-                await jobs.run_exec(exec_req, b"", capture, chunk)
-            else:
-                await ssh.run_exec(self.ex.ssh, _exec_request(req["command"], None, timeout, target=target), b"",
-                                   capture, chunk)
+            result = await jobs.run_command(host, exec_req, b"", capture, chunk_size(self.nc.max_payload))  # type: ignore[arg-type]
         except WireError as exc:
             await capture.flush()
             elapsed = "%.6fs" % (time.monotonic() - started)
             if exc.code == E_TIMEOUT:
-                if target is None:
+                if not remote:
                     raise bk.BkliteError(bk.TIMEOUT, "Command timed out after %s (timeout: %ds)" % (elapsed, timeout),
-                                         result=capture.output())
+                                         result=capture.output()) from None
                 raise bk.BkliteError(bk.TIMEOUT, "SSH execution timed out after %s (timeout: %ds)" % (elapsed, timeout),
-                                     bk.STAGE_COMMAND_RUN, bk.CATEGORY_REMOTE_TIMEOUT, result=capture.output())
-            if target is None:
-                raise bk.BkliteError(bk.EXECUTION_FAILURE, "failed to start command: %s" % exc.message)
-            raise _ssh_failure(exc)
+                                     bk.STAGE_COMMAND_RUN, bk.CATEGORY_REMOTE_TIMEOUT, result=capture.output()) from None
+            if not remote:
+                raise bk.BkliteError(bk.EXECUTION_FAILURE, "failed to start command: %s" % exc.message) from None
+            raise _ssh_failure(exc) from None
         await capture.flush()
-        rc = capture.result["rc"]
+        rc = result.rc
         output = capture.output()
         if rc == 0:
             return {"result": output, "instance_id": "", "success": True, "exit_code": 0}
-        if target is not None:
+        if remote:
             error = bk.BkliteError(bk.EXECUTION_FAILURE, "Command execution failed: Process exited with status %d" % rc,
                                    bk.STAGE_COMMAND_RUN, bk.CATEGORY_REMOTE_EXIT, result=output)
-        elif "signal" in capture.result:
+        elif result.signal is not None:
             error = bk.BkliteError(bk.EXECUTION_FAILURE, "Command execution failed with exit code -1: signal: %d"
-                                   % capture.result["signal"], result=output)
+                                   % result.signal, result=output)
         else:
             error = bk.BkliteError(bk.EXECUTION_FAILURE, "Command execution failed with exit code %d: exit status %d"
                                    % (rc, rc), result=output)
@@ -231,40 +249,29 @@ class CompatServer:
         doc["exit_code"] = rc
         return doc
 
-    async def _local_execute(self, req):
-        return await self._run(bk.check_execute(bk.LOCAL_EXECUTE, req), None)
+    async def _local_execute(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        req = bk.check_execute(bk.LOCAL_EXECUTE, req)
+        exec_req = _exec_request(req["execute_timeout"], argv=bk.shell_argv(req["shell"], req["command"]), env=req["env"] or None)
+        return await self._run(req, self.host_for(None), exec_req)
 
-    async def _ssh_execute(self, req):
+    async def _ssh_execute(self, req: Dict[str, Any]) -> Dict[str, Any]:
         bk.check_execute(bk.SSH_EXECUTE, req)
-        self._need_ssh(bk.SSH_EXECUTE)
-        target = self._check_key(_target(req))
+        target = _target(req)
+        host = self._ssh_host(bk.SSH_EXECUTE, target)
         if req["connection_test"]:
-            failed = await _probe(target["host"], target["port"], req["execute_timeout"])
+            failed = await _probe(target.host, target.port, req["execute_timeout"])
             if failed:
                 if failed[0] == "timeout":
                     raise bk.BkliteError(bk.TIMEOUT, "TCP connect timed out after %s" % failed[1], bk.STAGE_TCP_CONNECT,
                                          bk.CATEGORY_NETWORK)
                 raise bk.BkliteError(bk.DEPENDENCY_FAILURE, "TCP connect failed: dial tcp %s:%d: %s" % (
-                    target["host"], target["port"], failed[1]), bk.STAGE_TCP_CONNECT, bk.CATEGORY_NETWORK)
-        return await self._run(req, target)
-
-    def _need_ssh(self, method):
-        if self.ex.ssh is None:
-            raise bk.BkliteError(bk.DEPENDENCY_FAILURE, "%s is unavailable on this executor: paramiko is not installed" % method)
-
-    @staticmethod
-    def _check_key(target):
-        if target["private_key"]:
-            try:
-                ssh.load_private_key(text=target["private_key"], passphrase=target["passphrase"])
-            except ValueError as exc:
-                raise bk.BkliteError(bk.INVALID_REQUEST, "Failed to parse private key: %s" % exc)
-        return target
+                    target.host, target.port, failed[1]), bk.STAGE_TCP_CONNECT, bk.CATEGORY_NETWORK)
+        return await self._run(req, host, _exec_request(req["execute_timeout"], command=req["command"]), remote=True)
 
     # ------------------------------------------------------------ files
 
     @staticmethod
-    def _check_download(req, need_target=True):
+    def _check_download(req: Dict[str, Any], need_target: bool = True) -> float:
         """BK-Lite's download checks, in its order and words; returns the deadline."""
         names = [req[k].strip() for k in ("bucket_name", "file_key", "file_name")]
         if not all(names) or (need_target and not req["target_path"].strip()):
@@ -276,40 +283,41 @@ class CompatServer:
                                                         "separators or be absolute")
         return CompatServer._deadline(req, bk.DEPENDENCY_FAILURE, "Failed to download file: ")
 
-    async def _fetch_object(self, req, directory, deadline):
+    async def _fetch_object(self, req: Dict[str, Any], directory: str, deadline: float) -> str:
         """Object Store object -> directory/file_name (temp file, fsync, rename)."""
         name = req["file_name"].strip()
         import nats.js.errors  # pylint: disable=import-outside-toplevel
         try:
-            store = await self.ex.nc.jetstream().object_store(req["bucket_name"])
+            store = await self.nc.jetstream().object_store(req["bucket_name"])
         except nats.js.errors.BucketNotFoundError:
             raise bk.BkliteError(bk.DEPENDENCY_FAILURE, "Failed to download file: failed to create JetStream client: "
-                                 "object store bucket %r not found: nats: bucket not found" % req["bucket_name"])
+                                 "object store bucket %r not found: nats: bucket not found" % req["bucket_name"]) from None
         path = os.path.join(directory, name)
         try:
             target = AtomicFile(path)
         except OSError as exc:
             raise bk.BkliteError(bk.EXECUTION_FAILURE, "Failed to download file: failed to finalize downloaded file: "
-                                 "failed to create temporary file in %s: %s" % (directory, exc.strerror or exc))
+                                 "failed to create temporary file in %s: %s" % (directory, exc.strerror or exc)) from None
         try:
             await asyncio.wait_for(store.get(req["file_key"], writeinto=target), max(deadline - time.monotonic(), 0.01))
             target.commit(0o644)
         except asyncio.TimeoutError:
-            raise bk.BkliteError(bk.TIMEOUT, "Failed to download file: download operation timed out: context deadline exceeded")
+            raise bk.BkliteError(bk.TIMEOUT, "Failed to download file: download operation timed out: context deadline "
+                                             "exceeded") from None
         except nats.js.errors.NotFoundError:
             raise bk.BkliteError(bk.DEPENDENCY_FAILURE, "Failed to download file: failed to download file: failed to get "
-                                 "object from store with key %s: nats: object not found" % req["file_key"])
+                                 "object from store with key %s: nats: object not found" % req["file_key"]) from None
         except nats.js.errors.DigestMismatchError:
             raise bk.BkliteError(bk.DEPENDENCY_FAILURE, "Failed to download file: failed to download file: digest "
-                                 "mismatch for key %s; nothing was written" % req["file_key"])
+                                 "mismatch for key %s; nothing was written" % req["file_key"]) from None
         except OSError as exc:
             raise bk.BkliteError(bk.EXECUTION_FAILURE, "Failed to download file: failed to finalize downloaded file: %s"
-                                 % (exc.strerror or exc))
+                                 % (exc.strerror or exc)) from None
         finally:
             target.discard()
         return path
 
-    async def _download_local(self, req):
+    async def _download_local(self, req: Dict[str, Any]) -> str:
         deadline = self._check_download(req)
         if not os.path.isdir(req["target_path"]):
             raise bk.BkliteError(bk.EXECUTION_FAILURE, "Failed to download file: failed to finalize downloaded file: "
@@ -318,29 +326,26 @@ class CompatServer:
         return "File successfully downloaded to %s/%s" % (req["target_path"], req["file_name"])
 
     @staticmethod
-    def _deadline(req, code=bk.INVALID_REQUEST, prefix=""):
+    def _deadline(req: Dict[str, Any], code: str = bk.INVALID_REQUEST, prefix: str = "") -> float:
         if req["execute_timeout"] <= 0:
             raise bk.BkliteError(code, prefix + "execute timeout must be greater than 0")
         return time.monotonic() + req["execute_timeout"]
 
-    async def _copy(self, req, source, dest, deadline):
-        self._need_ssh("remote copy")
-        target = self._check_key(_target(req))
-        if not target["host"] or not target["user"]:
-            raise bk.BkliteError(bk.INVALID_REQUEST, "host and user are required")
+    async def _copy(self, req: Dict[str, Any], source: str, dest: str, deadline: float) -> str:
+        target = _target(req)
+        host = self._ssh_host("remote copy", target)
         try:
-            files, size, landed = await ssh.copy_path(self.ex.ssh, target, source, dest, deadline)
+            files, size, landed = await host.copy_in(source, dest, deadline)  # type: ignore[attr-defined]
         except WireError as exc:
             if exc.code == E_TIMEOUT:
-                raise bk.BkliteError(bk.TIMEOUT, "SCP transfer timed out: %s" % exc.message)
+                raise bk.BkliteError(bk.TIMEOUT, "SCP transfer timed out: %s" % exc.message) from None
             failure = _ssh_failure(exc)
             code = bk.EXECUTION_FAILURE if failure.stage == bk.STAGE_COMMAND_RUN else failure.code
-            raise bk.BkliteError(code, failure.message)
-        log.info("bklite: copied %s to %s@%s:%s (%d file(s), %d bytes)", source, target["user"], target["host"], landed,
-                 files, size)
+            raise bk.BkliteError(code, failure.message) from None
+        log.info("bklite: copied %s to %s:%s (%d file(s), %d bytes)", source, target.where(), landed, files, size)
         return ""
 
-    async def _download_remote(self, req):
+    async def _download_remote(self, req: Dict[str, Any]) -> str:
         self._deadline(req)
         deadline = self._check_download(req, need_target=False)
         if req["fast_fail"]:
@@ -353,29 +358,30 @@ class CompatServer:
         try:
             staging = tempfile.mkdtemp(prefix="nats-executor-", dir=req["local_path"] or None)
         except OSError as exc:
-            raise bk.BkliteError(bk.EXECUTION_FAILURE, "Failed to prepare local staging path: %s" % (exc.strerror or exc))
+            raise bk.BkliteError(bk.EXECUTION_FAILURE, "Failed to prepare local staging path: %s"
+                                 % (exc.strerror or exc)) from None
         try:
             path = await self._fetch_object(req, staging, deadline)
             return await self._copy(req, path, req["target_path"] or ".", deadline)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    async def _upload_remote(self, req):
+    async def _upload_remote(self, req: Dict[str, Any]) -> str:
         deadline = self._deadline(req)
         if not os.path.exists(req["source_path"]):
             raise bk.BkliteError(bk.EXECUTION_FAILURE, "source_path %s does not exist on the executor host"
                                  % req["source_path"])
         return await self._copy(req, req["source_path"], req["target_path"] or ".", deadline)
 
-    async def _unzip_local(self, req):
+    async def _unzip_local(self, req: Dict[str, Any]) -> str:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(None, unzip, req["zip_path"], req["dest_dir"])
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise bk.BkliteError(bk.EXECUTION_FAILURE, "Failed to unzip file: %s" % exc)
+            raise bk.BkliteError(bk.EXECUTION_FAILURE, "Failed to unzip file: %s" % exc) from None
 
 
-def unzip(zip_path, dest_dir):
+def unzip(zip_path: str, dest_dir: str) -> str:
     """Extract ``zip_path`` into ``dest_dir``; returns the first path component of the first entry.
     Every entry is checked first (absolute names, zip-slip, links and devices refused), so a bad
     archive writes nothing. Raises ValueError/OSError with BK-Lite's words."""
@@ -384,7 +390,7 @@ def unzip(zip_path, dest_dir):
     try:
         archive = zipfile.ZipFile(zip_path)
     except (OSError, zipfile.BadZipFile) as exc:
-        raise ValueError("failed to open zip file: %s" % exc)
+        raise ValueError("failed to open zip file: %s" % exc) from None
     with archive:
         entries = archive.infolist()
         if not entries:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import List, Optional
 
 from natsops_executor import __version__
 from natsops_executor import config as config_mod
@@ -18,7 +19,7 @@ EXIT_CONFIG = 2
 EXIT_CONNECT = 3
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if "--version" in argv:
@@ -39,10 +40,11 @@ def main(argv=None):
     sys.exit(asyncio.run(_run(cfg)))
 
 
-async def _run(cfg):
+async def _run(cfg: config_mod.Config) -> int:
     # imported here so --help and configuration errors work without nats-py installed
     import nats.errors  # pylint: disable=import-outside-toplevel
     from natsops_executor.service import Executor  # pylint: disable=import-outside-toplevel
+    from natsops_executor._wire.connect import NatsConnectError  # pylint: disable=import-outside-toplevel
 
     executor = Executor(cfg)
     stop = asyncio.Event()
@@ -51,6 +53,9 @@ async def _run(cfg):
         loop.add_signal_handler(sig, stop.set)
     try:
         await executor.start()
+    except NatsConnectError as exc:
+        log.error("%s", exc)
+        return EXIT_CONNECT
     except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
         log.error("cannot connect to NATS (%s): %s", ", ".join(cfg.servers), exc or type(exc).__name__)
         return EXIT_CONNECT

@@ -8,12 +8,14 @@ import argparse
 import dataclasses
 import os
 import socket
+import typing
+from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire.contract import DEFAULT_NAMESPACE, WireError, validate_instance_id, validate_namespace
-from natsops_executor._wire.names import validate_probe_id
+from natsops_executor._wire.names import OPTION_SOURCES, validate_probe_id
 
 
 class ConfigError(Exception):
@@ -22,63 +24,55 @@ class ConfigError(Exception):
 
 @dataclasses.dataclass
 class Config:
-    servers: list
-    instances: list
+    """The executor's settings, validated (``load``); every field is also a flag, a YAML key and a variable."""
+
+    servers: List[str]
+    instances: List[str]
     namespace: str = DEFAULT_NAMESPACE
     name: str = ""
-    user: str = None
-    password: str = None
-    token: str = None
-    creds: str = None
-    nkey: str = None
-    ca: str = None
-    cert: str = None
-    key: str = None
-    tls_hostname: str = None
-    inbox_prefix: str = None
-    context: str = None
+    user: Optional[str] = None
+    password: Optional[str] = None
+    token: Optional[str] = None
+    creds: Optional[str] = None
+    nkey: Optional[str] = None
+    ca: Optional[str] = None
+    cert: Optional[str] = None
+    key: Optional[str] = None
+    tls_hostname: Optional[str] = None
+    inbox_prefix: Optional[str] = None
+    context: Optional[str] = None
     max_jobs: int = 32
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     bklite_compat: bool = False
-    ssh_known_hosts: str = None
+    ssh_known_hosts: Optional[str] = None
     ssh_host_key_policy: str = "strict"
-    ssh_identities: dict = None
+    ssh_identities: Optional[Dict[str, str]] = None
     ssh_pool_size: int = 64
     ssh_idle_timeout: float = 300.0
     ssh_connect_timeout: float = 10.0
     register: bool = False
-    zone: str = None
+    zone: Optional[str] = None
     heartbeat_interval: float = 30.0
 
-    def nats_options(self):
-        return dict((k, getattr(self, k)) for k in wire_connect.OPTION_NAMES)
+    def nats_options(self) -> Dict[str, Any]:
+        """The NATS connection options, by their names in the wire contract."""
+        return {k: getattr(self, k) for k in wire_connect.OPTION_NAMES}
 
-    def ssh_settings(self):
+    def ssh_settings(self) -> Any:
         """SSH mode settings; loads identities and known_hosts (ValueError when they are unusable)."""
         # imported here: paramiko only when the configuration is checked or the service starts
-        from natsops_executor import ssh  # pylint: disable=import-outside-toplevel
-        return ssh.SSHSettings(self.ssh_known_hosts, self.ssh_host_key_policy, self.ssh_identities,
-                               self.ssh_pool_size, self.ssh_idle_timeout, self.ssh_connect_timeout)
+        from natsops_executor import sshpool  # pylint: disable=import-outside-toplevel
+        return sshpool.SSHSettings(self.ssh_known_hosts, self.ssh_host_key_policy, self.ssh_identities,
+                                   self.ssh_pool_size, self.ssh_idle_timeout, self.ssh_connect_timeout)
 
 
-# key -> environment variable (NATS_* are natscli's names)
-ENVIRONMENT = {
-    "servers": "NATS_URL",
+# option -> environment variable: the NATS connection options by their names in the wire contract (natscli's
+# NATS_* names), the executor's own as NATSOPS_*
+ENVIRONMENT = dict({name: env for name, (_context_field, env) in OPTION_SOURCES.items()}, **{
     "instances": "NATSOPS_INSTANCES",
     "namespace": "NATSOPS_NAMESPACE",
     "name": "NATSOPS_NAME",
-    "user": "NATS_USER",
-    "password": "NATS_PASSWORD",
-    "token": "NATS_TOKEN",
-    "creds": "NATS_CREDS",
-    "nkey": "NATS_NKEY",
-    "ca": "NATS_CA",
-    "cert": "NATS_CERT",
-    "key": "NATS_KEY",
-    "tls_hostname": "NATS_TLS_HOSTNAME",
-    "inbox_prefix": "NATS_INBOX_PREFIX",
-    "context": "NATS_CONTEXT",
     "max_jobs": "NATSOPS_MAX_JOBS",
     "shutdown_grace": "NATSOPS_SHUTDOWN_GRACE",
     "log_level": "NATSOPS_LOG_LEVEL",
@@ -92,13 +86,16 @@ ENVIRONMENT = {
     "register": "NATSOPS_REGISTER",
     "zone": "NATSOPS_ZONE",
     "heartbeat_interval": "NATSOPS_HEARTBEAT_INTERVAL",
-}
+})
 LIST_KEYS = ("servers", "instances")
 DICT_KEYS = ("ssh_identities",)
-FIELDS = dict((f.name, f) for f in dataclasses.fields(Config))
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# the scalar type each option is coerced to (lists and name maps: LIST_KEYS, DICT_KEYS)
+_TYPES = {name: next((t for t in (bool, int, float) if hint is t), str)
+          for name, hint in typing.get_type_hints(Config).items()}
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="natsops-executor",
         description="Serve natsops tasks (exec, put, fetch) from NATS for one or more instance ids.",
@@ -151,17 +148,17 @@ def build_parser():
     return parser
 
 
-def _from_file(path):
+def _from_file(path: str) -> Dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             data = yaml.safe_load(handle) or {}
     except OSError as exc:
-        raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror or exc))
+        raise ConfigError("cannot read config file %s: %s" % (path, exc.strerror or exc)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError("config file %s is not valid YAML: %s" % (path, exc))
+        raise ConfigError("config file %s is not valid YAML: %s" % (path, exc)) from None
     if not isinstance(data, dict):
         raise ConfigError("config file %s must be a mapping of option names to values" % path)
-    data = dict((str(k).replace("-", "_"), v) for k, v in data.items())
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
     # a singular spelling is what people write by hand
     for single, plural in (("server", "servers"), ("instance", "instances")):
         if single in data:
@@ -172,7 +169,7 @@ def _from_file(path):
     return data
 
 
-def _from_env(environ):
+def _from_env(environ: Mapping[str, str]) -> Dict[str, Any]:
     data = {}
     for key, var in ENVIRONMENT.items():
         if environ.get(var):
@@ -180,8 +177,8 @@ def _from_env(environ):
     return data
 
 
-def _coerce(key, value, source):
-    field_type = FIELDS[key].type
+def _coerce(key: str, value: Any, source: str) -> Any:
+    field_type = _TYPES[key]
     try:
         if key in DICT_KEYS:
             return _name_map(value)
@@ -193,23 +190,23 @@ def _coerce(key, value, source):
             else:
                 raise TypeError("a list or a comma-separated string")
             return [str(v).strip() if key == "servers" else str(v) for v in items]
-        if field_type in ("int", int):
+        if field_type is int:
             return int(value)
-        if field_type in ("float", float):
+        if field_type is float:
             return float(value)
-        if field_type in ("bool", bool):
+        if field_type is bool:
             if isinstance(value, bool):
                 return value
             return str(value).strip().lower() in ("1", "true", "yes", "on")
         return None if value is None else str(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError("option %s from %s has a bad value %r: %s" % (key, source, value, exc))
+        raise ConfigError("option %s from %s has a bad value %r: %s" % (key, source, value, exc)) from None
 
 
-def _name_map(value):
+def _name_map(value: Any) -> Dict[str, str]:
     """NAME=PATH pairs (a list, or a comma-separated string) or a mapping -> {name: path}."""
     if isinstance(value, dict):
-        return dict((str(k), str(v)) for k, v in value.items())
+        return {str(k): str(v) for k, v in value.items()}
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, (list, tuple)):
@@ -223,7 +220,7 @@ def _name_map(value):
     return result
 
 
-def load(argv=None, environ=None):
+def load(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None) -> Config:
     """Parse everything and return a validated Config, or raise ConfigError."""
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
@@ -231,7 +228,7 @@ def load(argv=None, environ=None):
     if args.config:
         layers.append(("config file %s" % args.config, _from_file(args.config)))
     layers.append(("environment", _from_env(environ)))
-    layers.append(("command line", dict((k, v) for k, v in vars(args).items() if k in FIELDS and v is not None)))
+    layers.append(("command line", {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}))
     merged = {}
     for source, data in layers:
         for key, value in data.items():
@@ -241,7 +238,8 @@ def load(argv=None, environ=None):
     return validate(cfg)
 
 
-def validate(cfg):
+def validate(cfg: Config) -> Config:
+    """Check a Config as a whole (the start refuses what would not work); returns it normalised."""
     if not cfg.instances:
         raise ConfigError("no instance id to serve: pass --instance ID (repeatable), set instances: in the "
                           "config file or NATSOPS_INSTANCES; use the zone name callers address (e.g. 'default')")
@@ -250,7 +248,7 @@ def validate(cfg):
         try:
             validate_instance_id(inst, allow_all=True)
         except WireError as exc:
-            raise ConfigError("bad instance id: %s" % exc.message)
+            raise ConfigError("bad instance id: %s" % exc.message) from None
         if inst not in seen:
             seen.append(inst)
     cfg.instances = seen
@@ -258,9 +256,9 @@ def validate(cfg):
         validate_namespace(cfg.namespace)
         wire_connect.resolve(cfg.nats_options())
     except WireError as exc:
-        raise ConfigError(exc.message)
+        raise ConfigError(exc.message) from None
     except wire_connect.ConnectOptionsError as exc:
-        raise ConfigError(str(exc))
+        raise ConfigError(str(exc)) from None
     if cfg.register:
         if len(cfg.instances) != 1:
             raise ConfigError("--register (probe mode) serves exactly one instance id, the host's node id; got %s"
@@ -268,7 +266,7 @@ def validate(cfg):
         try:
             validate_probe_id(cfg.instances[0])
         except WireError as exc:
-            raise ConfigError(exc.message)
+            raise ConfigError(exc.message) from None
         if not 1 <= cfg.heartbeat_interval <= 3600:
             raise ConfigError("heartbeat_interval must be between 1 and 3600 seconds")
     if cfg.max_jobs < 1:
@@ -278,9 +276,9 @@ def validate(cfg):
     try:
         cfg.ssh_settings()  # known_hosts and identity files are read now: a bad one stops the start
     except ValueError as exc:
-        raise ConfigError(str(exc))
+        raise ConfigError(str(exc)) from None
     except ImportError as exc:  # paramiko missing: fine for agent mode, an error if SSH mode was configured
         if cfg.ssh_identities or cfg.ssh_known_hosts or cfg.ssh_host_key_policy != "strict":
-            raise ConfigError("SSH options are set but SSH mode is unavailable: %s (install paramiko)" % exc)
+            raise ConfigError("SSH options are set but SSH mode is unavailable: %s (install paramiko)" % exc) from None
     cfg.name = cfg.name or socket.gethostname()
     return cfg

@@ -2,45 +2,56 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The NATS side of the executor: a NATS micro service whose endpoints take jobs.
 
-Every request is answered: ``accepted`` (then the job's events stream to the caller's
-``reply_to``) or a structured error. Nothing a caller sends can crash the service.
+Every request is answered: ``accepted`` (then the job's events stream to the caller's ``reply_to``) or a
+structured error. Nothing a caller sends can crash the service. A request is parsed into its typed message
+(wire/messages.py), the host it runs on is chosen once (``Executor.host_for``), and its operation's handler
+does the work through that host (hosts/) and the host-independent job code (jobs.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Dict, List, Optional, Set, cast
 
-import nats
 from nats import micro
 
 from natsops_executor import __version__
 from natsops_executor import bklite
 from natsops_executor import jobs
 from natsops_executor import transfer
+from natsops_executor.config import Config
+from natsops_executor.hosts.base import Host
+from natsops_executor.hosts.local import LocalHost
 
 try:
-    from natsops_executor import ssh
+    from natsops_executor import sshpool
+    from natsops_executor.hosts.ssh import SSHHost
     SSH_UNAVAILABLE = None
 except ImportError as _exc:  # paramiko is a dependency of the wheel; a bare copy may lack it: agent mode only
-    ssh = None
     SSH_UNAVAILABLE = "SSH mode is unavailable on this executor (%s); install paramiko" % _exc
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire.contract import (
-    E_ABORTED, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR, KIND_REQUEST,
-    OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER,
-    OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, chunk_size, error_message, executor_metadata,
-    pack, sha256_hex, subject, unpack, validate_request,
+    E_ABORTED, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR,
+    KIND_REQUEST, KIND_RESULT, OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP,
+    SERVICE_NAME, WireError, chunk_size, error_message, executor_metadata, pack, subject, unpack,
+)
+from natsops_executor._wire.messages import (
+    Accepted, Digest, ExecRequest, ExecutorRef, FetchRequest, PutRequest, Request, Target, TransferRequest,
+    parse_request,
 )
 from natsops_executor._wire.streams import StreamReceiver, StreamSender
 
 log = logging.getLogger("natsops_executor")
 
+Fill = Callable[[jobs.Write], Awaitable[None]]
 
-def service_version(version):
+
+def service_version(version: str) -> str:
     """The package's PEP 440 version as the semantic version NATS micro services require: the release padded to
     X.Y.Z, anything after it as build metadata (0.1.0.post900 -> 0.1.0+post900, 1.2 -> 1.2.0). Discovery still
     reports the package's own version, in the service metadata."""
@@ -51,40 +62,162 @@ def service_version(version):
     return "%s.%s.%s" % (match.group(1), match.group(2) or 0, match.group(3) or 0) + ("+" + rest if rest else "")
 
 
-class Executor:
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.nc = None
-        self.heartbeat = None
-        self.service = None
-        self.jobs = set()
-        self.slots = asyncio.Semaphore(cfg.max_jobs)
+class Outcome:
+    """How a job ended, for the counters: set ``ok`` when it succeeded."""
+
+    ok = False
+
+
+class JobBook:
+    """Job accounting for both servers (ours and BK-Lite's): every request's work runs as its own task (never in
+    the subscription callback), at most ``max_jobs`` run at once (more wait), and each one is counted."""
+
+    def __init__(self, max_jobs: int) -> None:
+        self.max_jobs = max_jobs
+        self._slots = asyncio.Semaphore(max_jobs)
+        self._tasks: Set[asyncio.Future] = set()
         self.running = 0
         self.completed = 0
         self.failed = 0
-        self.stopping = asyncio.Event()
-        self.ssh = None  # SSH mode: the connection pool, created at start
+
+    def start(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a request's work in its own task; finish() waits for it."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[Outcome]:
+        """A slot for one job (waits while ``max_jobs`` run); counted completed if the block set ``ok``."""
+        outcome = Outcome()
+        try:
+            async with self._slots:
+                self.running += 1
+                try:
+                    yield outcome
+                finally:
+                    self.running -= 1
+        finally:
+            if outcome.ok:
+                self.completed += 1
+            else:
+                self.failed += 1
+
+    async def finish(self, grace: float) -> None:
+        """Give running jobs ``grace`` seconds, then cancel what remains."""
+        if not self._tasks:
+            return
+        log.info("waiting up to %.0f s for %d running job(s)", grace, len(self._tasks))
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    def stats(self) -> Dict[str, int]:
+        return {"running": self.running, "max_jobs": self.max_jobs, "completed": self.completed, "failed": self.failed}
+
+
+class _Job:
+    """One request of our protocol: its NATS message, typed request, event stream and (uploads) byte stream."""
+
+    def __init__(self, nc: Any, msg: Any, req: Request, attachment: bytes, executor: ExecutorRef) -> None:
+        self.nc = nc
+        self.msg = msg
+        self.req = req
+        self.attachment = attachment
+        self.executor = executor
+        self.sender = StreamSender(nc, req.reply_to)
+        self.receiver: Optional[StreamReceiver] = None
+        self.accepted = False
+        self.chunk = chunk_size(nc.max_payload)
+
+    async def accept(self, **extra: Any) -> None:
+        """Reply ``accepted``: from now on the caller follows the job's event stream."""
+        doc = Accepted(v=PROTOCOL_VERSION, id=self.req.id, executor=self.executor, **extra)
+        headers, body = pack(KIND_ACCEPTED, doc.to_dict())
+        await self.msg.respond(body, headers=headers)
+        self.accepted = True
+
+    async def accept_upload(self, size: int) -> Fill:
+        """Accept the request with its ``size`` bytes inline (the attachment) or coming as an upload stream;
+        returns ``fill(write)``, which passes them all to ``write``."""
+        inline = self.attachment
+        if inline or size == 0:
+            if len(inline) != size:
+                raise WireError(E_BAD_REQUEST, "inline data is %d bytes but %d were announced" % (len(inline), size))
+            await self.accept()
+
+            async def fill_inline(write: jobs.Write) -> None:
+                write(inline)
+            return fill_inline
+        receiver = self.receiver = await StreamReceiver(self.nc).start()
+        await self.accept(upload=receiver.subject)
+
+        async def fill_upload(write: jobs.Write) -> None:
+            await jobs.receive_upload(receiver, size, self.req.keepalive, write)
+        return fill_upload
+
+    async def fail(self, error: WireError) -> None:
+        """Report an error on the job stream; if it was never accepted, reply to the request instead."""
+        if not self.accepted:
+            await reply_error(self.msg, error)
+            return
+        try:
+            await self.sender.send(KIND_ERROR, error.to_dict())
+            await self.sender.drain()
+        except WireError as exc:
+            log.info("could not report the error to the caller: %s", exc)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("could not report the error to the caller: %r", exc)
+
+    async def close(self) -> None:
+        await self.sender.close()
+        if self.receiver is not None:
+            await self.receiver.close()
+
+
+async def reply_error(msg: Any, error: WireError) -> None:
+    """Answer a request with an error reply (never raises)."""
+    headers, body = error_message(error.code, error.message, error.details)
+    try:
+        await msg.respond(body, headers=headers)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("could not send an error reply: %s", exc)
+
+
+class Executor:
+    """The natsops-executor service: one NATS connection, one NATS micro service whose endpoints take the jobs of
+    every configured instance id (and BK-Lite's subjects with ``bklite_compat``), each run on the host its request
+    names: this one (LocalHost) or an SSH target (SSHHost, through the connection pool)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.nc: Any = None
+        self.heartbeat: Any = None
+        self.service: Any = None
+        self.book = JobBook(cfg.max_jobs)
+        self.local = LocalHost()
+        self.ssh: Any = None  # SSH mode: the connection pool, created at start
+        self._handlers: Dict[str, Callable[[_Job, Host], Awaitable[None]]] = {
+            OP_EXEC: self._exec, OP_PUT: self._put, OP_FETCH: self._fetch, OP_TRANSFER: self._transfer}
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self):
+    async def start(self) -> None:
         cfg = self.cfg
-        if ssh is None:
+        if SSH_UNAVAILABLE:
             log.warning("%s", SSH_UNAVAILABLE)
         else:
-            self.ssh = ssh.SSHPool(cfg.ssh_settings(), max_threads=cfg.max_jobs * 2 + 4)
+            self.ssh = sshpool.SSHPool(cfg.ssh_settings(), max_threads=cfg.max_jobs * 2 + 4)
             self.ssh.start()
-        if self.ssh is not None and cfg.ssh_host_key_policy == "ignore":
-            log.warning("SSH HOST KEYS ARE NOT VERIFIED (ssh_host_key_policy: ignore): anyone on the path to a target "
-                        "host can impersonate it; use 'strict' or 'accept-new'")
-        kwargs = wire_connect.connect_kwargs(cfg.nats_options(), name="natsops-executor %s" % cfg.name)
-        kwargs.update(reconnect_time_wait=1.0, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
-                      reconnected_cb=self._on_reconnect)
+            if cfg.ssh_host_key_policy == "ignore":
+                log.warning("SSH HOST KEYS ARE NOT VERIFIED (ssh_host_key_policy: ignore): anyone on the path to a "
+                            "target host can impersonate it; use 'strict' or 'accept-new'")
         log.info("connecting to NATS: %s", wire_connect.describe(cfg.nats_options()))
-        # the first connection gives up after a few attempts (bad credentials must end the process with a
-        # clear message); once connected, reconnect forever: a server restart must not stop the executor
-        self.nc = await nats.connect(**kwargs)
-        self.nc.options["max_reconnect_attempts"] = -1
+        self.nc = await wire_connect.connect(
+            cfg.nats_options(), "natsops-executor %s" % cfg.name, 5.0, wire_connect.SERVICE, error_cb=self._on_error,
+            disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect)
         self.service = await micro.add_service(
             self.nc, name=SERVICE_NAME, version=service_version(__version__), queue_group=QUEUE_GROUP,
             description="natsops.fleet executor on %s" % cfg.name,
@@ -101,10 +234,11 @@ class Executor:
                     metadata={"instance": inst, "op": op})
                 log.info("serving %s (instance %s, queue group %s)", subj, inst, QUEUE_GROUP)
         if cfg.bklite_compat:
-            await bklite.CompatServer(self).add_endpoints(self.service, index)
+            compat = bklite.CompatServer(self.nc, self.host_for, self.book, cfg.instances)
+            await compat.add_endpoints(self.service, index)
         await self.nc.flush()
         if cfg.register:
-            from natsops_executor.registry import Heartbeat  # pylint: disable=import-outside-toplevel
+            from natsops_executor.probe import Heartbeat  # pylint: disable=import-outside-toplevel
             self.heartbeat = Heartbeat(self.nc, cfg)
             await self.heartbeat.beat()
             self.heartbeat.start()
@@ -112,215 +246,129 @@ class Executor:
                  __version__, len(cfg.instances), self.nc.connected_url.netloc if self.nc.connected_url else "?",
                  cfg.max_jobs, PROTOCOL_VERSION, self.service.id)
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Stop taking work, give running jobs the grace period, then end them."""
         if self.heartbeat is not None:
             await self.heartbeat.stop()
         if self.service is not None:
             await self.service.stop()
-        if self.jobs:
-            log.info("waiting up to %.0f s for %d running job(s)", self.cfg.shutdown_grace, len(self.jobs))
-            done, pending = await asyncio.wait(self.jobs, timeout=self.cfg.shutdown_grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+        await self.book.finish(self.cfg.shutdown_grace)
         if self.ssh is not None:
             await self.ssh.close()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
         log.info("natsops-executor stopped")
 
-    async def _on_error(self, exc):
+    async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS error: %s", exc or type(exc).__name__)
 
-    async def _on_disconnect(self):
+    async def _on_disconnect(self) -> None:
         log.warning("disconnected from NATS; reconnecting")
 
-    async def _on_reconnect(self):
+    async def _on_reconnect(self) -> None:
         log.info("reconnected to NATS at %s", self.nc.connected_url.netloc if self.nc.connected_url else "?")
 
-    def _stats(self, _endpoint_stats):
-        stats = {"running": self.running, "max_jobs": self.cfg.max_jobs, "completed": self.completed,
-                 "failed": self.failed, "loadavg": list(os.getloadavg())}
+    def _stats(self, _endpoint_stats: Any) -> Dict[str, Any]:
+        stats: Dict[str, Any] = dict(self.book.stats(), loadavg=list(os.getloadavg()))
         if self.ssh is not None:
             stats.update(self.ssh.stats())
         return stats
 
     # ------------------------------------------------------------ requests
 
-    def start_job(self, coro):
-        """Run a request's work in its own task (never block the subscription); stop() waits for it."""
-        task = asyncio.ensure_future(coro)
-        self.jobs.add(task)
-        task.add_done_callback(self.jobs.discard)
+    def host_for(self, target: Optional[Target]) -> Host:
+        """The host a request runs on: this one, or (SSH mode) its target through the connection pool."""
+        if target is None:
+            return self.local
+        if self.ssh is None:
+            raise WireError(E_SPAWN, SSH_UNAVAILABLE or "SSH mode is not running")
+        return SSHHost(self.ssh, target)
 
-    def _handler(self, op):
-        async def handle(request):
-            self.start_job(self._serve(op, request))
+    def _ref(self) -> ExecutorRef:
+        return ExecutorRef(name=self.cfg.name, service_id=self.service.id, version=__version__)
+
+    def _handler(self, op: str) -> Callable[[Any], Awaitable[None]]:
+        async def handle(msg: Any) -> None:
+            self.book.start(self._serve(op, msg))
         return handle
 
-    async def _reply_error(self, request, error):
-        headers, body = error_message(error.code, error.message, error.details)
-        try:
-            await request.respond(body, headers=headers)
-        except Exception as exc:  # pylint: disable=broad-except
-            log.warning("could not send an error reply: %s", exc)
-
-    async def _serve(self, op, request):
+    async def _serve(self, op: str, msg: Any) -> None:
         started = time.monotonic()
-        req = None
         try:
-            if request.headers and request.headers.get(H_KIND) not in (None, KIND_REQUEST):
+            if msg.headers and msg.headers.get(H_KIND) not in (None, KIND_REQUEST):
                 raise WireError(E_BAD_REQUEST, "expected a request message")
-            doc, attachment = unpack(request.headers, request.data)
-            req = validate_request(op, doc)
-            if req.get("target") and self.ssh is None:
-                raise WireError(E_SPAWN, SSH_UNAVAILABLE or "SSH mode is not running")
+            doc, attachment = unpack(msg.headers, msg.data)
+            req = parse_request(op, doc)
+            host = self.host_for(req.target)
         except WireError as exc:
-            log.warning("%s request on %s rejected: %s", op, request.subject, exc)
-            await self._reply_error(request, exc)
+            log.warning("%s request on %s rejected: %s", op, msg.subject, exc)
+            await reply_error(msg, exc)
             return
         except Exception as exc:  # pylint: disable=broad-except
-            log.exception("unexpected error while parsing a request on %s", request.subject)
-            await self._reply_error(request, WireError(E_INTERNAL, "executor failed to parse the request: %r" % exc))
+            log.exception("unexpected error while parsing a request on %s", msg.subject)
+            await reply_error(msg, WireError(E_INTERNAL, "executor failed to parse the request: %r" % exc))
             return
 
-        sender = StreamSender(self.nc, req["reply_to"])
-        receiver = None
-        ok = False
+        job = _Job(self.nc, msg, req, attachment, self._ref())
         try:
-            await sender.start()
-            chunk = chunk_size(self.nc.max_payload)
-            handler = {OP_EXEC: self._exec, OP_PUT: self._put, OP_FETCH: self._fetch, OP_TRANSFER: self._transfer}[op]
-            async with self.slots:
-                self.running += 1
-                try:
-                    receiver = await handler(req, attachment, request, sender, chunk)
-                finally:
-                    self.running -= 1
-            await sender.drain()
-            ok = True
+            async with self.book.run() as outcome:
+                await job.sender.start()
+                await self._handlers[op](job, host)
+                await job.sender.drain()
+                outcome.ok = True
         except WireError as exc:
-            log.info("%s %s failed: %s", op, req["id"], exc)
-            await self._job_error(request, sender, exc)
+            log.info("%s %s failed: %s", op, req.id, exc)
+            await job.fail(exc)
         except asyncio.CancelledError:
-            await self._job_error(request, sender, WireError(E_ABORTED, "the executor is shutting down"))
+            await job.fail(WireError(E_ABORTED, "the executor is shutting down"))
             raise
         except Exception as exc:  # pylint: disable=broad-except
-            log.exception("%s %s crashed", op, req["id"])
-            await self._job_error(request, sender, WireError(E_INTERNAL, "executor error: %r" % exc))
+            log.exception("%s %s crashed", op, req.id)
+            await job.fail(WireError(E_INTERNAL, "executor error: %r" % exc))
         finally:
-            if ok:
-                self.completed += 1
-            else:
-                self.failed += 1
-            await sender.close()
-            if isinstance(receiver, StreamReceiver):
-                await receiver.close()
-            log.debug("%s %s finished in %.3f s", op, req["id"], time.monotonic() - started)
+            await job.close()
+            log.debug("%s %s finished in %.3f s", op, req.id, time.monotonic() - started)
 
-    async def _job_error(self, request, sender, error):
-        """Report an error on the job stream; if it was never accepted, reply to the request instead."""
-        if getattr(request, "natsops_accepted", False):
-            try:
-                await sender.send(KIND_ERROR, error.to_dict())
-                await sender.drain()
-            except WireError as exc:
-                log.info("could not report the error to the caller: %s", exc)
-            except Exception as exc:  # pylint: disable=broad-except
-                log.warning("could not report the error to the caller: %r", exc)
-        else:
-            await self._reply_error(request, error)
-
-    async def _accept(self, request, req, **extra):
-        executor = {"name": self.cfg.name, "service_id": self.service.id, "version": __version__}
-        doc = {"v": PROTOCOL_VERSION, "id": req["id"], "executor": executor}
-        doc.update(extra)
-        headers, body = pack(KIND_ACCEPTED, doc)
-        await request.respond(body, headers=headers)
-        request.natsops_accepted = True
-
-    async def _upload(self, request, req, size, inline):
-        """Accept the request; returns (inline bytes or None, receiver or None)."""
-        if inline or size == 0:
-            if len(inline) != size:
-                raise WireError(E_BAD_REQUEST, "inline data is %d bytes but %d were announced" % (len(inline), size))
-            await self._accept(request, req)
-            return inline, None
-        receiver = await StreamReceiver(self.nc).start()
-        await self._accept(request, req, upload=receiver.subject)
-        return None, receiver
-
-    async def _exec(self, req, attachment, request, sender, chunk):
-        stdin = req["stdin"] or {"size": len(attachment), "sha256": sha256_hex(attachment)}
-        data, receiver = await self._upload(request, req, stdin["size"], attachment)
-        if receiver is not None:
-            parts = []
-            await jobs.receive_upload(receiver, stdin["size"], req["keepalive"], parts.append)
-            data = b"".join(parts)
-        if sha256_hex(data) != stdin["sha256"]:
+    async def _exec(self, job: _Job, host: Host) -> None:
+        req = cast(ExecRequest, job.req)
+        announced = req.stdin or Digest.of(job.attachment)
+        fill = await job.accept_upload(announced.size)
+        parts: List[bytes] = []
+        await fill(parts.append)
+        data = b"".join(parts)
+        if Digest.of(data) != announced:
             raise WireError(E_CHECKSUM_MISMATCH, "stdin sha256 does not match the announced value; nothing was run")
-        if req["target"]:
-            result = await ssh.run_exec(self.ssh, req, data, sender, chunk)
-        else:
-            result = await jobs.run_exec(req, data, sender, chunk)
-        log.info("exec %s%s rc=%s out=%d err=%d %.3fs", req["id"], _on(req), result["rc"], result["stdout"]["size"],
-                 result["stderr"]["size"], result["duration"])
-        return receiver
+        result = await jobs.run_command(host, req, data, job.sender, job.chunk)
+        log.info("exec %s%s rc=%s out=%d err=%d %.3fs", req.id, host.where, result.rc, result.stdout.size,
+                 result.stderr.size, result.duration)
 
-    async def _put(self, req, attachment, request, sender, chunk):
-        if len(attachment) > req["size"]:
+    async def _put(self, job: _Job, host: Host) -> None:
+        req = cast(PutRequest, job.req)
+        if len(job.attachment) > req.size:
             raise WireError(E_TOO_LARGE, "inline data is larger than the announced size")
-        if req["target"]:
-            await ssh.check_put(self.ssh, req)
-            inline, receiver = await self._upload(request, req, req["size"], attachment)
-            summary = await ssh.run_put(self.ssh, req, inline, receiver, sender)
-            log.info("put %s%s %s %d bytes", req["id"], _on(req), req["path"], summary["size"])
-            return receiver
-        target = jobs.open_put_target(req["path"])
+        landing = await host.landing(req.path)
         try:
-            inline, receiver = await self._upload(request, req, req["size"], attachment)
-        except BaseException:
-            target.discard()
-            raise
-        summary = await jobs.run_put(req, target, inline, receiver, sender)
-        log.info("put %s %s %d bytes", req["id"], req["path"], summary["size"])
-        return receiver
+            summary = await jobs.receive_file(landing, req.summary(), req.mode, await job.accept_upload(req.size))
+        finally:
+            await landing.discard()
+        await job.sender.send(KIND_RESULT, summary.to_dict())
+        log.info("put %s%s %s %d bytes", req.id, host.where, req.path, summary.size)
 
-    async def _fetch(self, req, attachment, request, sender, chunk):
-        if req["target"]:
-            source = ssh.RemoteSource(self.ssh, req["target"])
-            size, mode = await source.open(req["path"])
-            try:
-                await self._accept(request, req, size=size, mode=mode)
-            except BaseException:
-                await source.close()
-                raise
-            summary = await source.send(sender, chunk)
-            log.info("fetch %s%s %s %d bytes", req["id"], _on(req), req["path"], summary["size"])
-            return None
-        fd, size, mode = jobs.open_fetch_source(req["path"])
+    async def _fetch(self, job: _Job, host: Host) -> None:
+        req = cast(FetchRequest, job.req)
+        source = await host.open_file(req.path)
         try:
-            await self._accept(request, req, size=size, mode=mode)
-        except Exception:
-            os.close(fd)
-            raise
-        summary = await jobs.run_fetch(fd, sender, chunk)
-        log.info("fetch %s %s %d bytes", req["id"], req["path"], summary["size"])
-        return None
+            await job.accept(size=source.size, mode=source.mode)
+            summary = await jobs.send_file(source, job.sender, job.chunk)
+        finally:
+            await source.close()
+        log.info("fetch %s%s %s %d bytes", req.id, host.where, req.path, summary.size)
 
-    async def _transfer(self, req, attachment, request, sender, chunk):  # pylint: disable=unused-argument
-        await self._accept(request, req)
-        result = await transfer.run_transfer(self, req, sender)
-        source = req["source"]
-        log.info("transfer %s%s %s -> %s: %s%s", req["id"], _on(req),
-                 "object %s/%s" % (source["bucket"], source["object"]) if source["object"] else source["path"],
-                 req["path"], "changed" if result["changed"] else "unchanged", " (check)" if req["check"] else "")
-        return None
-
-
-def _on(req):
-    """' on user@host:port' for SSH-mode log lines (never credentials)."""
-    target = req.get("target")
-    return " on %s@%s:%d" % (target["user"], target["host"], target["port"]) if target else ""
+    async def _transfer(self, job: _Job, host: Host) -> None:
+        req = cast(TransferRequest, job.req)
+        await job.accept()
+        result = await transfer.run_transfer(host, self.nc, req, job.sender)
+        source = req.source
+        log.info("transfer %s%s %s -> %s: %s%s", req.id, host.where,
+                 "object %s/%s" % (source.bucket, source.object) if source.object else source.path,
+                 req.path, "changed" if result.changed else "unchanged", " (check)" if req.check else "")

@@ -1,115 +1,86 @@
 # Copyright (c) natsops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The transfer operation: place a JetStream Object Store object, or a file of the executor host, at a
-path on the executor host or (SSH mode) on a target host.
+"""The transfer operation: place a JetStream Object Store object, or a file of the executor host, at a path of
+a host (hosts/: the executor's own, or an SSH target).
 
-Checksum-idempotent: the destination's SHA-256 (and mode, when asked for) is compared first and
-nothing is fetched or written when it already matches; ``check`` only reports. Content is verified
-against the object's digest before it lands, and lands through a temp file + rename.
+Checksum-idempotent: the destination's SHA-256 (and mode, when asked for) is compared first and nothing is
+fetched or written when it already matches; ``check`` only reports. Content is verified against the source's
+digest before it lands, and lands through the host's Landing (temp file + rename).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import stat
-import tempfile
+from typing import Any, Optional
 
 from natsops_executor import jobs
 from natsops_executor._wire.contract import (
-    E_BAD_PATH, E_CHECKSUM_MISMATCH, E_IO, E_NOT_FOUND, KIND_KEEPALIVE, KIND_RESULT, WireError, object_digest_hex,
-    sha256_of,
+    E_BAD_PATH, E_CHECKSUM_MISMATCH, E_NOT_FOUND, KIND_KEEPALIVE, KIND_RESULT, WireError, object_digest_hex, sha256_of,
 )
+from natsops_executor._wire.messages import Digest, FileState, FileSummary, Source, TransferRequest, TransferResult
+from natsops_executor._wire.streams import StreamSender
+from natsops_executor.hosts.base import Host, os_error
 
-BLOCK = 1 << 20
-
-
-def _local_state(path):
-    """(sha256, mode) of a regular file here, or None when absent."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise jobs.os_error(exc, "cannot check %s" % path)
-    if stat.S_ISDIR(st.st_mode):
-        raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
-    try:
-        with open(path, "rb") as handle:
-            return sha256_of(handle), stat.S_IMODE(st.st_mode)
-    except OSError as exc:
-        raise jobs.os_error(exc, "cannot read %s" % path)
+_BLOCK = 1 << 20
 
 
-def _remote_state(sftp, path):
-    try:
-        st = sftp.stat(path)
-    except IOError as exc:
-        if getattr(exc, "errno", None) == 2:
-            return None
-        raise WireError(E_IO, "cannot check %s: %s" % (path, exc))
-    if stat.S_ISDIR(st.st_mode):
-        raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
-    with sftp.open(path, "rb") as handle:
-        handle.prefetch(st.st_size)
-        return sha256_of(handle), stat.S_IMODE(st.st_mode)
-
-
-class _Source:
+class _Content:
     """What to place: an Object Store object or a file of this host, with its digest and size."""
 
-    def __init__(self, nc, spec):
+    def __init__(self, nc: Any, spec: Source) -> None:
         self.nc = nc
         self.spec = spec
-        self.store = None
-        self.sha256 = None
-        self.size = None
+        self.store: Any = None
+        self.sha256: Optional[str] = None
+        self.size: Optional[int] = None
 
-    async def resolve(self):
+    async def resolve(self) -> None:
         spec = self.spec
-        if spec["object"] is None:
-            loop = asyncio.get_running_loop()
+        if spec.object is None:
+            path = spec.path or ""
             try:
-                st = os.stat(spec["path"])
+                st = os.stat(path)
                 if not stat.S_ISREG(st.st_mode):
-                    raise WireError(E_BAD_PATH, "source %s is not a regular file" % spec["path"])
-                with open(spec["path"], "rb") as handle:
-                    self.sha256 = await loop.run_in_executor(None, sha256_of, handle)
+                    raise WireError(E_BAD_PATH, "source %s is not a regular file" % path)
+                with open(path, "rb") as handle:
+                    self.sha256 = await asyncio.get_running_loop().run_in_executor(None, sha256_of, handle)
                 self.size = st.st_size
             except OSError as exc:
-                raise jobs.os_error(exc, "cannot read the source %s on the executor host" % spec["path"])
+                raise os_error(exc, "cannot read the source %s on the executor host" % path) from exc
             return
         import nats.js.errors  # pylint: disable=import-outside-toplevel
         try:
-            self.store = await self.nc.jetstream().object_store(spec["bucket"])
-            info = await self.store.get_info(spec["object"])
+            self.store = await self.nc.jetstream().object_store(spec.bucket)
+            info = await self.store.get_info(spec.object)
         except nats.js.errors.NotFoundError:
-            raise WireError(E_NOT_FOUND, "object %r is not in the Object Store bucket %r" % (spec["object"], spec["bucket"]),
-                            {"bucket": spec["bucket"], "object": spec["object"]})
+            raise WireError(E_NOT_FOUND, "object %r is not in the Object Store bucket %r" % (spec.object, spec.bucket),
+                            {"bucket": spec.bucket, "object": spec.object}) from None
         self.sha256 = object_digest_hex(info.digest)
         self.size = info.size
 
-    async def write_into(self, handle):
-        """Copy the content into ``handle`` (.write), verified against the digest."""
-        digest = hashlib.sha256()
+    async def write_into(self, write: jobs.Write) -> None:
+        """Pass the content to ``write``, verified against the digest."""
+        digest = Digest()
 
         class _Tee:
             @staticmethod
-            def write(data):
+            def write(data: bytes) -> None:
                 digest.update(data)
-                handle.write(data)
+                write(data)
 
         if self.store is not None:
             import nats.js.errors  # pylint: disable=import-outside-toplevel
             try:
-                await self.store.get(self.spec["object"], writeinto=_Tee())
+                await self.store.get(self.spec.object, writeinto=_Tee())
             except nats.js.errors.DigestMismatchError:
-                raise WireError(E_CHECKSUM_MISMATCH, "object %r failed its digest check; nothing was written" % self.spec["object"])
+                raise WireError(E_CHECKSUM_MISMATCH, "object %r failed its digest check; nothing was written"
+                                % self.spec.object) from None
         else:
-            def copy():
-                with open(self.spec["path"], "rb") as src:
-                    for block in iter(lambda: src.read(BLOCK), b""):
+            def copy() -> None:
+                with open(self.spec.path or "", "rb") as src:
+                    for block in iter(lambda: src.read(_BLOCK), b""):
                         _Tee.write(block)
             await asyncio.get_running_loop().run_in_executor(None, copy)
         if digest.hexdigest() != self.sha256:
@@ -117,72 +88,42 @@ class _Source:
                                                  "nothing was written" % (digest.hexdigest(), self.sha256))
 
 
-async def _place_local(req, source, current):
-    path = req["path"]
-    mode = req["mode"] if req["mode"] is not None else (current[1] if current else 0o644)
-    if current and current[0] == source.sha256:
-        os.chmod(path, mode)
+async def _place(host: Host, req: TransferRequest, content: _Content, current: Optional[FileState]) -> None:
+    mode = req.mode if req.mode is not None else (current.mode if current else 0o644)
+    if current and current.sha256 == content.sha256:
+        await host.chmod(req.path, mode)
         return
-    target = jobs.open_put_target(path)
+    landing = await host.landing(req.path)
     try:
-        await source.write_into(target)
-        target.commit(mode)
-    except OSError as exc:
-        raise jobs.os_error(exc, "cannot write %s" % path)
+        await jobs.receive_file(landing, FileSummary(size=content.size, sha256=content.sha256), mode, content.write_into)
     finally:
-        target.discard()
+        await landing.discard()
 
 
-async def _place_remote(pool, req, source, current):
-    from natsops_executor import ssh  # pylint: disable=import-outside-toplevel
-    path = req["path"]
-    mode = req["mode"] if req["mode"] is not None else (current[1] if current else 0o644)
-    async with pool.sftp_client(req["target"]) as sftp:
-        if current and current[0] == source.sha256:
-            await pool.run(sftp.chmod, path, mode)
-            return
-        await pool.run(ssh.check_put_target, sftp, path)
-        with tempfile.TemporaryFile(prefix="natsops-transfer-") as spool:
-            await source.write_into(spool)
-            await pool.run(ssh.upload, sftp, spool, path, mode)
-
-
-async def _current_remote(pool, target, path):
-    async with pool.sftp_client(target) as sftp:
-        return await pool.run(_remote_state, sftp, path)
-
-
-async def _transfer(executor, req):
-    source = _Source(executor.nc, req["source"])
-    if req["check"] and req["sha256"]:
-        source.sha256 = req["sha256"]  # check mode: the caller has not uploaded yet; judge by the content it would
+async def _transfer(host: Host, nc: Any, req: TransferRequest) -> TransferResult:
+    content = _Content(nc, req.source)
+    if req.check and req.sha256:
+        content.sha256 = req.sha256  # check mode: the caller has not uploaded yet; judge by the content it would
     else:
-        await source.resolve()
-    if req["sha256"] and req["sha256"] != source.sha256:
+        await content.resolve()
+    if req.sha256 and req.sha256 != content.sha256:
         raise WireError(E_CHECKSUM_MISMATCH, "the source's sha256 is %s but the caller expects %s; nothing was written"
-                        % (source.sha256, req["sha256"]))
-    if req["target"]:
-        current = await _current_remote(executor.ssh, req["target"], req["path"])
-    else:
-        current = await asyncio.get_running_loop().run_in_executor(None, _local_state, req["path"])
-    changed = (current is None or current[0] != source.sha256
-               or (req["mode"] is not None and current[1] != req["mode"]))
-    result = {"changed": changed, "sha256": source.sha256, "size": source.size, "path": req["path"],
-              "before": {"sha256": current[0], "mode": current[1]} if current else None}
-    if changed and not req["check"]:
-        if req["target"]:
-            await _place_remote(executor.ssh, req, source, current)
-        else:
-            await _place_local(req, source, current)
+                        % (content.sha256, req.sha256))
+    current = await host.state(req.path)
+    changed = (current is None or current.sha256 != content.sha256
+               or (req.mode is not None and current.mode != req.mode))
+    result = TransferResult(changed=changed, sha256=content.sha256, size=content.size, path=req.path, before=current)
+    if changed and not req.check:
+        await _place(host, req, content, current)
     return result
 
 
-async def run_transfer(executor, req, sender):
+async def run_transfer(host: Host, nc: Any, req: TransferRequest, sender: StreamSender) -> TransferResult:
     """Do the transfer, keeping the caller's liveness timer fed, then send the result."""
-    work = asyncio.ensure_future(_transfer(executor, req))
+    work = asyncio.ensure_future(_transfer(host, nc, req))
     try:
         while True:
-            done, _pending = await asyncio.wait({work}, timeout=req["keepalive"])
+            done, _pending = await asyncio.wait({work}, timeout=req.keepalive)
             if done:
                 break
             await sender.send(KIND_KEEPALIVE)
@@ -190,5 +131,5 @@ async def run_transfer(executor, req, sender):
         if not work.done():
             work.cancel()
     result = work.result()
-    await sender.send(KIND_RESULT, result)
+    await sender.send(KIND_RESULT, result.to_dict())
     return result

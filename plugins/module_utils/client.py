@@ -13,21 +13,25 @@ reached and reported a failure); both carry a wire error code.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import json
 import os
 import time
-import uuid
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Tuple, Type, TypeVar
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.atomic import AtomicFile
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
-    DEFAULT_KEEPALIVE, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
-    FRAME_OVERHEAD, KIND_ACCEPTED, KIND_DATA, KIND_ERROR, KIND_KEEPALIVE, KIND_REQUEST, KIND_RESULT, OP_EXEC,
-    OP_FETCH, OP_PUT, OP_TRANSFER, PROTOCOL_VERSION, SERVICE_NAME, STREAM_STDERR, STREAM_STDOUT, WireError, chunk_size, kind_of,
-    liveness_timeout, object_digest_hex, pack, parse_executor_info, serves, subject, unpack, validate_instance_id, validate_namespace,
+    E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
+    FRAME_OVERHEAD, KIND_ACCEPTED, KIND_DATA, KIND_ERROR, KIND_KEEPALIVE, KIND_REQUEST, KIND_RESULT, SERVICE_NAME,
+    STREAM_STDERR, STREAM_STDOUT, WireError, chunk_size, kind_of, liveness_timeout, object_digest_hex, pack,
+    parse_executor_info, serves, subject, unpack, validate_instance_id, validate_namespace,
+)
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.messages import (
+    DEFAULT_KEEPALIVE, Accepted, Digest, ExecRequest, ExecResult, FetchRequest, FileSummary, Message, PutRequest, Request,
+    Target, TransferRequest, TransferResult,
 )
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.streams import StreamReceiver, StreamSender
 
@@ -75,86 +79,112 @@ def no_responders_message(subj, instance_id, namespace, executors, servers):
     return "\n".join(lines)
 
 
-async def open_nats(nats_options, name, connect_timeout):
-    """Connect to NATS with our option names; raise ExecutorUnreachable(connect_failed) with a clear message."""
+async def open_nats(nats_options: Dict[str, Any], name: str, connect_timeout: float) -> Any:
+    """Connect to NATS with our option names (a session: a couple of quick reconnects); raise
+    ExecutorUnreachable(connect_failed) with a clear message."""
     if not HAS_NATS:
         raise ExecutorUnreachable(E_CONNECT, missing_nats_message())
     try:
-        kwargs = wire_connect.connect_kwargs(nats_options, name=name, connect_timeout=connect_timeout)
+        return await wire_connect.connect(nats_options, name, connect_timeout, wire_connect.SESSION)
     except wire_connect.ConnectOptionsError as exc:
-        raise ExecutorUnreachable(E_CONNECT, "bad NATS connection options: %s" % exc)
+        raise ExecutorUnreachable(E_CONNECT, "bad NATS connection options: %s" % exc) from None
+    except wire_connect.NatsConnectError as exc:
+        raise ExecutorUnreachable(E_CONNECT, str(exc)) from None
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+def _reply(cls: Type[_M], doc: Any, what: str) -> _M:
+    """A typed reply from the executor; a malformed one fails the task as a stream error."""
     try:
-        # bound the whole attempt: nats-py would otherwise retry a dead server for minutes
-        return await asyncio.wait_for(nats.connect(**kwargs), connect_timeout * 2 + 1)
-    except Exception as exc:  # nats-py raises a zoo of exception types here
-        raise ExecutorUnreachable(E_CONNECT, "cannot connect to NATS (%s): %s" % (
-            wire_connect.describe(nats_options), exc or type(exc).__name__))
+        return cls.from_dict(doc)
+    except WireError as exc:
+        raise ExecutorTaskError(E_STREAM, "malformed %s from the executor: %s" % (what, exc.message)) from None
+
+
+def _check_summary(what: str, received: FileSummary, reported: FileSummary) -> None:
+    """The bytes received must be the bytes the executor says it sent."""
+    if reported.size != received.size:
+        raise ExecutorTaskError(E_SIZE_MISMATCH, "%s: received %d bytes, the executor sent %r" % (what, received.size, reported.size))
+    if reported.sha256 != received.sha256:
+        raise ExecutorTaskError(E_CHECKSUM_MISMATCH, "%s: sha256 of the received bytes differs from the executor's" % what)
 
 
 class AsyncExecutorClient:
     """The protocol, caller side, over an existing nats-py connection (shared by the sync client and the mux)."""
 
-    def __init__(self, nc, instance_id, namespace="natsops", connect_timeout=10.0, keepalive=DEFAULT_KEEPALIVE,
-                 servers=None, target=None):
+    def __init__(self, nc: Any, instance_id: Optional[str], namespace: str = "natsops", connect_timeout: float = 10.0,
+                 keepalive: float = DEFAULT_KEEPALIVE, servers: Optional[str] = None,
+                 target: Optional[Dict[str, Any]] = None) -> None:
         self.nc = nc
-        self.target = target  # SSH mode: {"host", "port", "user", credentials}; None = the executor's own host
+        # SSH mode: the host the executor reaches (validated now, before anything is sent); None = the executor's own
+        self.target = Target.from_dict(target) if target else None
         self.instance_id = validate_instance_id(instance_id) if instance_id is not None else None
         self.namespace = validate_namespace(namespace)
         self.connect_timeout = float(connect_timeout)
         self.keepalive = float(keepalive)
         self.servers = servers or wire_connect.DEFAULT_SERVER
 
-    def _subject(self, op):
+    def _subject(self, op: str) -> str:
         return subject(self.namespace, op, self.instance_id)
 
-    async def _request(self, op, req, attachment=b""):
-        subj = self._subject(op)
-        headers, body = pack(KIND_REQUEST, req, attachment)
+    def _new(self, cls: Type[Request], reply_to: str, **fields: Any) -> Any:
+        """A request of ``cls`` for this client's target; a request the executor would refuse fails here."""
+        fields = {k: v for k, v in fields.items() if v is not None}
+        try:
+            return cls.new(reply_to, keepalive=self.keepalive, target=self.target, **fields)
+        except WireError as exc:
+            raise ExecutorTaskError(exc.code, exc.message, exc.details) from None
+
+    async def _request(self, req: Request, attachment: bytes = b"") -> Accepted:
+        subj = self._subject(req.op)
+        headers, body = pack(KIND_REQUEST, req.to_dict(), attachment)
         try:
             msg = await self.nc.request(subj, body, timeout=self.connect_timeout, headers=headers)
         except nats.errors.NoRespondersError:
             executors = await self.discover(DISCOVERY_WAIT)
             raise ExecutorUnreachable(E_NO_RESPONDERS, no_responders_message(
                 subj, self.instance_id, self.namespace, executors, self.servers),
-                {"subject": subj, "instance_id": self.instance_id, "executors": executors})
+                {"subject": subj, "instance_id": self.instance_id, "executors": executors}) from None
         except nats.errors.TimeoutError:
             raise ExecutorUnreachable(E_EXECUTOR_LOST, "an executor for instance id %r was subscribed on %r but did "
                                                        "not accept the request within %.0f s" % (
-                                                           self.instance_id, subj, self.connect_timeout))
+                                                           self.instance_id, subj, self.connect_timeout)) from None
         doc = self._decode(msg.headers, msg.data)
         kind = kind_of(msg.headers)
         if kind == KIND_ERROR:
             raise ExecutorError.from_wire(WireError.from_dict(doc))
         if kind != KIND_ACCEPTED:
-            raise ExecutorTaskError(E_STREAM, "unexpected reply kind %r to a %s request" % (kind, op))
-        return doc
+            raise ExecutorTaskError(E_STREAM, "unexpected reply kind %r to a %s request" % (kind, req.op))
+        return _reply(Accepted, doc, "acceptance")
 
     @staticmethod
-    def _decode(headers, data):
+    def _decode(headers: Any, data: bytes) -> Dict[str, Any]:
         """The JSON document of a reply (replies carry no attachment)."""
         try:
             return unpack(headers, data, max_json=len(data) + 1)[0]
         except WireError as exc:
-            raise ExecutorTaskError(exc.code, "malformed reply from the executor: %s" % exc.message)
+            raise ExecutorTaskError(exc.code, "malformed reply from the executor: %s" % exc.message) from None
 
-    async def _next(self, receiver, accepted):
+    async def _next(self, receiver: StreamReceiver, accepted: Accepted) -> Any:
         silence = liveness_timeout(self.keepalive)
         try:
             msg = await receiver.get(silence)
         except asyncio.TimeoutError:
-            executor = accepted.get("executor") or {}
+            executor = accepted.executor
             raise ExecutorUnreachable(E_EXECUTOR_LOST, "executor %s on host %s (instance id %r) stopped answering: "
                                                        "no message for %.0f s while running the task" % (
-                                                           executor.get("service_id", "?"), executor.get("name", "?"),
-                                                           self.instance_id, silence))
+                                                           executor.service_id, executor.name, self.instance_id,
+                                                           silence)) from None
         except WireError as exc:
-            raise ExecutorError.from_wire(exc)
+            raise ExecutorError.from_wire(exc) from None
         if msg.kind == KIND_ERROR:
             doc = self._decode(msg.headers, msg.data)
             raise ExecutorError.from_wire(WireError.from_dict(doc))
         return msg
 
-    async def _result(self, receiver, accepted, op):
+    async def _result(self, receiver: StreamReceiver, accepted: Accepted, op: str) -> Dict[str, Any]:
         """The result document of a job whose stream carries only keepalives before it."""
         while True:
             msg = await self._next(receiver, accepted)
@@ -163,53 +193,45 @@ class AsyncExecutorClient:
             if msg.kind != KIND_KEEPALIVE:
                 raise ExecutorTaskError(E_STREAM, "unexpected %r message in a %s stream" % (msg.kind, op))
 
-    def _base_request(self, op, reply_to):
-        req = {"v": PROTOCOL_VERSION, "op": op, "id": uuid.uuid4().hex, "reply_to": reply_to,
-               "keepalive": self.keepalive}
-        if self.target:
-            req["target"] = self.target
-        return req
+    def _inline_fits(self, req: Request, size: int) -> bool:
+        return size + len(json.dumps(req.to_dict())) + FRAME_OVERHEAD <= self.nc.max_payload
 
-    def _inline_fits(self, req, size):
-        return size + len(json.dumps(req)) + FRAME_OVERHEAD <= self.nc.max_payload
-
-    async def _upload(self, accepted, data_iter):
-        sender = await StreamSender(self.nc, accepted["upload"], ack_timeout=liveness_timeout(self.keepalive)).start()
+    async def _upload(self, accepted: Accepted, data_iter: Iterable[bytes]) -> None:
+        sender = await StreamSender(self.nc, accepted.upload, ack_timeout=liveness_timeout(self.keepalive)).start()
         try:
             for block in data_iter:
                 await sender.send(KIND_DATA, attachment=block)
             await sender.drain()
         except WireError as exc:
-            raise ExecutorUnreachable(E_EXECUTOR_LOST, "upload to the executor failed: %s" % exc.message)
+            raise ExecutorUnreachable(E_EXECUTOR_LOST, "upload to the executor failed: %s" % exc.message) from None
         finally:
             await sender.close()
 
-    @staticmethod
-    def _check_summary(what, summary, size, digest):
-        if summary.get("size") != size:
-            raise ExecutorTaskError(E_SIZE_MISMATCH, "%s: received %d bytes, the executor sent %r" % (what, size, summary.get("size")))
-        if summary.get("sha256") != digest:
-            raise ExecutorTaskError(E_CHECKSUM_MISMATCH, "%s: sha256 of the received bytes differs from the executor's" % what)
+    @contextlib.asynccontextmanager
+    async def _events(self) -> AsyncIterator[StreamReceiver]:
+        """A fresh inbox for one job's event stream, closed afterwards."""
+        receiver = await StreamReceiver(self.nc).start()
+        try:
+            yield receiver
+        finally:
+            await receiver.close()
 
     # ------------------------------------------------------------ exec
 
-    async def exec_command(self, command=None, argv=None, stdin=None, shell="/bin/sh", become=None, pty=False,
-                           timeout=0, env=None, cwd=None, on_output=None):
+    async def exec_command(self, command: Optional[str] = None, argv: Optional[List[str]] = None,
+                           stdin: Optional[bytes] = None, shell: str = "/bin/sh", become: Optional[Dict[str, Any]] = None,
+                           pty: bool = False, timeout: float = 0, env: Optional[Dict[str, str]] = None,
+                           cwd: Optional[str] = None,
+                           on_output: Optional[Callable[[str, bytes], Any]] = None) -> Tuple[int, bytes, bytes]:
         """Run a command; returns (rc, stdout bytes, stderr bytes). ``on_output(stream, data)`` (a coroutine
         function) sees the output as it arrives."""
-        receiver = await StreamReceiver(self.nc).start()
-        try:
-            req = self._base_request(OP_EXEC, receiver.subject)
-            req.update(command=command, argv=argv, shell=shell, become=become, pty=pty, timeout=timeout, env=env, cwd=cwd)
-            req = dict((k, v) for k, v in req.items() if v is not None)
-            stdin = stdin or b""
-            inline = b""
-            if stdin:
-                req["stdin"] = {"size": len(stdin), "sha256": hashlib.sha256(stdin).hexdigest()}
-                if self._inline_fits(req, len(stdin)):
-                    inline = stdin
-            accepted = await self._request(OP_EXEC, req, inline)
-            if accepted.get("upload"):
+        stdin = stdin or b""
+        async with self._events() as receiver:
+            req = self._new(ExecRequest, receiver.subject, command=command, argv=argv, shell=shell, pty=pty,
+                            become=become, timeout=timeout, env=env, cwd=cwd, stdin=Digest.of(stdin) if stdin else None)
+            inline = stdin if stdin and self._inline_fits(req, len(stdin)) else b""
+            accepted = await self._request(req, inline)
+            if accepted.upload:
                 step = chunk_size(self.nc.max_payload)
                 await self._upload(accepted, (stdin[i:i + step] for i in range(0, len(stdin), step)))
             out = {STREAM_STDOUT: bytearray(), STREAM_STDERR: bytearray()}
@@ -220,68 +242,58 @@ class AsyncExecutorClient:
                     if on_output is not None:
                         await on_output(msg.stream, msg.data)
                 elif msg.kind == KIND_RESULT:
-                    result = self._decode(msg.headers, msg.data)
-                    for name in (STREAM_STDOUT, STREAM_STDERR):
-                        data = bytes(out[name])
-                        self._check_summary(name, result.get(name) or {}, len(data), hashlib.sha256(data).hexdigest())
-                    return result["rc"], bytes(out[STREAM_STDOUT]), bytes(out[STREAM_STDERR])
+                    result = _reply(ExecResult, self._decode(msg.headers, msg.data), "exec result")
+                    _check_summary(STREAM_STDOUT, Digest.of(bytes(out[STREAM_STDOUT])), result.stdout)
+                    _check_summary(STREAM_STDERR, Digest.of(bytes(out[STREAM_STDERR])), result.stderr)
+                    return result.rc, bytes(out[STREAM_STDOUT]), bytes(out[STREAM_STDERR])
                 elif msg.kind != KIND_KEEPALIVE:
                     raise ExecutorTaskError(E_STREAM, "unexpected %r message in an exec stream" % msg.kind)
-        finally:
-            await receiver.close()
 
     # ------------------------------------------------------------ put
 
-    async def put_file(self, local_path, remote_path, mode=None):
+    async def put_file(self, local_path: str, remote_path: str, mode: Optional[int] = None) -> Dict[str, Any]:
         """Copy a local file to the executor's host: complete and verified, or not at all."""
-        digest = hashlib.sha256()
-        size = 0
+        digest = Digest()
         with open(local_path, "rb") as handle:
             for block in iter(lambda: handle.read(1024 * 1024), b""):
                 digest.update(block)
-                size += len(block)
+        announced = digest.summary()
         if mode is None:
             mode = os.stat(local_path).st_mode & 0o7777
-        receiver = await StreamReceiver(self.nc).start()
-        try:
-            req = self._base_request(OP_PUT, receiver.subject)
-            req.update(path=remote_path, size=size, sha256=digest.hexdigest(), mode=mode)
+        async with self._events() as receiver:
+            req = self._new(PutRequest, receiver.subject, path=remote_path, size=announced.size, sha256=announced.sha256,
+                            mode=mode)
             with open(local_path, "rb") as handle:
-                inline = handle.read() if size and self._inline_fits(req, size) else b""
-                accepted = await self._request(OP_PUT, req, inline)
-                if accepted.get("upload"):
+                inline = handle.read() if announced.size and self._inline_fits(req, announced.size) else b""
+                accepted = await self._request(req, inline)
+                if accepted.upload:
                     step = chunk_size(self.nc.max_payload)
                     await self._upload(accepted, iter(lambda: handle.read(step), b""))
-            result = await self._result(receiver, accepted, OP_PUT)
-            self._check_summary("put %s" % remote_path, result, size, digest.hexdigest())
-            return result
-        finally:
-            await receiver.close()
+            result = _reply(FileSummary, await self._result(receiver, accepted, req.op), "put result")
+            _check_summary("put %s" % remote_path, announced, result)
+            return result.to_dict()
 
     # ------------------------------------------------------------ fetch
 
-    async def fetch_file(self, remote_path, local_path):
+    async def fetch_file(self, remote_path: str, local_path: str) -> Dict[str, Any]:
         """Copy a file from the executor's host: written to a temp file, verified, renamed."""
-        receiver = await StreamReceiver(self.nc).start()
         target = AtomicFile(os.path.abspath(local_path))
         try:
-            req = self._base_request(OP_FETCH, receiver.subject)
-            req["path"] = remote_path
-            accepted = await self._request(OP_FETCH, req)
-            while True:
-                msg = await self._next(receiver, accepted)
-                if msg.kind == KIND_DATA:
-                    target.write(msg.data)
-                elif msg.kind == KIND_RESULT:
-                    result = self._decode(msg.headers, msg.data)
-                    self._check_summary("fetch %s" % remote_path, result, target.size, target.sha256())
-                    target.commit()
-                    return result
-                elif msg.kind != KIND_KEEPALIVE:
-                    raise ExecutorTaskError(E_STREAM, "unexpected %r message in a fetch stream" % msg.kind)
+            async with self._events() as receiver:
+                accepted = await self._request(self._new(FetchRequest, receiver.subject, path=remote_path))
+                while True:
+                    msg = await self._next(receiver, accepted)
+                    if msg.kind == KIND_DATA:
+                        target.write(msg.data)
+                    elif msg.kind == KIND_RESULT:
+                        result = _reply(FileSummary, self._decode(msg.headers, msg.data), "fetch result")
+                        _check_summary("fetch %s" % remote_path, target.summary(), result)
+                        target.commit()
+                        return result.to_dict()
+                    elif msg.kind != KIND_KEEPALIVE:
+                        raise ExecutorTaskError(E_STREAM, "unexpected %r message in a fetch stream" % msg.kind)
         finally:
             target.discard()
-            await receiver.close()
 
     # ------------------------------------------------------------ transfer
 
@@ -304,21 +316,20 @@ class AsyncExecutorClient:
             raise ExecutorTaskError(E_CHECKSUM_MISMATCH, "%s changed while it was uploaded to the Object Store" % local_path)
         return True
 
-    async def transfer(self, path, bucket=None, object_name=None, source_path=None, sha256=None, mode=None, check=False):
+    async def transfer(self, path: str, bucket: Optional[str] = None, object_name: Optional[str] = None,
+                       source_path: Optional[str] = None, sha256: Optional[str] = None, mode: Optional[int] = None,
+                       check: bool = False) -> Dict[str, Any]:
         """Have the executor place an Object Store object (or a file of its own host) at ``path``; returns
         its result: changed, sha256, size, before."""
-        receiver = await StreamReceiver(self.nc).start()
-        try:
-            req = self._base_request(OP_TRANSFER, receiver.subject)
-            source = {"bucket": bucket, "object": object_name} if object_name is not None else {"path": source_path}
-            req.update(source=source, path=path, check=check)
-            if sha256 is not None:
-                req["sha256"] = sha256
-            if mode is not None:
-                req["mode"] = mode
-            return await self._result(receiver, await self._request(OP_TRANSFER, req), OP_TRANSFER)
-        finally:
-            await receiver.close()
+        source = {"bucket": bucket, "object": object_name} if object_name is not None else {"path": source_path}
+        async with self._events() as receiver:
+            req = self._new(TransferRequest, receiver.subject, source=source, path=path, check=check, sha256=sha256,
+                            mode=mode)
+            doc = await self._result(receiver, await self._request(req), req.op)
+            result = _reply(TransferResult, doc, "transfer result").to_dict()
+            result.setdefault("size", None)
+            result.setdefault("before", None)
+            return result
 
     # ------------------------------------------------------------ BK-Lite protocol
 

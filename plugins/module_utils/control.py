@@ -17,7 +17,8 @@ import time
 
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError
 from ansible_collections.natsops.fleet.plugins.module_utils.mux import FRAME, MAX_FRAME_JSON
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import DEFAULT_KEEPALIVE, E_INTERNAL, WireError
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import E_INTERNAL, WireError
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.messages import DEFAULT_KEEPALIVE
 
 
 def serve(path, settings):

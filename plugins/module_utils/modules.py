@@ -24,9 +24,7 @@ def _option_spec(name):
         spec = {"type": "path"}
     if name in _SECRETS:
         spec["no_log"] = True
-    env = OPTION_SOURCES.get(name, (None, None))[1] or {"tls_hostname": "NATS_TLS_HOSTNAME", "context": "NATS_CONTEXT"}.get(name)
-    if env:
-        spec["fallback"] = (env_fallback, [env])
+    spec["fallback"] = (env_fallback, [OPTION_SOURCES[name][1]])
     return spec
 
 

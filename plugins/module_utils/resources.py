@@ -13,7 +13,8 @@ import re
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
 from ansible_collections.natsops.fleet.plugins.module_utils.modules import nats_options
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.connect import ConnectOptionsError, connect_kwargs, describe
+from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import bucket_problems
 
 try:
     import nats
@@ -72,10 +73,6 @@ def call(options, name, timeout, work):
     if not HAS_NATS:
         from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
         raise ResourceError(missing_nats_message())
-    try:
-        kwargs = connect_kwargs(options, name, timeout)
-    except ConnectOptionsError as exc:
-        raise ResourceError("bad NATS connection options: %s" % exc)
 
     async def main():
         errors = []
@@ -83,22 +80,22 @@ def call(options, name, timeout, work):
         async def on_error(exc):
             errors.append(exc)
 
-        # no reconnects; nats-py counts max_reconnect_attempts=0 as unlimited: one attempt per server, then fail
-        kwargs.update(allow_reconnect=False, max_reconnect_attempts=1, error_cb=on_error)
         try:
-            nc = await nats.connect(**kwargs)
-        except Exception as exc:  # pylint: disable=broad-except
-            raise ResourceError("cannot connect to NATS (%s): %s" % (describe(options), exc or type(exc).__name__))
+            nc = await wire_connect.connect(options, name, timeout, wire_connect.ONE_SHOT, error_cb=on_error)
+        except wire_connect.ConnectOptionsError as exc:
+            raise ResourceError("bad NATS connection options: %s" % exc) from None
+        except wire_connect.NatsConnectError as exc:
+            raise ResourceError(str(exc)) from None
         try:
             return await work(nc)
         except nats.js.errors.APIError as exc:
-            raise ResourceError("JetStream refused: %s" % (exc.description or exc), code=exc.code, err_code=exc.err_code)
+            raise ResourceError("JetStream refused: %s" % (exc.description or exc), code=exc.code, err_code=exc.err_code) from None
         except nats.errors.NoRespondersError:
             raise ResourceError("JetStream is not enabled for this account (no responders on $JS.API); check the "
-                                "server's jetstream block and the account's JetStream limits")
+                                "server's jetstream block and the account's JetStream limits") from None
         except nats.errors.TimeoutError:
             raise ResourceError("NATS did not answer in %s s%s" % (timeout, "".join(
-                "; %s" % e for e in errors if "permissions violation" in str(e).lower())))
+                "; %s" % e for e in errors if "permissions violation" in str(e).lower()))) from None
         finally:
             await nc.close()
 
@@ -153,7 +150,6 @@ def changes(before, wanted):
 # as fields of the stream's configuration.
 BUCKET_FIELDS = {"description": "description", "ttl": "max_age", "max_bytes": "max_bytes", "storage": "storage",
                  "replicas": "num_replicas"}
-_BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
 def bucket_options(**extra):
@@ -167,8 +163,8 @@ def bucket_options(**extra):
 
 def bucket_settings(params, fields=None):
     """The managed bucket settings as stream fields (None: not managed); raises ResourceError on bad values."""
-    if not _BUCKET_RE.match(params["bucket"] or ""):
-        raise ResourceError("bucket name %r is invalid: letters, digits, '_' and '-' only" % params["bucket"])
+    for problem in bucket_problems(params["bucket"]):
+        raise ResourceError(problem)
     fields = fields or BUCKET_FIELDS
     wanted = dict((api, params.get(option)) for option, api in fields.items())
     wanted["max_age"] = duration_ns(params.get("ttl"), "ttl")

@@ -1,21 +1,42 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) natsops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""How both ends connect to NATS: servers, every auth method of the ecosystem, TLS.
+"""How every part connects to NATS: servers, every auth method of the ecosystem, TLS, and what happens
+when a server goes away.
 
-``connect_kwargs(options)`` turns the user-facing option names (the same for the
-connection plugin, the modules and the executor) into keyword arguments for
-``nats.connect``. Problems are reported as ConnectOptionsError naming the option, and
-secrets are never part of any message. Standard library only.
+``connect(options, name, policy)`` is the one connect path: the user-facing option names (the same for the
+connection plugin, the modules, the plugins and the executor) become ``nats.connect`` arguments
+(``connect_kwargs``), with the reconnect behaviour of the caller's ``policy``:
+
+- ``ONE_SHOT`` (modules, lookup, inventory): one attempt per server, no reconnects; a run fails fast.
+- ``SESSION`` (the connection plugin's control process, the executor modules' client): a couple of quick
+  reconnects, so a server restart does not fail a task that was about to finish.
+- ``SERVICE`` (the executor): the first connect gives up after a few attempts (bad credentials must end the
+  process with a clear message); once connected it reconnects forever.
+
+Problems are reported as ConnectOptionsError (the options) or NatsConnectError (the server) with a message
+that names the servers and the auth method, never a secret. Standard library only; nats-py is imported by
+``connect`` when it is called.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .names import OPTION_NAMES, OPTION_SOURCES, WireError, validate_inbox_prefix  # noqa: F401  pylint: disable=unused-import
 
+ONE_SHOT = "one_shot"
+SESSION = "session"
+SERVICE = "service"
+# reconnect settings of nats.connect, by policy; nats-py counts max_reconnect_attempts=0 as unlimited
+POLICIES: Dict[str, Dict[str, Any]] = {
+    ONE_SHOT: {"allow_reconnect": False, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.5},
+    SESSION: {"allow_reconnect": True, "max_reconnect_attempts": 2, "reconnect_time_wait": 0.5},
+    SERVICE: {"allow_reconnect": True, "max_reconnect_attempts": 2, "reconnect_time_wait": 1.0},
+}
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
 
@@ -23,7 +44,11 @@ class ConnectOptionsError(ValueError):
     """A NATS connection option is missing, contradictory or points at an unreadable file."""
 
 
-def split_servers(value):
+class NatsConnectError(ConnectionError):
+    """No NATS server of the list could be connected to (the message says which and why, never a secret)."""
+
+
+def split_servers(value: Any) -> List[str]:
     """Accept a list or a comma/space separated string; return a list of URLs."""
     if value is None:
         return []
@@ -36,30 +61,30 @@ def split_servers(value):
     return servers
 
 
-def server_list(value):
+def server_list(value: Any) -> List[str]:
     """split_servers, falling back to the loopback default when nothing is given."""
     return split_servers(value) or [DEFAULT_SERVER]
 
 
-def context_path(name):
+def context_path(name: str) -> str:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "nats", "context", "%s.json" % name)
 
 
-def load_context(name):
+def load_context(name: str) -> Dict[str, Any]:
     """Read a natscli context and return it as our option names."""
     path = context_path(name)
     try:
         with open(path, "rb") as handle:
             data = json.loads(handle.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConnectOptionsError("cannot read NATS context %r from %s: %s" % (name, path, exc))
+        raise ConnectOptionsError("cannot read NATS context %r from %s: %s" % (name, path, exc)) from exc
     if not isinstance(data, dict):
         raise ConnectOptionsError("NATS context %s is not a JSON object" % path)
-    return dict((opt, data[field]) for opt, (field, _env) in OPTION_SOURCES.items() if data.get(field))
+    return {opt: data[field] for opt, (field, _env) in OPTION_SOURCES.items() if field and data.get(field)}
 
 
-def _readable(option, path):
+def _readable(option: str, path: str) -> str:
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise ConnectOptionsError("option %r: file %s does not exist" % (option, path))
@@ -68,9 +93,9 @@ def _readable(option, path):
     return path
 
 
-def resolve(options):
+def resolve(options: Mapping[str, Any]) -> Dict[str, Any]:
     """Fill unset options from the natscli context (if ``context`` is set); validate combinations."""
-    opts = dict((k, v) for k, v in options.items() if v not in (None, "", []))
+    opts = {k: v for k, v in options.items() if v not in (None, "", [])}
     if opts.get("context"):
         for key, value in load_context(opts["context"]).items():
             opts.setdefault(key, value)
@@ -95,34 +120,29 @@ def resolve(options):
     return opts
 
 
-def tls_context(opts):
+def tls_context(opts: Mapping[str, Any]) -> Optional[Any]:
     """An SSLContext when any TLS option or a tls:// server asks for one, else None."""
     wants_tls = any(opts.get(k) for k in ("ca", "cert", "tls_hostname")) or any(
         s.startswith("tls://") for s in opts["servers"])
     if not wants_tls:
         return None
-    # imported here: only TLS users pay for it, and the connection plugin imports this module in every worker
+    # imported here: only TLS users pay for it
     import ssl  # pylint: disable=import-outside-toplevel
     try:
         ctx = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH, cafile=opts.get("ca"))
         if opts.get("cert"):
             ctx.load_cert_chain(opts["cert"], opts["key"])
     except (OSError, ssl.SSLError) as exc:
-        raise ConnectOptionsError("cannot load TLS files (ca/cert/key): %s" % exc)
+        raise ConnectOptionsError("cannot load TLS files (ca/cert/key): %s" % exc) from exc
     return ctx
 
 
-def connect_kwargs(options, name, connect_timeout=5.0):
-    """Keyword arguments for ``nats.connect`` from our option names."""
+def connect_kwargs(options: Mapping[str, Any], name: str, connect_timeout: float = 5.0,
+                   policy: str = SESSION) -> Dict[str, Any]:
+    """Keyword arguments for ``nats.connect`` from our option names, with the reconnects of ``policy``."""
     opts = resolve(options)
-    kwargs = {
-        "servers": opts["servers"],
-        "name": name,
-        "connect_timeout": connect_timeout,
-        "allow_reconnect": True,
-        "max_reconnect_attempts": 2,
-        "reconnect_time_wait": 0.5,
-    }
+    kwargs: Dict[str, Any] = {"servers": opts["servers"], "name": name, "connect_timeout": connect_timeout}
+    kwargs.update(POLICIES[policy])
     if opts.get("user"):
         kwargs["user"] = opts["user"]
         kwargs["password"] = opts["password"]
@@ -142,7 +162,27 @@ def connect_kwargs(options, name, connect_timeout=5.0):
     return kwargs
 
 
-def describe(options):
+async def connect(options: Mapping[str, Any], name: str, connect_timeout: float, policy: str = SESSION,
+                  **callbacks: Callable[..., Any]) -> Any:
+    """A connected nats-py client. ``callbacks`` are nats.connect's (error_cb, disconnected_cb, ...).
+
+    Raises ConnectOptionsError for bad options and NatsConnectError when no server could be connected to. Except
+    for a SERVICE, the whole attempt is bounded by a connect timeout per server plus one (nats-py alone may retry
+    a list of dead servers for minutes)."""
+    kwargs = connect_kwargs(options, name, connect_timeout, policy)
+    kwargs.update(callbacks)
+    bound = None if policy == SERVICE else connect_timeout * (len(kwargs["servers"]) + 1) + 1
+    import nats  # pylint: disable=import-outside-toplevel
+    try:
+        nc = await asyncio.wait_for(nats.connect(**kwargs), bound)
+    except Exception as exc:  # nats-py raises a zoo of exception types here
+        raise NatsConnectError("cannot connect to NATS (%s): %s" % (describe(options), exc or type(exc).__name__)) from exc
+    if policy == SERVICE:
+        nc.options["max_reconnect_attempts"] = -1  # connected once: from now on, reconnect forever
+    return nc
+
+
+def describe(options: Mapping[str, Any]) -> str:
     """A one-line, secret-free description of how we connect (for logs and errors)."""
     try:
         opts = resolve(options)

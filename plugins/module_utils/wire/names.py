@@ -40,11 +40,13 @@ OPTION_SOURCES = {
     "cert": ("cert", "NATS_CERT"),
     "key": ("key", "NATS_KEY"),
     "inbox_prefix": ("inbox_prefix", "NATS_INBOX_PREFIX"),
+    "tls_hostname": (None, "NATS_TLS_HOSTNAME"),
+    "context": (None, "NATS_CONTEXT"),        # the natscli context that fills the options not set otherwise
 }
+OPTION_NAMES = tuple(OPTION_SOURCES)
 # Replies arrive below the inbox prefix. Give each identity its own (``_INBOX.<name>``) and allow it to
 # subscribe only there: then no party can read another party's replies (see wire/permissions.py).
 DEFAULT_INBOX_PREFIX = "_INBOX"
-OPTION_NAMES = tuple(OPTION_SOURCES) + ("tls_hostname", "context")
 
 # Error codes: every error reply carries one of these.
 E_BAD_JSON = "bad_json"
@@ -85,7 +87,8 @@ SSH_STAGES = ("tcp_connect", "handshake", "host_key", "auth", "session", "sftp")
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-# Text that means a variable was never substituted: the seed incident's cousin.
+# Text that means a template variable was never substituted (``${ZONE}``, ``{{ zone }}``): an instance id like
+# that would address nobody, as in the incident where callers asked for an instance id their executor did not serve.
 _UNRENDERED_RE = re.compile(r"(\$\{|\$[A-Za-z_]|\{\{|\}\}|\{%|%\(|<no value>)")
 
 
@@ -152,6 +155,25 @@ def validate_inbox_prefix(value):
         raise WireError(E_BAD_REQUEST, "inbox prefix %r is invalid: use dot-separated tokens of letters, digits, "
                                        "'_' and '-' (no wildcards), for example '_INBOX.controller'" % (value,))
     return value
+
+
+# JetStream key-value and Object Store bucket names (a bucket is the stream KV_<name> or OBJ_<name>)
+BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def bucket_problems(name, where="bucket name"):
+    """[] for a valid bucket name, else the one problem with it (``where`` names the option or field)."""
+    if isinstance(name, str) and BUCKET_RE.match(name):
+        return []
+    return ["%s %r is invalid: a bucket name has letters, digits, '_' and '-' only" % (where, name)]
+
+
+def validate_bucket(name, where="bucket name"):
+    """Return the bucket name or raise WireError(bad_request) saying what is wrong with it."""
+    problems = bucket_problems(name, where)
+    if problems:
+        raise WireError(E_BAD_REQUEST, problems[0])
+    return name
 
 
 def default_bucket(namespace):

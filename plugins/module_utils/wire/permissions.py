@@ -23,16 +23,13 @@ Standard library only, Python 3.8+ syntax.
 
 from __future__ import annotations
 
-import re
-
 from .bklite import DEFAULT_BUCKET as BKLITE_BUCKET, METHODS as BKLITE_METHODS, subject as bklite_subject
 from .names import (
-    DEFAULT_INBOX_PREFIX, DEFAULT_NAMESPACE, E_BAD_REQUEST, default_bucket, OPERATIONS, registry_subject, SERVICE_NAME, WireError, validate_inbox_prefix,
-    validate_instance_id, validate_namespace, subject,
+    DEFAULT_INBOX_PREFIX, DEFAULT_NAMESPACE, E_BAD_REQUEST, OPERATIONS, SERVICE_NAME, WireError, default_bucket,
+    registry_subject, subject, validate_bucket, validate_inbox_prefix, validate_instance_id, validate_namespace,
 )
 
 ROLES = ("controller", "executor", "probe", "admin")
-_BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def inbox_prefix_for(name):
@@ -94,8 +91,7 @@ def permissions(role, namespace=DEFAULT_NAMESPACE, instances=(), inbox_prefix=No
     if buckets is None:
         buckets = [default_bucket(namespace)] + ([BKLITE_BUCKET] if bklite else [])
     for bucket in buckets:
-        if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket):
-            raise WireError(E_BAD_REQUEST, "bucket name %r is invalid" % (bucket,))
+        validate_bucket(bucket)
     subscribe = _serve(namespace, instances, bklite and role == "executor") + ["%s.>" % inbox]
     publish = ["_INBOX.>"] + _object_store_reads(buckets if role == "executor" else [])
     if role == "executor":

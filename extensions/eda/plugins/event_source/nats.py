@@ -123,7 +123,6 @@ RETRY_SECONDS = (1, 2, 5, 10, 30)
 DELIVER_POLICIES = ("all", "new", "last", "last_per_subject")
 SOURCE_OPTIONS = ("subjects", "queue_group", "stream", "durable", "filter_subject", "deliver_policy", "ack_wait",
                   "max_deliver", "connect_timeout")
-EXTRA_ENV = {"tls_hostname": "NATS_TLS_HOSTNAME", "context": "NATS_CONTEXT"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _URL_USERINFO_RE = re.compile(r"(://)[^/@\s]+@")
@@ -256,8 +255,8 @@ def _connection_options(args):
                 raise SourceArgumentError("natsops.fleet.nats: option 'servers' must be a URL or a list of URLs")
         else:
             value = _string(args, option)
-        env = (WIRE.OPTION_SOURCES.get(option) or (None, None))[1] or EXTRA_ENV.get(option)
-        if value in (None, "", []) and env and os.environ.get(env):
+        env = WIRE.OPTION_SOURCES[option][1]
+        if value in (None, "", []) and os.environ.get(env):
             value = os.environ[env]
         options[option] = value
     return options

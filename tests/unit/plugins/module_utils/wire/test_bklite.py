@@ -8,6 +8,7 @@ import pytest
 
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite as bk
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import contract as c
+from ansible_collections.natsops.fleet.plugins.module_utils.wire import messages as m
 
 
 def test_subjects_have_no_namespace():
@@ -110,13 +111,13 @@ def test_line_events_split_and_skip_empty_lines():
 
 def test_transfer_requests_are_validated():
     base = {"v": c.PROTOCOL_VERSION, "op": c.OP_TRANSFER, "id": "x", "reply_to": "_INBOX.1", "path": "/a"}
-    ok = c.validate_request(c.OP_TRANSFER, dict(base, source={"bucket": "natsops", "object": "sha256/ab"}))
-    assert ok["check"] is False and ok["source"]["path"] is None
+    ok = m.parse_request(c.OP_TRANSFER, dict(base, source={"bucket": "natsops", "object": "sha256/ab"}))
+    assert ok.check is False and ok.source.path is None
     for source, needle in (({"bucket": "natsops"}, "exactly one"), ({"object": "o"}, "'bucket'"),
                            ({"bucket": "a.b", "object": "o"}, "'bucket'"), ({"path": "rel"}, "absolute"),
                            ({"path": "/a", "object": "o", "bucket": "b"}, "exactly one")):
         with pytest.raises(c.WireError) as info:
-            c.validate_request(c.OP_TRANSFER, dict(base, source=source))
+            m.parse_request(c.OP_TRANSFER, dict(base, source=source))
         assert needle in info.value.message
     assert c.object_digest_hex("SHA-256=" + "A" * 43 + "=") == "00" * 32
     assert c.object_digest_hex("bogus") is None

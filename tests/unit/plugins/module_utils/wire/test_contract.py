@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import contract as c
+from ansible_collections.natsops.fleet.plugins.module_utils.wire import messages as m
 
 
 @pytest.mark.parametrize("value", ["default", "管理网", "node-01", "zone_a", "x" * 128])
@@ -79,14 +80,14 @@ def _req(op, **extra):
 
 
 def test_valid_exec_request_gets_defaults():
-    req = c.validate_request("exec", _req("exec", command="true"))
-    assert req["shell"] == "/bin/sh" and req["timeout"] == 0 and req["keepalive"] == c.DEFAULT_KEEPALIVE
-    assert req["become"] is None and req["pty"] is False
+    req = m.parse_request("exec", _req("exec", command="true"))
+    assert req.shell == "/bin/sh" and req.timeout == 0 and req.keepalive == m.DEFAULT_KEEPALIVE
+    assert req.become is None and req.pty is False
 
 
 def test_exec_request_problems_are_all_listed():
     with pytest.raises(c.WireError) as info:
-        c.validate_request("exec", _req("exec", command=1, timeout=True, bogus=2))
+        m.parse_request("exec", _req("exec", command=1, timeout=True, bogus=2))
     problems = info.value.details["problems"]
     assert any("unknown field 'bogus'" in p for p in problems)
     assert any("'command' must be str" in p for p in problems)
@@ -112,32 +113,32 @@ def test_exec_request_checks(extra, needle):
     doc = _req("exec")
     doc.update(extra)
     with pytest.raises(c.WireError) as info:
-        c.validate_request("exec", doc)
+        m.parse_request("exec", doc)
     assert needle in info.value.message
 
 
 def test_protocol_version_mismatch():
     with pytest.raises(c.WireError) as info:
-        c.validate_request("exec", dict(_req("exec", command="x"), v=2))
+        m.parse_request("exec", dict(_req("exec", command="x"), v=2))
     assert info.value.code == c.E_UNSUPPORTED_VERSION
 
 
 @pytest.mark.parametrize("path,ok", [("/tmp/x", True), ("/", True), ("tmp/x", False), ("/a/../b", False),
                                      ("/a/./b", False), ("/a\x00b", False)])
 def test_paths(path, ok):
-    assert (c.path_problems(path, "p") == []) is ok
+    assert (m.path_problems(path, "p") == []) is ok
 
 
 def test_put_and_fetch_requests():
-    req = c.validate_request("put", _req("put", path="/tmp/x", size=3, sha256="a" * 64, mode=0o644))
-    assert req["mode"] == 0o644
+    req = m.parse_request("put", _req("put", path="/tmp/x", size=3, sha256="a" * 64, mode=0o644))
+    assert req.mode == 0o644
     with pytest.raises(c.WireError):
-        c.validate_request("put", _req("put", path="/tmp/x", size=-1, sha256="a" * 64))
+        m.parse_request("put", _req("put", path="/tmp/x", size=-1, sha256="a" * 64))
     with pytest.raises(c.WireError):
-        c.validate_request("put", _req("put", path="/tmp/x", size=1, sha256="a" * 64, mode=0o17777))
-    assert c.validate_request("fetch", _req("fetch", path="/etc/hosts"))["path"] == "/etc/hosts"
+        m.parse_request("put", _req("put", path="/tmp/x", size=1, sha256="a" * 64, mode=0o17777))
+    assert m.parse_request("fetch", _req("fetch", path="/etc/hosts")).path == "/etc/hosts"
     with pytest.raises(c.WireError):
-        c.validate_request("fetch", _req("fetch", path="/etc/../shadow"))
+        m.parse_request("fetch", _req("fetch", path="/etc/../shadow"))
 
 
 def test_chunk_size_and_liveness():
@@ -167,10 +168,10 @@ def test_error_dict_round_trip():
 def test_ssh_target_gets_defaults_on_every_operation():
     for op, extra in (("exec", {"command": "true"}), ("put", {"path": "/tmp/x", "size": 0, "sha256": "a" * 64}),
                       ("fetch", {"path": "/tmp/x"})):
-        req = c.validate_request(op, _req(op, target={"host": "10.0.0.5", "user": "root", "identity": "zone"}, **extra))
-        assert req["target"] == {"host": "10.0.0.5", "port": 22, "user": "root", "identity": "zone", "password": None,
-                                 "private_key": None, "passphrase": None}
-    assert c.validate_request("exec", _req("exec", command="true"))["target"] is None
+        req = m.parse_request(op, _req(op, target={"host": "10.0.0.5", "user": "root", "identity": "zone"}, **extra))
+        assert req.target == m.Target(host="10.0.0.5", port=22, user="root", identity="zone", password=None,
+                                      private_key=None, passphrase=None)
+    assert m.parse_request("exec", _req("exec", command="true")).target is None
 
 
 @pytest.mark.parametrize("target, needle", [
@@ -186,13 +187,14 @@ def test_ssh_target_gets_defaults_on_every_operation():
 ])
 def test_bad_ssh_targets_are_refused(target, needle):
     with pytest.raises(c.WireError) as info:
-        c.validate_request("exec", _req("exec", command="true", target=target))
+        m.parse_request("exec", _req("exec", command="true", target=target))
     assert info.value.code == c.E_BAD_REQUEST and needle in info.value.message
 
 
 def test_secrets_of_a_target_are_redacted():
-    target = {"host": "h", "port": 22, "user": "bob", "password": "s3cret", "private_key": "-----BEGIN", "passphrase": None}
-    shown = c.redact_target(target)
+    target = m.Target(host="h", port=22, user="bob", password="s3cret", private_key="-----BEGIN", passphrase=None)
+    assert "s3cret" not in repr(target) and "BEGIN" not in repr(target)
+    shown = target.redacted()
     assert "s3cret" not in json.dumps(shown) and "BEGIN" not in json.dumps(shown)
     assert shown["user"] == "bob" and shown["passphrase"] is None
 

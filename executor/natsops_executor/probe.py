@@ -20,7 +20,7 @@ import socket
 from natsops_executor import __version__
 from natsops_executor._wire.names import REGISTRY_TIME_FORMAT, registry_bucket, registry_subject
 
-log = logging.getLogger("natsops_executor.registry")
+log = logging.getLogger("natsops_executor.probe")
 
 RECORD_SCHEMA = 1
 

@@ -1,0 +1,210 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""LocalHost: the executor's own host (agent mode). Commands start in a new session (so a timeout kills the
+whole process group); files land through a temp file beside the destination and a rename."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import pty
+import signal
+import stat
+import termios
+from typing import Optional
+
+from natsops_executor._wire.atomic import AtomicFile
+from natsops_executor._wire.contract import E_BAD_PATH, E_NOT_FOUND, E_SPAWN, WireError, sha256_of
+from natsops_executor._wire.messages import ExecRequest, FileState, FileSummary
+from natsops_executor.hosts.base import DRAIN_AFTER_KILL, KILL_GRACE, Host, Landing, Process, SourceFile, os_error
+
+log = logging.getLogger("natsops_executor")
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _controlling_tty() -> None:
+    # runs in the child after setsid(): make the pty on stdin the controlling terminal (su needs it)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class LocalProcess(Process):
+    """A command on this host, in its own session (process group = its pid)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, primary: Optional[int]) -> None:
+        self.proc = proc
+        self.primary = primary  # pty side for become prompts, or None
+        self.stdout = proc.stdout  # type: ignore[assignment]
+        self.stderr = proc.stderr  # type: ignore[assignment]
+        self.label = "process group %d" % proc.pid
+        self.details = {"pgid": proc.pid}
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    def write_password(self, data: bytes) -> None:
+        if self.primary is not None:
+            os.write(self.primary, data)
+        elif self.proc.stdin is not None:
+            self.proc.stdin.write(data)
+
+    async def feed(self, data: bytes) -> None:
+        if self.proc.stdin is None:
+            return
+        try:
+            if data:
+                self.proc.stdin.write(data)
+                await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the command exited without reading all of stdin, like any pipe
+        finally:
+            self.proc.stdin.close()
+
+    async def terminate(self) -> None:
+        _kill_group(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), KILL_GRACE)
+        except asyncio.TimeoutError:
+            _kill_group(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+    async def cleanup(self) -> None:
+        if self.proc.returncode is None:
+            _kill_group(self.proc.pid, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(self.proc.wait(), DRAIN_AFTER_KILL)
+            except asyncio.TimeoutError:
+                log.warning("process group %d did not exit after SIGKILL", self.proc.pid)
+        if self.primary is not None:
+            os.close(self.primary)
+            self.primary = None
+
+
+class LocalLanding(Landing):
+    """An AtomicFile beside the destination."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        parent = os.path.dirname(path) or "/"
+        try:
+            self._file = AtomicFile(path)
+        except OSError as exc:
+            raise os_error(exc, "cannot create a temp file in %s" % parent) from exc
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise os_error(exc, "cannot write %s" % self._file.temp) from exc
+
+    def summary(self) -> FileSummary:
+        return self._file.summary()
+
+    async def commit(self, mode: Optional[int]) -> None:
+        try:
+            self._file.commit(mode)
+        except OSError as exc:
+            raise os_error(exc, "cannot move the received file to %s" % self.path) from exc
+
+    async def discard(self) -> None:
+        self._file.discard()
+
+
+class LocalFile(SourceFile):
+    """An open regular file of this host."""
+
+    def __init__(self, fd: int, size: int, mode: int) -> None:
+        self._fd: Optional[int] = fd
+        self.size = size
+        self.mode = mode
+
+    async def read(self, count: int) -> bytes:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, os.read, self._fd, count)
+        except OSError as exc:
+            raise os_error(exc, "read failed") from exc
+
+    async def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _file_state(path: str) -> Optional[FileState]:
+    """Blocking: (sha256, mode) of a regular file, None when absent."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise os_error(exc, "cannot check %s" % path) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
+    try:
+        with open(path, "rb") as handle:
+            return FileState(sha256=sha256_of(handle), mode=stat.S_IMODE(st.st_mode))
+    except OSError as exc:
+        raise os_error(exc, "cannot read %s" % path) from exc
+
+
+class LocalHost(Host):
+    """The executor's own host."""
+
+    where = ""
+
+    async def spawn(self, req: ExecRequest) -> Process:
+        argv = req.argv_or_shell()
+        env = dict(os.environ)
+        env.update(req.env or {})
+        primary = secondary = None
+        if req.pty:
+            primary, secondary = pty.openpty()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=secondary if req.pty else asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                cwd=req.cwd, env=env, start_new_session=True,
+                preexec_fn=_controlling_tty if req.pty else None)
+        except OSError as exc:
+            if primary is not None:
+                os.close(primary)
+            raise WireError(E_SPAWN, "cannot start %s: %s" % (argv[0], exc.strerror or exc), {"errno": exc.errno}) from exc
+        finally:
+            if secondary is not None:
+                os.close(secondary)
+        return LocalProcess(proc, primary)
+
+    async def landing(self, path: str) -> Landing:
+        parent = os.path.dirname(path) or "/"
+        if not os.path.isdir(parent):
+            raise WireError(E_NOT_FOUND, "destination directory %s does not exist" % parent)
+        if os.path.isdir(path):
+            raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
+        return LocalLanding(path)
+
+    async def open_file(self, path: str) -> SourceFile:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise os_error(exc, "cannot open %s" % path) from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise WireError(E_BAD_PATH, "%s is not a regular file" % path)
+        return LocalFile(fd, st.st_size, stat.S_IMODE(st.st_mode))
+
+    async def state(self, path: str) -> Optional[FileState]:
+        return await asyncio.get_running_loop().run_in_executor(None, _file_state, path)
+
+    async def chmod(self, path: str, mode: int) -> None:
+        try:
+            os.chmod(path, mode)
+        except OSError as exc:
+            raise os_error(exc, "cannot change the mode of %s" % path) from exc

@@ -1,0 +1,519 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The typed messages of the natsops protocol: every request, reply and file summary as a dataclass.
+
+Each class below is the one definition of its message. Its fields say what the wire carries: the type
+annotation gives the JSON types accepted (``float`` takes any JSON number, never a boolean), a field whose
+default is ``REQUIRED`` must be present, and a field of another message class holds that message as a JSON
+object. ``SCHEMAS`` is derived from these declarations for documentation and tests.
+
+A message is validated when it is constructed, wherever it is constructed: ``from_dict`` (what arrives from
+NATS) and direct construction (what a caller is about to send) both raise ``WireError(bad_request)`` listing
+every problem, or ``unsupported_version`` for a request of another protocol version. ``to_dict`` gives the wire
+form, leaving out fields that are not set. Standard library only, Python 3.8+ syntax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import typing
+import uuid
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar
+
+from .names import (
+    E_BAD_REQUEST, E_UNSUPPORTED_VERSION, OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, PROTOCOL_VERSION, WireError,
+    bucket_problems,
+)
+
+DEFAULT_KEEPALIVE = 1.0                # seconds between executor keepalives
+MAX_EXEC_STDIN = 256 * 1024 * 1024     # module payloads; files go through put
+MAX_MODE = 0o7777
+
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_M = TypeVar("_M", bound="Message")
+
+
+class _Required:
+    """The default of a field that the wire requires (construction reports it missing)."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+def path_problems(path: str, where: str) -> List[str]:
+    """Paths on the wire are absolute, normalised and free of '..' and NUL: no traversal tricks."""
+    if not path.startswith("/"):
+        return ["%s must be an absolute path, got %r" % (where, path)]
+    if "\x00" in path:
+        return ["%s contains a NUL byte" % where]
+    parts = path.split("/")
+    if ".." in parts or "." in parts[1:]:
+        return ["%s must not contain '.' or '..' components: %r" % (where, path)]
+    return []
+
+
+def _mode_problems(mode: Optional[int], where: str) -> List[str]:
+    if mode is not None and not 0 <= mode <= MAX_MODE:
+        return ["%s: 'mode' must be between 0 and 0o7777" % where]
+    return []
+
+
+def _sha256_problems(value: Optional[str], where: str) -> List[str]:
+    if value is not None and not _HEX64_RE.match(value):
+        return ["%s must be 64 lowercase hex digits" % where]
+    return []
+
+
+# ---------------------------------------------------------------- the machinery
+
+def _accepted_types(hint: Any) -> Tuple[Tuple[type, ...], Optional[type]]:
+    """(JSON types accepted, nested message class or None) for a field's type annotation."""
+    if getattr(hint, "__origin__", None) is typing.Union:  # Optional[X]
+        hint = next(arg for arg in hint.__args__ if arg is not type(None))
+    origin = getattr(hint, "__origin__", None)
+    if origin in (list, List):
+        return (list,), None
+    if origin in (dict, Dict):
+        return (dict,), None
+    if isinstance(hint, type) and issubclass(hint, Message):
+        return (dict,), hint
+    if hint is float:
+        return (int, float), None
+    if hint in (str, int, bool):
+        return (hint,), None
+    raise TypeError("a wire message field cannot be of type %r" % (hint,))
+
+
+class Message:
+    """Base of every wire message class (each is a frozen dataclass)."""
+
+    WHERE: ClassVar[str] = "message"   # how problem messages name it ("exec", "target", ...)
+    _wire_fields: ClassVar[Dict[str, Tuple[Tuple[type, ...], Optional[type]]]]
+
+    @classmethod
+    def wire_fields(cls) -> Dict[str, Tuple[Tuple[type, ...], Optional[type]]]:
+        """{field name: (accepted JSON types, nested message class)} from the class's annotations."""
+        if "_wire_fields" not in cls.__dict__:
+            hints = typing.get_type_hints(cls)
+            cls._wire_fields = {f.name: _accepted_types(hints[f.name]) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls._wire_fields
+
+    def __post_init__(self) -> None:
+        problems = self._field_problems()
+        if not problems:
+            problems = self.problems()
+        if problems:
+            raise WireError(E_BAD_REQUEST, "; ".join(problems), {"problems": problems})
+
+    def _field_problems(self) -> List[str]:
+        """Missing fields, values of the wrong JSON type; nested messages given as dicts are converted here."""
+        problems: List[str] = []
+        required = self._required()
+        for name, (types, nested) in self.wire_fields().items():
+            value = getattr(self, name)
+            if value is REQUIRED or (value is None and name in required):
+                problems.append("%s: missing field %r" % (self.WHERE, name))
+            elif value is None:
+                continue
+            elif nested is not None and isinstance(value, dict):
+                try:
+                    object.__setattr__(self, name, nested.from_dict(value))
+                except WireError as exc:
+                    # the nested message names itself by its class ("summary: ..."); here it is this field
+                    prefix = "%s.%s" % (self.WHERE, name)
+                    problems.extend(prefix + p[len(nested.WHERE):] if p.startswith(nested.WHERE) else "%s: %s" % (prefix, p)
+                                    for p in exc.details.get("problems", [exc.message]))
+            elif nested is not None and isinstance(value, nested):
+                continue
+            elif not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                # bool is an int in Python: never accept it where a number is meant
+                problems.append("%s: field %r must be %s, got %s" % (
+                    self.WHERE, name, "/".join(t.__name__ for t in types), type(value).__name__))
+        return problems
+
+    @classmethod
+    def _required(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.default is REQUIRED)  # type: ignore[arg-type]
+
+    def problems(self) -> List[str]:
+        """Problems with the values (the types are right); overridden by messages with rules."""
+        return []
+
+    @classmethod
+    def from_dict(cls: Type[_M], doc: Any) -> _M:
+        """The message from its wire form; raises WireError listing every problem (unknown fields included)."""
+        if not isinstance(doc, dict):
+            raise WireError(E_BAD_REQUEST, "%s must be a JSON object, got %s" % (cls.WHERE, type(doc).__name__))
+        known = cls.wire_fields()
+        unknown = ["%s: unknown field %r" % (cls.WHERE, key) for key in doc if key not in known]
+        try:
+            message = cls(**{k: v for k, v in doc.items() if k in known})
+        except WireError as exc:
+            if exc.code != E_BAD_REQUEST:
+                raise
+            problems = unknown + exc.details.get("problems", [exc.message])
+            raise WireError(E_BAD_REQUEST, "; ".join(problems), {"problems": problems}) from None
+        if unknown:
+            raise WireError(E_BAD_REQUEST, "; ".join(unknown), {"problems": unknown})
+        return message
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The wire form: fields that are not set (None) are left out."""
+        out: Dict[str, Any] = {}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if value is not None:
+                out[field.name] = value.to_dict() if isinstance(value, Message) else value
+        return out
+
+
+# ---------------------------------------------------------------- parts
+
+def _secret() -> Any:
+    """An optional field holding a secret: never part of the message's repr (so never of a log line)."""
+    return dataclasses.field(default=None, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSummary(Message):
+    """Size and SHA-256 of some bytes: a file, a stream of output, an exec's stdin."""
+
+    WHERE: ClassVar[str] = "summary"
+    size: int = REQUIRED
+    sha256: str = REQUIRED
+
+    def problems(self) -> List[str]:
+        problems = [] if self.size >= 0 else ["%s: size must be >= 0" % self.WHERE]
+        return problems + _sha256_problems(self.sha256, "%s: sha256" % self.WHERE)
+
+
+class Digest:
+    """Size and SHA-256 of bytes as they go by; the one way every part computes a FileSummary."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self.size += len(data)
+        self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def summary(self) -> FileSummary:
+        return FileSummary(size=self.size, sha256=self._hash.hexdigest())
+
+    @classmethod
+    def of(cls, data: bytes) -> FileSummary:
+        digest = cls()
+        digest.update(data)
+        return digest.summary()
+
+
+@dataclasses.dataclass(frozen=True)
+class Become(Message):
+    """Privilege escalation of an exec: the success marker, the password prompt and its answer."""
+
+    WHERE: ClassVar[str] = "become"
+    SECRETS: ClassVar[Tuple[str, ...]] = ("password",)
+    success: str = REQUIRED
+    prompt: Optional[str] = None      # a regular expression matched at the start of an output line
+    password: Optional[str] = _secret()
+    timeout: float = 10
+
+    def problems(self) -> List[str]:
+        problems = []
+        if self.prompt is not None:
+            try:
+                re.compile(self.prompt)
+            except re.error as exc:
+                problems.append("%s: prompt is not a valid regular expression: %s" % (self.WHERE, exc))
+        if not 0 < self.timeout <= 600:
+            problems.append("%s: timeout must be in (0, 600] seconds" % self.WHERE)
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class Target(Message):
+    """SSH mode: the host a zone executor reaches, and how it logs in.
+
+    Credentials: an identity configured on the executor, by name (preferred: no secret travels), or a password /
+    PEM private key in the request (BK-Lite parity); none = the executor's default identity."""
+
+    WHERE: ClassVar[str] = "target"
+    SECRETS: ClassVar[Tuple[str, ...]] = ("password", "private_key", "passphrase")
+    host: str = REQUIRED
+    user: str = REQUIRED
+    port: int = 22
+    identity: Optional[str] = None
+    password: Optional[str] = _secret()
+    private_key: Optional[str] = _secret()
+    passphrase: Optional[str] = _secret()
+
+    def problems(self) -> List[str]:
+        problems = []
+        host = self.host
+        if not host or len(host) > 255 or any(c.isspace() or ord(c) < 32 for c in host) or host.startswith("-"):
+            problems.append("%s: 'host' must be a host name or address, got %r" % (self.WHERE, host))
+        if not 0 < self.port < 65536:
+            problems.append("%s: 'port' must be 1..65535" % self.WHERE)
+        if not self.user or any(c.isspace() or ord(c) < 32 for c in self.user):
+            problems.append("%s: 'user' must be a user name" % self.WHERE)
+        if self.identity is not None and (self.password is not None or self.private_key is not None):
+            problems.append("%s: give an executor 'identity' or a password/private_key, not both" % self.WHERE)
+        return problems
+
+    def redacted(self) -> Dict[str, Any]:
+        """The target as it may be logged: secrets replaced by a marker."""
+        return {k: "<redacted>" if k in self.SECRETS and v is not None else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    def where(self) -> str:
+        """user@host:port, for log lines and messages (never credentials)."""
+        return "%s@%s:%d" % (self.user, self.host, self.port)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source(Message):
+    """What a transfer places: an Object Store object (bucket + object) or a file of the executor host (path)."""
+
+    WHERE: ClassVar[str] = "source"
+    bucket: Optional[str] = None
+    object: Optional[str] = None
+    path: Optional[str] = None
+
+    def problems(self) -> List[str]:
+        if (self.object is None) == (self.path is None):
+            return ["%s: give exactly one of 'object' (with 'bucket') or 'path'" % self.WHERE]
+        if self.path is not None:
+            return path_problems(self.path, "%s: 'path'" % self.WHERE)
+        problems = bucket_problems(self.bucket or "", "%s: 'bucket'" % self.WHERE)
+        if not self.object or "\x00" in self.object:
+            problems.append("%s: 'object' must be a non-empty name" % self.WHERE)
+        return problems
+
+
+# ---------------------------------------------------------------- requests
+
+@dataclasses.dataclass(frozen=True)
+class Request(Message):
+    """What every request carries: protocol version, operation, a job id, where the job's events go, and (SSH
+    mode) the target host. Requests of the protocol are the subclasses, one per operation."""
+
+    OP: ClassVar[str] = ""
+    v: int = REQUIRED
+    op: str = REQUIRED
+    id: str = REQUIRED
+    reply_to: str = REQUIRED
+    keepalive: float = DEFAULT_KEEPALIVE
+    target: Optional[Target] = None
+
+    @classmethod
+    def new(cls: Type[_M], reply_to: str, **fields: Any) -> _M:
+        """A new request of this operation (a fresh job id) whose events go to ``reply_to``."""
+        return cls(v=PROTOCOL_VERSION, op=cls.OP, id=uuid.uuid4().hex, reply_to=reply_to, **fields)  # type: ignore[attr-defined]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.v, int) and not isinstance(self.v, bool) and self.v != PROTOCOL_VERSION:
+            raise WireError(E_UNSUPPORTED_VERSION, "protocol version %r is not supported; this side speaks %d"
+                            % (self.v, PROTOCOL_VERSION))
+        super().__post_init__()
+
+    def problems(self) -> List[str]:
+        problems = []
+        if self.op != self.OP:
+            problems.append("field 'op' is %r but the request was sent to the %r subject" % (self.op, self.OP))
+        if not self.id or len(self.id) > 128:
+            problems.append("field 'id' must be 1-128 characters")
+        if not self.reply_to or any(c.isspace() or c in "*>" for c in self.reply_to):
+            problems.append("field 'reply_to' must be a plain subject")
+        if not 0.1 <= self.keepalive <= 60:
+            problems.append("field 'keepalive' must be between 0.1 and 60 seconds")
+        return problems
+
+    def on(self) -> str:
+        """' on user@host:port' for SSH-mode log lines (never credentials), else ''."""
+        return " on %s" % self.target.where() if self.target else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecRequest(Request):
+    """Run a command (``command`` through ``shell -c``, or an argument vector) with optional stdin, become, pty."""
+
+    OP: ClassVar[str] = OP_EXEC
+    WHERE: ClassVar[str] = OP_EXEC
+    command: Optional[str] = None
+    argv: Optional[List[str]] = None
+    shell: str = "/bin/sh"
+    cwd: Optional[str] = None
+    env: Optional[Dict[str, str]] = None
+    timeout: float = 0                     # seconds; 0 = no limit
+    stdin: Optional[FileSummary] = None    # inline bytes ride as the request's attachment, else an upload stream
+    become: Optional[Become] = None
+    pty: bool = False
+
+    def problems(self) -> List[str]:
+        problems = super().problems()
+        where = self.WHERE
+        if (self.command is None) == (self.argv is None):
+            problems.append("%s: give exactly one of 'command' or 'argv'" % where)
+        if self.argv is not None and (not self.argv or not all(isinstance(a, str) for a in self.argv)):
+            problems.append("%s: 'argv' must be a non-empty list of strings" % where)
+        if self.env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
+            problems.append("%s: 'env' must map strings to strings" % where)
+        if self.timeout < 0:
+            problems.append("%s: 'timeout' must be >= 0" % where)
+        if self.cwd is not None:
+            problems.extend(path_problems(self.cwd, "%s: 'cwd'" % where))
+        if self.stdin is not None and self.stdin.size > MAX_EXEC_STDIN:
+            problems.append("%s.stdin: size must be 0..%d" % (where, MAX_EXEC_STDIN))
+        return problems
+
+    def argv_or_shell(self) -> List[str]:
+        """The argument vector to run: ``argv``, or ``[shell, '-c', command]``."""
+        return list(self.argv) if self.argv else [self.shell, "-c", self.command or ""]
+
+
+@dataclasses.dataclass(frozen=True)
+class PutRequest(Request):
+    """Receive ``size`` bytes (inline, or as an upload stream) into ``path``: verified, then renamed into place."""
+
+    OP: ClassVar[str] = OP_PUT
+    WHERE: ClassVar[str] = OP_PUT
+    path: str = REQUIRED
+    size: int = REQUIRED
+    sha256: str = REQUIRED
+    mode: Optional[int] = None
+
+    def problems(self) -> List[str]:
+        problems = super().problems() + path_problems(self.path, "%s: 'path'" % self.WHERE)
+        if self.size < 0:
+            problems.append("%s: 'size' must be >= 0" % self.WHERE)
+        return (problems + _sha256_problems(self.sha256, "%s: 'sha256'" % self.WHERE)
+                + _mode_problems(self.mode, self.WHERE))
+
+    def summary(self) -> FileSummary:
+        """The size and digest the caller announced."""
+        return FileSummary(size=self.size, sha256=self.sha256)
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchRequest(Request):
+    """Send the regular file at ``path``."""
+
+    OP: ClassVar[str] = OP_FETCH
+    WHERE: ClassVar[str] = OP_FETCH
+    path: str = REQUIRED
+
+    def problems(self) -> List[str]:
+        return super().problems() + path_problems(self.path, "%s: 'path'" % self.WHERE)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferRequest(Request):
+    """Place an Object Store object (or a file of the executor host) at ``path``, checksum-idempotent."""
+
+    OP: ClassVar[str] = OP_TRANSFER
+    WHERE: ClassVar[str] = OP_TRANSFER
+    source: Source = REQUIRED
+    path: str = REQUIRED
+    sha256: Optional[str] = None           # the content the caller expects; compared before anything is fetched
+    mode: Optional[int] = None
+    check: bool = False                    # only report whether it would change
+
+    def problems(self) -> List[str]:
+        problems = super().problems() + path_problems(self.path, "%s: 'path'" % self.WHERE)
+        return (problems + _sha256_problems(self.sha256, "%s: 'sha256'" % self.WHERE)
+                + _mode_problems(self.mode, self.WHERE))
+
+
+REQUESTS: Dict[str, Type[Request]] = {cls.OP: cls for cls in (ExecRequest, PutRequest, FetchRequest, TransferRequest)}
+
+
+def parse_request(op: str, doc: Any) -> Request:
+    """The typed request for ``op`` from a decoded JSON document; raises WireError listing every problem."""
+    cls = REQUESTS.get(op)
+    if cls is None:
+        raise WireError(E_BAD_REQUEST, "unknown operation %r" % (op,))
+    if isinstance(doc, dict) and isinstance(doc.get("v"), int) and doc["v"] != PROTOCOL_VERSION:
+        # another protocol version's request is not judged by this version's fields
+        raise WireError(E_UNSUPPORTED_VERSION, "protocol version %r is not supported; this side speaks %d"
+                        % (doc["v"], PROTOCOL_VERSION))
+    return cls.from_dict(doc)
+
+
+# ---------------------------------------------------------------- replies
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorRef(Message):
+    """Which executor accepted a job."""
+
+    WHERE: ClassVar[str] = "executor"
+    name: str = REQUIRED
+    service_id: str = REQUIRED
+    version: str = REQUIRED
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted(Message):
+    """The reply that starts a job: the executor, and for an upload the subject to stream the bytes to, for a
+    fetch the file's size and mode."""
+
+    WHERE: ClassVar[str] = "accepted"
+    v: int = REQUIRED
+    id: str = REQUIRED
+    executor: ExecutorRef = REQUIRED
+    upload: Optional[str] = None
+    size: Optional[int] = None
+    mode: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecResult(Message):
+    """The end of an exec: exit status, the size and digest of each output stream, and how long it ran."""
+
+    WHERE: ClassVar[str] = "result"
+    rc: int = REQUIRED
+    stdout: FileSummary = REQUIRED
+    stderr: FileSummary = REQUIRED
+    duration: float = REQUIRED
+    signal: Optional[int] = None           # set when the command was killed by a signal (rc = -signal)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileState(Message):
+    """What is at a path before a transfer: its content digest and permission bits."""
+
+    WHERE: ClassVar[str] = "before"
+    sha256: str = REQUIRED
+    mode: int = REQUIRED
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferResult(Message):
+    """The end of a transfer: whether the path changed (or would, in check mode), the content, what was there."""
+
+    WHERE: ClassVar[str] = "result"
+    changed: bool = REQUIRED
+    sha256: str = REQUIRED
+    path: str = REQUIRED
+    size: Optional[int] = None             # unknown in check mode when the caller named the content by its digest
+    before: Optional[FileState] = None
+
+
+def _schema(cls: Type[Message]) -> Dict[str, Tuple[Tuple[type, ...], bool, Any]]:
+    """{field: (accepted JSON types, required, default)} of a message class."""
+    types = cls.wire_fields()
+    return {f.name: (types[f.name][0], f.default is REQUIRED, None if f.default is REQUIRED else f.default)
+            for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+# the request schemas by operation, derived from the classes (docs/protocol.md lists the same fields)
+SCHEMAS = {op: _schema(cls) for op, cls in REQUESTS.items()}
