@@ -19,6 +19,7 @@ An unmodified BK-Lite server drives us with its own envelope and reads its own r
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -164,15 +165,10 @@ class CompatServer:
             for method in bk.METHODS:
                 index += 1
                 subj = bk.subject(method, inst)
-                await service.add_endpoint(name="bklite-%d" % index, subject=subj, handler=self._handler(method),
+                await service.add_endpoint(name="bklite-%d" % index, subject=subj, handler=self.book.handler(functools.partial(self._serve, method)),
                                            metadata={"instance": inst, "op": method, "protocol": "bklite"})
                 log.info("serving %s (BK-Lite compat, instance %s)", subj, inst)
         return index
-
-    def _handler(self, method: str) -> Callable[[Any], Awaitable[None]]:
-        async def handle(msg: Any) -> None:
-            self.book.start(self._serve(method, msg))
-        return handle
 
     async def _serve(self, method: str, msg: Any) -> None:
         started = time.monotonic()

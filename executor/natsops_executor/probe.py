@@ -16,6 +16,7 @@ import json
 import logging
 import platform
 import socket
+from typing import Any, Dict, List, Optional
 
 from natsops_executor import __version__
 from natsops_executor._wire.names import REGISTRY_TIME_FORMAT, registry_bucket, registry_subject
@@ -25,11 +26,11 @@ log = logging.getLogger("natsops_executor.probe")
 RECORD_SCHEMA = 1
 
 
-def _now():
+def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime(REGISTRY_TIME_FORMAT)
 
 
-def _os_release(path="/etc/os-release"):
+def _os_release(path: str = "/etc/os-release") -> Dict[str, str]:
     data = {}
     try:
         with open(path, encoding="utf-8") as handle:
@@ -43,7 +44,7 @@ def _os_release(path="/etc/os-release"):
             "name": data.get("PRETTY_NAME", platform.system())}
 
 
-def addresses():
+def addresses() -> List[str]:
     """The host's IPv4 and global IPv6 addresses, loopback excluded (from /proc; empty elsewhere)."""
     found = []
     try:
@@ -74,25 +75,25 @@ def addresses():
 class Heartbeat:
     """Publishes the record (``beat()`` at start, then every ``interval`` seconds); deletes it at stop."""
 
-    def __init__(self, nc, cfg):
+    def __init__(self, nc: Any, cfg: Any) -> None:
         self.nc = nc
         self.cfg = cfg
         self.node_id = cfg.instances[0]
         self.bucket = registry_bucket(cfg.namespace)
         self.subject = registry_subject(cfg.namespace, self.node_id)
         self.beats = 0
-        self.task = None
-        self._warned = None
+        self.task: Optional[asyncio.Future] = None
+        self._warned: Any = None  # the last warning logged; False once registered
         # what does not change while the probe runs, looked up once (getfqdn may wait on DNS, in the event loop)
         self.fixed = {"schema": RECORD_SCHEMA, "node_id": self.node_id, "hostname": socket.gethostname(),
                       "fqdn": socket.getfqdn(), "os": _os_release(), "arch": platform.machine(), "kernel": platform.release(),
                       "zone": cfg.zone or "", "namespace": cfg.namespace, "probe_version": __version__, "started": _now(),
                       "interval": cfg.heartbeat_interval}
 
-    def record(self):
+    def record(self) -> Dict[str, Any]:
         return dict(self.fixed, addresses=addresses(), last_seen=_now(), heartbeats=self.beats)
 
-    async def beat(self):
+    async def beat(self) -> bool:
         """Publish the record once; True when JetStream stored it."""
         import nats.errors  # pylint: disable=import-outside-toplevel
         js = self.nc.jetstream()
@@ -111,20 +112,20 @@ class Heartbeat:
             self._warned = False
         return True
 
-    def _warn(self, message):
+    def _warn(self, message: str) -> None:
         if self._warned != message:
             log.warning("%s", message)
             self._warned = message
 
-    async def _loop(self):
+    async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.heartbeat_interval)
             await self.beat()
 
-    def start(self):
+    def start(self) -> None:
         self.task = asyncio.ensure_future(self._loop())
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Stop beating and delete the record (a delete marker), so the host leaves the registry now."""
         if self.task is not None:
             self.task.cancel()

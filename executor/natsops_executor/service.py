@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -85,6 +86,12 @@ class JobBook:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def handler(self, serve: Callable[[Any], Coroutine[Any, Any, None]]) -> Callable[[Any], Awaitable[None]]:
+        """A NATS micro endpoint handler that starts ``serve(msg)`` as a job (the subscription never waits)."""
+        async def handle(msg: Any) -> None:
+            self.start(serve(msg))
+        return handle
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[Outcome]:
@@ -230,7 +237,7 @@ class Executor:
                 index += 1
                 subj = subject(cfg.namespace, op, inst)
                 await self.service.add_endpoint(
-                    name="%s-%d" % (op, index), subject=subj, handler=self._handler(op),
+                    name="%s-%d" % (op, index), subject=subj, handler=self.book.handler(functools.partial(self._serve, op)),
                     metadata={"instance": inst, "op": op})
                 log.info("serving %s (instance %s, queue group %s)", subj, inst, QUEUE_GROUP)
         if cfg.bklite_compat:
@@ -286,11 +293,6 @@ class Executor:
 
     def _ref(self) -> ExecutorRef:
         return ExecutorRef(name=self.cfg.name, service_id=self.service.id, version=__version__)
-
-    def _handler(self, op: str) -> Callable[[Any], Awaitable[None]]:
-        async def handle(msg: Any) -> None:
-            self.book.start(self._serve(op, msg))
-        return handle
 
     async def _serve(self, op: str, msg: Any) -> None:
         started = time.monotonic()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 LOCAL_EXECUTE = "local.execute"
 SSH_EXECUTE = "ssh.execute"
@@ -79,7 +80,8 @@ class BkliteError(Exception):
     """A failure reply: code, message and, for ssh.execute, stage and category; ``result`` is what
     the reply's ``result`` field carries (the message itself unless output was captured)."""
 
-    def __init__(self, code, message, stage=None, category=None, result=None):
+    def __init__(self, code: str, message: str, stage: Optional[str] = None, category: Optional[str] = None,
+                 result: Optional[str] = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -88,13 +90,14 @@ class BkliteError(Exception):
         self.result = message if result is None else result
 
 
-def subject(method, instance_id):
+def subject(method: str, instance_id: Optional[str]) -> str:
+    """The subject a BK-Lite executor serving ``instance_id`` listens on for ``method``."""
     if method not in METHODS:
         raise ValueError("unknown BK-Lite method %r" % (method,))
     return "%s.%s" % (method, instance_id)
 
 
-def method_of(subj):
+def method_of(subj: str) -> Tuple[str, str]:
     """'local.execute.<id>' -> ('local.execute', '<id>')."""
     op, method, instance_id = subj.split(".", 2)
     return "%s.%s" % (op, method), instance_id
@@ -102,12 +105,12 @@ def method_of(subj):
 
 # ---------------------------------------------------------------- requests
 
-def pack_request(request):
+def pack_request(request: Dict[str, Any]) -> bytes:
     """The envelope a BK-Lite server sends."""
     return json.dumps({"args": [request], "kwargs": {}}, ensure_ascii=False).encode("utf-8")
 
 
-def _matches(kind, value):
+def _matches(kind: str, value: Any) -> bool:
     if kind == _S:
         return isinstance(value, str)
     if kind == _B:
@@ -117,13 +120,13 @@ def _matches(kind, value):
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
-def unpack_request(method, body):
+def unpack_request(method: str, body: bytes) -> Dict[str, Any]:
     """The request object (args[0]) with every known field present (zero values for missing ones);
     BkliteError(invalid_request) with BK-Lite's own messages for a bad envelope or wrongly typed field."""
     try:
         envelope = json.loads(body.decode("utf-8")) if body else None
     except (UnicodeDecodeError, ValueError):
-        raise BkliteError(INVALID_REQUEST, MSG_BAD_PAYLOAD)
+        raise BkliteError(INVALID_REQUEST, MSG_BAD_PAYLOAD) from None
     if envelope is not None and not isinstance(envelope, dict):
         raise BkliteError(INVALID_REQUEST, MSG_BAD_PAYLOAD)
     args = (envelope or {}).get("args")
@@ -148,7 +151,7 @@ def unpack_request(method, body):
     return req
 
 
-def check_execute(method, req):
+def check_execute(method: str, req: Dict[str, Any]) -> Dict[str, Any]:
     """BK-Lite's validation of local.execute / ssh.execute, in its order and words."""
     if not req["command"].strip():
         raise BkliteError(INVALID_REQUEST, "command is required")
@@ -169,7 +172,7 @@ def check_execute(method, req):
     return req
 
 
-def shell_argv(shell, command):
+def shell_argv(shell: str, command: str) -> List[str]:
     """How BK-Lite runs a local.execute command with each shell (on a POSIX executor)."""
     if shell in ("bat", "cmd"):
         return ["cmd", "/c", command]
@@ -178,21 +181,21 @@ def shell_argv(shell, command):
     return [shell, "-c", command]
 
 
-def ssh_fields(target):
-    """BK-Lite's SSH request fields (host, port, user, credentials) for one of our targets (contract.py's target)."""
+def ssh_fields(target: Dict[str, Any]) -> Dict[str, Any]:
+    """BK-Lite's SSH request fields (host, port, user, credentials) for one of our targets (messages.Target's fields)."""
     fields = {"host": target["host"], "port": target.get("port", 22), "user": target["user"]}
     fields.update((name, target[name]) for name in SECRET_FIELDS if target.get(name))
     return fields
 
 
-def redact(req):
+def redact(req: Dict[str, Any]) -> Dict[str, Any]:
     """The request as it may be logged."""
-    return dict((k, "<redacted>" if k in SECRET_FIELDS and v else v) for k, v in req.items())
+    return {k: "<redacted>" if k in SECRET_FIELDS and v else v for k, v in req.items()}
 
 
 # ---------------------------------------------------------------- replies
 
-def reply(instance_id, result="", error=None):
+def reply(instance_id: str, result: str = "", error: Optional[BkliteError] = None) -> Dict[str, Any]:
     """A reply document, fields in BK-Lite's order; ``error`` is a BkliteError for a failure."""
     if error is None:
         return {"result": result, "instance_id": instance_id, "success": True}
@@ -205,16 +208,16 @@ def reply(instance_id, result="", error=None):
     return doc
 
 
-def health_reply(instance_id, now=None):
+def health_reply(instance_id: str, now: Optional[float] = None) -> Dict[str, Any]:
     return {"success": True, "status": "ok", "instance_id": instance_id,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
 
 
-def encode(doc):
+def encode(doc: Dict[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def capped_output(stdout, stderr, dropped=False):
+def capped_output(stdout: bytes, stderr: bytes, dropped: bool = False) -> str:
     """``result`` of a command: stdout then stderr, at most OUTPUT_LIMIT bytes, marked when cut."""
     data = bytes(stdout) + bytes(stderr)
     if len(data) > OUTPUT_LIMIT or dropped:
@@ -223,7 +226,7 @@ def capped_output(stdout, stderr, dropped=False):
     return data.decode("utf-8", "replace")
 
 
-def fit(doc, max_payload):
+def fit(doc: Dict[str, Any], max_payload: int) -> bytes:
     """The encoded reply, its ``result`` cut (and marked) further if the whole would not fit in one
     NATS message: BK-Lite's 1 MiB cap alone does not fit a default 1 MiB max_payload."""
     body = encode(doc)
@@ -237,7 +240,7 @@ def fit(doc, max_payload):
     return body
 
 
-def stream_event(execution_id, stream, line, now=None):
+def stream_event(execution_id: str, stream: str, line: str, now: Optional[float] = None) -> Dict[str, Any]:
     """One output line as published on ``stream_log_topic``."""
     return {"execution_id": execution_id, "stream": stream, "line": line,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
@@ -248,25 +251,26 @@ class LineEvents:
     published as a stream_event by ``publish(subject, body)`` (a coroutine function, e.g. nc.publish).
     A failed publish is reported to ``on_error`` and never stops the command."""
 
-    def __init__(self, publish, topic, execution_id, on_error=None):
+    def __init__(self, publish: Callable[[str, bytes], Awaitable[Any]], topic: str, execution_id: Optional[str],
+                 on_error: Optional[Callable[[Exception], Any]] = None) -> None:
         self.publish = publish
         self.topic = topic
         self.execution_id = execution_id or ""
         self.on_error = on_error
         self.partial = {"stdout": b"", "stderr": b""}
 
-    async def feed(self, stream, data):
+    async def feed(self, stream: str, data: bytes) -> None:
         lines = (self.partial[stream] + bytes(data)).split(b"\n")
         self.partial[stream] = lines.pop()
         for line in lines:
             await self._send(stream, line)
 
-    async def flush(self):
+    async def flush(self) -> None:
         for stream in ("stdout", "stderr"):
             line, self.partial[stream] = self.partial[stream], b""
             await self._send(stream, line)
 
-    async def _send(self, stream, line):
+    async def _send(self, stream: str, line: bytes) -> None:
         line = line.rstrip(b"\r\n")
         if not line:
             return
@@ -277,18 +281,18 @@ class LineEvents:
                 self.on_error(exc)
 
 
-def parse_reply(body):
+def parse_reply(body: bytes) -> Dict[str, Any]:
     """A reply as a dict; BkliteError(invalid_request) when it is not a JSON object."""
     try:
         doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise BkliteError(INVALID_REQUEST, "the BK-Lite executor's reply is not JSON: %s" % exc)
+        raise BkliteError(INVALID_REQUEST, "the BK-Lite executor's reply is not JSON: %s" % exc) from None
     if not isinstance(doc, dict):
         raise BkliteError(INVALID_REQUEST, "the BK-Lite executor's reply is not a JSON object")
     return doc
 
 
-def exit_code(doc):
+def exit_code(doc: Dict[str, Any]) -> Optional[int]:
     """The exit status a failed execute reply reports in its text (BK-Lite has no rc field), or None."""
     text = doc.get("error") or ""
     for marker in ("exit code ", "exited with status "):

@@ -58,16 +58,18 @@ def path_problems(path: str, where: str) -> List[str]:
     return []
 
 
-def _mode_problems(mode: Optional[int], where: str) -> List[str]:
-    if mode is not None and not 0 <= mode <= MAX_MODE:
-        return ["%s: 'mode' must be between 0 and 0o7777" % where]
-    return []
-
-
 def _sha256_problems(value: Optional[str], where: str) -> List[str]:
     if value is not None and not _HEX64_RE.match(value):
         return ["%s must be 64 lowercase hex digits" % where]
     return []
+
+
+def _destination_problems(where: str, path: str, sha256: Optional[str], mode: Optional[int]) -> List[str]:
+    """A file's destination (put, transfer): an absolute clean path, a hex digest, permission bits."""
+    problems = path_problems(path, "%s: 'path'" % where) + _sha256_problems(sha256, "%s: 'sha256'" % where)
+    if mode is not None and not 0 <= mode <= MAX_MODE:
+        problems.append("%s: 'mode' must be between 0 and 0o7777" % where)
+    return problems
 
 
 # ---------------------------------------------------------------- the machinery
@@ -393,11 +395,10 @@ class PutRequest(Request):
     mode: Optional[int] = None
 
     def problems(self) -> List[str]:
-        problems = super().problems() + path_problems(self.path, "%s: 'path'" % self.WHERE)
+        problems = super().problems() + _destination_problems(self.WHERE, self.path, self.sha256, self.mode)
         if self.size < 0:
             problems.append("%s: 'size' must be >= 0" % self.WHERE)
-        return (problems + _sha256_problems(self.sha256, "%s: 'sha256'" % self.WHERE)
-                + _mode_problems(self.mode, self.WHERE))
+        return problems
 
     def summary(self) -> FileSummary:
         """The size and digest the caller announced."""
@@ -429,9 +430,7 @@ class TransferRequest(Request):
     check: bool = False                    # only report whether it would change
 
     def problems(self) -> List[str]:
-        problems = super().problems() + path_problems(self.path, "%s: 'path'" % self.WHERE)
-        return (problems + _sha256_problems(self.sha256, "%s: 'sha256'" % self.WHERE)
-                + _mode_problems(self.mode, self.WHERE))
+        return super().problems() + _destination_problems(self.WHERE, self.path, self.sha256, self.mode)
 
 
 REQUESTS: Dict[str, Type[Request]] = {cls.OP: cls for cls in (ExecRequest, PutRequest, FetchRequest, TransferRequest)}

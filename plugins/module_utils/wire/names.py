@@ -12,6 +12,7 @@ Standard library only, Python 3.8+ syntax.
 from __future__ import annotations
 
 import re
+from typing import Any, Dict, List, Optional
 
 PROTOCOL_VERSION = 1
 DEFAULT_NAMESPACE = "natsops"
@@ -95,28 +96,28 @@ _UNRENDERED_RE = re.compile(r"(\$\{|\$[A-Za-z_]|\{\{|\}\}|\{%|%\(|<no value>)")
 class WireError(Exception):
     """A protocol-level failure with a machine-readable code."""
 
-    def __init__(self, code, message, details=None):
-        super(WireError, self).__init__(message)
+    def __init__(self, code: str, message: str, details: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(message)
         self.code = code
         self.message = message
         self.details = details or {}
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
         return {"v": PROTOCOL_VERSION, "code": self.code, "message": self.message, "details": self.details}
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data: Any) -> "WireError":
         if not isinstance(data, dict):
             return cls(E_INTERNAL, "malformed error reply: %r" % (data,))
         details = data.get("details")
         return cls(str(data.get("code") or E_INTERNAL), str(data.get("message") or "unknown error"),
                    details if isinstance(details, dict) else {})
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "%s: %s" % (self.code, self.message)
 
 
-def validate_instance_id(value, allow_all=False):
+def validate_instance_id(value: Any, allow_all: bool = False) -> str:
     """Return the instance id, or raise WireError(bad_instance) saying what is wrong with it."""
     if not isinstance(value, str):
         raise WireError(E_BAD_INSTANCE, "instance id must be a string, got %s" % type(value).__name__)
@@ -138,7 +139,7 @@ def validate_instance_id(value, allow_all=False):
     return value
 
 
-def validate_namespace(value):
+def validate_namespace(value: Any) -> str:
     """A namespace is one or more dot-separated tokens of letters, digits, '_' and '-'."""
     if not isinstance(value, str) or not value:
         raise WireError(E_BAD_REQUEST, "namespace must be a non-empty string")
@@ -149,7 +150,7 @@ def validate_namespace(value):
     return value
 
 
-def validate_inbox_prefix(value):
+def validate_inbox_prefix(value: Any) -> str:
     """An inbox prefix is one or more dot-separated tokens of letters, digits, '_' and '-' (no wildcards)."""
     if not isinstance(value, str) or not _PREFIX_RE.match(value):
         raise WireError(E_BAD_REQUEST, "inbox prefix %r is invalid: use dot-separated tokens of letters, digits, "
@@ -161,14 +162,14 @@ def validate_inbox_prefix(value):
 BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def bucket_problems(name, where="bucket name"):
+def bucket_problems(name: Any, where: str = "bucket name") -> List[str]:
     """[] for a valid bucket name, else the one problem with it (``where`` names the option or field)."""
     if isinstance(name, str) and BUCKET_RE.match(name):
         return []
     return ["%s %r is invalid: a bucket name has letters, digits, '_' and '-' only" % (where, name)]
 
 
-def validate_bucket(name, where="bucket name"):
+def validate_bucket(name: Any, where: str = "bucket name") -> str:
     """Return the bucket name or raise WireError(bad_request) saying what is wrong with it."""
     problems = bucket_problems(name, where)
     if problems:
@@ -176,7 +177,7 @@ def validate_bucket(name, where="bucket name"):
     return name
 
 
-def default_bucket(namespace):
+def default_bucket(namespace: str) -> str:
     """The Object Store bucket executor_transfer uses by default: the namespace, dots as '_'."""
     return namespace.replace(".", "_")
 
@@ -188,12 +189,12 @@ REGISTRY_SUFFIX = "_registry"
 REGISTRY_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the record's times (started, last_seen), UTC
 
 
-def registry_bucket(namespace):
+def registry_bucket(namespace: str) -> str:
     """The key-value bucket probes register in: ``<namespace>_registry``, dots as '_'."""
     return default_bucket(namespace) + REGISTRY_SUFFIX
 
 
-def validate_probe_id(value):
+def validate_probe_id(value: Any) -> str:
     """A probe's node id: an instance id that is also a key-value key (ASCII letters, digits, '_', '=', '-')."""
     validate_instance_id(value)
     if value == "*" or not _PROBE_ID_RE.match(value):
@@ -202,12 +203,12 @@ def validate_probe_id(value):
     return value
 
 
-def registry_subject(namespace, node_id):
+def registry_subject(namespace: str, node_id: str) -> str:
     """The subject a probe publishes its registration and heartbeats to: its key of the registry bucket."""
     return "$KV.%s.%s" % (registry_bucket(namespace), validate_probe_id(node_id))
 
 
-def subject(namespace, op, instance_id):
+def subject(namespace: str, op: str, instance_id: Optional[str]) -> str:
     """The subject an executor serving ``instance_id`` listens on for ``op``."""
     if op not in OPERATIONS:
         raise ValueError("unknown operation %r" % op)

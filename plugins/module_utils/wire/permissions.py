@@ -23,6 +23,8 @@ Standard library only, Python 3.8+ syntax.
 
 from __future__ import annotations
 
+from typing import Any, Dict, List, Optional, Sequence
+
 from .bklite import DEFAULT_BUCKET as BKLITE_BUCKET, METHODS as BKLITE_METHODS, subject as bklite_subject
 from .names import (
     DEFAULT_INBOX_PREFIX, DEFAULT_NAMESPACE, E_BAD_REQUEST, OPERATIONS, SERVICE_NAME, WireError, default_bucket,
@@ -32,17 +34,17 @@ from .names import (
 ROLES = ("controller", "executor", "probe", "admin")
 
 
-def inbox_prefix_for(name):
+def inbox_prefix_for(name: str) -> str:
     """The inbox prefix of an identity: ``_INBOX.<name>`` (its replies arrive below it)."""
     return "%s.%s" % (DEFAULT_INBOX_PREFIX, name)
 
 
-def probe_heartbeat_subject(namespace, host_id):
+def probe_heartbeat_subject(namespace: str, host_id: str) -> str:
     """The subject a probe publishes its registration and heartbeats on: its own key of the registry bucket."""
     return registry_subject(namespace, host_id)
 
 
-def _serve(namespace, instances, bklite):
+def _serve(namespace: str, instances: List[str], bklite: bool) -> List[str]:
     subjects = [subject(namespace, op, i) for i in instances for op in OPERATIONS]
     if bklite:
         subjects += [bklite_subject(method, i) for i in instances for method in BKLITE_METHODS]
@@ -50,7 +52,7 @@ def _serve(namespace, instances, bklite):
     return subjects + ["$SRV.*", "$SRV.*.%s" % SERVICE_NAME, "$SRV.*.%s.*" % SERVICE_NAME]
 
 
-def _object_store_reads(buckets):
+def _object_store_reads(buckets: List[str]) -> List[str]:
     if not buckets:
         return []
     subjects = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]  # nats-py looks the stream up by subject
@@ -63,7 +65,9 @@ def _object_store_reads(buckets):
     return subjects
 
 
-def permissions(role, namespace=DEFAULT_NAMESPACE, instances=(), inbox_prefix=None, bklite=False, buckets=None):
+def permissions(role: str, namespace: str = DEFAULT_NAMESPACE, instances: Sequence[str] = (),
+                inbox_prefix: Optional[str] = None, bklite: bool = False,
+                buckets: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
     """NATS ``permissions`` (``{"publish": {"allow": [...]}, "subscribe": {...}, "allow_responses": ...}``) for a
     party of the protocol, or None for ``admin`` (no restriction). Raises WireError on bad input."""
     if role not in ROLES:
@@ -103,5 +107,5 @@ def permissions(role, namespace=DEFAULT_NAMESPACE, instances=(), inbox_prefix=No
     return {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": _unique(subscribe)}, "allow_responses": True}
 
 
-def _unique(items):
+def _unique(items: List[str]) -> List[str]:
     return list(dict.fromkeys(items))

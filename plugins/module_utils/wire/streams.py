@@ -17,13 +17,12 @@ module imports without nats-py).
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Awaitable, Dict, Optional, Set
 
-from .contract import (
-    DEFAULT_WINDOW, E_ABORTED, E_STREAM, H_STATUS, H_STREAM, KIND_DATA, WireError, kind_of, pack, parse_seq,
-)
+from .contract import DEFAULT_WINDOW, E_ABORTED, E_STREAM, H_STATUS, H_STREAM, WireError, kind_of, pack, parse_seq
 
 
-async def _unsubscribe(sub):
+async def _unsubscribe(sub: Any) -> None:
     """Unsubscribe if subscribed; the connection may already be closed, then nothing is left to release."""
     if sub is not None:
         try:
@@ -36,31 +35,33 @@ async def _unsubscribe(sub):
 class StreamSender:
     """Publish an ordered stream to ``subject`` with a bounded window of unacknowledged messages."""
 
-    def __init__(self, nc, subject, window=DEFAULT_WINDOW, ack_timeout=30.0):
+    def __init__(self, nc: Any, subject: str, window: int = DEFAULT_WINDOW, ack_timeout: float = 30.0) -> None:
         self._nc = nc
         self.subject = subject
         self._window = asyncio.Semaphore(window)
         self._window_size = window
         self._ack_timeout = ack_timeout
         self._seq = 0
-        self._outstanding = set()
+        self._outstanding: Set[int] = set()
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._lock = asyncio.Lock()
-        self._error = None
-        self._inbox = None
-        self._sub = None
+        self._error: Optional[WireError] = None
+        self._inbox: Optional[str] = None
+        self._sub: Any = None
 
     @property
-    def sent(self):
+    def sent(self) -> int:
+        """How many messages were sent."""
         return self._seq
 
-    async def start(self):
+    async def start(self) -> "StreamSender":
+        """Subscribe to the acknowledgements; returns self."""
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)
         return self
 
-    async def _on_ack(self, msg):
+    async def _on_ack(self, msg: Any) -> None:
         if msg.headers and msg.headers.get(H_STATUS) == "503":
             self._fail(WireError(E_ABORTED, "nobody listens on %s any more (the peer went away)" % self.subject))
             return
@@ -74,26 +75,27 @@ class StreamSender:
             if not self._outstanding:
                 self._all_acked.set()
 
-    def _fail(self, error):
+    def _fail(self, error: WireError) -> None:
         if self._error is None:
             self._error = error
         # wake every waiter so it sees the error
-        for dummy in range(self._window_size):
+        for _waiter in range(self._window_size):
             self._window.release()
         self._all_acked.set()
 
-    async def _within_ack_timeout(self, awaitable):
+    async def _within_ack_timeout(self, awaitable: Awaitable[Any]) -> None:
         try:
             await asyncio.wait_for(awaitable, self._ack_timeout)
         except asyncio.TimeoutError:
             self._fail(WireError(E_ABORTED, "the receiver on %s did not acknowledge for %.0f s"
                                  % (self.subject, self._ack_timeout)))
 
-    def _check(self):
+    def _check(self) -> None:
         if self._error is not None:
             raise self._error
 
-    async def send(self, kind, document=None, attachment=b"", stream=None):
+    async def send(self, kind: str, document: Optional[Dict[str, Any]] = None, attachment: bytes = b"",
+                   stream: Optional[str] = None) -> None:
         """Send one message; waits while the window is full. Raises WireError when the peer is gone."""
         self._check()
         await self._within_ack_timeout(self._window.acquire())
@@ -106,18 +108,12 @@ class StreamSender:
             self._all_acked.clear()
             await self._nc.publish(self.subject, body, reply="%s.%d" % (self._inbox, seq), headers=headers)
 
-    async def send_bytes(self, data, chunk, stream=None):
-        """Send ``data`` as consecutive data messages of at most ``chunk`` bytes."""
-        view = memoryview(data)
-        for offset in range(0, len(view), chunk):
-            await self.send(KIND_DATA, attachment=view[offset:offset + chunk], stream=stream)
-
-    async def drain(self):
+    async def drain(self) -> None:
         """Wait until every message sent so far is acknowledged."""
         await self._within_ack_timeout(self._all_acked.wait())
         self._check()
 
-    async def close(self):
+    async def close(self) -> None:
         self._sub = await _unsubscribe(self._sub)
 
 
@@ -126,7 +122,7 @@ class StreamMessage:
 
     __slots__ = ("kind", "stream", "headers", "data")
 
-    def __init__(self, kind, stream, headers, data):
+    def __init__(self, kind: str, stream: Optional[str], headers: Dict[str, str], data: bytes) -> None:
         self.kind = kind
         self.stream = stream
         self.headers = headers
@@ -136,21 +132,22 @@ class StreamMessage:
 class StreamReceiver:
     """Receive an ordered stream on ``subject`` (a fresh inbox unless given)."""
 
-    def __init__(self, nc, subject=None):
+    def __init__(self, nc: Any, subject: Optional[str] = None) -> None:
         self._nc = nc
         self.subject = subject or nc.new_inbox()
-        self._queue = asyncio.Queue()
+        self._queue: asyncio.Queue = asyncio.Queue()
         self._expected = 1
-        self._sub = None
+        self._sub: Any = None
 
-    async def start(self):
+    async def start(self) -> "StreamReceiver":
+        """Subscribe; returns self."""
         self._sub = await self._nc.subscribe(self.subject, cb=self._on_msg)
         return self
 
-    async def _on_msg(self, msg):
+    async def _on_msg(self, msg: Any) -> None:
         self._queue.put_nowait(msg)
 
-    async def get(self, timeout):
+    async def get(self, timeout: float) -> StreamMessage:
         """Next message in order. Raises asyncio.TimeoutError after ``timeout`` s of silence,
         WireError(stream_error) when a message is missing or duplicated."""
         msg = await asyncio.wait_for(self._queue.get(), timeout)
@@ -164,5 +161,5 @@ class StreamReceiver:
             await self._nc.publish(msg.reply, b"")
         return StreamMessage(kind_of(headers), headers.get(H_STREAM), headers, msg.data)
 
-    async def close(self):
+    async def close(self) -> None:
         self._sub = await _unsubscribe(self._sub)

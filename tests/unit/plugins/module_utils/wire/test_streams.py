@@ -73,7 +73,8 @@ def test_ordered_delivery_with_a_small_window():
                 got.extend(msg.data)
 
         consumer = asyncio.ensure_future(consume())
-        await sender.send_bytes(payload, 1000)
+        for offset in range(0, len(payload), 1000):
+            await sender.send(c.KIND_DATA, attachment=payload[offset:offset + 1000])
         await sender.send(c.KIND_RESULT, {"ok": True})
         await sender.drain()
         assert await consumer == payload
