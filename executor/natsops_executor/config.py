@@ -42,6 +42,8 @@ class Config:
     inbox_prefix: Optional[str] = None
     context: Optional[str] = None
     max_jobs: int = 32
+    max_waiting: int = 128
+    clock_skew: float = 5.0
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     bklite_compat: bool = False
@@ -74,6 +76,8 @@ ENVIRONMENT = dict({name: env for name, (_context_field, env) in OPTION_SOURCES.
     "namespace": "NATSOPS_NAMESPACE",
     "name": "NATSOPS_NAME",
     "max_jobs": "NATSOPS_MAX_JOBS",
+    "max_waiting": "NATSOPS_MAX_WAITING",
+    "clock_skew": "NATSOPS_CLOCK_SKEW",
     "shutdown_grace": "NATSOPS_SHUTDOWN_GRACE",
     "log_level": "NATSOPS_LOG_LEVEL",
     "bklite_compat": "NATSOPS_BKLITE_COMPAT",
@@ -123,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
              "it is _INBOX.<NATS user name>")
     add("--context", help="natscli context name to read server and auth settings from")
     add("--max-jobs", dest="max_jobs", type=int, help="jobs run at once (default 32); more wait")
+    add("--max-waiting", dest="max_waiting", type=int,
+        help="jobs that may wait for a slot (default 128); beyond that requests are refused as busy")
+    add("--clock-skew", dest="clock_skew", type=float,
+        help="seconds this host's clock may differ from callers' when a request's expiry is checked (default 5)")
     add("--shutdown-grace", dest="shutdown_grace", type=float, help="seconds running jobs get at shutdown")
     add("--log-level", dest="log_level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add("--bklite-compat", dest="bklite_compat", action="store_true", default=None,
@@ -269,8 +277,10 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(exc.message) from None
         if not 1 <= cfg.heartbeat_interval <= 3600:
             raise ConfigError("heartbeat_interval must be between 1 and 3600 seconds")
-    if cfg.max_jobs < 1:
-        raise ConfigError("max_jobs must be at least 1")
+    if cfg.max_jobs < 1 or cfg.max_waiting < 0:
+        raise ConfigError("max_jobs must be at least 1 and max_waiting at least 0")
+    if not 0 <= cfg.clock_skew <= 3600:
+        raise ConfigError("clock_skew must be between 0 and 3600 seconds")
     if cfg.ssh_pool_size < 1 or cfg.ssh_idle_timeout <= 0 or cfg.ssh_connect_timeout <= 0:
         raise ConfigError("ssh_pool_size must be at least 1 and the ssh timeouts positive")
     try:

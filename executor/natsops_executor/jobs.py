@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Awaitable, Callable, Optional, Tuple
+from typing import Awaitable, Callable, List, Optional, Tuple
 
 from natsops_executor._wire.contract import (
-    E_BECOME, E_CHECKSUM_MISMATCH, E_SIZE_MISMATCH, E_STREAM, E_TIMEOUT, KIND_DATA, KIND_KEEPALIVE, KIND_RESULT,
+    E_BECOME, E_BECOME_TIMEOUT, E_CHECKSUM_MISMATCH, E_SIZE_MISMATCH, E_STREAM, E_TIMEOUT, KIND_DATA, KIND_KEEPALIVE, KIND_RESULT,
     STREAM_FILE, STREAM_STDERR, STREAM_STDOUT, WireError, liveness_timeout,
 )
 from natsops_executor._wire.messages import Become, Digest, ExecRequest, ExecResult, FileSummary
@@ -27,30 +27,71 @@ Write = Callable[[bytes], None]
 
 # ---------------------------------------------------------------- exec
 
+MAX_BECOME_OUTPUT = 1 << 20   # bytes an escalation command may print before it succeeds
+BECOME_DRAIN = 1.0            # seconds to wait for the rest of stderr once stdout ended during become
+
+# why privilege escalation failed (details["reason"] of become_failed / become_timeout)
+BECOME_ENDED = "premature_end"
+BECOME_DUPLICATE_PROMPT = "duplicate_prompt"
+BECOME_INCORRECT = "incorrect_password"
+BECOME_MISSING = "missing_password"
+BECOME_TIMEOUT = "timeout"
+BECOME_TOO_MUCH = "too_much_output"
+
+
 class _Become:
-    """Privilege escalation handshake, mirroring ansible's local connection."""
+    """The privilege escalation handshake, as ansible-core's own connections run it: watch both streams for the
+    password prompt (answer it once) and for the success marker; recognise the become plugin's messages for a
+    wrong or missing password. Every pattern is built here from the caller's literal texts."""
 
     def __init__(self, spec: Become) -> None:
         self.spec = spec
         self.success = spec.success.encode("utf-8")
-        self.prompt = re.compile(spec.prompt.encode("utf-8")) if spec.prompt else None
+        self.prefix = spec.prompt_prefix.strip().encode("utf-8") if spec.prompt_prefix else None
+        self.words = None
+        if spec.prompt_words:
+            alternatives = b"|".join(re.escape(w.encode("utf-8")) for w in spec.prompt_words)
+            self.words = re.compile(b"(?:" + alternatives + b")\\s*(?::|\xef\xbc\x9a)", re.IGNORECASE)
+        self.fail = [f.encode("utf-8") for f in spec.fail or ()]
+        self.missing = [m.encode("utf-8") for m in spec.missing or ()]
         self.deadline = time.monotonic() + spec.timeout
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.offsets = {STREAM_STDOUT: 0, STREAM_STDERR: 0}
         self.sent_password = False
+        self.matched_prompt = b""
+
+    @property
+    def expects_prompt(self) -> bool:
+        return self.prefix is not None or self.words is not None
+
+    def add(self, name: str, data: bytes) -> None:
+        (self.stdout if name == STREAM_STDOUT else self.stderr).extend(data)
+        if len(self.stdout) + len(self.stderr) > MAX_BECOME_OUTPUT:
+            raise self.failure(BECOME_TOO_MUCH, "privilege escalation printed more than %d bytes before it succeeded"
+                               % MAX_BECOME_OUTPUT)
 
     def succeeded(self) -> bool:
         return any(self.success in line.rstrip() for line in bytes(self.stdout).splitlines(True))
 
-    def prompted(self) -> bool:
-        if self.prompt is None:
-            return False
-        for name, buf in ((STREAM_STDOUT, self.stdout), (STREAM_STDERR, self.stderr)):
-            tail = bytes(buf[self.offsets[name]:])
-            if any(self.prompt.match(line.strip()) for line in tail.splitlines()):
-                return True
+    def _prompt_in(self, output: bytes) -> bool:
+        if self.prefix is not None:
+            return any(line.strip().startswith(self.prefix) for line in output.splitlines())
+        if self.words is not None:
+            match = self.words.search(output)
+            if match:
+                self.matched_prompt = match.group(0)
+            return bool(match)
         return False
+
+    def prompted(self) -> bool:
+        """A password prompt appeared since the last one."""
+        return any(self._prompt_in(bytes(buf[self.offsets[name]:]))
+                   for name, buf in ((STREAM_STDOUT, self.stdout), (STREAM_STDERR, self.stderr)))
+
+    def said(self, texts: List[bytes]) -> bool:
+        output = bytes(self.stdout) + bytes(self.stderr)
+        return any(text in output for text in texts)
 
     def mark_prompt_seen(self) -> None:
         self.offsets = {STREAM_STDOUT: len(self.stdout), STREAM_STDERR: len(self.stderr)}
@@ -60,18 +101,28 @@ class _Become:
         stripped the way ansible-core strips it."""
         out = re.sub(br"^.*?" + re.escape(self.success) + br"\s*", b"", bytes(self.stdout), count=1, flags=re.DOTALL)
         err = bytes(self.stderr)
-        if self.prompt is not None and self.sent_password:
-            err = re.sub(br"^.*?(?:" + self.prompt.pattern + br")\s*", b"", err, count=1, flags=re.DOTALL)
+        prompt = self.prefix or self.matched_prompt
+        if prompt and self.sent_password:
+            err = re.sub(br"^.*?" + re.escape(prompt) + br"\s*", b"", err, count=1, flags=re.DOTALL)
         return out, err
 
-    def failure(self, reason: str) -> WireError:
-        """A become_failed error quoting what the escalation command said (never the password)."""
-        details = {"stdout": bytes(self.stdout).decode("utf-8", "replace")[-4096:],
+    def failure(self, reason: str, message: str) -> WireError:
+        """become_failed (become_timeout for a timeout) with the reason and what the escalation command printed
+        (never the password)."""
+        details = {"reason": reason, "expected_prompt": self.expects_prompt, "sent_password": self.sent_password,
+                   "stdout": bytes(self.stdout).decode("utf-8", "replace")[-4096:],
                    "stderr": bytes(self.stderr).decode("utf-8", "replace")[-4096:]}
         said = (details["stderr"].strip() or details["stdout"].strip()).splitlines()[-3:]
         if said:
-            reason = "%s; it said: %s" % (reason, " / ".join(line.strip() for line in said))
-        return WireError(E_BECOME, reason, details)
+            message = "%s; it said: %s" % (message, " / ".join(line.strip() for line in said))
+        return WireError(E_BECOME_TIMEOUT if reason == BECOME_TIMEOUT else E_BECOME, message, details)
+
+    def check_refusal(self) -> None:
+        """Raise when the output so far says the password was wrong or missing."""
+        if self.sent_password and self.said(self.fail):
+            raise self.failure(BECOME_INCORRECT, "the become password was rejected")
+        if self.said(self.missing):
+            raise self.failure(BECOME_MISSING, "privilege escalation needs a password and none was given")
 
 
 async def run_command(host: Host, req: ExecRequest, stdin_data: bytes, sender: StreamSender, chunk: int) -> ExecResult:
@@ -113,6 +164,7 @@ async def supervise(req: ExecRequest, proc: Process, stdin_data: bytes, sender: 
     open_streams = 2
     last_sent = time.monotonic()
     timed_out = False
+    stdout_ended: Optional[float] = None  # when stdout ended during become
 
     async def forward(name: str, data: bytes) -> None:
         if data:
@@ -125,6 +177,8 @@ async def supervise(req: ExecRequest, proc: Process, stdin_data: bytes, sender: 
             wait = keepalive - (now - last_sent)
             if become is not None and not become_done.is_set():
                 wait = min(wait, become.deadline - now)
+                if stdout_ended is not None:
+                    wait = min(wait, stdout_ended + BECOME_DRAIN - now)
             if deadline is not None:
                 wait = min(wait, deadline - now)
             try:
@@ -134,10 +188,13 @@ async def supervise(req: ExecRequest, proc: Process, stdin_data: bytes, sender: 
                 if deadline is not None and now >= deadline:
                     timed_out = True
                     break
-                if become is not None and not become_done.is_set() and now >= become.deadline:
-                    missing = "no success marker" if become.sent_password else "no success marker and no password prompt"
-                    raise become.failure("timed out after %.0f s waiting for privilege escalation (%s)"
-                                         % (become.spec.timeout, missing)) from None
+                if become is not None and not become_done.is_set():
+                    if now >= become.deadline:
+                        missing = "no success marker" if become.sent_password else "no success marker and no password prompt"
+                        raise become.failure(BECOME_TIMEOUT, "timed out after %.0f s waiting for privilege escalation (%s)"
+                                             % (become.spec.timeout, missing)) from None
+                    if stdout_ended is not None and now >= stdout_ended + BECOME_DRAIN:
+                        raise become.failure(BECOME_ENDED, "privilege escalation ended before it succeeded") from None
                 if now - last_sent >= keepalive:
                     await sender.send(KIND_KEEPALIVE)
                     last_sent = now
@@ -146,21 +203,28 @@ async def supervise(req: ExecRequest, proc: Process, stdin_data: bytes, sender: 
                 open_streams -= 1
             if become is not None and not become_done.is_set():
                 if not data:
-                    if open_streams == 0 or name == STREAM_STDOUT:
-                        raise become.failure("privilege escalation ended before it succeeded")
+                    # stdout ended: whatever stderr still holds says why, so read it (briefly) before failing
+                    if open_streams == 0:
+                        become.check_refusal()
+                        raise become.failure(BECOME_ENDED, "privilege escalation ended before it succeeded")
+                    if name == STREAM_STDOUT:
+                        stdout_ended = time.monotonic()
                     continue
-                (become.stdout if name == STREAM_STDOUT else become.stderr).extend(data)
+                become.add(name, data)
                 if become.succeeded():
                     become_done.set()
                     out, err = become.leftovers()
                     await forward(STREAM_STDOUT, out)
                     await forward(STREAM_STDERR, err)
                     last_sent = time.monotonic()
-                elif become.prompted():
+                    continue
+                become.check_refusal()
+                if become.prompted():
                     if become.sent_password:
-                        raise become.failure("the become password was rejected (prompted again after it was sent)")
+                        raise become.failure(BECOME_DUPLICATE_PROMPT, "the become password was rejected (prompted again "
+                                                                      "after it was sent)")
                     if become.spec.password is None:
-                        raise become.failure("privilege escalation asks for a password but none was given")
+                        raise become.failure(BECOME_MISSING, "privilege escalation asks for a password but none was given")
                     become.mark_prompt_seen()
                     proc.write_password(become.spec.password.encode("utf-8") + b"\n")
                     become.sent_password = True

@@ -37,7 +37,7 @@ except ImportError as _exc:  # paramiko is a dependency of the wheel; a bare cop
     SSH_UNAVAILABLE = "SSH mode is unavailable on this executor (%s); install paramiko" % _exc
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire.contract import (
-    E_ABORTED, E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR,
+    E_ABORTED, E_BAD_REQUEST, E_BUSY, E_CHECKSUM_MISMATCH, E_EXPIRED, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR,
     KIND_REQUEST, KIND_RESULT, OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP,
     SERVICE_NAME, WireError, chunk_size, error_message, executor_metadata, pack, subject, unpack,
 )
@@ -73,13 +73,16 @@ class JobBook:
     """Job accounting for both servers (ours and BK-Lite's): every request's work runs as its own task (never in
     the subscription callback), at most ``max_jobs`` run at once (more wait), and each one is counted."""
 
-    def __init__(self, max_jobs: int) -> None:
+    def __init__(self, max_jobs: int, max_waiting: int = 128) -> None:
         self.max_jobs = max_jobs
+        self.max_waiting = max_waiting
         self._slots = asyncio.Semaphore(max_jobs)
         self._tasks: Set[asyncio.Future] = set()
         self.running = 0
+        self.waiting = 0
         self.completed = 0
         self.failed = 0
+        self.refused = 0
 
     def start(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a request's work in its own task; finish() waits for it."""
@@ -95,15 +98,25 @@ class JobBook:
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[Outcome]:
-        """A slot for one job (waits while ``max_jobs`` run); counted completed if the block set ``ok``."""
+        """A slot for one job: waits while ``max_jobs`` run, refused with ``busy`` when ``max_waiting`` already wait
+        (a flood never becomes an unbounded queue); counted completed if the block set ``ok``."""
+        if self._slots.locked() and self.waiting >= self.max_waiting:
+            self.refused += 1
+            raise WireError(E_BUSY, "the executor is busy: %d jobs run and %d wait, the most it takes; try again"
+                            % (self.running, self.waiting))
         outcome = Outcome()
         try:
-            async with self._slots:
-                self.running += 1
-                try:
-                    yield outcome
-                finally:
-                    self.running -= 1
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
+            self.running += 1
+            try:
+                yield outcome
+            finally:
+                self.running -= 1
+                self._slots.release()
         finally:
             if outcome.ok:
                 self.completed += 1
@@ -122,7 +135,8 @@ class JobBook:
             await asyncio.wait(pending, timeout=5)
 
     def stats(self) -> Dict[str, int]:
-        return {"running": self.running, "max_jobs": self.max_jobs, "completed": self.completed, "failed": self.failed}
+        return {"running": self.running, "waiting": self.waiting, "max_jobs": self.max_jobs, "completed": self.completed,
+                "failed": self.failed, "busy": self.refused}
 
 
 class _Job:
@@ -184,6 +198,28 @@ class _Job:
             await self.receiver.close()
 
 
+def reply_subject(msg: Any) -> str:
+    """Where a request's reply goes (nats micro keeps the NATS message private)."""
+    return getattr(getattr(msg, "_msg", msg), "reply", "") or ""
+
+
+async def refuse_delivery(msg: Any) -> bool:
+    """True (and the message dropped) unless it was published directly to our subject by a caller waiting for the
+    reply: a JetStream delivery (reply subject ``$JS.ACK...``) merely replays stored bytes, whoever stored them, and
+    is ended with +TERM so the server stops redelivering it; a message without a reply subject has no caller."""
+    reply = reply_subject(msg)
+    if reply and not reply.startswith("$"):
+        return False
+    log.warning("refused a message on %s that no caller sent directly (reply subject %r): %s", msg.subject, reply,
+                "a JetStream delivery; terminated" if reply.startswith("$JS.ACK.") else "not answered")
+    if reply.startswith("$JS.ACK."):
+        try:
+            await msg.respond(b"+TERM")
+        except Exception as exc:  # pylint: disable=broad-except
+            log.info("could not terminate the delivery: %s", exc)
+    return True
+
+
 async def reply_error(msg: Any, error: WireError) -> None:
     """Answer a request with an error reply (never raises)."""
     headers, body = error_message(error.code, error.message, error.details)
@@ -203,7 +239,7 @@ class Executor:
         self.nc: Any = None
         self.heartbeat: Any = None
         self.service: Any = None
-        self.book = JobBook(cfg.max_jobs)
+        self.book = JobBook(cfg.max_jobs, cfg.max_waiting)
         self.local = LocalHost()
         self.ssh: Any = None  # SSH mode: the connection pool, created at start
         self._handlers: Dict[str, Callable[[_Job, Host], Awaitable[None]]] = {
@@ -291,16 +327,32 @@ class Executor:
             raise WireError(E_SPAWN, SSH_UNAVAILABLE or "SSH mode is not running")
         return SSHHost(self.ssh, target)
 
+    def _check_expiry(self, req: Request) -> None:
+        """A request whose caller has given up is never started (``expires``, with the configured clock skew)."""
+        now = time.time()
+        if req.expires is not None and now > req.expires + self.cfg.clock_skew:
+            raise WireError(E_EXPIRED, "the request expired %.1f s ago (executor clock %s, allowed clock skew %g s): its "
+                            "caller no longer waits for it, so it was not started; if this repeats, the clocks of the "
+                            "controller and this executor disagree (check NTP)" % (
+                                now - req.expires, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                                self.cfg.clock_skew), {"expires": req.expires, "now": now})
+
     def _ref(self) -> ExecutorRef:
         return ExecutorRef(name=self.cfg.name, service_id=self.service.id, version=__version__)
 
     async def _serve(self, op: str, msg: Any) -> None:
         started = time.monotonic()
+        if await refuse_delivery(msg):
+            return
         try:
             if msg.headers and msg.headers.get(H_KIND) not in (None, KIND_REQUEST):
                 raise WireError(E_BAD_REQUEST, "expected a request message")
             doc, attachment = unpack(msg.headers, msg.data)
             req = parse_request(op, doc)
+            if req.reply_to.startswith(self.cfg.namespace + "."):
+                raise WireError(E_BAD_REQUEST, "field 'reply_to' must not be a subject of the fleet itself (%s.>)"
+                                % self.cfg.namespace)
+            self._check_expiry(req)
             host = self.host_for(req.target)
         except WireError as exc:
             log.warning("%s request on %s rejected: %s", op, msg.subject, exc)
@@ -314,6 +366,7 @@ class Executor:
         job = _Job(self.nc, msg, req, attachment, self._ref())
         try:
             async with self.book.run() as outcome:
+                self._check_expiry(req)  # waiting for a slot took time
                 await job.sender.start()
                 await self._handlers[op](job, host)
                 await job.sender.drain()

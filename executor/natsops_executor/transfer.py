@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 from typing import Any, Optional
 
 from natsops_executor import jobs
 from natsops_executor._wire.contract import (
-    E_BAD_PATH, E_CHECKSUM_MISMATCH, E_NOT_FOUND, KIND_KEEPALIVE, KIND_RESULT, WireError, object_digest_hex, sha256_of,
+    E_CHECKSUM_MISMATCH, E_NOT_FOUND, KIND_KEEPALIVE, KIND_RESULT, WireError, object_digest_hex, sha256_of,
 )
 from natsops_executor._wire.messages import Digest, FileState, FileSummary, Source, TransferRequest, TransferResult
 from natsops_executor._wire.streams import StreamSender
-from natsops_executor.hosts.base import Host, os_error
+from natsops_executor.hosts.base import Host, os_error, run_blocking
+from natsops_executor.hosts.local import open_regular_file
 
 _BLOCK = 1 << 20
 
@@ -39,16 +39,13 @@ class _Content:
     async def resolve(self) -> None:
         spec = self.spec
         if spec.object is None:
-            path = spec.path or ""
+            fd, st = open_regular_file(spec.path or "", "the source on the executor host ")
             try:
-                st = os.stat(path)
-                if not stat.S_ISREG(st.st_mode):
-                    raise WireError(E_BAD_PATH, "source %s is not a regular file" % path)
-                with open(path, "rb") as handle:
-                    self.sha256 = await asyncio.get_running_loop().run_in_executor(None, sha256_of, handle)
-                self.size = st.st_size
+                with os.fdopen(fd, "rb") as handle:
+                    self.sha256 = await run_blocking(sha256_of, handle)
             except OSError as exc:
-                raise os_error(exc, "cannot read the source %s on the executor host" % path) from exc
+                raise os_error(exc, "cannot read the source %s on the executor host" % spec.path) from exc
+            self.size = st.st_size
             return
         import nats.js.errors  # pylint: disable=import-outside-toplevel
         try:
@@ -79,10 +76,11 @@ class _Content:
                                 % self.spec.object) from None
         else:
             def copy() -> None:
-                with open(self.spec.path or "", "rb") as src:
+                fd, _st = open_regular_file(self.spec.path or "", "the source on the executor host ")
+                with os.fdopen(fd, "rb") as src:
                     for block in iter(lambda: src.read(_BLOCK), b""):
                         _Tee.write(block)
-            await asyncio.get_running_loop().run_in_executor(None, copy)
+            await run_blocking(copy)
         if digest.hexdigest() != self.sha256:
             raise WireError(E_CHECKSUM_MISMATCH, "the source changed while it was copied (sha256 %s, expected %s); "
                                                  "nothing was written" % (digest.hexdigest(), self.sha256))

@@ -342,7 +342,7 @@ EXAMPLES = r"""
 """
 
 import os
-import re
+from gettext import dgettext
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
@@ -353,12 +353,15 @@ from ansible.utils.display import Display
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.mux import MuxClient
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
-    OPTION_NAMES, WireError, validate_instance_id, validate_namespace,
+    E_BECOME, E_BECOME_TIMEOUT, OPTION_NAMES, WireError, validate_instance_id, validate_namespace,
 )
 
 display = Display()
 
 FQCN = "natsops.fleet.nats"
+# how ansible-core's connections open the message of a failed privilege escalation, by the executor's reason
+_BECOME_REASONS = {"premature_end": "Premature end of stream", "duplicate_prompt": "Duplicate become password prompt encountered",
+                   "timeout": "Timed out"}
 
 
 def _register_option_definitions():
@@ -473,39 +476,78 @@ class Connection(ConnectionBase):
         try:
             return func(*args, **kwargs)
         except ExecutorUnreachable as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message))
+            if exc.code == E_BECOME_TIMEOUT:
+                raise AnsibleConnectionFailure(self._become_failure(exc)) from None
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message)) from None
         except ExecutorTaskError as exc:
-            raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message))
+            if exc.code == E_BECOME:
+                raise AnsibleError(self._become_failure(exc)) from None
+            raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message)) from None
         except (ValueError, WireError) as exc:
             raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc))
         except OSError as exc:  # a local file (put source, fetch destination) could not be used
             raise AnsibleError("natsops.fleet.nats: %s failed on the controller: %s" % (what, exc))
 
     def _become_spec(self, in_data, sudoable):
-        """What the executor needs to escalate privileges like ansible's local connection does."""
+        """What the executor needs to escalate privileges as ansible's own connections do: the become plugin's
+        success marker, its password prompt and messages (all literal text), the password."""
         if not (sudoable and self.become and self.become._id):
             return None, False
-        spec = {"success": self.become.success, "timeout": float(self.get_option("connect_timeout"))}
+        spec = {"success": self.become.success, "timeout": float(self.get_option("connect_timeout")),
+                "fail": self._become_texts(self.become.fail), "missing": self._become_texts(self.become.missing)}
         use_pty = False
         if self.become.expect_prompt():
-            spec["prompt"] = self._become_prompt_regex()
+            spec.update(self._become_prompt())
             spec["password"] = to_text(self.become.get_option("become_pass", playcontext=self._play_context) or "")
             use_pty = in_data is None
         return spec, use_pty
 
-    def _become_prompt_regex(self):
-        prompt = self.become.prompt
-        if isinstance(prompt, str) and prompt:
-            return re.escape(prompt.strip())
-        prompts = getattr(self.become, "SU_PROMPT_LOCALIZATIONS", None)
-        if prompts:
+    def _become_texts(self, texts):
+        """The become plugin's messages, as written and as translated for its name (what check_incorrect_password
+        and check_missing_password look for)."""
+        found = []
+        for text in texts or ():
+            for variant in (to_text(text), to_text(dgettext(self.become.name, text))):
+                if variant and variant not in found:
+                    found.append(variant)
+        return found or None
+
+    def _become_prompt(self):
+        """The become plugin's password prompt: a line prefix (BecomeBase's rule, sudo), or su's words."""
+        words = getattr(self.become, "SU_PROMPT_LOCALIZATIONS", None)
+        if words:
             try:
-                prompts = self.become.get_option("prompt_l10n") or prompts
+                words = self.become.get_option("prompt_l10n") or words
             except KeyError:
                 pass
-            return r"(?i:(\w+'s )?(%s) ?(:|：) ?)" % "|".join(re.escape(p) for p in prompts)
+            return {"prompt_words": [to_text(w) for w in words]}
+        prompt = self.become.prompt
+        if isinstance(prompt, str) and prompt.strip():
+            return {"prompt_prefix": prompt.strip()}
         raise AnsibleError("natsops.fleet.nats: become method %r asks for a password in a way this connection "
                            "cannot answer; use sudo or su, or a password-less become" % self.become.name)
+
+    def _become_failure(self, exc):
+        """ansible-core's own message for a failed privilege escalation (its connections' wording), from the
+        executor's reason and what the escalation command printed."""
+        details = exc.details or {}
+        reason = details.get("reason")
+        if reason == "incorrect_password":
+            return "Incorrect %s password" % self.become.name
+        if reason == "missing_password":
+            return "Missing %s password" % self.become.name
+        opening = _BECOME_REASONS.get(reason)
+        if opening is None:
+            return "natsops.fleet.nats: privilege escalation failed (%s): %s" % (exc.code, exc.message)
+        message = "%s waiting for become success" % opening
+        if details.get("expected_prompt") and not details.get("sent_password"):
+            message += " or become password prompt"
+        message += "."
+        if details.get("stdout"):
+            message += "\n>>> Standard Output\n%s" % details["stdout"]
+        if details.get("stderr"):
+            message += "\n>>> Standard Error\n%s" % details["stderr"]
+        return message
 
     def exec_command(self, cmd, in_data=None, sudoable=True):
         super(Connection, self).exec_command(cmd, in_data=in_data, sudoable=sudoable)

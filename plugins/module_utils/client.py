@@ -133,7 +133,9 @@ class AsyncExecutorClient:
         """A request of ``cls`` for this client's target; a request the executor would refuse fails here."""
         fields = {k: v for k, v in fields.items() if v is not None}
         try:
-            return cls.new(reply_to, keepalive=self.keepalive, target=self.target, **fields)
+            # after connect_timeout this client stops waiting for the acceptance: the executor must not start it then
+            return cls.new(reply_to, keepalive=self.keepalive, target=self.target,
+                           expires=round(time.time() + self.connect_timeout, 3), **fields)
         except WireError as exc:
             raise ExecutorTaskError(exc.code, exc.message, exc.details) from None
 

@@ -22,12 +22,15 @@ class ExecutorError(WireError):
         return cls(error.code, error.message, error.details)
 
     def to_dict(self):
-        return {"code": self.code, "message": self.message, "unreachable": isinstance(self, ExecutorUnreachable)}
+        return {"code": self.code, "message": self.message, "details": self.details,
+                "unreachable": isinstance(self, ExecutorUnreachable)}
 
     @staticmethod
     def from_dict(data):
         cls = ExecutorUnreachable if data.get("unreachable") else ExecutorTaskError
-        return cls(str(data.get("code") or "internal"), str(data.get("message") or "unknown error"))
+        details = data.get("details")
+        return cls(str(data.get("code") or "internal"), str(data.get("message") or "unknown error"),
+                   details if isinstance(details, dict) else None)
 
 
 class ExecutorUnreachable(ExecutorError):

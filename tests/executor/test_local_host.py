@@ -15,7 +15,7 @@ import pytest
 
 from natsops_executor import jobs, transfer
 from natsops_executor._wire.contract import (
-    E_BAD_PATH, E_BECOME, E_CHECKSUM_MISMATCH, E_NOT_FOUND, E_SIZE_MISMATCH, E_SPAWN, E_TIMEOUT, WireError,
+    E_BAD_PATH, E_BECOME, E_BECOME_TIMEOUT, E_CHECKSUM_MISMATCH, E_NOT_FOUND, E_SIZE_MISMATCH, E_SPAWN, E_TIMEOUT, WireError,
 )
 from natsops_executor._wire.messages import Digest, ExecRequest, FileState, FileSummary, TransferRequest
 from natsops_executor.hosts.local import LocalHost
@@ -73,26 +73,79 @@ async def test_timeout_kills_the_whole_process_group(sender, tmp_path):
         pytest.fail("the background child %d of the timed-out command survived" % child)
 
 
-# a stand-in for sudo: asks for a password on stderr, checks it, prints the success marker, runs the rest
-_BECOME = ("import sys; sys.stderr.write('[sudo] password: '); sys.stderr.flush(); "
-           "ok = sys.stdin.readline().strip() == 'right'; print('BECOME-OK' if ok else 'Sorry'); sys.stdout.flush(); "
-           "sys.exit(0 if ok else 1)")
+# a stand-in for sudo: asks for a password on stderr; a wrong one gets sudo's "Sorry, try again." and a new prompt
+_SUDO = ("import os, sys\n"
+         "for attempt in range(3):\n"
+         "    sys.stderr.write('[sudo] password: '); sys.stderr.flush()\n"
+         "    if sys.stdin.readline().strip() == 'right':\n"
+         "        os.write(1, b'BECOME-OK\\n'); break\n"
+         "    sys.stderr.write('Sorry, try again.\\n'); sys.stderr.flush()\n"
+         "else:\n"
+         "    sys.exit(1)\n")
+_SUDO_SPEC = {"success": "BECOME-OK", "prompt_prefix": "[sudo] password:", "fail": ["Sorry, try again."],
+              "missing": ["sudo: a password is required"], "timeout": 5}
 
 
 async def test_become_answers_the_prompt_and_strips_the_handshake(sender):
-    req = _exec(argv=[sys.executable, "-c", _BECOME + "; print('task output')"], pty=False,
-                become={"success": "BECOME-OK", "prompt": r"\[sudo\] password:", "password": "right", "timeout": 5})
+    req = _exec(argv=[sys.executable, "-c", _SUDO + "print('task output')"], become=dict(_SUDO_SPEC, password="right"))
     result = await jobs.run_command(HOST, req, b"", sender, CHUNK)
     assert result.rc == 0, sender.events
-    assert b"BECOME-OK" not in sender.data("stdout") and b"password" not in sender.data("stderr")
+    assert sender.data("stdout") == b"task output\n" and b"password" not in sender.data("stderr")
 
 
-async def test_become_with_a_wrong_password_fails_without_echoing_it(sender):
-    req = _exec(argv=[sys.executable, "-c", _BECOME + "; import time; time.sleep(5)"],
-                become={"success": "BECOME-OK", "prompt": r"\[sudo\] password:", "password": "wrong-secret", "timeout": 3})
+async def test_a_wrong_become_password_is_reported_as_such_and_never_echoed(sender):
+    req = _exec(argv=[sys.executable, "-c", _SUDO], become=dict(_SUDO_SPEC, password="wrong-secret"))
     with pytest.raises(WireError) as info:
         await jobs.run_command(HOST, req, b"", sender, CHUNK)
-    assert info.value.code == E_BECOME and "wrong-secret" not in str(info.value) + repr(info.value.details)
+    assert info.value.code == E_BECOME and info.value.details["reason"] == "incorrect_password"
+    assert "wrong-secret" not in str(info.value) + repr(info.value.details)
+
+
+@pytest.mark.parametrize("script, reason", [
+    ("import sys; sys.stderr.write('sudo: a password is required\\n')", "missing_password"),
+    ("import sys; sys.stderr.write('[sudo] password: '); sys.stderr.flush()", "missing_password"),
+])
+async def test_a_missing_become_password(sender, script, reason):
+    req = _exec(argv=[sys.executable, "-c", script], become=dict(_SUDO_SPEC))
+    with pytest.raises(WireError) as info:
+        await jobs.run_command(HOST, req, b"", sender, CHUNK)
+    assert info.value.code == E_BECOME and info.value.details["reason"] == reason
+
+
+async def test_an_escalation_that_ends_early_keeps_its_reason(sender):
+    # like sudo failing to chdir: the reason is on stderr, after stdout closed
+    script = "import os, sys, time; os.close(1); time.sleep(0.2); sys.stderr.write('cd: can\\'t cd to /nonexistent_dir\\n')"
+    for _attempt in range(5):
+        req = _exec(argv=[sys.executable, "-c", script], become={"success": "BECOME-OK", "timeout": 5})
+        with pytest.raises(WireError) as info:
+            await jobs.run_command(HOST, req, b"", sender, CHUNK)
+        assert info.value.details["reason"] == "premature_end" and "nonexistent_dir" in info.value.details["stderr"]
+
+
+async def test_a_become_timeout_is_its_own_code(sender):
+    req = _exec(argv=[sys.executable, "-c", "import time; time.sleep(10)"], become={"success": "BECOME-OK", "timeout": 0.5})
+    with pytest.raises(WireError) as info:
+        await jobs.run_command(HOST, req, b"", sender, CHUNK)
+    assert info.value.code == E_BECOME_TIMEOUT and info.value.details["reason"] == "timeout"
+
+
+@pytest.mark.parametrize("prompt", ["Password:", "Passwort:", "Mot de passe :", "密码：", "root's Password: "])
+async def test_su_prompts_in_every_language(sender, prompt):
+    script = ("import sys; sys.stdout.write(%r); sys.stdout.flush(); "
+              "print('BECOME-OK' if sys.stdin.readline().strip() == 'pw' else 'Authentication failure')" % prompt)
+    req = _exec(argv=[sys.executable, "-c", script], become={
+        "success": "BECOME-OK", "prompt_words": ["Password", "Passwort", "Mot de passe", "密码"], "password": "pw", "timeout": 5})
+    assert (await jobs.run_command(HOST, req, b"", sender, CHUNK)).rc == 0
+
+
+async def test_a_hostile_prompt_costs_nothing(sender):
+    # the words are literal text: a would-be regular expression is just a string that never appears
+    started = time.monotonic()
+    req = _exec(argv=[sys.executable, "-c", "print('a' * 27)"], become={
+        "success": "BECOME-OK", "prompt_words": ["(a+)+$"], "password": "pw", "timeout": 2})
+    with pytest.raises(WireError):
+        await jobs.run_command(HOST, req, b"", sender, CHUNK)
+    assert time.monotonic() - started < 2
 
 
 def _listing(path):

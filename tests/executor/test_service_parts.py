@@ -33,7 +33,29 @@ async def test_job_book_bounds_and_counts_jobs():
     assert book.running == 2  # the third waits for a slot
     gate.set()
     await book.finish(5)
-    assert max(peak) == 2 and book.stats() == {"running": 0, "max_jobs": 2, "completed": 2, "failed": 1}
+    assert max(peak) == 2 and book.stats() == {"running": 0, "waiting": 0, "max_jobs": 2, "completed": 2, "failed": 1,
+                                               "busy": 0}
+
+
+async def test_a_flood_is_refused_as_busy_not_queued_without_end():
+    book = JobBook(max_jobs=1, max_waiting=2)
+    gate = asyncio.Event()
+    outcomes = []
+
+    async def job():
+        try:
+            async with book.run():
+                await gate.wait()
+            outcomes.append("ran")
+        except WireError as exc:
+            outcomes.append(exc.code)
+
+    for _job in range(5):
+        book.start(job())
+    await asyncio.sleep(0.05)
+    gate.set()
+    await book.finish(5)
+    assert sorted(outcomes) == ["busy", "busy", "ran", "ran", "ran"] and book.stats()["busy"] == 2
 
 
 async def test_a_job_that_raises_is_counted_failed():

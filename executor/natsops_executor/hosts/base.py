@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import errno
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from natsops_executor._wire.contract import E_BAD_PATH, E_IO, E_NOT_FOUND, E_PERMISSION, WireError
 from natsops_executor._wire.messages import ExecRequest, FileState, FileSummary
@@ -21,6 +22,16 @@ DRAIN_AFTER_KILL = 2.0  # seconds to wait for pipes to close once the group is d
 
 _ERRNO_CODES = {errno.ENOENT: E_NOT_FOUND, errno.EACCES: E_PERMISSION, errno.EPERM: E_PERMISSION,
                 errno.EISDIR: E_BAD_PATH, errno.ENOTDIR: E_BAD_PATH}
+
+
+# File work of this host (hashing, reading) runs in threads of its own, never in the event loop; the pool is
+# bounded, so a flood of file requests waits here instead of starving everything else of threads.
+_FILE_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="natsops-file")
+
+
+async def run_blocking(func: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking file work of this host in the file threads."""
+    return await asyncio.get_running_loop().run_in_executor(_FILE_THREADS, func, *args)
 
 
 def os_error(exc: OSError, what: str) -> WireError:

@@ -13,12 +13,14 @@ import pty
 import signal
 import stat
 import termios
-from typing import Optional
+from typing import Optional, Tuple
 
 from natsops_executor._wire.atomic import AtomicFile
 from natsops_executor._wire.contract import E_BAD_PATH, E_NOT_FOUND, E_SPAWN, WireError, sha256_of
 from natsops_executor._wire.messages import ExecRequest, FileState, FileSummary
-from natsops_executor.hosts.base import DRAIN_AFTER_KILL, KILL_GRACE, Host, Landing, Process, SourceFile, os_error
+from natsops_executor.hosts.base import (
+    DRAIN_AFTER_KILL, KILL_GRACE, Host, Landing, Process, SourceFile, os_error, run_blocking,
+)
 
 log = logging.getLogger("natsops_executor")
 
@@ -127,7 +129,7 @@ class LocalFile(SourceFile):
 
     async def read(self, count: int) -> bytes:
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, os.read, self._fd, count)
+            return await run_blocking(os.read, self._fd, count)
         except OSError as exc:
             raise os_error(exc, "read failed") from exc
 
@@ -137,18 +139,32 @@ class LocalFile(SourceFile):
             self._fd = None
 
 
-def _file_state(path: str) -> Optional[FileState]:
-    """Blocking: (sha256, mode) of a regular file, None when absent."""
+def open_regular_file(path: str, what: str = "") -> Tuple[int, os.stat_result]:
+    """Open ``path`` for reading without ever blocking (a FIFO or a device would wait for a writer, or worse) and
+    return (fd, stat) when it is a regular file; WireError(bad_path) for anything else."""
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
-        raise os_error(exc, "cannot check %s" % path) from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
+        raise os_error(exc, "cannot open %s%s" % (what, path)) from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise WireError(E_BAD_PATH, "%s%s is %s" % (what, path, kind))
+    os.set_blocking(fd, True)
+    return fd, st
+
+
+def _file_state(path: str) -> Optional[FileState]:
+    """Blocking (run in a thread): (sha256, mode) of a regular file, None when absent."""
     try:
-        with open(path, "rb") as handle:
+        fd, st = open_regular_file(path, "destination ")
+    except WireError as exc:
+        if exc.code == E_NOT_FOUND:
+            return None
+        raise
+    try:
+        with os.fdopen(fd, "rb") as handle:
             return FileState(sha256=sha256_of(handle), mode=stat.S_IMODE(st.st_mode))
     except OSError as exc:
         raise os_error(exc, "cannot read %s" % path) from exc
@@ -185,23 +201,24 @@ class LocalHost(Host):
         parent = os.path.dirname(path) or "/"
         if not os.path.isdir(parent):
             raise WireError(E_NOT_FOUND, "destination directory %s does not exist" % parent)
-        if os.path.isdir(path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise os_error(exc, "cannot check %s" % path) from exc
+        if st is not None and stat.S_ISDIR(st.st_mode):
             raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise WireError(E_BAD_PATH, "destination %s is not a regular file" % path)
         return LocalLanding(path)
 
     async def open_file(self, path: str) -> SourceFile:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise os_error(exc, "cannot open %s" % path) from exc
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise WireError(E_BAD_PATH, "%s is not a regular file" % path)
+        fd, st = open_regular_file(path)
         return LocalFile(fd, st.st_size, stat.S_IMODE(st.st_mode))
 
     async def state(self, path: str) -> Optional[FileState]:
-        return await asyncio.get_running_loop().run_in_executor(None, _file_state, path)
+        return await run_blocking(_file_state, path)
 
     async def chmod(self, path: str, mode: int) -> None:
         try:

@@ -222,11 +222,15 @@ def _check_destination(sftp: paramiko.SFTPClient, path: str) -> None:
             raise WireError(E_NOT_FOUND, "destination directory %s does not exist" % parent) from None
         raise _sftp_error(exc, "cannot check %s" % parent) from exc
     try:
-        if stat.S_ISDIR(sftp.stat(path).st_mode):
-            raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
+        mode = sftp.stat(path).st_mode
     except IOError as exc:
         if not _missing(exc):
             raise _sftp_error(exc, "cannot check %s" % path) from exc
+        return
+    if stat.S_ISDIR(mode):
+        raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
+    if not stat.S_ISREG(mode):
+        raise WireError(E_BAD_PATH, "destination %s is not a regular file" % path)
 
 
 def _upload(sftp: paramiko.SFTPClient, spool: BinaryIO, path: str, mode: Optional[int],
@@ -319,6 +323,8 @@ def _remote_state(sftp: paramiko.SFTPClient, path: str) -> Optional[FileState]:
         raise WireError(E_IO, "cannot check %s: %s" % (path, exc)) from exc
     if stat.S_ISDIR(st.st_mode):
         raise WireError(E_BAD_PATH, "destination %s is a directory" % path)
+    if not stat.S_ISREG(st.st_mode):
+        raise WireError(E_BAD_PATH, "destination %s is not a regular file" % path)
     with sftp.open(path, "rb") as handle:
         handle.prefetch(st.st_size)
         return FileState(sha256=sha256_of(handle), mode=stat.S_IMODE(st.st_mode))

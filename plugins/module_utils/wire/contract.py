@@ -18,8 +18,8 @@ import json
 from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Tuple
 
 from .names import (  # re-exported: callers take the names and the framing from here  # noqa: F401  pylint: disable=unused-import
-    ALL_INSTANCES, DEFAULT_NAMESPACE, ERROR_CODES, E_ABORTED, E_BAD_INSTANCE, E_BAD_JSON, E_BAD_PATH, E_BAD_REQUEST,
-    E_BECOME, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_INTERNAL, E_IO, E_NOT_FOUND, E_NO_RESPONDERS,
+    ALL_INSTANCES, DEFAULT_NAMESPACE, ERROR_CODES, E_ABORTED, E_BUSY, E_EXPIRED, E_BAD_INSTANCE, E_BAD_JSON, E_BAD_PATH, E_BAD_REQUEST,
+    E_BECOME, E_BECOME_TIMEOUT, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_INTERNAL, E_IO, E_NOT_FOUND, E_NO_RESPONDERS,
     E_PERMISSION, E_SIZE_MISMATCH, E_SPAWN, E_STREAM, E_TIMEOUT, E_TOO_LARGE, E_UNSUPPORTED_VERSION, OPERATIONS,
     OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, subject, validate_instance_id,
     validate_namespace, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH, UNREACHABLE_CODES, SSH_STAGES,
@@ -46,6 +46,7 @@ STREAM_FILE = "file"
 
 # Sizes and timings.
 MAX_REQUEST_JSON = 256 * 1024          # the JSON part of any request
+MAX_JSON_DEPTH = 16                    # nesting of any message's JSON document (requests need 3)
 MAX_CHUNK = 512 * 1024
 MIN_CHUNK = 16 * 1024
 FRAME_OVERHEAD = 8 * 1024              # room for headers and the reply subject
@@ -130,12 +131,36 @@ def unpack(headers: Optional[Mapping[str, str]], body: bytes,
     if len(json_part) > max_json:
         raise WireError(E_TOO_LARGE, "request document is %d bytes; the limit is %d" % (len(json_part), max_json))
     try:
-        document = json.loads(json_part.decode("utf-8"))
+        document = json.loads(json_part.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        raise WireError(E_BAD_JSON, "body nests deeper than %d levels" % MAX_JSON_DEPTH) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireError(E_BAD_JSON, "body is not valid UTF-8 JSON: %s" % exc) from None
     if not isinstance(document, dict):
         raise WireError(E_BAD_JSON, "body must be a JSON object, got %s" % type(document).__name__)
+    if _depth(document) > MAX_JSON_DEPTH:
+        raise WireError(E_BAD_JSON, "body nests deeper than %d levels" % MAX_JSON_DEPTH)
     return document, attachment
+
+
+def _no_constant(name: str) -> Any:
+    """json.loads takes NaN and Infinity, which are not JSON: refuse them."""
+    raise ValueError("%s is not a JSON number" % name)
+
+
+def _depth(document: Any) -> int:
+    """How deeply a decoded JSON value nests (iteratively: no recursion on hostile input)."""
+    deepest = 0
+    pending = [(document, 1)]
+    while pending:
+        value, level = pending.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                pending.extend((item, level + 1) for item in value if isinstance(item, (dict, list)))
+    return deepest
 
 
 def parse_seq(headers: Optional[Mapping[str, str]]) -> int:

@@ -30,7 +30,11 @@ from .names import (
 
 DEFAULT_KEEPALIVE = 1.0                # seconds between executor keepalives
 MAX_EXEC_STDIN = 256 * 1024 * 1024     # module payloads; files go through put
+MAX_FILE_SIZE = 1 << 50                # what any size field may say
+MAX_TIMEOUT = 30 * 86400               # seconds an exec may be given
+MAX_TEXTS = 64                         # entries of a list of literal texts (become prompts, ...)
 MAX_MODE = 0o7777
+MAX_SUBJECT = 512
 
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _M = TypeVar("_M", bound="Message")
@@ -70,6 +74,38 @@ def _destination_problems(where: str, path: str, sha256: Optional[str], mode: Op
     if mode is not None and not 0 <= mode <= MAX_MODE:
         problems.append("%s: 'mode' must be between 0 and 0o7777" % where)
     return problems
+
+
+def _text_problems(value: Any) -> List[str]:
+    """Strings on the wire (also inside lists and maps) hold no NUL and no lone surrogate: they end up in argv,
+    environments, paths and log lines, where either would fail (or lie) far from here."""
+    if isinstance(value, dict):
+        texts = [t for item in value.items() for t in item]
+    elif isinstance(value, list):
+        texts = value
+    else:
+        texts = [value]
+    for text in texts:
+        if isinstance(text, str):
+            if "\x00" in text:
+                return ["contains a NUL character"]
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return ["is not valid Unicode (a lone surrogate)"]
+    return []
+
+
+def subject_problems(value: str, where: str) -> List[str]:
+    """A subject something is published to: dot-separated tokens of printable non-space characters, no wildcards,
+    nothing below '$' (the server's own APIs: JetStream, KV, micro services)."""
+    if not value or len(value) > MAX_SUBJECT or value.startswith("$"):
+        return ["%s must be a subject of up to %d characters outside '$' APIs" % (where, MAX_SUBJECT)]
+    for token in value.split("."):
+        if not token or token in ("*", ">") or any(c.isspace() or not c.isprintable() for c in token):
+            return ["%s must be a plain subject: dot-separated tokens without whitespace, control characters or "
+                    "wildcards" % where]
+    return []
 
 
 # ---------------------------------------------------------------- the machinery
@@ -137,6 +173,8 @@ class Message:
                 # bool is an int in Python: never accept it where a number is meant
                 problems.append("%s: field %r must be %s, got %s" % (
                     self.WHERE, name, "/".join(t.__name__ for t in types), type(value).__name__))
+            else:
+                problems.extend("%s: field %r %s" % (self.WHERE, name, p) for p in _text_problems(value))
         return problems
 
     @classmethod
@@ -191,7 +229,7 @@ class FileSummary(Message):
     sha256: str = REQUIRED
 
     def problems(self) -> List[str]:
-        problems = [] if self.size >= 0 else ["%s: size must be >= 0" % self.WHERE]
+        problems = [] if 0 <= self.size <= MAX_FILE_SIZE else ["%s: size must be 0..%d" % (self.WHERE, MAX_FILE_SIZE)]
         return problems + _sha256_problems(self.sha256, "%s: sha256" % self.WHERE)
 
 
@@ -221,22 +259,35 @@ class Digest:
 
 @dataclasses.dataclass(frozen=True)
 class Become(Message):
-    """Privilege escalation of an exec: the success marker, the password prompt and its answer."""
+    """Privilege escalation of an exec, as the caller's become plugin defines it: the success marker, the password
+    prompt, its answer, and what the escalation command prints for a wrong or a missing password.
+
+    Everything is literal text (the executor builds its own patterns from it), so no caller can make the executor
+    run an expensive regular expression. The prompt is either ``prompt_prefix`` (a line starting with it: sudo and
+    most become plugins) or ``prompt_words`` (one of these words followed by a colon, anywhere, in any case: su and
+    its translations)."""
 
     WHERE: ClassVar[str] = "become"
     SECRETS: ClassVar[Tuple[str, ...]] = ("password",)
     success: str = REQUIRED
-    prompt: Optional[str] = None      # a regular expression matched at the start of an output line
+    prompt_prefix: Optional[str] = None
+    prompt_words: Optional[List[str]] = None
+    fail: Optional[List[str]] = None       # printed after a wrong password ("Sorry, try again.")
+    missing: Optional[List[str]] = None    # printed when a password is needed but none was given
     password: Optional[str] = _secret()
     timeout: float = 10
 
     def problems(self) -> List[str]:
         problems = []
-        if self.prompt is not None:
-            try:
-                re.compile(self.prompt)
-            except re.error as exc:
-                problems.append("%s: prompt is not a valid regular expression: %s" % (self.WHERE, exc))
+        if not self.success.strip():
+            problems.append("%s: success must not be empty" % self.WHERE)
+        if self.prompt_prefix is not None and self.prompt_words is not None:
+            problems.append("%s: give prompt_prefix or prompt_words, not both" % self.WHERE)
+        for name in ("prompt_words", "fail", "missing"):
+            texts = getattr(self, name)
+            if texts is not None and (len(texts) > MAX_TEXTS or not all(isinstance(t, str) and 0 < len(t) <= 256 for t in texts)):
+                problems.append("%s: %s must be at most %d non-empty strings of up to 256 characters"
+                                % (self.WHERE, name, MAX_TEXTS))
         if not 0 < self.timeout <= 600:
             problems.append("%s: timeout must be in (0, 600] seconds" % self.WHERE)
         return problems
@@ -316,6 +367,7 @@ class Request(Message):
     reply_to: str = REQUIRED
     keepalive: float = DEFAULT_KEEPALIVE
     target: Optional[Target] = None
+    expires: Optional[float] = None        # unix time after which the caller no longer waits: never start it then
 
     @classmethod
     def new(cls: Type[_M], reply_to: str, **fields: Any) -> _M:
@@ -332,12 +384,13 @@ class Request(Message):
         problems = []
         if self.op != self.OP:
             problems.append("field 'op' is %r but the request was sent to the %r subject" % (self.op, self.OP))
-        if not self.id or len(self.id) > 128:
-            problems.append("field 'id' must be 1-128 characters")
-        if not self.reply_to or any(c.isspace() or c in "*>" for c in self.reply_to):
-            problems.append("field 'reply_to' must be a plain subject")
+        if not self.id or len(self.id) > 128 or not self.id.isprintable():
+            problems.append("field 'id' must be 1-128 printable characters")
+        problems.extend(subject_problems(self.reply_to, "field 'reply_to'"))
         if not 0.1 <= self.keepalive <= 60:
             problems.append("field 'keepalive' must be between 0.1 and 60 seconds")
+        if self.expires is not None and not 0 < self.expires < 1e11:
+            problems.append("field 'expires' must be a unix time")
         return problems
 
     def on(self) -> str:
@@ -370,8 +423,12 @@ class ExecRequest(Request):
             problems.append("%s: 'argv' must be a non-empty list of strings" % where)
         if self.env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             problems.append("%s: 'env' must map strings to strings" % where)
+        elif self.env is not None and not all(k and "=" not in k for k in self.env):
+            problems.append("%s: 'env' names must be non-empty and without '='" % where)
         if self.timeout < 0:
             problems.append("%s: 'timeout' must be >= 0" % where)
+        elif self.timeout > MAX_TIMEOUT:
+            problems.append("%s: 'timeout' must be at most %d seconds" % (where, MAX_TIMEOUT))
         if self.cwd is not None:
             problems.extend(path_problems(self.cwd, "%s: 'cwd'" % where))
         if self.stdin is not None and self.stdin.size > MAX_EXEC_STDIN:
@@ -396,8 +453,8 @@ class PutRequest(Request):
 
     def problems(self) -> List[str]:
         problems = super().problems() + _destination_problems(self.WHERE, self.path, self.sha256, self.mode)
-        if self.size < 0:
-            problems.append("%s: 'size' must be >= 0" % self.WHERE)
+        if not 0 <= self.size <= MAX_FILE_SIZE:
+            problems.append("%s: 'size' must be >= 0 (and at most %d)" % (self.WHERE, MAX_FILE_SIZE))
         return problems
 
     def summary(self) -> FileSummary:

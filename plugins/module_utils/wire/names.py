@@ -63,9 +63,12 @@ E_SIZE_MISMATCH = "size_mismatch"
 E_CHECKSUM_MISMATCH = "checksum_mismatch"
 E_STREAM = "stream_error"
 E_TIMEOUT = "timeout"
-E_BECOME = "become_failed"
+E_BECOME = "become_failed"             # details.reason: premature_end, duplicate_prompt, incorrect_password, ...
+E_BECOME_TIMEOUT = "become_timeout"    # no success marker in time: the host is unreachable, as with ssh and local
 E_SPAWN = "spawn_failed"
 E_ABORTED = "aborted"
+E_BUSY = "busy"                        # the executor runs and queues all it may: try again later
+E_EXPIRED = "expired"                  # the request's caller gave up before it could start; it did not run
 E_INTERNAL = "internal"
 # SSH mode (the executor reaches the target host over SSH); details carry "stage", one of SSH_STAGES.
 E_TARGET_UNREACHABLE = "target_unreachable"   # TCP connect or SSH handshake failed
@@ -79,11 +82,12 @@ E_CONNECT = "connect_failed"
 ERROR_CODES = (
     E_BAD_JSON, E_BAD_REQUEST, E_BAD_INSTANCE, E_BAD_PATH, E_TOO_LARGE, E_UNSUPPORTED_VERSION,
     E_NOT_FOUND, E_PERMISSION, E_IO, E_SIZE_MISMATCH, E_CHECKSUM_MISMATCH, E_STREAM, E_TIMEOUT,
-    E_BECOME, E_SPAWN, E_ABORTED, E_INTERNAL, E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT,
+    E_BECOME, E_BECOME_TIMEOUT, E_SPAWN, E_ABORTED, E_BUSY, E_EXPIRED, E_INTERNAL, E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT,
     E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH,
 )
 # Errors that mean "the host could not be reached" (Ansible: unreachable) rather than "the task failed".
-UNREACHABLE_CODES = (E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH)
+UNREACHABLE_CODES = (E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH,
+                     E_BECOME_TIMEOUT)
 SSH_STAGES = ("tcp_connect", "handshake", "host_key", "auth", "session", "sftp")
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
