@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import shutil
@@ -45,6 +46,7 @@ except ImportError:  # without paramiko: local subjects only (service.py says so
     sshpool = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from natsops_executor.audit import AuditTrail
     from natsops_executor.service import JobBook
 
 log = logging.getLogger("natsops_executor")
@@ -81,6 +83,21 @@ class _Capture:
 
     def output(self) -> str:
         return bk.capped_output(self.kept["stdout"], self.kept["stderr"], self.dropped)
+
+
+def _audited(body: bytes) -> Dict[str, Any]:
+    """What an audit record says of a BK-Lite request: its command or paths and target, never credentials."""
+    try:
+        doc = json.loads(body.decode("utf-8"))["args"][0]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    fields = {k: doc.get(k) for k in ("command", "source_path", "target_path", "zip_path", "dest_dir", "file_key")
+              if isinstance(doc.get(k), str)}
+    if isinstance(doc.get("host"), str):
+        fields["target"] = "%s@%s:%s" % (doc.get("user"), doc.get("host"), doc.get("port") or 22)
+    return fields
 
 
 def _exec_request(timeout: float, command: Optional[str] = None, argv: Optional[List[str]] = None,
@@ -148,8 +165,9 @@ class CompatServer:
     (``host_for``) and its job accounting (``book``)."""
 
     def __init__(self, nc: Any, host_for: Callable[[Optional[Target]], Host], book: "JobBook",
-                 instances: List[str]) -> None:
+                 instances: List[str], audit: "AuditTrail") -> None:
         self.nc = nc
+        self.audit = audit
         self.host_for = host_for
         self.book = book
         self.instances = instances
@@ -192,6 +210,9 @@ class CompatServer:
             log.exception("bklite %s crashed", method)
             doc = bk.reply(instance_id, error=bk.BkliteError(bk.EXECUTION_FAILURE, "executor error: %r" % exc))
         finally:
+            if doc is not None and method != bk.HEALTH_CHECK:
+                self.audit.record(instance_id, "bklite:" + method, "ok" if doc.get("success") else "failed",
+                                  code=doc.get("code"), message=doc.get("error"), **_audited(msg.data))
             if doc is not None:
                 log.info("bklite %s on %s: %s%s %.3fs", method, instance_id, "ok" if doc.get("success") else doc.get("code"),
                          "" if doc.get("success") else " (%s)" % doc.get("error", "")[:200], time.monotonic() - started)

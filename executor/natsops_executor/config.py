@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Mapping, Optional
 import yaml
 
 from natsops_executor._wire import connect as wire_connect
+from natsops_executor._wire import signing
 from natsops_executor._wire.contract import DEFAULT_NAMESPACE, WireError, validate_instance_id, validate_namespace
-from natsops_executor._wire.names import OPTION_SOURCES, validate_probe_id
+from natsops_executor._wire.names import ALL_INSTANCES, OPTION_SOURCES, validate_probe_id
 
 
 class ConfigError(Exception):
@@ -56,10 +57,18 @@ class Config:
     register: bool = False
     zone: Optional[str] = None
     heartbeat_interval: float = 30.0
+    trusted_signers: Optional[Dict[str, List[str]]] = None
+    require_signatures: Optional[bool] = None
+    signing_key: Optional[str] = None
 
     def nats_options(self) -> Dict[str, Any]:
         """The NATS connection options, by their names in the wire contract."""
         return {k: getattr(self, k) for k in wire_connect.OPTION_NAMES}
+
+    def result_key(self) -> Optional[signing.SigningKey]:
+        """The key this executor signs its replies with: ``signing_key``, else the seed it authenticates with."""
+        path = self.signing_key or self.nkey or self.creds
+        return signing.SigningKey.from_file(path) if path else None
 
     def ssh_settings(self) -> Any:
         """SSH mode settings; loads identities and known_hosts (ValueError when they are unusable)."""
@@ -90,12 +99,16 @@ ENVIRONMENT = dict({name: env for name, (_context_field, env) in OPTION_SOURCES.
     "register": "NATSOPS_REGISTER",
     "zone": "NATSOPS_ZONE",
     "heartbeat_interval": "NATSOPS_HEARTBEAT_INTERVAL",
+    "trusted_signers": "NATSOPS_TRUSTED_SIGNERS",
+    "require_signatures": "NATSOPS_REQUIRE_SIGNATURES",
+    "signing_key": "NATSOPS_SIGNING_KEY",
 })
 LIST_KEYS = ("servers", "instances")
 DICT_KEYS = ("ssh_identities",)
+SIGNER_KEYS = ("trusted_signers",)
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # the scalar type each option is coerced to (lists and name maps: LIST_KEYS, DICT_KEYS)
-_TYPES = {name: next((t for t in (bool, int, float) if hint is t), str)
+_TYPES = {name: next((t for t in (bool, int, float) if hint is t or hint == Optional[t]), str)
           for name, hint in typing.get_type_hints(Config).items()}
 
 
@@ -150,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--zone", help="zone name put in the registry record (with --register)")
     add("--heartbeat-interval", dest="heartbeat_interval", type=float,
         help="seconds between registry heartbeats (default 30; the bucket's TTL should be a few of them)")
+    add("--trusted-signer", dest="trusted_signers", action="append", metavar="[INSTANCE=]PUBLIC_KEY",
+        help="an NKey public key (U...) whose signed requests this executor runs (repeatable); INSTANCE= limits it "
+             "to one instance id; with trusted signers, unsigned requests are refused")
+    add("--require-signatures", dest="require_signatures", action="store_true", default=None,
+        help="refuse unsigned requests (the default as soon as a trusted signer is configured)")
+    add("--signing-key", dest="signing_key", metavar="FILE",
+        help="NKey seed this executor signs its replies with, so callers can pin it (default: the seed of --nkey "
+             "or --creds)")
     add("--check-config", dest="check_config", action="store_true",
         help="validate the configuration (flags, environment, --config file) and exit: 0 if usable, 2 if not")
     add("--version", action="store_true", help="print the version and exit")
@@ -190,6 +211,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     try:
         if key in DICT_KEYS:
             return _name_map(value)
+        if key in SIGNER_KEYS:
+            return _signer_map(value)
         if key in LIST_KEYS:
             if isinstance(value, str):
                 items = value.split(",") if key == "instances" else value.replace(",", " ").split()
@@ -209,6 +232,28 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return None if value is None else str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError("option %s from %s has a bad value %r: %s" % (key, source, value, exc)) from None
+
+
+def _signer_map(value: Any) -> Dict[str, List[str]]:
+    """Trusted signers as {instance id or '*': [public keys]}, from KEY / INSTANCE=KEY items (a list, or a
+    comma-separated string) or a mapping of instance ids to a key or a list of keys."""
+    if isinstance(value, dict):
+        pairs = [(str(inst), str(key)) for inst, keys in value.items()
+                 for key in (keys if isinstance(keys, (list, tuple)) else [keys])]
+    else:
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)):
+            raise TypeError("a list of public keys (KEY or INSTANCE=KEY), or a mapping of instance ids to keys")
+        pairs = []
+        for item in value:
+            inst, sep, key = str(item).strip().rpartition("=")
+            pairs.append((inst.strip() if sep else ALL_INSTANCES, key.strip()))
+    signers: Dict[str, List[str]] = {}
+    for inst, key in pairs:
+        if key and key not in signers.setdefault(inst, []):
+            signers[inst].append(key)
+    return signers
 
 
 def _name_map(value: Any) -> Dict[str, str]:
@@ -244,6 +289,28 @@ def load(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     cfg = Config(servers=merged.pop("servers", None) or [wire_connect.DEFAULT_SERVER],
                  instances=merged.pop("instances", None) or [], **merged)
     return validate(cfg)
+
+
+def _validate_trust(cfg: Config) -> None:
+    """Trusted signers are NKey public keys for instance ids this executor serves; signatures can be required only
+    with someone to trust; the signing key can be read (it is loaded again at start)."""
+    signers = cfg.trusted_signers or {}
+    for inst, keys in signers.items():
+        if inst != ALL_INSTANCES and inst not in cfg.instances and ALL_INSTANCES not in cfg.instances:
+            raise ConfigError("trusted signers are given for instance id %r, which this executor does not serve" % inst)
+        for key in keys:
+            problems = signing.public_key_problems(key)
+            if problems:
+                raise ConfigError("trusted signer: %s" % problems[0])
+    if cfg.require_signatures is None:
+        cfg.require_signatures = bool(signers)
+    elif cfg.require_signatures and not signers:
+        raise ConfigError("require_signatures is on but no trusted signer is configured: add --trusted-signer "
+                          "PUBLIC_KEY (the controller's NKey public key)")
+    try:
+        cfg.result_key()
+    except signing.SigningError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def validate(cfg: Config) -> Config:
@@ -283,6 +350,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("clock_skew must be between 0 and 3600 seconds")
     if cfg.ssh_pool_size < 1 or cfg.ssh_idle_timeout <= 0 or cfg.ssh_connect_timeout <= 0:
         raise ConfigError("ssh_pool_size must be at least 1 and the ssh timeouts positive")
+    _validate_trust(cfg)
     try:
         cfg.ssh_settings()  # known_hosts and identity files are read now: a bad one stops the start
     except ValueError as exc:

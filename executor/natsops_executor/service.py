@@ -28,6 +28,8 @@ from natsops_executor import transfer
 from natsops_executor.config import Config
 from natsops_executor.hosts.base import Host
 from natsops_executor.hosts.local import LocalHost
+from natsops_executor.audit import AuditTrail
+from natsops_executor.trust import ReplySigner, RequestTrust
 
 try:
     from natsops_executor import sshpool
@@ -36,6 +38,7 @@ try:
 except ImportError as _exc:  # paramiko is a dependency of the wheel; a bare copy may lack it: agent mode only
     SSH_UNAVAILABLE = "SSH mode is unavailable on this executor (%s); install paramiko" % _exc
 from natsops_executor._wire import connect as wire_connect
+from natsops_executor._wire import signing
 from natsops_executor._wire.contract import (
     E_ABORTED, E_BAD_REQUEST, E_BUSY, E_CHECKSUM_MISMATCH, E_EXPIRED, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR,
     KIND_REQUEST, KIND_RESULT, OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP,
@@ -142,21 +145,25 @@ class JobBook:
 class _Job:
     """One request of our protocol: its NATS message, typed request, event stream and (uploads) byte stream."""
 
-    def __init__(self, nc: Any, msg: Any, req: Request, attachment: bytes, executor: ExecutorRef) -> None:
+    def __init__(self, nc: Any, msg: Any, req: Request, attachment: bytes, executor: ExecutorRef,
+                 sign: ReplySigner) -> None:
         self.nc = nc
         self.msg = msg
         self.req = req
         self.attachment = attachment
         self.executor = executor
-        self.sender = StreamSender(nc, req.reply_to)
+        self.sign = sign
+        self.sender = StreamSender(nc, req.reply_to, sign=sign)
         self.receiver: Optional[StreamReceiver] = None
         self.accepted = False
         self.chunk = chunk_size(nc.max_payload)
+        self.info: Dict[str, Any] = {}  # what the handler reports for the audit record (rc, bytes)
 
     async def accept(self, **extra: Any) -> None:
         """Reply ``accepted``: from now on the caller follows the job's event stream."""
         doc = Accepted(v=PROTOCOL_VERSION, id=self.req.id, executor=self.executor, **extra)
         headers, body = pack(KIND_ACCEPTED, doc.to_dict())
+        headers.update(self.sign(body))
         await self.msg.respond(body, headers=headers)
         self.accepted = True
 
@@ -182,7 +189,7 @@ class _Job:
     async def fail(self, error: WireError) -> None:
         """Report an error on the job stream; if it was never accepted, reply to the request instead."""
         if not self.accepted:
-            await reply_error(self.msg, error)
+            await reply_error(self.msg, error, self.sign)
             return
         try:
             await self.sender.send(KIND_ERROR, error.to_dict())
@@ -196,6 +203,11 @@ class _Job:
         await self.sender.close()
         if self.receiver is not None:
             await self.receiver.close()
+
+
+def claimed_signer(msg: Any) -> Optional[str]:
+    """The signer a refused request names (not verified: for the audit record only)."""
+    return ((msg.headers or {}).get(signing.H_SIGNER) or "")[:64] or None
 
 
 def reply_subject(msg: Any) -> str:
@@ -220,9 +232,11 @@ async def refuse_delivery(msg: Any) -> bool:
     return True
 
 
-async def reply_error(msg: Any, error: WireError) -> None:
-    """Answer a request with an error reply (never raises)."""
+async def reply_error(msg: Any, error: WireError, sign: Optional[ReplySigner] = None) -> None:
+    """Answer a request with an error reply, signed when the request is known (never raises)."""
     headers, body = error_message(error.code, error.message, error.details)
+    if sign is not None:
+        headers.update(sign(body))
     try:
         await msg.respond(body, headers=headers)
     except Exception as exc:  # pylint: disable=broad-except
@@ -240,6 +254,9 @@ class Executor:
         self.heartbeat: Any = None
         self.service: Any = None
         self.book = JobBook(cfg.max_jobs, cfg.max_waiting)
+        self.trust = RequestTrust(cfg)
+        self.reply_key = cfg.result_key()
+        self.audit: Any = None
         self.local = LocalHost()
         self.ssh: Any = None  # SSH mode: the connection pool, created at start
         self._handlers: Dict[str, Callable[[_Job, Host], Awaitable[None]]] = {
@@ -257,6 +274,14 @@ class Executor:
             if cfg.ssh_host_key_policy == "ignore":
                 log.warning("SSH HOST KEYS ARE NOT VERIFIED (ssh_host_key_policy: ignore): anyone on the path to a "
                             "target host can impersonate it; use 'strict' or 'accept-new'")
+        for line in self.trust.describe():
+            (log.info if self.trust.required else log.warning)("%s", line)
+        if self.reply_key is not None:
+            log.info("replies are signed with %s (callers pin it for these instance ids in known_executors)",
+                     self.reply_key.public_key)
+        else:
+            log.warning("replies are not signed: no --signing-key (nor --nkey or --creds) is configured, so callers "
+                        "cannot tell this executor's results from forged ones")
         log.info("connecting to NATS: %s", wire_connect.describe(cfg.nats_options()))
         self.nc = await wire_connect.connect(
             cfg.nats_options(), "natsops-executor %s" % cfg.name, 5.0, wire_connect.SERVICE, error_cb=self._on_error,
@@ -267,6 +292,8 @@ class Executor:
             metadata=executor_metadata(cfg.namespace, cfg.instances, cfg.name, __version__, ssh=self.ssh is not None,
                                        bklite=cfg.bklite_compat),
             stats_handler=self._stats)
+        self.audit = AuditTrail(self.nc, cfg.namespace, cfg.name)
+        self.audit.start()
         index = 0
         for inst in cfg.instances:
             for op in OPERATIONS:
@@ -277,7 +304,7 @@ class Executor:
                     metadata={"instance": inst, "op": op})
                 log.info("serving %s (instance %s, queue group %s)", subj, inst, QUEUE_GROUP)
         if cfg.bklite_compat:
-            compat = bklite.CompatServer(self.nc, self.host_for, self.book, cfg.instances)
+            compat = bklite.CompatServer(self.nc, self.host_for, self.book, cfg.instances, self.audit)
             await compat.add_endpoints(self.service, index)
         await self.nc.flush()
         if cfg.register:
@@ -296,6 +323,8 @@ class Executor:
         if self.service is not None:
             await self.service.stop()
         await self.book.finish(self.cfg.shutdown_grace)
+        if self.audit is not None:
+            await self.audit.stop()
         if self.ssh is not None:
             await self.ssh.close()
         if self.nc is not None and not self.nc.is_closed:
@@ -315,6 +344,8 @@ class Executor:
         stats: Dict[str, Any] = dict(self.book.stats(), loadavg=list(os.getloadavg()))
         if self.ssh is not None:
             stats.update(self.ssh.stats())
+        if self.audit is not None:
+            stats.update(self.audit.stats())
         return stats
 
     # ------------------------------------------------------------ requests
@@ -344,7 +375,11 @@ class Executor:
         started = time.monotonic()
         if await refuse_delivery(msg):
             return
+        req: Optional[Request] = None
+        signer: Optional[str] = None
+        instance = msg.subject[len(self.cfg.namespace) + len(op) + 2:]
         try:
+            signer = self.trust.signer_of(instance, msg.subject, msg.data, msg.headers)
             if msg.headers and msg.headers.get(H_KIND) not in (None, KIND_REQUEST):
                 raise WireError(E_BAD_REQUEST, "expected a request message")
             doc, attachment = unpack(msg.headers, msg.data)
@@ -353,17 +388,22 @@ class Executor:
                 raise WireError(E_BAD_REQUEST, "field 'reply_to' must not be a subject of the fleet itself (%s.>)"
                                 % self.cfg.namespace)
             self._check_expiry(req)
+            self.trust.check_fresh(req, signer)
             host = self.host_for(req.target)
         except WireError as exc:
             log.warning("%s request on %s rejected: %s", op, msg.subject, exc)
-            await reply_error(msg, exc)
+            self.audit.record(instance, op, "refused", req, signer=signer or claimed_signer(msg), code=exc.code,
+                              message=exc.message)
+            await reply_error(msg, exc, ReplySigner(self.reply_key, req))
             return
         except Exception as exc:  # pylint: disable=broad-except
             log.exception("unexpected error while parsing a request on %s", msg.subject)
+            self.audit.record(instance, op, "refused", req, code=E_INTERNAL)
             await reply_error(msg, WireError(E_INTERNAL, "executor failed to parse the request: %r" % exc))
             return
 
-        job = _Job(self.nc, msg, req, attachment, self._ref())
+        job = _Job(self.nc, msg, req, attachment, self._ref(), ReplySigner(self.reply_key, req))
+        failure: Optional[WireError] = None
         try:
             async with self.book.run() as outcome:
                 self._check_expiry(req)  # waiting for a slot took time
@@ -373,16 +413,24 @@ class Executor:
                 outcome.ok = True
         except WireError as exc:
             log.info("%s %s failed: %s", op, req.id, exc)
+            failure = exc
             await job.fail(exc)
         except asyncio.CancelledError:
-            await job.fail(WireError(E_ABORTED, "the executor is shutting down"))
+            failure = WireError(E_ABORTED, "the executor is shutting down")
+            await job.fail(failure)
             raise
         except Exception as exc:  # pylint: disable=broad-except
             log.exception("%s %s crashed", op, req.id)
-            await job.fail(WireError(E_INTERNAL, "executor error: %r" % exc))
+            failure = WireError(E_INTERNAL, "executor error: %r" % exc)
+            await job.fail(failure)
         finally:
             await job.close()
-            log.debug("%s %s finished in %.3f s", op, req.id, time.monotonic() - started)
+            duration = round(time.monotonic() - started, 3)
+            verdict = "ok" if failure is None else ("refused" if not job.accepted else "failed")
+            self.audit.record(instance, op, verdict, req, signer=signer, duration=duration,
+                              code=failure.code if failure else None, message=failure.message if failure else None,
+                              **job.info)
+            log.debug("%s %s finished in %.3f s", op, req.id, duration)
 
     async def _exec(self, job: _Job, host: Host) -> None:
         req = cast(ExecRequest, job.req)
@@ -394,6 +442,7 @@ class Executor:
         if Digest.of(data) != announced:
             raise WireError(E_CHECKSUM_MISMATCH, "stdin sha256 does not match the announced value; nothing was run")
         result = await jobs.run_command(host, req, data, job.sender, job.chunk)
+        job.info = {"rc": result.rc, "bytes_in": len(data), "bytes_out": result.stdout.size + result.stderr.size}
         log.info("exec %s%s rc=%s out=%d err=%d %.3fs", req.id, host.where, result.rc, result.stdout.size,
                  result.stderr.size, result.duration)
 
@@ -407,6 +456,7 @@ class Executor:
         finally:
             await landing.discard()
         await job.sender.send(KIND_RESULT, summary.to_dict())
+        job.info = {"bytes_in": summary.size, "sha256": summary.sha256}
         log.info("put %s%s %s %d bytes", req.id, host.where, req.path, summary.size)
 
     async def _fetch(self, job: _Job, host: Host) -> None:
@@ -417,12 +467,14 @@ class Executor:
             summary = await jobs.send_file(source, job.sender, job.chunk)
         finally:
             await source.close()
+        job.info = {"bytes_out": summary.size, "sha256": summary.sha256}
         log.info("fetch %s%s %s %d bytes", req.id, host.where, req.path, summary.size)
 
     async def _transfer(self, job: _Job, host: Host) -> None:
         req = cast(TransferRequest, job.req)
         await job.accept()
         result = await transfer.run_transfer(host, self.nc, req, job.sender)
+        job.info = {"changed": result.changed, "sha256": result.sha256}
         source = req.source
         log.info("transfer %s%s %s -> %s: %s%s", req.id, host.where,
                  "object %s/%s" % (source.bucket, source.object) if source.object else source.path,

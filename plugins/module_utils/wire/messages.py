@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import secrets
 import typing
 import uuid
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar
@@ -37,6 +38,7 @@ MAX_MODE = 0o7777
 MAX_SUBJECT = 512
 
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_NONCE_RE = re.compile(r"^[0-9a-f]{32,64}$")
 _M = TypeVar("_M", bound="Message")
 
 
@@ -368,11 +370,17 @@ class Request(Message):
     keepalive: float = DEFAULT_KEEPALIVE
     target: Optional[Target] = None
     expires: Optional[float] = None        # unix time after which the caller no longer waits: never start it then
+    nonce: Optional[str] = None            # random, once per request: a signed request is refused when seen again
 
     @classmethod
     def new(cls: Type[_M], reply_to: str, **fields: Any) -> _M:
-        """A new request of this operation (a fresh job id) whose events go to ``reply_to``."""
+        """A new request of this operation (a fresh job id and nonce) whose events go to ``reply_to``."""
+        fields.setdefault("nonce", secrets.token_hex(16))
         return cls(v=PROTOCOL_VERSION, op=cls.OP, id=uuid.uuid4().hex, reply_to=reply_to, **fields)  # type: ignore[attr-defined]
+
+    def binding(self) -> str:
+        """What ties a reply to this request in the executor's signature: its job id and nonce."""
+        return "%s:%s" % (self.id, self.nonce or "")
 
     def __post_init__(self) -> None:
         if isinstance(self.v, int) and not isinstance(self.v, bool) and self.v != PROTOCOL_VERSION:
@@ -391,6 +399,8 @@ class Request(Message):
             problems.append("field 'keepalive' must be between 0.1 and 60 seconds")
         if self.expires is not None and not 0 < self.expires < 1e11:
             problems.append("field 'expires' must be a unix time")
+        if self.nonce is not None and not _NONCE_RE.match(self.nonce):
+            problems.append("field 'nonce' must be 32 to 64 lowercase hex digits")
         return problems
 
     def on(self) -> str:
@@ -413,6 +423,7 @@ class ExecRequest(Request):
     stdin: Optional[FileSummary] = None    # inline bytes ride as the request's attachment, else an upload stream
     become: Optional[Become] = None
     pty: bool = False
+    no_log: bool = False                   # the task is no_log: its command line is never recorded (audit, logs)
 
     def problems(self) -> List[str]:
         problems = super().problems()

@@ -193,6 +193,21 @@ REGISTRY_SUFFIX = "_registry"
 REGISTRY_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # the record's times (started, last_seen), UTC
 
 
+# Every request an executor accepts or refuses is recorded on <namespace>.audit.<instance id>, kept by the JetStream
+# stream <namespace>_audit (dots as '_'), which the nats_server role creates.
+AUDIT_SUFFIX = "_audit"
+
+
+def audit_stream(namespace: str) -> str:
+    """The JetStream stream holding the audit trail of a namespace."""
+    return default_bucket(namespace) + AUDIT_SUFFIX
+
+
+def audit_subject(namespace: str, instance_id: str = "*") -> str:
+    """The subject an executor records requests for ``instance_id`` on (``*``: all of them, for the stream)."""
+    return "%s.audit.%s" % (namespace, instance_id)
+
+
 def registry_bucket(namespace: str) -> str:
     """The key-value bucket probes register in: ``<namespace>_registry``, dots as '_'."""
     return default_bucket(namespace) + REGISTRY_SUFFIX

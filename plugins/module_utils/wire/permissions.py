@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .bklite import DEFAULT_BUCKET as BKLITE_BUCKET, METHODS as BKLITE_METHODS, subject as bklite_subject
 from .names import (
-    DEFAULT_INBOX_PREFIX, DEFAULT_NAMESPACE, E_BAD_REQUEST, OPERATIONS, SERVICE_NAME, WireError, default_bucket,
+    DEFAULT_INBOX_PREFIX, DEFAULT_NAMESPACE, E_BAD_REQUEST, OPERATIONS, SERVICE_NAME, WireError, audit_subject, default_bucket,
     registry_subject, subject, validate_bucket, validate_inbox_prefix, validate_instance_id, validate_namespace,
 )
 
@@ -97,7 +97,9 @@ def permissions(role: str, namespace: str = DEFAULT_NAMESPACE, instances: Sequen
     for bucket in buckets:
         validate_bucket(bucket)
     subscribe = _serve(namespace, instances, bklite and role == "executor") + ["%s.>" % inbox]
-    publish = ["_INBOX.>"] + _object_store_reads(buckets if role == "executor" else [])
+    # replies to callers, the audit records of its own instance ids, the Object Store buckets it places files from
+    publish = (["_INBOX.>"] + [audit_subject(namespace, i) for i in instances]
+               + _object_store_reads(buckets if role == "executor" else []))
     if role == "executor":
         # discovery of natsops executors (read-only): the executor role checks with the executor's identity
         # that it serves exactly its instance ids

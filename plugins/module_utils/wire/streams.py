@@ -17,9 +17,18 @@ module imports without nats-py).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Dict, Optional, Set
+import secrets
+from typing import Any, Awaitable, Callable, Dict, Optional, Set
 
-from .contract import DEFAULT_WINDOW, E_ABORTED, E_STREAM, H_STATUS, H_STREAM, WireError, kind_of, pack, parse_seq
+from .contract import (
+    DEFAULT_WINDOW, E_ABORTED, E_STREAM, H_STATUS, H_STREAM, KIND_ERROR, KIND_RESULT, WireError, kind_of, pack, parse_seq,
+)
+
+
+def private_inbox(nc: Any) -> str:
+    """A fresh inbox no one can guess: the connection's inbox prefix and 128 random bits (nats-py's own inboxes
+    count up from a shared prefix, so one seen inbox predicts the next)."""
+    return "%s.%s" % (nc.new_inbox().rsplit(".", 1)[0], secrets.token_hex(16))
 
 
 async def _unsubscribe(sub: Any) -> None:
@@ -35,8 +44,10 @@ async def _unsubscribe(sub: Any) -> None:
 class StreamSender:
     """Publish an ordered stream to ``subject`` with a bounded window of unacknowledged messages."""
 
-    def __init__(self, nc: Any, subject: str, window: int = DEFAULT_WINDOW, ack_timeout: float = 30.0) -> None:
+    def __init__(self, nc: Any, subject: str, window: int = DEFAULT_WINDOW, ack_timeout: float = 30.0,
+                 sign: Optional[Callable[[bytes], Dict[str, str]]] = None) -> None:
         self._nc = nc
+        self._sign = sign  # headers that sign the body of a final message (result or error)
         self.subject = subject
         self._window = asyncio.Semaphore(window)
         self._window_size = window
@@ -57,7 +68,7 @@ class StreamSender:
 
     async def start(self) -> "StreamSender":
         """Subscribe to the acknowledgements; returns self."""
-        self._inbox = self._nc.new_inbox()
+        self._inbox = private_inbox(self._nc)
         self._sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)
         return self
 
@@ -104,6 +115,8 @@ class StreamSender:
             self._seq += 1
             seq = self._seq
             headers, body = pack(kind, document, attachment, seq=seq, stream=stream)
+            if self._sign is not None and kind in (KIND_RESULT, KIND_ERROR):
+                headers.update(self._sign(body))
             self._outstanding.add(seq)
             self._all_acked.clear()
             await self._nc.publish(self.subject, body, reply="%s.%d" % (self._inbox, seq), headers=headers)
@@ -134,7 +147,7 @@ class StreamReceiver:
 
     def __init__(self, nc: Any, subject: Optional[str] = None) -> None:
         self._nc = nc
-        self.subject = subject or nc.new_inbox()
+        self.subject = subject or private_inbox(nc)
         self._queue: asyncio.Queue = asyncio.Queue()
         self._expected = 1
         self._sub: Any = None

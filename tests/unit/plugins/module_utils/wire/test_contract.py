@@ -104,7 +104,8 @@ def test_exec_request_problems_are_all_listed():
     ({"command": "x", "cwd": "relative"}, "absolute path"),
     ({"command": "x", "stdin": {"size": 1}}, "missing field 'sha256'"),
     ({"command": "x", "stdin": {"size": 1, "sha256": "XYZ"}}, "64 lowercase hex"),
-    ({"command": "x", "become": {"success": "S", "prompt": "("}}, "not a valid regular expression"),
+    ({"command": "x", "become": {"success": "S", "prompt": "("}}, "unknown field 'prompt'"),  # no caller regex
+    ({"command": "x", "become": {"success": "S", "prompt_words": [""]}}, "prompt_words must be"),
     ({"command": "x", "become": {"prompt": "p"}}, "missing field 'success'"),
     ({"command": "x", "keepalive": 0}, "keepalive"),
     ({"command": "x", "op": "put"}, "field 'op' is 'put'"),
