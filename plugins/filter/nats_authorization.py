@@ -9,8 +9,6 @@ stored as bcrypt hashes. Documentation: nats_authorization.yml next to this file
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 
 from ansible.errors import AnsibleFilterError
@@ -28,25 +26,28 @@ BCRYPT_COST = 11
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NKEY_USER_RE = re.compile(r"^U[A-Z2-7]{55}$")
 _BCRYPT_RE = re.compile(r"^\$2[abxy]?\$\d{2}\$.{53}$")
-_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_BCRYPT_B64 = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _FIELDS = ("name", "role", "password", "nkey", "instances", "inbox_prefix", "bklite", "buckets", "account", "permissions")
 
 
-def bcrypt_hash(secret, salt_source):
-    """A bcrypt hash of ``secret`` whose salt is derived from ``salt_source`` and the secret itself: the same
-    input renders the same configuration (idempotent), and no two identities share a salt."""
+def bcrypt_hash(secret, current=None):
+    """A bcrypt hash of ``secret`` with a random salt, or ``current`` (the hash the server has now) while it still
+    matches the secret: a second run renders the same configuration, yet whoever reads it must pay bcrypt's cost
+    for every guess. A secret that already is a bcrypt hash is used as it is."""
     if _BCRYPT_RE.match(secret):
         return secret  # already a hash
     if bcrypt is None:
         raise AnsibleFilterError("natsops.fleet.nats_authorization needs the Python package bcrypt on the controller "
                                  "(it comes with paramiko) to hash passwords and tokens; or give bcrypt hashes")
-    digest = hashlib.sha256(b"natsops.fleet bcrypt salt\0" + to_bytes(salt_source) + b"\0" + to_bytes(secret)).digest()
-    salt = base64.b64encode(digest[:16]).decode("ascii")[:22].translate(str.maketrans(_B64, _BCRYPT_B64))
-    return to_text(bcrypt.hashpw(to_bytes(secret), ("$2b$%02d$%s" % (BCRYPT_COST, salt)).encode("ascii")))
+    if isinstance(current, str) and _BCRYPT_RE.match(current):
+        try:
+            if bcrypt.checkpw(to_bytes(secret), to_bytes(current)):
+                return current
+        except ValueError:
+            pass  # not a hash bcrypt can check: make a new one
+    return to_text(bcrypt.hashpw(to_bytes(secret), bcrypt.gensalt(BCRYPT_COST)))
 
 
-def _user(identity, namespace, where):
+def _user(identity, namespace, where, current):
     problems = []
     if not isinstance(identity, dict):
         raise AnsibleFilterError("%s: an identity is a dictionary with name, role and password or nkey" % where)
@@ -71,7 +72,7 @@ def _user(identity, namespace, where):
         problems.append("permissions are only given for role custom; role %s gets the fleet's model" % role)
     if problems:
         raise AnsibleFilterError("%s (%s): %s" % (where, name, "; ".join(problems)))
-    entry = {"nkey": nkey} if nkey else {"user": name, "password": bcrypt_hash(str(password), "user:" + name)}
+    entry = {"nkey": nkey} if nkey else {"user": name, "password": bcrypt_hash(str(password), current.get(name))}
     if role == "custom":
         entry["permissions"] = identity["permissions"]
     else:
@@ -96,23 +97,26 @@ def _jetstream(value, where):
     raise AnsibleFilterError("%s: jetstream is true, false or a dictionary of limits (max_mem, max_file, ...)" % where)
 
 
-def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, token="", system_account=""):
+def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, token="", system_account="", current=None):
     """The NATS server configuration blocks for these identities: ``{"authorization": ...}``, or with
-    accounts ``{"accounts": ..., "system_account": ...}``; empty when there is nothing to authorize."""
+    accounts ``{"accounts": ..., "system_account": ...}``; empty when there is nothing to authorize.
+    ``current`` maps user names (and ``token``) to the hashes the server has now (``password_hashes``), which
+    are kept while they match."""
     identities = identities or []
     accounts = accounts or {}
+    current = current if isinstance(current, dict) else {}
     if not isinstance(identities, list):
         raise AnsibleFilterError("nats_authorization: the identities must be a list")
     if token and (identities or accounts):
         raise AnsibleFilterError("nats_authorization: a token cannot be combined with users or accounts in NATS; "
                                  "use one or the other")
     if token:
-        return {"authorization": {"token": bcrypt_hash(str(token), "token")}}
+        return {"authorization": {"token": bcrypt_hash(str(token), current.get("token"))}}
     names = [i.get("name") for i in identities if isinstance(i, dict)]
     duplicates = sorted(set(n for n in names if names.count(n) > 1))
     if duplicates:
         raise AnsibleFilterError("nats_authorization: identity names must be unique: %s" % ", ".join(map(str, duplicates)))
-    users = [(i.get("account") if isinstance(i, dict) else None, _user(i, namespace, "identity %d" % n))
+    users = [(i.get("account") if isinstance(i, dict) else None, _user(i, namespace, "identity %d" % n, current))
              for n, i in enumerate(identities, 1)]
     result = {}
     if accounts or any(account for account, _user_entry in users):
@@ -148,8 +152,23 @@ def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, t
     return result
 
 
+def password_hashes(authorization):
+    """The hashes of a nats_authorization result, by user name (and ``token``): what a role keeps on the server to
+    pass back as ``current`` next time."""
+    blocks = [(authorization or {}).get("authorization") or {}]
+    blocks += [account for account in ((authorization or {}).get("accounts") or {}).values() if isinstance(account, dict)]
+    found = {}
+    for block in blocks:
+        if block.get("token"):
+            found["token"] = block["token"]
+        for user in block.get("users") or []:
+            if user.get("user") and user.get("password"):
+                found[user["user"]] = user["password"]
+    return found
+
+
 class FilterModule:
     """natsops.fleet filters."""
 
     def filters(self):
-        return {"nats_authorization": nats_authorization}
+        return {"nats_authorization": nats_authorization, "nats_password_hashes": password_hashes}

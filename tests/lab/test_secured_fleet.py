@@ -8,6 +8,7 @@ permission model enforced, an open server refused; then the same server in opera
 import asyncio
 import json
 import os
+import re
 import ssl
 import sys
 
@@ -112,6 +113,12 @@ def test_site_with_tls_users_and_executors_in_two_zones(lab, site):
     fleetkit.recap(fleetkit.play("site.yml", inventory, "--check"), changed=0)
     conf = lab.ssh(site["nats_host"]["name"], "cat /etc/nats-server/nats-server.conf").stdout
     assert "$2b$11$" in conf and not any(secret in conf for secret in PASSWORDS.values())
+    # random salts: a fresh render hashes the same passwords differently, and the next run keeps the new hashes
+    lab.ssh(site["nats_host"]["name"], "rm /etc/nats-server/.password-hashes.json")
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changed=1)
+    fleetkit.recap(fleetkit.play("site.yml", inventory), changed=0)
+    rehashed = lab.ssh(site["nats_host"]["name"], "cat /etc/nats-server/nats-server.conf").stdout
+    assert set(re.findall(r"\$2b\$11\$[^\"]+", conf)).isdisjoint(re.findall(r"\$2b\$11\$[^\"]+", rehashed))
     executor_conf = lab.ssh(site["zone_gw"]["name"], "cat /etc/natsops/executor.yml").stdout
     assert 'inbox_prefix: "_INBOX.exec-mgmt"' in executor_conf
 

@@ -9,7 +9,7 @@ import pytest
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.natsops.fleet.plugins.filter.nats_authorization import FilterModule, nats_authorization
+from ansible_collections.natsops.fleet.plugins.filter.nats_authorization import FilterModule, nats_authorization, password_hashes
 
 NKEY = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
 FLEET = [
@@ -25,13 +25,18 @@ def test_registered():
     assert FilterModule().filters()["nats_authorization"] is nats_authorization
 
 
-def test_users_get_bcrypt_hashes_that_are_stable_and_verify():
-    first = nats_authorization(FLEET)["authorization"]["users"]
-    again = nats_authorization(FLEET)["authorization"]["users"]
-    assert first == again  # the same input renders the same configuration: the role stays idempotent
+def test_users_get_bcrypt_hashes_with_random_salts_kept_while_they_match():
+    rendered = nats_authorization(FLEET)
+    first = rendered["authorization"]["users"]
+    assert first != nats_authorization(FLEET)["authorization"]["users"]  # random salts: no shortcut past bcrypt
+    current = password_hashes(rendered)
+    assert nats_authorization(FLEET, current=current)["authorization"]["users"] == first  # a second run: no change
+    changed = nats_authorization([dict(FLEET[0], password="c-2")], current=current)["authorization"]["users"][0]
+    assert changed["password"] != current["controller"] and bcrypt.checkpw(b"c-2", changed["password"].encode())
+    token = nats_authorization([], token="t-1")
+    assert nats_authorization([], token="t-1", current=password_hashes(token)) == token
     by_user = dict((u.get("user", u.get("nkey")), u) for u in first)
     assert bcrypt.checkpw(b"c-1", by_user["controller"]["password"].encode())
-    assert by_user["controller"]["password"] != nats_authorization([dict(FLEET[0], password="c-2")])["authorization"]["users"][0]["password"]
     assert "password" not in by_user[NKEY] and "permissions" not in by_user["ops"]
     assert by_user["reader"]["permissions"] == FLEET[4]["permissions"]
     # a value that already is a bcrypt hash is kept
