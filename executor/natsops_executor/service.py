@@ -29,6 +29,7 @@ from natsops_executor.config import Config
 from natsops_executor.hosts.base import Host
 from natsops_executor.hosts.local import LocalHost
 from natsops_executor.audit import AuditTrail
+from natsops_executor.guard import JobGuard
 from natsops_executor.trust import ReplySigner, RequestTrust
 
 try:
@@ -40,7 +41,7 @@ except ImportError as _exc:  # paramiko is a dependency of the wheel; a bare cop
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire import signing
 from natsops_executor._wire.contract import (
-    E_ABORTED, E_BAD_REQUEST, E_BUSY, E_CHECKSUM_MISMATCH, E_EXPIRED, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR,
+    E_BAD_REQUEST, E_BUSY, E_CHECKSUM_MISMATCH, E_EXPIRED, E_INTERRUPTED, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR,
     KIND_REQUEST, KIND_RESULT, OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP,
     SERVICE_NAME, WireError, chunk_size, error_message, executor_metadata, pack, subject, unpack,
 )
@@ -257,7 +258,8 @@ class Executor:
         self.trust = RequestTrust(cfg)
         self.reply_key = cfg.result_key()
         self.audit: Any = None
-        self.local = LocalHost()
+        self.guard = JobGuard()
+        self.local = LocalHost(self.guard)
         self.ssh: Any = None  # SSH mode: the connection pool, created at start
         self._handlers: Dict[str, Callable[[_Job, Host], Awaitable[None]]] = {
             OP_EXEC: self._exec, OP_PUT: self._put, OP_FETCH: self._fetch, OP_TRANSFER: self._transfer}
@@ -266,6 +268,7 @@ class Executor:
 
     async def start(self) -> None:
         cfg = self.cfg
+        self.guard.start()
         if SSH_UNAVAILABLE:
             log.warning("%s", SSH_UNAVAILABLE)
         else:
@@ -329,6 +332,7 @@ class Executor:
             await self.ssh.close()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
+        self.guard.stop()
         log.info("natsops-executor stopped")
 
     async def _on_error(self, exc: Exception) -> None:
@@ -416,7 +420,9 @@ class Executor:
             failure = exc
             await job.fail(exc)
         except asyncio.CancelledError:
-            failure = WireError(E_ABORTED, "the executor is shutting down")
+            failure = WireError(E_INTERRUPTED, "the executor stopped (it was restarted or shut down) before the job "
+                                               "ended; its processes were killed after %.0f s of drain time"
+                                % self.cfg.shutdown_grace)
             await job.fail(failure)
             raise
         except Exception as exc:  # pylint: disable=broad-except

@@ -18,6 +18,7 @@ from typing import Optional, Tuple
 from natsops_executor._wire.atomic import AtomicFile
 from natsops_executor._wire.contract import E_BAD_PATH, E_NOT_FOUND, E_SPAWN, WireError, sha256_of
 from natsops_executor._wire.messages import ExecRequest, FileState, FileSummary
+from natsops_executor.guard import JobGuard
 from natsops_executor.hosts.base import (
     DRAIN_AFTER_KILL, KILL_GRACE, Host, Landing, Process, SourceFile, os_error, run_blocking,
 )
@@ -38,10 +39,13 @@ def _controlling_tty() -> None:
 
 
 class LocalProcess(Process):
-    """A command on this host, in its own session (process group = its pid)."""
+    """A command on this host, in its own session (process group = its pid), watched by the job guard."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, primary: Optional[int]) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, primary: Optional[int], guard: Optional[JobGuard] = None) -> None:
         self.proc = proc
+        self.guard = guard
+        if guard is not None:
+            guard.watch(proc.pid)
         self.primary = primary  # pty side for become prompts, or None
         self.stdout = proc.stdout  # type: ignore[assignment]
         self.stderr = proc.stderr  # type: ignore[assignment]
@@ -87,6 +91,9 @@ class LocalProcess(Process):
         if self.primary is not None:
             os.close(self.primary)
             self.primary = None
+        if self.guard is not None:
+            self.guard.forget(self.proc.pid)
+            self.guard = None
 
 
 class LocalLanding(Landing):
@@ -171,9 +178,12 @@ def _file_state(path: str) -> Optional[FileState]:
 
 
 class LocalHost(Host):
-    """The executor's own host."""
+    """The executor's own host; with a ``guard``, its commands die with the executor."""
 
     where = ""
+
+    def __init__(self, guard: Optional[JobGuard] = None) -> None:
+        self.guard = guard
 
     async def spawn(self, req: ExecRequest) -> Process:
         argv = req.argv_or_shell()
@@ -195,7 +205,7 @@ class LocalHost(Host):
         finally:
             if secondary is not None:
                 os.close(secondary)
-        return LocalProcess(proc, primary)
+        return LocalProcess(proc, primary, self.guard)
 
     async def landing(self, path: str) -> Landing:
         parent = os.path.dirname(path) or "/"

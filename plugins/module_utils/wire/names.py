@@ -67,6 +67,7 @@ E_BECOME = "become_failed"             # details.reason: premature_end, duplicat
 E_BECOME_TIMEOUT = "become_timeout"    # no success marker in time: the host is unreachable, as with ssh and local
 E_SPAWN = "spawn_failed"
 E_ABORTED = "aborted"
+E_INTERRUPTED = "interrupted"          # the executor stopped while the job ran (its processes were killed)
 E_BUSY = "busy"                        # the executor runs and queues all it may: try again later
 E_EXPIRED = "expired"                  # the request's caller gave up before it could start; it did not run
 E_INTERNAL = "internal"
@@ -82,12 +83,12 @@ E_CONNECT = "connect_failed"
 ERROR_CODES = (
     E_BAD_JSON, E_BAD_REQUEST, E_BAD_INSTANCE, E_BAD_PATH, E_TOO_LARGE, E_UNSUPPORTED_VERSION,
     E_NOT_FOUND, E_PERMISSION, E_IO, E_SIZE_MISMATCH, E_CHECKSUM_MISMATCH, E_STREAM, E_TIMEOUT,
-    E_BECOME, E_BECOME_TIMEOUT, E_SPAWN, E_ABORTED, E_BUSY, E_EXPIRED, E_INTERNAL, E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT,
+    E_BECOME, E_BECOME_TIMEOUT, E_SPAWN, E_ABORTED, E_INTERRUPTED, E_BUSY, E_EXPIRED, E_INTERNAL, E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT,
     E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH,
 )
 # Errors that mean "the host could not be reached" (Ansible: unreachable) rather than "the task failed".
 UNREACHABLE_CODES = (E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH,
-                     E_BECOME_TIMEOUT)
+                     E_BECOME_TIMEOUT, E_INTERRUPTED)
 SSH_STAGES = ("tcp_connect", "handshake", "host_key", "auth", "session", "sftp")
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
