@@ -351,7 +351,7 @@ from ansible.utils.display import Display
 
 # only standard-library modules here: this file is imported in every task's worker process
 from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
-from ansible_collections.natsops.fleet.plugins.module_utils.mux import MuxClient
+from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import MuxClient
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
     OPTION_NAMES, WireError, validate_instance_id, validate_namespace,
 )
