@@ -350,7 +350,7 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 # only standard-library modules here: this file is imported in every task's worker process
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import MuxClient
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
     OPTION_NAMES, WireError, validate_instance_id, validate_namespace,
@@ -437,7 +437,7 @@ class Connection(ConnectionBase):
                     target["target"] = ssh_target
                 self._client = MuxClient.connect(options, timeout, persist, name, target)
             else:
-                from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+                from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
                 self._client = ExecutorClient(options, instance, namespace=namespace, connect_timeout=timeout, name=name,
                                               target=ssh_target).connect()
         except ExecutorUnreachable as exc:

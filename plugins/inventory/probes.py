@@ -72,8 +72,8 @@ compose:
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
-from ansible_collections.natsops.fleet.plugins.module_utils import registry
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, call
+from ansible_collections.natsops.fleet.plugins.module_utils import _registry as registry
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, call
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES, registry_bucket
 
 GROUP = "natsops_probes"

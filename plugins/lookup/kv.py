@@ -76,7 +76,7 @@ import json
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import HAS_NATS, ResourceError, call
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import HAS_NATS, ResourceError, call
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES
 
 if HAS_NATS:

@@ -159,8 +159,8 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, changes, duration_ns, ensure_resource
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, changes, duration_ns, ensure_resource
 
 _NAME_RE = re.compile(r"^[^\s.*>/\\]+$")
 # option -> the consumer configuration field of the JetStream API

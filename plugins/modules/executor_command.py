@@ -149,9 +149,9 @@ import uuid
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import (
+from ansible_collections.natsops.fleet.plugins.module_utils._common import (
     TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
 )
 

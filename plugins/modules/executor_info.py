@@ -143,7 +143,7 @@ query_result:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query, executor_client
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query, executor_client
 
 
 def main():

@@ -147,11 +147,11 @@ import shlex
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError, ExecutorTaskError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import sha256_of
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CHECKSUM_MISMATCH, default_bucket
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import (
+from ansible_collections.natsops.fleet.plugins.module_utils._common import (
     TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
 )
 

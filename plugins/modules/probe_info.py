@@ -93,9 +93,9 @@ query_result:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils import registry
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import run
+from ansible_collections.natsops.fleet.plugins.module_utils import _registry as registry
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import run
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import registry_bucket
 
 

@@ -80,8 +80,8 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, message_options, payload_of, run
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, message_options, payload_of, run
 
 
 def main():

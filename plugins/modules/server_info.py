@@ -209,8 +209,8 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, run
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, run
 
 
 # endpoint -> (HTTP path, NATS subject of the system account's service asking every server)

@@ -18,7 +18,7 @@ import time
 from types import ModuleType
 from typing import Any, Dict, List, Tuple
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError
 from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import FRAME, MAX_FRAME_JSON
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import E_INTERNAL, WireError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.messages import DEFAULT_KEEPALIVE
@@ -27,7 +27,7 @@ from ansible_collections.natsops.fleet.plugins.module_utils.wire.messages import
 def serve(path: str, settings: Dict[str, Any]) -> int:
     """Run the control process (blocking). Imports nats-py and asyncio only here."""
     import asyncio  # pylint: disable=import-outside-toplevel
-    from ansible_collections.natsops.fleet.plugins.module_utils import client  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils import _client as client  # pylint: disable=import-outside-toplevel
 
     nats_options = settings["nats_options"]
     connect_timeout = float(settings["connect_timeout"])

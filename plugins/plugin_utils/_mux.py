@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CONNECT, PROTOCOL_VERSION
 
 FRAME = struct.Struct("!II")

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from ansible_collections.natsops.fleet.plugins.plugin_utils import _mux as mux
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import (
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import (
     ExecutorError, ExecutorTaskError, ExecutorUnreachable,
 )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import REGISTRY_TIME_FORMAT
 
 

@@ -12,7 +12,7 @@ import re
 
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import nats_options
+from ansible_collections.natsops.fleet.plugins.module_utils._common import nats_options
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import bucket_problems
 
@@ -71,7 +71,7 @@ def call(options, name, timeout, work):
     it: nats-py missing, bad options, NATS unreachable, JetStream refusals, timeouts (naming the permission
     violations the server reported)."""
     if not HAS_NATS:
-        from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
+        from ansible_collections.natsops.fleet.plugins.module_utils._client import missing_nats_message  # pylint: disable=import-outside-toplevel
         raise ResourceError(missing_nats_message())
 
     async def main():

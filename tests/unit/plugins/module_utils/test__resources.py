@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, changes, duration_ns, size_bytes
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, changes, duration_ns, size_bytes
 
 
 @pytest.mark.parametrize("text, ns", [("0", 0), (90, 90 * 10**9), ("1.5", 1_500_000_000), ("90s", 90 * 10**9),

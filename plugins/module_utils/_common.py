@@ -63,7 +63,7 @@ def nats_options(params):
 
 def executor_client(module, instance_id=None, target=None):
     """A connected ExecutorClient, or fail_json with the reason (nats-py missing, NATS unreachable)."""
-    from ansible_collections.natsops.fleet.plugins.module_utils import client  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils import _client as client  # pylint: disable=import-outside-toplevel
     from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import WireError  # pylint: disable=import-outside-toplevel
     if not client.HAS_NATS:
         module.fail_json(msg=client.missing_nats_message())
@@ -88,7 +88,7 @@ def bklite_target(module):
 
 def bklite_failure(method, reply, keys=("stage", "category")):
     """The error of a failed BK-Lite reply, with those of its fields that are set as details."""
-    from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError  # pylint: disable=import-outside-toplevel
     details = dict((k, reply[k]) for k in keys if reply.get(k))
     return ExecutorTaskError(reply.get("code") or "internal", "BK-Lite %s failed: %s" % (method, reply.get("error")), details)
 
