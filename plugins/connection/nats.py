@@ -15,27 +15,19 @@ description:
     are answered by the executor.
   - When no executor serves the addressed instance id, the task is unreachable with a message that names
     the subject, the instance id asked for, the instance ids that are online, and how to fix it.
+  - Privilege escalation (waiting for the become prompt, then for its success) is bounded by O(connect_timeout).
   - See docs/protocol.md in the collection for the wire contract.
 version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
-requirements:
-  - nats-py >= 2.9 on the controller (and nkeys for NKey/JWT authentication)
+extends_documentation_fragment:
+  - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.plugin
+  - natsops.fleet.nats.var_names
 options:
   servers:
-    description:
-      - NATS server URLs, comma-separated or a list; several URLs of one cluster give failover.
-      - C(tls://) URLs enable TLS.
-    type: list
-    elements: str
     default: ['nats://127.0.0.1:4222']
-    vars:
-      - name: ansible_nats_servers
-    env:
-      - name: NATS_URL
-    ini:
-      - section: natsops
-        key: servers
   executor:
     description:
       - The instance id of the executor(s) that run this host's tasks, for example a zone name such as
@@ -68,9 +60,6 @@ options:
       - section: natsops
         key: mode
   namespace:
-    description: Subject prefix, so that several fleets can share one NATS system.
-    type: str
-    default: natsops
     vars:
       - name: ansible_nats_namespace
     env:
@@ -78,134 +67,6 @@ options:
     ini:
       - section: natsops
         key: namespace
-  user:
-    description: NATS user name (user/password authentication).
-    type: str
-    vars:
-      - name: ansible_nats_user
-    env:
-      - name: NATS_USER
-    ini:
-      - section: natsops
-        key: user
-  password:
-    description: NATS password for O(user). Never logged.
-    type: str
-    vars:
-      - name: ansible_nats_password
-    env:
-      - name: NATS_PASSWORD
-    ini:
-      - section: natsops
-        key: password
-  token:
-    description: NATS authentication token. Never logged.
-    type: str
-    vars:
-      - name: ansible_nats_token
-    env:
-      - name: NATS_TOKEN
-    ini:
-      - section: natsops
-        key: token
-  creds:
-    description: Path of a JWT user credentials (C(.creds)) file.
-    type: path
-    vars:
-      - name: ansible_nats_creds
-    env:
-      - name: NATS_CREDS
-    ini:
-      - section: natsops
-        key: creds
-  nkey:
-    description: Path of an NKey seed file.
-    type: path
-    vars:
-      - name: ansible_nats_nkey
-    env:
-      - name: NATS_NKEY
-    ini:
-      - section: natsops
-        key: nkey
-  ca:
-    description: CA certificate file used to verify the NATS server (enables TLS).
-    type: path
-    vars:
-      - name: ansible_nats_ca
-    env:
-      - name: NATS_CA
-    ini:
-      - section: natsops
-        key: ca
-  cert:
-    description: Client certificate for mutual TLS; needs O(key).
-    type: path
-    vars:
-      - name: ansible_nats_cert
-    env:
-      - name: NATS_CERT
-    ini:
-      - section: natsops
-        key: cert
-  key:
-    description: Private key of O(cert).
-    type: path
-    vars:
-      - name: ansible_nats_key
-    env:
-      - name: NATS_KEY
-    ini:
-      - section: natsops
-        key: key
-  tls_hostname:
-    description: Host name to verify in the server certificate when it differs from the URL's.
-    type: str
-    vars:
-      - name: ansible_nats_tls_hostname
-    env:
-      - name: NATS_TLS_HOSTNAME
-    ini:
-      - section: natsops
-        key: tls_hostname
-  inbox_prefix:
-    description:
-      - Subject prefix of the reply inboxes of this connection (default C(_INBOX)).
-      - With the least-privilege permissions of the P(natsops.fleet.nats_server#role) role, an identity may only
-        subscribe below its own prefix, C(_INBOX.<user name>); set it to that.
-    type: str
-    vars:
-      - name: ansible_nats_inbox_prefix
-    env:
-      - name: NATS_INBOX_PREFIX
-    ini:
-      - section: natsops
-        key: inbox_prefix
-  context:
-    description:
-      - Name of a natscli context (C(~/.config/nats/context/NAME.json)); its URL and credentials fill the
-        options that are not set otherwise.
-    type: str
-    vars:
-      - name: ansible_nats_context
-    env:
-      - name: NATS_CONTEXT
-    ini:
-      - section: natsops
-        key: context
-  connect_timeout:
-    description:
-      - Seconds to connect to NATS and for an executor to accept a request.
-      - Also bounds privilege escalation (waiting for the become prompt or success).
-    type: float
-    default: 10
-    vars:
-      - name: ansible_nats_connect_timeout
-    env:
-      - name: ANSIBLE_NATS_CONNECT_TIMEOUT
-    ini:
-      - section: natsops
-        key: connect_timeout
   task_timeout:
     description:
       - Seconds a single command may run on the host; the executor then kills its whole process group
@@ -341,8 +202,10 @@ EXAMPLES = r"""
       ansible.builtin.setup:
 """
 
+import importlib
 import os
 import re
+from typing import Any, Callable, Dict
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
@@ -361,14 +224,45 @@ display = Display()
 FQCN = "natsops.fleet.nats"
 
 
-def _register_option_definitions():
+COLLECTION = "natsops.fleet"
+
+
+def _option_definitions(load: Callable[[str], Any]) -> Dict[str, Any]:
+    """This plugin's option definitions as ansible-core builds them: DOCUMENTATION with its documentation
+    fragments (natsops.fleet.nats.*) merged the way ``ansible.utils.plugin_docs.add_fragments`` merges them,
+    every YAML text parsed with ``load``. Raises LookupError for a fragment of another collection."""
+    from ansible.utils.plugin_docs import add_collection_to_versions_and_dates, merge_fragment  # pylint: disable=import-outside-toplevel
+
+    doc = load(DOCUMENTATION)
+    for slug in doc.pop("extends_documentation_fragment", []):
+        prefix, _dot, name = slug.partition(COLLECTION + ".")
+        if prefix or not name:
+            raise LookupError("documentation fragment %s is not this collection's" % slug)
+        module_name, _dot, variable = name.partition(".")
+        fragments = importlib.import_module("ansible_collections.natsops.fleet.plugins.doc_fragments." + module_name)
+        fragment = load(getattr(fragments.ModuleDocFragment, variable.upper() or "DOCUMENTATION"))
+        add_collection_to_versions_and_dates(fragment, COLLECTION, is_module=False)
+        for key in ("notes", "seealso"):  # text for ansible-doc only
+            fragment.pop(key, None)
+        for key in ("options", "attributes"):
+            if key in fragment:
+                if key in doc:
+                    merge_fragment(doc[key], fragment.pop(key))
+                else:
+                    doc[key] = fragment.pop(key)
+        merge_fragment(doc, fragment)
+    return doc["options"]
+
+
+def _register_option_definitions() -> None:
     """Speed: give ansible-core this plugin's option definitions before it parses DOCUMENTATION itself.
 
     ansible-core loads builtin connection plugins' definitions in the parent process before it forks a
-    worker per task, but not those of collection plugins, so every worker parsed this DOCUMENTATION again
-    with its tagging YAML loader: about 7 ms of every task (docs/performance.md). The C YAML parser yields
-    the same data in under 2 ms (tests/unit compares the two). Without libyaml, or when ansible-core's
-    config manager does not offer this, nothing is registered here and ansible-core parses as usual.
+    worker per task, but not those of collection plugins, so every worker parsed this DOCUMENTATION and its
+    fragments again with its tagging YAML loader: about 7 ms of every task (docs/performance.md). The C YAML
+    parser yields the same data in under 2 ms (tests/unit/plugins/connection/test_nats.py compares the two).
+    Without libyaml, or when ansible-core's config manager does not offer this, nothing is registered here
+    and ansible-core parses as usual.
     """
     try:
         import yaml  # pylint: disable=import-outside-toplevel
@@ -378,7 +272,7 @@ def _register_option_definitions():
         # ansible-core files a collection plugin's definitions under its Python module name
         if loader is None or C.config.has_configuration_definition("connection", __name__):
             return
-        options = yaml.load(DOCUMENTATION, Loader=loader).get("options")  # nosec: the C safe loader
+        options = _option_definitions(lambda text: yaml.load(text, Loader=loader))  # nosec: the C safe loader
         if isinstance(options, dict):
             C.config.initialize_plugin_configuration_definitions("connection", __name__, options)
     except Exception:  # pylint: disable=broad-except

@@ -21,6 +21,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - constructed
+  - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
   - natsops.fleet.nats.plugin
 options:
   plugin:
@@ -28,10 +30,6 @@ options:
     type: str
     required: true
     choices: [natsops.fleet.probes]
-  namespace:
-    description: Subject prefix of the fleet (the executors' C(--namespace)).
-    type: str
-    default: natsops
   bucket:
     description: The registry bucket; defaults to C(<namespace>_registry) (dots of O(namespace) as C(_)).
     type: str

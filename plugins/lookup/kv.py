@@ -15,6 +15,7 @@ version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
+  - natsops.fleet.nats
   - natsops.fleet.nats.plugin
 options:
   _terms:

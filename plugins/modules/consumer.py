@@ -19,6 +19,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
 options:
   stream:
     description: The stream the consumer reads.

@@ -18,6 +18,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
 options:
   instance_id:
     description: Only executors that serve this instance id (directly or with C(*)), in O(namespace).

@@ -17,6 +17,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
   - natsops.fleet.bucket
 options:
   state:

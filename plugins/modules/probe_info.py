@@ -18,6 +18,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
 options:
   bucket:
     description: The registry bucket; defaults to C(<namespace>_registry) (dots of O(namespace) as C(_)).

@@ -18,6 +18,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
 options:
   name:
     description: Stream name (no spaces, C(.), C(*) or C(>)).
@@ -85,8 +87,6 @@ attributes:
   diff_mode:
     support: full
     description: Shows the managed settings before and after.
-requirements:
-  - nats-py >= 2.9 where the module runs
 """
 
 EXAMPLES = r"""
