@@ -24,19 +24,13 @@ extends_documentation_fragment:
   - natsops.fleet.nats
   - natsops.fleet.nats.namespace
   - natsops.fleet.nats.plugin
+  - natsops.fleet.registry
 options:
   plugin:
     description: The name of this plugin.
     type: str
     required: true
     choices: [natsops.fleet.probes]
-  bucket:
-    description: The registry bucket; defaults to C(<namespace>_registry) (dots of O(namespace) as C(_)).
-    type: str
-  stale_after:
-    description: Seconds since its last heartbeat after which a probe counts as stale.
-    type: float
-    default: 90
   include_stale:
     description: Keep stale probes in the inventory (with C(natsops_probe.stale=true), also in group C(natsops_probes_stale)).
     type: bool
@@ -70,7 +64,7 @@ compose:
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
-from ansible_collections.natsops.fleet.plugins.module_utils import _registry as registry
+from ansible_collections.natsops.fleet.plugins.module_utils._registry import read_registry
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, call
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES, registry_bucket
 
@@ -93,7 +87,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         bucket = self.get_option("bucket") or registry_bucket(namespace)
         try:
             records = call(options, "natsops.fleet probes inventory", self.get_option("connect_timeout"),
-                           lambda nc: registry.read(nc, bucket, self.get_option("stale_after")))
+                           lambda nc: read_registry(nc, bucket, self.get_option("stale_after")))
         except ResourceError as exc:
             raise AnsibleParserError("natsops.fleet.probes: %s" % exc.message)
         self.inventory.add_group(GROUP)

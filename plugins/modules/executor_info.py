@@ -20,6 +20,7 @@ extends_documentation_fragment:
   - natsops.fleet.nats
   - natsops.fleet.nats.namespace
   - natsops.fleet.nats.module
+  - natsops.fleet.attributes.info_module
 options:
   instance_id:
     description: Only executors that serve this instance id (directly or with C(*)), in O(namespace).
@@ -45,13 +46,6 @@ options:
     type: str
     choices: [natsops, bklite]
     default: natsops
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; it runs in check mode as well.
-  diff_mode:
-    support: none
-    description: Nothing changes, there is no diff.
 requirements:
   - jmespath (for O(query))
 """

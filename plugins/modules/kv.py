@@ -20,6 +20,8 @@ extends_documentation_fragment:
   - natsops.fleet.nats.namespace
   - natsops.fleet.nats.module
   - natsops.fleet.bucket
+  - natsops.fleet.storage
+  - natsops.fleet.attributes
 options:
   state:
     description:
@@ -56,11 +58,7 @@ options:
     type: bool
     default: false
 attributes:
-  check_mode:
-    support: full
-    description: Reports what would change and changes nothing.
   diff_mode:
-    support: full
     description: Shows the bucket settings or the key's value before and after.
 """
 

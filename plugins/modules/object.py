@@ -20,6 +20,8 @@ extends_documentation_fragment:
   - natsops.fleet.nats.namespace
   - natsops.fleet.nats.module
   - natsops.fleet.bucket
+  - natsops.fleet.storage
+  - natsops.fleet.attributes
   - ansible.builtin.files
 options:
   state:
@@ -45,9 +47,6 @@ options:
       - The file attributes (O(mode), O(owner), ...) apply to it.
     type: path
 attributes:
-  check_mode:
-    support: full
-    description: Reports what would change and changes nothing.
   diff_mode:
     support: partial
     description: Shows the bucket settings, or the object's digest and size, before and after.

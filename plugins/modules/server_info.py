@@ -28,6 +28,7 @@ extends_documentation_fragment:
   - natsops.fleet.nats
   - natsops.fleet.nats.namespace
   - natsops.fleet.nats.module
+  - natsops.fleet.attributes.info_module
 options:
   endpoints:
     description:
@@ -91,13 +92,6 @@ options:
   query:
     description: A JMESPath expression applied to RV(server_info); its outcome is RV(query_result).
     type: str
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; it reads the endpoints in check mode as well.
-  diff_mode:
-    support: none
-    description: Nothing changes, there is no diff.
 notes:
   - Through NATS the connection options are those of the other modules, so C(module_defaults) for
     C(group/natsops.fleet.nats) applies; give a system-account user (O(user), O(creds), ...) there or in the task.
