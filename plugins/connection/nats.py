@@ -205,14 +205,14 @@ EXAMPLES = r"""
 import importlib
 import os
 import re
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-# only standard-library modules here: this file is imported in every task's worker process
+# this file is imported in every task's worker process: the collection code it imports uses the standard library only
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import MuxClient
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
@@ -260,7 +260,8 @@ def _register_option_definitions() -> None:
     ansible-core loads builtin connection plugins' definitions in the parent process before it forks a
     worker per task, but not those of collection plugins, so every worker parsed this DOCUMENTATION and its
     fragments again with its tagging YAML loader: about 7 ms of every task (docs/performance.md). The C YAML
-    parser yields the same data in under 2 ms (tests/unit/plugins/connection/test_nats.py compares the two).
+    parser yields the same data in under 2 ms (tests/unit/plugins/connection/test_nats.py compares the two);
+    the fragments come from plugins/doc_fragments/nats.py, which holds only strings.
     Without libyaml, or when ansible-core's config manager does not offer this, nothing is registered here
     and ansible-core parses as usual.
     """
@@ -289,28 +290,29 @@ class Connection(ConnectionBase):
     has_pipelining = True
     has_tty = False
 
-    def __init__(self, *args, **kwargs):
-        super(Connection, self).__init__(*args, **kwargs)
-        self._client = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: Any = None  # a MuxClient, or an ExecutorClient with control_persist 0
 
-    def _host(self):
+    def _host(self) -> str:
         return self._play_context.remote_addr
 
-    def set_options(self, task_keys=None, var_options=None, direct=None):
+    def set_options(self, task_keys: Optional[Dict[str, Any]] = None, var_options: Optional[Dict[str, Any]] = None,
+                    direct: Optional[Dict[str, Any]] = None) -> None:
         # ansible-core gives every connection plugin the host login password (ansible_password, -k) as the
         # task key 'password'. Here 'password' is the NATS password, so that value goes to ssh_password.
         login_password = None
         if task_keys and "password" in task_keys:
             task_keys = dict(task_keys)
             login_password = task_keys.pop("password")
-        super(Connection, self).set_options(task_keys=task_keys, var_options=var_options, direct=direct)
+        super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
         if login_password and not self.get_option("ssh_password"):
             self.set_option("ssh_password", login_password)
 
-    def _connect(self):
+    def _connect(self) -> "Connection":
         if self._connected:
             return self
-        options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
+        options = {name: self.get_option(name) for name in OPTION_NAMES}
         instance = self.get_option("executor")
         namespace = self.get_option("namespace")
         timeout = float(self.get_option("connect_timeout"))
@@ -319,7 +321,7 @@ class Connection(ConnectionBase):
             validate_instance_id(instance)
             validate_namespace(namespace)
         except WireError as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message) from exc
         ssh_target = self._ssh_target() if self.get_option("mode") == "ssh" else None
         display.vvv("NATS CONNECT executor=%s namespace=%s mode=%s control_persist=%s" % (
             instance, namespace, self.get_option("mode"), persist), host=self._host())
@@ -335,13 +337,13 @@ class Connection(ConnectionBase):
                 self._client = ExecutorClient(options, instance, namespace=namespace, connect_timeout=timeout, name=name,
                                               target=ssh_target).connect()
         except ExecutorUnreachable as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message) from exc
         except (ValueError, WireError) as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: bad connection options: %s" % exc)
+            raise AnsibleConnectionFailure("natsops.fleet.nats: bad connection options: %s" % exc) from exc
         self._connected = True
         return self
 
-    def _ssh_target(self):
+    def _ssh_target(self) -> Dict[str, Any]:
         """Where a zone executor should SSH to, and with which credentials (mode ssh)."""
         target = {"host": self._play_context.remote_addr, "port": int(self.get_option("port")),
                   "user": self.get_option("remote_user")}
@@ -357,25 +359,25 @@ class Connection(ConnectionBase):
                 with open(to_bytes(key_file, errors="surrogate_or_strict"), "rb") as handle:
                     target["private_key"] = to_text(handle.read())
             except OSError as exc:
-                raise AnsibleConnectionFailure("natsops.fleet.nats: cannot read ssh_private_key_file %s: %s" % (key_file, exc))
+                raise AnsibleConnectionFailure("natsops.fleet.nats: cannot read ssh_private_key_file %s: %s" % (key_file, exc)) from exc
             if self.get_option("ssh_private_key_passphrase"):
                 target["passphrase"] = to_text(self.get_option("ssh_private_key_passphrase"))
         return target
 
-    def _call(self, what, func, *args, **kwargs):
+    def _call(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a client call, turning its errors into Ansible errors (never a traceback)."""
         try:
             return func(*args, **kwargs)
         except ExecutorUnreachable as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message))
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message)) from exc
         except ExecutorTaskError as exc:
-            raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message))
+            raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message)) from exc
         except (ValueError, WireError) as exc:
-            raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc))
+            raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc)) from exc
         except OSError as exc:  # a local file (put source, fetch destination) could not be used
-            raise AnsibleError("natsops.fleet.nats: %s failed on the controller: %s" % (what, exc))
+            raise AnsibleError("natsops.fleet.nats: %s failed on the controller: %s" % (what, exc)) from exc
 
-    def _become_spec(self, in_data, sudoable):
+    def _become_spec(self, in_data: Optional[bytes], sudoable: bool) -> Tuple[Optional[Dict[str, Any]], bool]:
         """What the executor needs to escalate privileges like ansible's local connection does."""
         if not (sudoable and self.become and self.become._id):
             return None, False
@@ -387,7 +389,7 @@ class Connection(ConnectionBase):
             use_pty = in_data is None
         return spec, use_pty
 
-    def _become_prompt_regex(self):
+    def _become_prompt_regex(self) -> str:
         prompt = self.become.prompt
         if isinstance(prompt, str) and prompt:
             return re.escape(prompt.strip())
@@ -401,29 +403,29 @@ class Connection(ConnectionBase):
         raise AnsibleError("natsops.fleet.nats: become method %r asks for a password in a way this connection "
                            "cannot answer; use sudo or su, or a password-less become" % self.become.name)
 
-    def exec_command(self, cmd, in_data=None, sudoable=True):
-        super(Connection, self).exec_command(cmd, in_data=in_data, sudoable=sudoable)
+    def exec_command(self, cmd: str, in_data: Optional[bytes] = None, sudoable: bool = True) -> Tuple[int, bytes, bytes]:
+        super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
         become, use_pty = self._become_spec(in_data, sudoable)
         display.vvv("NATS EXEC %s%s" % (to_text(cmd), " (stdin %d bytes)" % len(in_data) if in_data else ""), host=self._host())
         return self._call("exec", self._client.exec_command, command=to_text(cmd), stdin=to_bytes(in_data) if in_data else None,
                           become=become, pty=use_pty, timeout=float(self.get_option("task_timeout")))
 
-    def put_file(self, in_path, out_path):
-        super(Connection, self).put_file(in_path, out_path)
+    def put_file(self, in_path: str, out_path: str) -> None:
+        super().put_file(in_path, out_path)
         display.vvv("NATS PUT %s TO %s" % (in_path, out_path), host=self._host())
         if not os.path.exists(to_bytes(in_path, errors="surrogate_or_strict")):
             raise AnsibleFileNotFound("file or module does not exist: %s" % to_native(in_path))
         self._call("put %s" % out_path, self._client.put_file, in_path, out_path)
 
-    def fetch_file(self, in_path, out_path):
-        super(Connection, self).fetch_file(in_path, out_path)
+    def fetch_file(self, in_path: str, out_path: str) -> None:
+        super().fetch_file(in_path, out_path)
         display.vvv("NATS FETCH %s TO %s" % (in_path, out_path), host=self._host())
         self._call("fetch %s" % in_path, self._client.fetch_file, in_path, out_path)
 
-    def reset(self):
+    def reset(self) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None

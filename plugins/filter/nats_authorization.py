@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from typing import Any, Callable, Dict, List, Optional
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_bytes, to_text
@@ -33,7 +34,7 @@ _BCRYPT_B64 = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 _FIELDS = ("name", "role", "password", "nkey", "instances", "inbox_prefix", "bklite", "buckets", "account", "permissions")
 
 
-def bcrypt_hash(secret, salt_source):
+def bcrypt_hash(secret: str, salt_source: str) -> str:
     """A bcrypt hash of ``secret`` whose salt is derived from ``salt_source`` and the secret itself: the same
     input renders the same configuration (idempotent), and no two identities share a salt."""
     if _BCRYPT_RE.match(secret):
@@ -46,7 +47,7 @@ def bcrypt_hash(secret, salt_source):
     return to_text(bcrypt.hashpw(to_bytes(secret), ("$2b$%02d$%s" % (BCRYPT_COST, salt)).encode("ascii")))
 
 
-def _user(identity, namespace, where):
+def _user(identity: Any, namespace: str, where: str) -> Dict[str, Any]:
     problems = []
     if not isinstance(identity, dict):
         raise AnsibleFilterError("%s: an identity is a dictionary with name, role and password or nkey" % where)
@@ -80,13 +81,13 @@ def _user(identity, namespace, where):
                                 identity.get("inbox_prefix") or inbox_prefix_for(name),
                                 bool(identity.get("bklite")), identity.get("buckets"))
         except WireError as exc:
-            raise AnsibleFilterError("%s (%s): %s" % (where, name, exc.message))
+            raise AnsibleFilterError("%s (%s): %s" % (where, name, exc.message)) from exc
         if perms is not None:
             entry["permissions"] = perms
     return entry
 
 
-def _jetstream(value, where):
+def _jetstream(value: Any, where: str) -> Any:
     if value is True or value in ("enabled", "true"):
         return "enabled"
     if value in (False, None, "disabled", "false"):
@@ -96,7 +97,8 @@ def _jetstream(value, where):
     raise AnsibleFilterError("%s: jetstream is true, false or a dictionary of limits (max_mem, max_file, ...)" % where)
 
 
-def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, token="", system_account=""):
+def nats_authorization(identities: Optional[List[Any]], namespace: str = DEFAULT_NAMESPACE, accounts: Optional[Dict[str, Any]] = None,
+                       token: str = "", system_account: str = "") -> Dict[str, Any]:
     """The NATS server configuration blocks for these identities: ``{"authorization": ...}``, or with
     accounts ``{"accounts": ..., "system_account": ...}``; empty when there is nothing to authorize."""
     identities = identities or []
@@ -109,7 +111,7 @@ def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, t
     if token:
         return {"authorization": {"token": bcrypt_hash(str(token), "token")}}
     names = [i.get("name") for i in identities if isinstance(i, dict)]
-    duplicates = sorted(set(n for n in names if names.count(n) > 1))
+    duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise AnsibleFilterError("nats_authorization: identity names must be unique: %s" % ", ".join(map(str, duplicates)))
     users = [(i.get("account") if isinstance(i, dict) else None, _user(i, namespace, "identity %d" % n))
@@ -118,7 +120,7 @@ def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, t
     if accounts or any(account for account, _user_entry in users):
         if not isinstance(accounts, dict):
             raise AnsibleFilterError("nats_authorization: accounts must be a dictionary of account name -> settings")
-        missing = sorted(set(str(a) for a, _u in users if a not in accounts))
+        missing = sorted({str(a) for a, _u in users if a not in accounts})
         if missing:
             raise AnsibleFilterError("nats_authorization: with accounts every identity names one of them (account: ...); "
                                      "not defined in accounts: %s" % ", ".join(missing))
@@ -151,5 +153,5 @@ def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, t
 class FilterModule:
     """natsops.fleet filters."""
 
-    def filters(self):
+    def filters(self) -> Dict[str, Callable[..., Any]]:
         return {"nats_authorization": nats_authorization}

@@ -61,6 +61,8 @@ compose:
   ansible_host: natsops_probe.addresses[0]
 """
 
+from typing import Any, Dict, List, Optional
+
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
@@ -73,30 +75,31 @@ STALE_GROUP = "natsops_probes_stale"
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
+    """One host per probe of the registry, reached through its own probe."""
 
     NAME = "natsops.fleet.probes"
 
-    def verify_file(self, path):
-        return super(InventoryModule, self).verify_file(path) and path.endswith(("probes.yml", "probes.yaml"))
+    def verify_file(self, path: str) -> bool:
+        return super().verify_file(path) and path.endswith(("probes.yml", "probes.yaml"))
 
-    def parse(self, inventory, loader, path, cache=True):
-        super(InventoryModule, self).parse(inventory, loader, path, cache)
+    def parse(self, inventory: Any, loader: Any, path: str, cache: bool = True) -> None:
+        super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
+        options = {name: self.get_option(name) for name in OPTION_NAMES}
         namespace = self.get_option("namespace")
         bucket = self.get_option("bucket") or registry_bucket(namespace)
         try:
             records = call(options, "natsops.fleet probes inventory", self.get_option("connect_timeout"),
                            lambda nc: read_registry(nc, bucket, self.get_option("stale_after")))
         except ResourceError as exc:
-            raise AnsibleParserError("natsops.fleet.probes: %s" % exc.message)
+            raise AnsibleParserError("natsops.fleet.probes: %s" % exc.message) from exc
         self.inventory.add_group(GROUP)
         for record in records:
             if record["stale"] and not self.get_option("include_stale"):
                 continue
             self._add(record, namespace, options["servers"])
 
-    def _add(self, record, namespace, servers):
+    def _add(self, record: Dict[str, Any], namespace: str, servers: Optional[List[str]]) -> None:
         strict = self.get_option("strict")
         hostvars = {"ansible_connection": "natsops.fleet.nats", "ansible_nats_executor": record["node_id"],
                     "ansible_nats_namespace": namespace, "natsops_probe": record}
@@ -114,7 +117,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 keep = self._compose(condition, composed)
             except Exception as exc:  # pylint: disable=broad-except
                 if strict:
-                    raise AnsibleParserError("natsops.fleet.probes: filter %r failed for %s: %s" % (condition, record["node_id"], exc))
+                    raise AnsibleParserError("natsops.fleet.probes: filter %r failed for %s: %s"
+                                             % (condition, record["node_id"], exc)) from exc
                 keep = False
             if not keep:
                 return

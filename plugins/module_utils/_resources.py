@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tup
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
-from ansible_collections.natsops.fleet.plugins.module_utils._common import nats_options
+from ansible_collections.natsops.fleet.plugins.module_utils._common import client_name, nats_options
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import bucket_problems
 
@@ -98,10 +98,10 @@ def call(options: Dict[str, Any], name: str, timeout: float, work: Callable[[Any
         from ansible_collections.natsops.fleet.plugins.module_utils._client import missing_nats_message  # pylint: disable=import-outside-toplevel
         raise ResourceError(missing_nats_message())
 
-    async def main():
-        errors = []
+    async def main() -> Any:
+        errors: List[Exception] = []
 
-        async def on_error(exc):
+        async def on_error(exc: Exception) -> None:
             errors.append(exc)
 
         try:
@@ -131,7 +131,7 @@ def run(module: AnsibleModule, work: Callable[[Any], Awaitable[Any]]) -> Any:
     Every failure (see call) ends the module with fail_json."""
     params = module.params
     try:
-        return call(nats_options(params), "natsops.fleet %s" % module._name, params["connect_timeout"], work)
+        return call(nats_options(params), client_name(module), params["connect_timeout"], work)
     except ResourceError as exc:
         module.fail_json(msg=exc.message, **exc.details)
 

@@ -142,7 +142,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query, executor_client
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
             instance_id={"type": "str"},

@@ -33,7 +33,7 @@ def serve(path: str, settings: Dict[str, Any]) -> int:
     connect_timeout = float(settings["connect_timeout"])
     persist = float(settings["persist"])
 
-    async def main():
+    async def main() -> int:
         try:
             nc = await client.open_nats(nats_options, settings.get("name") or "natsops.fleet control", connect_timeout)
         except ExecutorError as exc:
@@ -42,7 +42,7 @@ def serve(path: str, settings: Dict[str, Any]) -> int:
         servers = ",".join(client.wire_connect.server_list(nats_options.get("servers")))
         state = {"active": 0, "last": time.monotonic()}
 
-        async def handle(reader, writer):
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             state["active"] += 1
             try:
                 while True:
