@@ -295,8 +295,8 @@ class Settings:
             self.connect = WIRE.connect_kwargs(self.options, CLIENT_NAME, self.connect_timeout)
         except WIRE.ConnectOptionsError as exc:
             text = _redact(exc, self.secrets)
-            raise SourceArgumentError("natsops.fleet.nats: %s%s" % ("option 'servers': " if text.startswith("server ") else "",
-                                                                   text)) from None  # the cause may hold a secret
+            where = "option 'servers': " if text.startswith("server ") else ""
+            raise SourceArgumentError("natsops.fleet.nats: %s%s" % (where, text)) from None  # the cause may hold a secret
         self.description = _redact(WIRE.describe(self.options), self.secrets)
 
     def _core(self, args: Dict[str, Any]) -> None:
