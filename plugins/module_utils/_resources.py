@@ -215,6 +215,31 @@ async def ensure_absent(kind: str, before: Optional[Dict[str, Any]], check_mode:
     return True, {kind: {}, "changed_settings": ["state"]}, {"before": before if shown is None else shown, "after": {}}
 
 
+async def ensure_created(kind: str, config: Dict[str, Any], check_mode: bool,
+                         create: Callable[[Dict[str, Any]], Awaitable[Any]],
+                         managed: Callable[[Dict[str, Any]], Dict[str, Any]], state: Callable[[Any], Dict[str, Any]]) -> Outcome:
+    """State present of a stream or consumer that does not exist: ``create(config)`` (returning its info), not in
+    check mode. The result names it ``kind``, with ``state(info)``; the diff shows its ``managed`` settings."""
+    if check_mode:
+        return True, {kind: config, "changed_settings": sorted(config)}, {"before": {}, "after": managed(config)}
+    info = await create(config)
+    after = info.config.as_dict()
+    return True, {kind: after, "changed_settings": sorted(config), "state": state(info)}, {"before": {}, "after": managed(after)}
+
+
+async def ensure_updated(kind: str, info: Any, after: Dict[str, Any], changed: List[str], check_mode: bool,
+                         update: Callable[[Dict[str, Any]], Awaitable[Any]],
+                         managed: Callable[[Dict[str, Any]], Dict[str, Any]], state: Callable[[Any], Dict[str, Any]]) -> Outcome:
+    """State present of a stream or consumer that exists (``info``): ``update(after)`` when settings ``changed``, not
+    in check mode. The result names it ``kind``, with ``state(info)``; the diff shows its ``managed`` settings."""
+    before = info.config.as_dict()
+    if changed and not check_mode:
+        info = await update(after)
+        after = info.config.as_dict()
+    return bool(changed), {kind: after, "changed_settings": sorted(changed), "state": state(info)}, {
+        "before": managed(before), "after": managed(after)}
+
+
 async def stream_config(js: Any, stream: str) -> Optional[Dict[str, Any]]:
     """The configuration of a stream as a dict, or None when it does not exist."""
     from nats.js import errors  # pylint: disable=import-outside-toplevel

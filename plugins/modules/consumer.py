@@ -151,13 +151,13 @@ changed_settings:
 """
 
 import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any, Awaitable, Dict, List, Optional
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    Outcome, ResourceError, changes, check_name, duration_ns, ensure_absent, ensure_resource,
+    Outcome, ResourceError, changes, check_name, duration_ns, ensure_absent, ensure_created, ensure_resource, ensure_updated,
 )
 
 # option -> the consumer configuration field of the JetStream API
@@ -246,15 +246,14 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     if params["state"] == "absent":
         return await ensure_absent("consumer", before, check_mode, lambda: js.delete_consumer(stream, name))
     wanted = wanted_config(params)
+
+    def put(config: Dict[str, Any]) -> Awaitable[Any]:  # creates and updates alike
+        return js.add_consumer(stream, ConsumerConfig.from_response(dict(config)))
+
     if before is None:
         config = {k: v for k, v in wanted.items() if v not in (None, "")}
         config.update(name=name, durable_name=name)
-        if check_mode:
-            return True, {"consumer": config, "changed_settings": sorted(config)}, {"before": {}, "after": _managed(config, wanted)}
-        info = await js.add_consumer(stream, ConsumerConfig.from_response(dict(config)))
-        after = info.config.as_dict()
-        return True, {"consumer": after, "changed_settings": sorted(config), "state": _state(info)}, {
-            "before": {}, "after": _managed(after, wanted)}
+        return await ensure_created("consumer", config, check_mode, put, lambda c: _managed(c, wanted), _state)
     _refuse_immutable(name, before, wanted)
     compared = dict(wanted, filter_subject=None, filter_subjects=None)
     changed = changes(before, compared)
@@ -265,11 +264,7 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     if "filter_subjects" in changed:
         after["filter_subject"], after["filter_subjects"] = wanted["filter_subject"] or None, wanted["filter_subjects"]
     after.setdefault("name", name)
-    if changed and not check_mode:
-        info = await js.add_consumer(stream, ConsumerConfig.from_response(dict(after)))
-        after = info.config.as_dict()
-    return bool(changed), {"consumer": after, "changed_settings": sorted(changed), "state": _state(info)}, {
-        "before": _managed(before, wanted), "after": _managed(after, wanted)}
+    return await ensure_updated("consumer", info, after, changed, check_mode, put, lambda c: _managed(c, wanted), _state)
 
 
 def main() -> None:

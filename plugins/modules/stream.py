@@ -126,8 +126,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    STORAGE_OPTIONS, Outcome, ResourceError, changes, check_name, duration_ns, ensure_absent, ensure_resource, replicas,
-    size_bytes,
+    STORAGE_OPTIONS, Outcome, ResourceError, changes, check_name, duration_ns, ensure_absent, ensure_created, ensure_resource,
+    ensure_updated, replicas, size_bytes,
 )
 
 # option -> the stream configuration field of the JetStream API
@@ -186,21 +186,14 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
             wanted["subjects"] = None  # NATS then captures the subject named like the stream
         config = {k: v for k, v in wanted.items() if v is not None}
         config["name"] = name
-        if check_mode:
-            return True, {"stream": config, "changed_settings": sorted(config)}, {"before": {}, "after": _managed(config, wanted)}
-        info = await js.add_stream(StreamConfig.from_response(dict(config)))
-        after = info.config.as_dict()
-        return True, {"stream": after, "changed_settings": sorted(config), "state": _state(info)}, {
-            "before": {}, "after": _managed(after, wanted)}
+        return await ensure_created("stream", config, check_mode, lambda c: js.add_stream(StreamConfig.from_response(dict(c))),
+                                    lambda c: _managed(c, wanted), _state)
     _refuse_immutable(name, before, wanted)
     changed = changes(before, wanted)
     after = dict(before)
     after.update((k, wanted[k]) for k in changed)
-    if changed and not check_mode:
-        info = await js.update_stream(StreamConfig.from_response(after))
-        after = info.config.as_dict()
-    return bool(changed), {"stream": after, "changed_settings": changed, "state": _state(info)}, {
-        "before": _managed(before, wanted), "after": _managed(after, wanted)}
+    return await ensure_updated("stream", info, after, changed, check_mode, lambda c: js.update_stream(StreamConfig.from_response(c)),
+                                lambda c: _managed(c, wanted), _state)
 
 
 def main() -> None:
