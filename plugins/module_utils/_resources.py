@@ -4,7 +4,8 @@
 """What the NATS resource modules (stream, consumer, kv, object, publish, request, server_info, probe_info) share,
 and the kv lookup and probes inventory with them (private to this collection): one NATS connection per run
 (``call``, ``run``), JetStream refusals as clear failures, sizes and durations as users write them, the rules for
-stream and consumer names and for replicas, bucket settings, and before/after comparison."""
+stream and consumer names and for replicas, bucket settings, and the present and absent paths of a stream,
+consumer or bucket (check mode, result, diff of the managed settings)."""
 
 from __future__ import annotations
 
