@@ -18,7 +18,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_requ
 
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
-    DEFAULT_NAMESPACE, OPTION_NAMES, OPTION_SOURCES, WireError,
+    DEFAULT_NAMESPACE, E_INTERNAL, OPTION_NAMES, OPTION_SOURCES, WireError,
 )
 
 _SECRETS = ("password", "token")
@@ -103,7 +103,7 @@ def bklite_target(module: AnsibleModule) -> Optional[Dict[str, Any]]:
 def bklite_failure(method: str, reply: Dict[str, Any], keys: Sequence[str] = ("stage", "category")) -> ExecutorTaskError:
     """The error of a failed BK-Lite reply, with those of its fields that are set as details."""
     details = {k: reply[k] for k in keys if reply.get(k)}
-    return ExecutorTaskError(reply.get("code") or "internal", "BK-Lite %s failed: %s" % (method, reply.get("error")), details)
+    return ExecutorTaskError(reply.get("code") or E_INTERNAL, "BK-Lite %s failed: %s" % (method, reply.get("error")), details)
 
 
 def compile_query(module: AnsibleModule, option: str = "query") -> Any:

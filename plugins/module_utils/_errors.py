@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import UNREACHABLE_CODES, WireError
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_INTERNAL, UNREACHABLE_CODES, WireError
 
 
 class ExecutorError(WireError):
@@ -32,7 +32,7 @@ class ExecutorError(WireError):
     @staticmethod
     def from_dict(data: Dict[str, Any]) -> "ExecutorError":
         cls = ExecutorUnreachable if data.get("unreachable") else ExecutorTaskError
-        return cls(str(data.get("code") or "internal"), str(data.get("message") or "unknown error"))
+        return cls(str(data.get("code") or E_INTERNAL), str(data.get("message") or "unknown error"))
 
 
 class ExecutorUnreachable(ExecutorError):
