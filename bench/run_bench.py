@@ -156,7 +156,7 @@ def zone_round_trip(lab, url, scratch, count=200):
     """Issue 4's target: a warm command round trip through a zone executor to a lab host over SSH,
     measured with the client alone (no Ansible): caller -> NATS -> executor -> pooled SSH -> host -> back."""
     sys.path.insert(0, devenv.COLLECTIONS)
-    from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
     zone_host = [h for h in lab["hosts"] if h["networks"] == ["zone"]][0]
     known = "%s %s\n" % (zone_host["addresses"]["zone"], " ".join(zone_host["host_key"].split()[:2]))
     zone_exec = devenv.LabExecutor(lab["executor_hosts"][0], url, ["bench-zone"], unit="natsops-bench-zone", scratch=scratch,
@@ -288,8 +288,9 @@ FINDINGS = """
   the parent before the fork, collection plugins' are not) and about 9 ms compiling the plugin and its
   module_utils from source (the collection loader keeps no bytecode). Now 13 ms: the plugin registers its
   option definitions itself, parsed with the C YAML loader (a unit test checks they equal ansible-core's
-  parse), and a worker compiles only the plugin, `mux.py`, `errors.py` and `wire/names.py`; the control
-  process moved to `control.py`. The lab ratio went from 1.15x to parity: full benchmark runs on
+  parse), and a worker compiles only the plugin, `mux.py`, `errors.py` and `wire/names.py` (now
+  `plugin_utils/_mux.py`, `module_utils/_errors.py`); the control process moved to `control.py` (now
+  `plugin_utils/_control.py`). The lab ratio went from 1.15x to parity: full benchmark runs on
   2026-11-23 gave 1.02x, 1.07x and 0.90x (the table above is the last one), and a run of ssh-lab against
   nats-lab alone, 10 interleaved rounds, gave medians 9.53 s and 9.41 s (0.99x). This machine's noise
   (runs of one scenario spread by 25 %) is larger than the remaining difference. What is left per task:

@@ -15,27 +15,19 @@ description:
     are answered by the executor.
   - When no executor serves the addressed instance id, the task is unreachable with a message that names
     the subject, the instance id asked for, the instance ids that are online, and how to fix it.
+  - Privilege escalation (waiting for the become prompt, then for its success) is bounded by O(connect_timeout).
   - See docs/protocol.md in the collection for the wire contract.
 version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
-requirements:
-  - nats-py >= 2.9 on the controller (and nkeys for NKey/JWT authentication)
+extends_documentation_fragment:
+  - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.plugin
+  - natsops.fleet.nats.var_names
 options:
   servers:
-    description:
-      - NATS server URLs, comma-separated or a list; several URLs of one cluster give failover.
-      - C(tls://) URLs enable TLS.
-    type: list
-    elements: str
     default: ['nats://127.0.0.1:4222']
-    vars:
-      - name: ansible_nats_servers
-    env:
-      - name: NATS_URL
-    ini:
-      - section: natsops
-        key: servers
   executor:
     description:
       - The instance id of the executor(s) that run this host's tasks, for example a zone name such as
@@ -68,9 +60,6 @@ options:
       - section: natsops
         key: mode
   namespace:
-    description: Subject prefix, so that several fleets can share one NATS system.
-    type: str
-    default: natsops
     vars:
       - name: ansible_nats_namespace
     env:
@@ -78,134 +67,6 @@ options:
     ini:
       - section: natsops
         key: namespace
-  user:
-    description: NATS user name (user/password authentication).
-    type: str
-    vars:
-      - name: ansible_nats_user
-    env:
-      - name: NATS_USER
-    ini:
-      - section: natsops
-        key: user
-  password:
-    description: NATS password for O(user). Never logged.
-    type: str
-    vars:
-      - name: ansible_nats_password
-    env:
-      - name: NATS_PASSWORD
-    ini:
-      - section: natsops
-        key: password
-  token:
-    description: NATS authentication token. Never logged.
-    type: str
-    vars:
-      - name: ansible_nats_token
-    env:
-      - name: NATS_TOKEN
-    ini:
-      - section: natsops
-        key: token
-  creds:
-    description: Path of a JWT user credentials (C(.creds)) file.
-    type: path
-    vars:
-      - name: ansible_nats_creds
-    env:
-      - name: NATS_CREDS
-    ini:
-      - section: natsops
-        key: creds
-  nkey:
-    description: Path of an NKey seed file.
-    type: path
-    vars:
-      - name: ansible_nats_nkey
-    env:
-      - name: NATS_NKEY
-    ini:
-      - section: natsops
-        key: nkey
-  ca:
-    description: CA certificate file used to verify the NATS server (enables TLS).
-    type: path
-    vars:
-      - name: ansible_nats_ca
-    env:
-      - name: NATS_CA
-    ini:
-      - section: natsops
-        key: ca
-  cert:
-    description: Client certificate for mutual TLS; needs O(key).
-    type: path
-    vars:
-      - name: ansible_nats_cert
-    env:
-      - name: NATS_CERT
-    ini:
-      - section: natsops
-        key: cert
-  key:
-    description: Private key of O(cert).
-    type: path
-    vars:
-      - name: ansible_nats_key
-    env:
-      - name: NATS_KEY
-    ini:
-      - section: natsops
-        key: key
-  tls_hostname:
-    description: Host name to verify in the server certificate when it differs from the URL's.
-    type: str
-    vars:
-      - name: ansible_nats_tls_hostname
-    env:
-      - name: NATS_TLS_HOSTNAME
-    ini:
-      - section: natsops
-        key: tls_hostname
-  inbox_prefix:
-    description:
-      - Subject prefix of the reply inboxes of this connection (default C(_INBOX)).
-      - With the least-privilege permissions of the P(natsops.fleet.nats_server#role) role, an identity may only
-        subscribe below its own prefix, C(_INBOX.<user name>); set it to that.
-    type: str
-    vars:
-      - name: ansible_nats_inbox_prefix
-    env:
-      - name: NATS_INBOX_PREFIX
-    ini:
-      - section: natsops
-        key: inbox_prefix
-  context:
-    description:
-      - Name of a natscli context (C(~/.config/nats/context/NAME.json)); its URL and credentials fill the
-        options that are not set otherwise.
-    type: str
-    vars:
-      - name: ansible_nats_context
-    env:
-      - name: NATS_CONTEXT
-    ini:
-      - section: natsops
-        key: context
-  connect_timeout:
-    description:
-      - Seconds to connect to NATS and for an executor to accept a request.
-      - Also bounds privilege escalation (waiting for the become prompt or success).
-    type: float
-    default: 10
-    vars:
-      - name: ansible_nats_connect_timeout
-    env:
-      - name: ANSIBLE_NATS_CONNECT_TIMEOUT
-    ini:
-      - section: natsops
-        key: connect_timeout
   task_timeout:
     description:
       - Seconds a single command may run on the host; the executor then kills its whole process group
@@ -341,17 +202,19 @@ EXAMPLES = r"""
       ansible.builtin.setup:
 """
 
+import importlib
 import os
 from gettext import dgettext
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-# only standard-library modules here: this file is imported in every task's worker process
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError, ExecutorUnreachable
-from ansible_collections.natsops.fleet.plugins.module_utils.mux import MuxClient
+# this file is imported in every task's worker process: the collection code it imports uses the standard library only
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import MuxClient
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
     E_BECOME, E_BECOME_TIMEOUT, OPTION_NAMES, WireError, validate_instance_id, validate_namespace,
 )
@@ -364,14 +227,46 @@ _BECOME_REASONS = {"premature_end": "Premature end of stream", "duplicate_prompt
                    "timeout": "Timed out"}
 
 
-def _register_option_definitions():
+COLLECTION = "natsops.fleet"
+
+
+def _option_definitions(load: Callable[[str], Any]) -> Dict[str, Any]:
+    """This plugin's option definitions as ansible-core builds them: DOCUMENTATION with its documentation
+    fragments (natsops.fleet.nats.*) merged the way ``ansible.utils.plugin_docs.add_fragments`` merges them,
+    every YAML text parsed with ``load``. Raises LookupError for a fragment of another collection."""
+    from ansible.utils.plugin_docs import add_collection_to_versions_and_dates, merge_fragment  # pylint: disable=import-outside-toplevel
+
+    doc = load(DOCUMENTATION)
+    for slug in doc.pop("extends_documentation_fragment", []):
+        prefix, _dot, name = slug.partition(COLLECTION + ".")
+        if prefix or not name:
+            raise LookupError("documentation fragment %s is not this collection's" % slug)
+        module_name, _dot, variable = name.partition(".")
+        fragments = importlib.import_module("ansible_collections.natsops.fleet.plugins.doc_fragments." + module_name)
+        fragment = load(getattr(fragments.ModuleDocFragment, variable.upper() or "DOCUMENTATION"))
+        add_collection_to_versions_and_dates(fragment, COLLECTION, is_module=False)
+        for key in ("notes", "seealso"):  # text for ansible-doc only
+            fragment.pop(key, None)
+        for key in ("options", "attributes"):
+            if key in fragment:
+                if key in doc:
+                    merge_fragment(doc[key], fragment.pop(key))
+                else:
+                    doc[key] = fragment.pop(key)
+        merge_fragment(doc, fragment)
+    return doc["options"]
+
+
+def _register_option_definitions() -> None:
     """Speed: give ansible-core this plugin's option definitions before it parses DOCUMENTATION itself.
 
     ansible-core loads builtin connection plugins' definitions in the parent process before it forks a
-    worker per task, but not those of collection plugins, so every worker parsed this DOCUMENTATION again
-    with its tagging YAML loader: about 7 ms of every task (docs/performance.md). The C YAML parser yields
-    the same data in under 2 ms (tests/unit compares the two). Without libyaml, or when ansible-core's
-    config manager does not offer this, nothing is registered here and ansible-core parses as usual.
+    worker per task, but not those of collection plugins, so every worker parsed this DOCUMENTATION and its
+    fragments again with its tagging YAML loader: about 7 ms of every task (docs/performance.md). The C YAML
+    parser yields the same data in under 2 ms (tests/unit/plugins/connection/test_nats.py compares the two);
+    the fragments come from plugins/doc_fragments/nats.py, which holds only strings.
+    Without libyaml, or when ansible-core's config manager does not offer this, nothing is registered here
+    and ansible-core parses as usual.
     """
     try:
         import yaml  # pylint: disable=import-outside-toplevel
@@ -381,7 +276,7 @@ def _register_option_definitions():
         # ansible-core files a collection plugin's definitions under its Python module name
         if loader is None or C.config.has_configuration_definition("connection", __name__):
             return
-        options = yaml.load(DOCUMENTATION, Loader=loader).get("options")  # nosec: the C safe loader
+        options = _option_definitions(lambda text: yaml.load(text, Loader=loader))  # nosec: the C safe loader
         if isinstance(options, dict):
             C.config.initialize_plugin_configuration_definitions("connection", __name__, options)
     except Exception:  # pylint: disable=broad-except
@@ -398,28 +293,29 @@ class Connection(ConnectionBase):
     has_pipelining = True
     has_tty = False
 
-    def __init__(self, *args, **kwargs):
-        super(Connection, self).__init__(*args, **kwargs)
-        self._client = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: Any = None  # a MuxClient, or an ExecutorClient with control_persist 0
 
-    def _host(self):
+    def _host(self) -> str:
         return self._play_context.remote_addr
 
-    def set_options(self, task_keys=None, var_options=None, direct=None):
+    def set_options(self, task_keys: Optional[Dict[str, Any]] = None, var_options: Optional[Dict[str, Any]] = None,
+                    direct: Optional[Dict[str, Any]] = None) -> None:
         # ansible-core gives every connection plugin the host login password (ansible_password, -k) as the
         # task key 'password'. Here 'password' is the NATS password, so that value goes to ssh_password.
         login_password = None
         if task_keys and "password" in task_keys:
             task_keys = dict(task_keys)
             login_password = task_keys.pop("password")
-        super(Connection, self).set_options(task_keys=task_keys, var_options=var_options, direct=direct)
+        super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
         if login_password and not self.get_option("ssh_password"):
             self.set_option("ssh_password", login_password)
 
-    def _connect(self):
+    def _connect(self) -> "Connection":
         if self._connected:
             return self
-        options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
+        options = {name: self.get_option(name) for name in OPTION_NAMES}
         instance = self.get_option("executor")
         namespace = self.get_option("namespace")
         timeout = float(self.get_option("connect_timeout"))
@@ -428,7 +324,7 @@ class Connection(ConnectionBase):
             validate_instance_id(instance)
             validate_namespace(namespace)
         except WireError as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message) from exc
         ssh_target = self._ssh_target() if self.get_option("mode") == "ssh" else None
         display.vvv("NATS CONNECT executor=%s namespace=%s mode=%s control_persist=%s" % (
             instance, namespace, self.get_option("mode"), persist), host=self._host())
@@ -440,17 +336,17 @@ class Connection(ConnectionBase):
                     target["target"] = ssh_target
                 self._client = MuxClient.connect(options, timeout, persist, name, target)
             else:
-                from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+                from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
                 self._client = ExecutorClient(options, instance, namespace=namespace, connect_timeout=timeout, name=name,
                                               target=ssh_target).connect()
         except ExecutorUnreachable as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message)
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message) from exc
         except (ValueError, WireError) as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: bad connection options: %s" % exc)
+            raise AnsibleConnectionFailure("natsops.fleet.nats: bad connection options: %s" % exc) from exc
         self._connected = True
         return self
 
-    def _ssh_target(self):
+    def _ssh_target(self) -> Dict[str, Any]:
         """Where a zone executor should SSH to, and with which credentials (mode ssh)."""
         target = {"host": self._play_context.remote_addr, "port": int(self.get_option("port")),
                   "user": self.get_option("remote_user")}
@@ -466,29 +362,29 @@ class Connection(ConnectionBase):
                 with open(to_bytes(key_file, errors="surrogate_or_strict"), "rb") as handle:
                     target["private_key"] = to_text(handle.read())
             except OSError as exc:
-                raise AnsibleConnectionFailure("natsops.fleet.nats: cannot read ssh_private_key_file %s: %s" % (key_file, exc))
+                raise AnsibleConnectionFailure("natsops.fleet.nats: cannot read ssh_private_key_file %s: %s" % (key_file, exc)) from exc
             if self.get_option("ssh_private_key_passphrase"):
                 target["passphrase"] = to_text(self.get_option("ssh_private_key_passphrase"))
         return target
 
-    def _call(self, what, func, *args, **kwargs):
+    def _call(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a client call, turning its errors into Ansible errors (never a traceback)."""
         try:
             return func(*args, **kwargs)
         except ExecutorUnreachable as exc:
             if exc.code == E_BECOME_TIMEOUT:
-                raise AnsibleConnectionFailure(self._become_failure(exc)) from None
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message)) from None
+                raise AnsibleConnectionFailure(self._become_failure(exc)) from exc
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message)) from exc
         except ExecutorTaskError as exc:
             if exc.code == E_BECOME:
-                raise AnsibleError(self._become_failure(exc)) from None
-            raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message)) from None
+                raise AnsibleError(self._become_failure(exc)) from exc
+            raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message)) from exc
         except (ValueError, WireError) as exc:
-            raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc))
+            raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc)) from exc
         except OSError as exc:  # a local file (put source, fetch destination) could not be used
-            raise AnsibleError("natsops.fleet.nats: %s failed on the controller: %s" % (what, exc))
+            raise AnsibleError("natsops.fleet.nats: %s failed on the controller: %s" % (what, exc)) from exc
 
-    def _become_spec(self, in_data, sudoable):
+    def _become_spec(self, in_data: Optional[bytes], sudoable: bool) -> Tuple[Optional[Dict[str, Any]], bool]:
         """What the executor needs to escalate privileges as ansible's own connections do: the become plugin's
         success marker, its password prompt and messages (all literal text), the password."""
         if not (sudoable and self.become and self.become._id):
@@ -502,17 +398,17 @@ class Connection(ConnectionBase):
             use_pty = in_data is None
         return spec, use_pty
 
-    def _become_texts(self, texts):
+    def _become_texts(self, texts: Any) -> Optional[List[str]]:
         """The become plugin's messages, as written and as translated for its name (what check_incorrect_password
         and check_missing_password look for)."""
-        found = []
+        found: List[str] = []
         for text in texts or ():
             for variant in (to_text(text), to_text(dgettext(self.become.name, text))):
                 if variant and variant not in found:
                     found.append(variant)
         return found or None
 
-    def _become_prompt(self):
+    def _become_prompt(self) -> Dict[str, Any]:
         """The become plugin's password prompt: a line prefix (BecomeBase's rule, sudo), or su's words."""
         words = getattr(self.become, "SU_PROMPT_LOCALIZATIONS", None)
         if words:
@@ -527,7 +423,7 @@ class Connection(ConnectionBase):
         raise AnsibleError("natsops.fleet.nats: become method %r asks for a password in a way this connection "
                            "cannot answer; use sudo or su, or a password-less become" % self.become.name)
 
-    def _become_failure(self, exc):
+    def _become_failure(self, exc: Any) -> str:
         """ansible-core's own message for a failed privilege escalation (its connections' wording), from the
         executor's reason and what the escalation command printed."""
         details = exc.details or {}
@@ -549,29 +445,29 @@ class Connection(ConnectionBase):
             message += "\n>>> Standard Error\n%s" % details["stderr"]
         return message
 
-    def exec_command(self, cmd, in_data=None, sudoable=True):
-        super(Connection, self).exec_command(cmd, in_data=in_data, sudoable=sudoable)
+    def exec_command(self, cmd: str, in_data: Optional[bytes] = None, sudoable: bool = True) -> Tuple[int, bytes, bytes]:
+        super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
         become, use_pty = self._become_spec(in_data, sudoable)
         display.vvv("NATS EXEC %s%s" % (to_text(cmd), " (stdin %d bytes)" % len(in_data) if in_data else ""), host=self._host())
         return self._call("exec", self._client.exec_command, command=to_text(cmd), stdin=to_bytes(in_data) if in_data else None,
                           become=become, pty=use_pty, timeout=float(self.get_option("task_timeout")))
 
-    def put_file(self, in_path, out_path):
-        super(Connection, self).put_file(in_path, out_path)
+    def put_file(self, in_path: str, out_path: str) -> None:
+        super().put_file(in_path, out_path)
         display.vvv("NATS PUT %s TO %s" % (in_path, out_path), host=self._host())
         if not os.path.exists(to_bytes(in_path, errors="surrogate_or_strict")):
             raise AnsibleFileNotFound("file or module does not exist: %s" % to_native(in_path))
         self._call("put %s" % out_path, self._client.put_file, in_path, out_path)
 
-    def fetch_file(self, in_path, out_path):
-        super(Connection, self).fetch_file(in_path, out_path)
+    def fetch_file(self, in_path: str, out_path: str) -> None:
+        super().fetch_file(in_path, out_path)
         display.vvv("NATS FETCH %s TO %s" % (in_path, out_path), host=self._host())
         self._call("fetch %s" % in_path, self._client.fetch_file, in_path, out_path)
 
-    def reset(self):
+    def reset(self) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """The settings of a JetStream bucket (key-value or object store), shared by the kv and object modules."""
+    """The settings of a JetStream bucket (key-value or object store), shared by the kv and object modules; its
+    storage, replicas and max_bytes are in natsops.fleet.storage, shared with the stream module."""
 
     DOCUMENTATION = r"""
 options:
@@ -20,16 +21,6 @@ options:
   ttl:
     description: How long entries are kept, in seconds or as C(90s), C(2m30s), C(24h), C(7d) (0 keeps them forever).
     type: str
-  max_bytes:
-    description: Most bytes the bucket keeps, a number or a size such as C(512MB) or C(10G) (-1 unlimited).
-    type: str
-  storage:
-    description: V(file) or V(memory). Cannot change once the bucket exists.
-    type: str
-    choices: [file, memory]
-  replicas:
-    description: Copies kept in a cluster (1 to 5; 3 survives one server down).
-    type: int
 notes:
   - The bucket settings are managed only when they are set; settings not given stay as they are (on creation they take
     the defaults of the NATS client libraries). A bucket is a JetStream stream (C(KV_<bucket>) or C(OBJ_<bucket>)),

@@ -6,7 +6,24 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """How modules connect to NATS: the same option names as the natsops.fleet.nats connection plugin."""
+    """The NATS connection options, with the same names everywhere (``OPTION_NAMES`` of
+    plugins/module_utils/wire/names.py, plus ``connect_timeout``).
+
+    Each option's description and type are written once, in DOCUMENTATION. The other fragments add only where
+    a kind of plugin reads the options from (community.docker's ``var_names`` pattern):
+
+    - the connection plugin: natsops.fleet.nats, natsops.fleet.nats.plugin (environment and ansible.cfg),
+      natsops.fleet.nats.var_names (ansible_nats_<name> variables);
+    - the kv lookup and the probes inventory: natsops.fleet.nats, natsops.fleet.nats.plugin;
+    - the modules: natsops.fleet.nats, natsops.fleet.nats.module (their argument spec reads the environment,
+      plugins/module_utils/_common.py).
+
+    natsops.fleet.nats.namespace documents the fleet's subject prefix for those that address executors or
+    probes (the connection plugin, the modules, the probes inventory).
+
+    The environment variables are those of ``OPTION_SOURCES`` in wire/names.py (natscli's names);
+    tests/unit/plugins/doc_fragments/test_nats.py keeps the two equal.
+    """
 
     DOCUMENTATION = r"""
 options:
@@ -14,56 +31,202 @@ options:
     description:
       - NATS server URLs, comma-separated or a list; several URLs of one cluster give failover.
         C(tls://) URLs enable TLS.
-      - Defaults to E(NATS_URL), then C(nats://127.0.0.1:4222).
+      - When none is given, C(nats://127.0.0.1:4222).
     type: list
     elements: str
   user:
-    description: NATS user name (with O(password)). Defaults to E(NATS_USER).
+    description: NATS user name (user/password authentication, with O(password)).
     type: str
   password:
-    description: NATS password for O(user). Defaults to E(NATS_PASSWORD). Never logged.
+    description: NATS password for O(user). Never logged.
     type: str
   token:
-    description: NATS authentication token. Defaults to E(NATS_TOKEN). Never logged.
+    description: NATS authentication token. Never logged.
     type: str
   creds:
-    description: JWT user credentials file (C(.creds), operator mode). Defaults to E(NATS_CREDS).
+    description: Path of a JWT user credentials file (C(.creds), operator mode).
     type: path
   nkey:
-    description: NKey seed file. Defaults to E(NATS_NKEY).
+    description: Path of an NKey seed file.
     type: path
   ca:
-    description: CA certificate(s) to verify the NATS server. Defaults to E(NATS_CA).
+    description: CA certificate file to verify the NATS server with (enables TLS).
     type: path
   cert:
-    description: Client certificate for mutual TLS. Defaults to E(NATS_CERT).
+    description: Client certificate for mutual TLS; needs O(key).
     type: path
   key:
-    description: Client private key for mutual TLS. Defaults to E(NATS_KEY).
+    description: Private key of O(cert), for mutual TLS.
     type: path
   tls_hostname:
-    description: Host name expected in the server certificate. Defaults to E(NATS_TLS_HOSTNAME).
+    description: Host name to verify in the server certificate when it differs from the URL's.
     type: str
   inbox_prefix:
     description:
-      - Subject prefix of this client's reply inboxes. Defaults to E(NATS_INBOX_PREFIX), then C(_INBOX).
+      - Subject prefix of this client's reply inboxes (default C(_INBOX)).
       - With the least-privilege permissions of the P(natsops.fleet.nats_server#role) role, an identity may only
         subscribe below its own prefix, C(_INBOX.<user name>); set it to that.
     type: str
   context:
     description:
-      - Name of a natscli context whose URL and credentials fill the options not set otherwise.
-        Defaults to E(NATS_CONTEXT).
+      - Name of a natscli context (C(~/.config/nats/context/NAME.json)); its URL and credentials fill the
+        options that are not set otherwise.
     type: str
-  namespace:
-    description: Subject prefix of the fleet (the executors' C(--namespace)).
-    type: str
-    default: natsops
   connect_timeout:
-    description: Seconds to wait for the NATS connection and for replies that start a job.
+    description: Seconds to wait for the NATS connection and for each reply that accepts or answers a request.
     type: float
     default: 10
+"""
+
+    # The fleet's subject prefix: the connection plugin, the modules and the probes inventory (not the kv lookup,
+    # which reads a bucket by its name).
+    NAMESPACE = r"""
+options:
+  namespace:
+    description: Subject prefix of the fleet (the executors' C(--namespace)); several fleets can share one NATS system.
+    type: str
+    default: natsops
+"""
+
+    # Plugins that run on the controller (connection, lookup, inventory) also read each option from the
+    # environment and from the [natsops] section of ansible.cfg.
+    PLUGIN = r"""
+options:
+  servers:
+    env:
+      - name: NATS_URL
+    ini:
+      - section: natsops
+        key: servers
+  user:
+    env:
+      - name: NATS_USER
+    ini:
+      - section: natsops
+        key: user
+  password:
+    env:
+      - name: NATS_PASSWORD
+    ini:
+      - section: natsops
+        key: password
+  token:
+    env:
+      - name: NATS_TOKEN
+    ini:
+      - section: natsops
+        key: token
+  creds:
+    env:
+      - name: NATS_CREDS
+    ini:
+      - section: natsops
+        key: creds
+  nkey:
+    env:
+      - name: NATS_NKEY
+    ini:
+      - section: natsops
+        key: nkey
+  ca:
+    env:
+      - name: NATS_CA
+    ini:
+      - section: natsops
+        key: ca
+  cert:
+    env:
+      - name: NATS_CERT
+    ini:
+      - section: natsops
+        key: cert
+  key:
+    env:
+      - name: NATS_KEY
+    ini:
+      - section: natsops
+        key: key
+  tls_hostname:
+    env:
+      - name: NATS_TLS_HOSTNAME
+    ini:
+      - section: natsops
+        key: tls_hostname
+  inbox_prefix:
+    env:
+      - name: NATS_INBOX_PREFIX
+    ini:
+      - section: natsops
+        key: inbox_prefix
+  context:
+    env:
+      - name: NATS_CONTEXT
+    ini:
+      - section: natsops
+        key: context
+  connect_timeout:
+    env:
+      - name: ANSIBLE_NATS_CONNECT_TIMEOUT
+    ini:
+      - section: natsops
+        key: connect_timeout
+requirements:
+  - nats-py >= 2.9 (and nkeys for NKey/JWT authentication) on the controller
+"""
+
+    # The connection plugin also reads each option from a host or group variable ansible_nats_<name>.
+    VAR_NAMES = r"""
+options:
+  servers:
+    vars:
+      - name: ansible_nats_servers
+  user:
+    vars:
+      - name: ansible_nats_user
+  password:
+    vars:
+      - name: ansible_nats_password
+  token:
+    vars:
+      - name: ansible_nats_token
+  creds:
+    vars:
+      - name: ansible_nats_creds
+  nkey:
+    vars:
+      - name: ansible_nats_nkey
+  ca:
+    vars:
+      - name: ansible_nats_ca
+  cert:
+    vars:
+      - name: ansible_nats_cert
+  key:
+    vars:
+      - name: ansible_nats_key
+  tls_hostname:
+    vars:
+      - name: ansible_nats_tls_hostname
+  inbox_prefix:
+    vars:
+      - name: ansible_nats_inbox_prefix
+  context:
+    vars:
+      - name: ansible_nats_context
+  connect_timeout:
+    vars:
+      - name: ansible_nats_connect_timeout
+"""
+
+    # Modules: the argument spec reads an option that is not set from the environment where the module runs.
+    MODULE = r"""
+options: {}
 notes:
+  - "A NATS connection option that is not set in the task is read from an environment variable where the module runs
+    (natscli's names): O(servers) from E(NATS_URL), O(user) from E(NATS_USER), O(password) from E(NATS_PASSWORD),
+    O(token) from E(NATS_TOKEN), O(creds) from E(NATS_CREDS), O(nkey) from E(NATS_NKEY), O(ca) from E(NATS_CA),
+    O(cert) from E(NATS_CERT), O(key) from E(NATS_KEY), O(tls_hostname) from E(NATS_TLS_HOSTNAME),
+    O(inbox_prefix) from E(NATS_INBOX_PREFIX), O(context) from E(NATS_CONTEXT)."
   - "These modules run where the task runs; to talk to NATS from the controller use C(delegate_to: localhost)
     (or C(hosts: localhost)) with an interpreter that has nats-py, for example
     C(ansible_python_interpreter: '{{ ansible_playbook_python }}')."
@@ -75,120 +238,4 @@ attributes:
     support: full
     membership:
       - natsops.fleet.nats
-"""
-
-    # Plugins that run on the controller (lookup, inventory): the same names, also read from the environment and
-    # from the [natsops] section of ansible.cfg, like the natsops.fleet.nats connection plugin.
-    PLUGIN = r"""
-options:
-  servers:
-    description: NATS server URLs, comma-separated or a list; several URLs of one cluster give failover. C(tls://) URLs enable TLS.
-    type: list
-    elements: str
-    env:
-      - name: NATS_URL
-    ini:
-      - section: natsops
-        key: servers
-  user:
-    description: NATS user name (with O(password)).
-    type: str
-    env:
-      - name: NATS_USER
-    ini:
-      - section: natsops
-        key: user
-  password:
-    description: NATS password for O(user). Never logged.
-    type: str
-    env:
-      - name: NATS_PASSWORD
-    ini:
-      - section: natsops
-        key: password
-  token:
-    description: NATS authentication token. Never logged.
-    type: str
-    env:
-      - name: NATS_TOKEN
-    ini:
-      - section: natsops
-        key: token
-  creds:
-    description: JWT user credentials file (C(.creds), operator mode).
-    type: path
-    env:
-      - name: NATS_CREDS
-    ini:
-      - section: natsops
-        key: creds
-  nkey:
-    description: NKey seed file.
-    type: path
-    env:
-      - name: NATS_NKEY
-    ini:
-      - section: natsops
-        key: nkey
-  ca:
-    description: CA certificate(s) to verify the NATS server.
-    type: path
-    env:
-      - name: NATS_CA
-    ini:
-      - section: natsops
-        key: ca
-  cert:
-    description: Client certificate for mutual TLS.
-    type: path
-    env:
-      - name: NATS_CERT
-    ini:
-      - section: natsops
-        key: cert
-  key:
-    description: Client private key for mutual TLS.
-    type: path
-    env:
-      - name: NATS_KEY
-    ini:
-      - section: natsops
-        key: key
-  tls_hostname:
-    description: Host name expected in the server certificate.
-    type: str
-    env:
-      - name: NATS_TLS_HOSTNAME
-    ini:
-      - section: natsops
-        key: tls_hostname
-  inbox_prefix:
-    description:
-      - Subject prefix of this client's reply inboxes (default C(_INBOX)).
-      - With the least-privilege permissions of the P(natsops.fleet.nats_server#role) role, C(_INBOX.<user name>).
-    type: str
-    env:
-      - name: NATS_INBOX_PREFIX
-    ini:
-      - section: natsops
-        key: inbox_prefix
-  context:
-    description: Name of a natscli context whose URL and credentials fill the options not set otherwise.
-    type: str
-    env:
-      - name: NATS_CONTEXT
-    ini:
-      - section: natsops
-        key: context
-  connect_timeout:
-    description: Seconds to wait for the NATS connection and for replies.
-    type: float
-    default: 10
-    env:
-      - name: ANSIBLE_NATS_CONNECT_TIMEOUT
-    ini:
-      - section: natsops
-        key: connect_timeout
-requirements:
-  - nats-py >= 2.9 (and nkeys for NKey/JWT authentication) on the controller
 """

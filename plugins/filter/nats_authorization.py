@@ -10,6 +10,7 @@ stored as bcrypt hashes. Documentation: nats_authorization.yml next to this file
 from __future__ import annotations
 
 import re
+from typing import Any, Callable, Dict, List, Optional
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_bytes, to_text
@@ -29,7 +30,7 @@ _BCRYPT_RE = re.compile(r"^\$2[abxy]?\$\d{2}\$.{53}$")
 _FIELDS = ("name", "role", "password", "nkey", "instances", "inbox_prefix", "bklite", "buckets", "account", "permissions")
 
 
-def bcrypt_hash(secret, current=None):
+def bcrypt_hash(secret: str, current: Optional[str] = None) -> str:
     """A bcrypt hash of ``secret`` with a random salt, or ``current`` (the hash the server has now) while it still
     matches the secret: a second run renders the same configuration, yet whoever reads it must pay bcrypt's cost
     for every guess. A secret that already is a bcrypt hash is used as it is."""
@@ -47,7 +48,7 @@ def bcrypt_hash(secret, current=None):
     return to_text(bcrypt.hashpw(to_bytes(secret), bcrypt.gensalt(BCRYPT_COST)))
 
 
-def _user(identity, namespace, where, current):
+def _user(identity: Any, namespace: str, where: str, current: Dict[str, str]) -> Dict[str, Any]:
     problems = []
     if not isinstance(identity, dict):
         raise AnsibleFilterError("%s: an identity is a dictionary with name, role and password or nkey" % where)
@@ -81,13 +82,13 @@ def _user(identity, namespace, where, current):
                                 identity.get("inbox_prefix") or inbox_prefix_for(name),
                                 bool(identity.get("bklite")), identity.get("buckets"))
         except WireError as exc:
-            raise AnsibleFilterError("%s (%s): %s" % (where, name, exc.message))
+            raise AnsibleFilterError("%s (%s): %s" % (where, name, exc.message)) from exc
         if perms is not None:
             entry["permissions"] = perms
     return entry
 
 
-def _jetstream(value, where):
+def _jetstream(value: Any, where: str) -> Any:
     if value is True or value in ("enabled", "true"):
         return "enabled"
     if value in (False, None, "disabled", "false"):
@@ -97,7 +98,8 @@ def _jetstream(value, where):
     raise AnsibleFilterError("%s: jetstream is true, false or a dictionary of limits (max_mem, max_file, ...)" % where)
 
 
-def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, token="", system_account="", current=None):
+def nats_authorization(identities: Optional[List[Any]], namespace: str = DEFAULT_NAMESPACE, accounts: Optional[Dict[str, Any]] = None,
+                       token: str = "", system_account: str = "", current: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """The NATS server configuration blocks for these identities: ``{"authorization": ...}``, or with
     accounts ``{"accounts": ..., "system_account": ...}``; empty when there is nothing to authorize.
     ``current`` maps user names (and ``token``) to the hashes the server has now (``password_hashes``), which
@@ -113,7 +115,7 @@ def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, t
     if token:
         return {"authorization": {"token": bcrypt_hash(str(token), current.get("token"))}}
     names = [i.get("name") for i in identities if isinstance(i, dict)]
-    duplicates = sorted(set(n for n in names if names.count(n) > 1))
+    duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise AnsibleFilterError("nats_authorization: identity names must be unique: %s" % ", ".join(map(str, duplicates)))
     users = [(i.get("account") if isinstance(i, dict) else None, _user(i, namespace, "identity %d" % n, current))
@@ -122,7 +124,7 @@ def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, t
     if accounts or any(account for account, _user_entry in users):
         if not isinstance(accounts, dict):
             raise AnsibleFilterError("nats_authorization: accounts must be a dictionary of account name -> settings")
-        missing = sorted(set(str(a) for a, _u in users if a not in accounts))
+        missing = sorted({str(a) for a, _u in users if a not in accounts})
         if missing:
             raise AnsibleFilterError("nats_authorization: with accounts every identity names one of them (account: ...); "
                                      "not defined in accounts: %s" % ", ".join(missing))
@@ -152,12 +154,12 @@ def nats_authorization(identities, namespace=DEFAULT_NAMESPACE, accounts=None, t
     return result
 
 
-def password_hashes(authorization):
+def password_hashes(authorization: Optional[Dict[str, Any]]) -> Dict[str, str]:
     """The hashes of a nats_authorization result, by user name (and ``token``): what a role keeps on the server to
     pass back as ``current`` next time."""
     blocks = [(authorization or {}).get("authorization") or {}]
     blocks += [account for account in ((authorization or {}).get("accounts") or {}).values() if isinstance(account, dict)]
-    found = {}
+    found: Dict[str, str] = {}
     for block in blocks:
         if block.get("token"):
             found["token"] = block["token"]
@@ -170,5 +172,5 @@ def password_hashes(authorization):
 class FilterModule:
     """natsops.fleet filters."""
 
-    def filters(self):
+    def filters(self) -> Dict[str, Callable[..., Any]]:
         return {"nats_authorization": nats_authorization, "nats_password_hashes": password_hashes}

@@ -21,24 +21,16 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - constructed
+  - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
   - natsops.fleet.nats.plugin
+  - natsops.fleet.registry
 options:
   plugin:
     description: The name of this plugin.
     type: str
     required: true
     choices: [natsops.fleet.probes]
-  namespace:
-    description: Subject prefix of the fleet (the executors' C(--namespace)).
-    type: str
-    default: natsops
-  bucket:
-    description: The registry bucket; defaults to C(<namespace>_registry) (dots of O(namespace) as C(_)).
-    type: str
-  stale_after:
-    description: Seconds since its last heartbeat after which a probe counts as stale.
-    type: float
-    default: 90
   include_stale:
     description: Keep stale probes in the inventory (with C(natsops_probe.stale=true), also in group C(natsops_probes_stale)).
     type: bool
@@ -69,11 +61,13 @@ compose:
   ansible_host: natsops_probe.addresses[0]
 """
 
+from typing import Any, Dict, List, Optional
+
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
-from ansible_collections.natsops.fleet.plugins.module_utils import registry
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, call
+from ansible_collections.natsops.fleet.plugins.module_utils._registry import read_registry
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, call
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES, registry_bucket
 
 GROUP = "natsops_probes"
@@ -81,30 +75,31 @@ STALE_GROUP = "natsops_probes_stale"
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable):
+    """One host per probe of the registry, reached through its own probe."""
 
     NAME = "natsops.fleet.probes"
 
-    def verify_file(self, path):
-        return super(InventoryModule, self).verify_file(path) and path.endswith(("probes.yml", "probes.yaml"))
+    def verify_file(self, path: str) -> bool:
+        return super().verify_file(path) and path.endswith(("probes.yml", "probes.yaml"))
 
-    def parse(self, inventory, loader, path, cache=True):
-        super(InventoryModule, self).parse(inventory, loader, path, cache)
+    def parse(self, inventory: Any, loader: Any, path: str, cache: bool = True) -> None:
+        super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
+        options = {name: self.get_option(name) for name in OPTION_NAMES}
         namespace = self.get_option("namespace")
         bucket = self.get_option("bucket") or registry_bucket(namespace)
         try:
             records = call(options, "natsops.fleet probes inventory", self.get_option("connect_timeout"),
-                           lambda nc: registry.read(nc, bucket, self.get_option("stale_after")))
+                           lambda nc: read_registry(nc, bucket, self.get_option("stale_after")))
         except ResourceError as exc:
-            raise AnsibleParserError("natsops.fleet.probes: %s" % exc.message)
+            raise AnsibleParserError("natsops.fleet.probes: %s" % exc.message) from exc
         self.inventory.add_group(GROUP)
         for record in records:
             if record["stale"] and not self.get_option("include_stale"):
                 continue
             self._add(record, namespace, options["servers"])
 
-    def _add(self, record, namespace, servers):
+    def _add(self, record: Dict[str, Any], namespace: str, servers: Optional[List[str]]) -> None:
         strict = self.get_option("strict")
         hostvars = {"ansible_connection": "natsops.fleet.nats", "ansible_nats_executor": record["node_id"],
                     "ansible_nats_namespace": namespace, "natsops_probe": record}
@@ -122,7 +117,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 keep = self._compose(condition, composed)
             except Exception as exc:  # pylint: disable=broad-except
                 if strict:
-                    raise AnsibleParserError("natsops.fleet.probes: filter %r failed for %s: %s" % (condition, record["node_id"], exc))
+                    raise AnsibleParserError("natsops.fleet.probes: filter %r failed for %s: %s"
+                                             % (condition, record["node_id"], exc)) from exc
                 keep = False
             if not keep:
                 return

@@ -15,6 +15,7 @@ version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
+  - natsops.fleet.nats
   - natsops.fleet.nats.plugin
 options:
   _terms:
@@ -72,11 +73,12 @@ _raw:
 """
 
 import json
+from typing import Any, Dict, List, Optional
 
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import HAS_NATS, ResourceError, call
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import HAS_NATS, ResourceError, call
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES
 
 if HAS_NATS:
@@ -84,39 +86,41 @@ if HAS_NATS:
 
 
 class LookupModule(LookupBase):
+    """Key-value entries, read from the controller through one NATS connection per lookup."""
 
-    def run(self, terms, variables=None, **kwargs):
+    def run(self, terms: List[Any], variables: Optional[Dict[str, Any]] = None, **kwargs: Any) -> List[Any]:
         self.set_options(var_options=variables, direct=kwargs)
-        options = dict((name, self.get_option(name)) for name in OPTION_NAMES)
+        options = {name: self.get_option(name) for name in OPTION_NAMES}
         keys = [str(t) for t in terms]
         try:
             return call(options, "natsops.fleet kv lookup", self.get_option("connect_timeout"), lambda nc: self._read(nc, keys))
         except ResourceError as exc:
-            raise AnsibleLookupError("natsops.fleet.kv: %s" % exc.message)
+            raise AnsibleLookupError("natsops.fleet.kv: %s" % exc.message) from exc
 
-    async def _read(self, nc, keys):
+    async def _read(self, nc: Any, keys: List[str]) -> List[Any]:
         bucket = self.get_option("bucket")
         try:
             kv = await nc.jetstream().key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            raise AnsibleLookupError("natsops.fleet.kv: key-value bucket %s does not exist" % bucket)
+        except nats.js.errors.BucketNotFoundError as exc:
+            raise AnsibleLookupError("natsops.fleet.kv: key-value bucket %s does not exist" % bucket) from exc
         return [await self._value(kv, bucket, key) for key in keys]
 
-    async def _value(self, kv, bucket, key):
+    async def _value(self, kv: Any, bucket: str, key: str) -> Any:
         try:
             entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        except nats.js.errors.KeyNotFoundError as exc:
             if self.get_option("default") is None:
-                raise AnsibleLookupError("natsops.fleet.kv: key %s of bucket %s does not exist (give default= to accept that)" % (key, bucket))
+                raise AnsibleLookupError("natsops.fleet.kv: key %s of bucket %s does not exist (give default= to accept that)"
+                                         % (key, bucket)) from exc
             return self.get_option("default")
-        except nats.js.errors.InvalidKeyError:
-            raise AnsibleLookupError("natsops.fleet.kv: key %r is invalid: letters, digits and -/_=. only" % key)
+        except nats.js.errors.InvalidKeyError as exc:
+            raise AnsibleLookupError("natsops.fleet.kv: key %r is invalid: letters, digits and -/_=. only" % key) from exc
         value = (entry.value or b"").decode("utf-8", "replace")
         if self.get_option("json"):
             try:
                 value = json.loads(value)
             except ValueError as exc:
-                raise AnsibleLookupError("natsops.fleet.kv: key %s of bucket %s is not JSON (%s)" % (key, bucket, exc))
+                raise AnsibleLookupError("natsops.fleet.kv: key %s of bucket %s is not JSON (%s)" % (key, bucket, exc)) from exc
         if self.get_option("details"):
             return {"bucket": bucket, "key": key, "value": value, "revision": entry.revision}
         return value

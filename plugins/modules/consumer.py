@@ -19,6 +19,9 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
+  - natsops.fleet.attributes
 options:
   stream:
     description: The stream the consumer reads.
@@ -98,13 +101,6 @@ options:
   metadata:
     description: Your own key/value strings stored with the consumer.
     type: dict
-attributes:
-  check_mode:
-    support: full
-    description: Reports what would change and changes nothing.
-  diff_mode:
-    support: full
-    description: Shows the managed settings before and after.
 """
 
 EXAMPLES = r"""
@@ -155,14 +151,15 @@ changed_settings:
 """
 
 import datetime
-import re
+from typing import Any, Awaitable, Dict, List, Optional
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, changes, duration_ns, ensure_resource
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
+    Outcome, ResourceError, changes, check_name, duration_ns, ensure_absent, ensure_created, ensure_resource, ensure_updated,
+)
 
-_NAME_RE = re.compile(r"^[^\s.*>/\\]+$")
 # option -> the consumer configuration field of the JetStream API
 _FIELDS = {"description": "description", "deliver_subject": "deliver_subject", "deliver_group": "deliver_group",
            "deliver_policy": "deliver_policy", "opt_start_seq": "opt_start_seq", "opt_start_time": "opt_start_time",
@@ -174,15 +171,15 @@ _DURATIONS = ("ack_wait", "inactive_threshold", "idle_heartbeat")
 _IMMUTABLE = ("deliver_policy", "opt_start_seq", "opt_start_time", "ack_policy", "replay_policy")
 
 
-def wanted_config(params):
+def wanted_config(params: Dict[str, Any]) -> Dict[str, Any]:
     """The managed settings in the API's form (None: not managed)."""
-    wanted = dict((api, params[option]) for option, api in _FIELDS.items())
+    wanted = {api: params[option] for option, api in _FIELDS.items()}
     for option in _DURATIONS:
         wanted[option] = duration_ns(params[option], option)
     if params["backoff"] is not None:
         wanted["backoff"] = [duration_ns(v, "backoff") for v in params["backoff"]]
     if params["metadata"] is not None:
-        wanted["metadata"] = dict((str(k), str(v)) for k, v in params["metadata"].items())
+        wanted["metadata"] = {str(k): str(v) for k, v in params["metadata"].items()}
     filters = params["filter_subjects"]
     wanted["filter_subject"] = filters[0] if filters and len(filters) == 1 else ("" if filters is not None else None)
     wanted["filter_subjects"] = list(filters) if filters and len(filters) > 1 else None
@@ -195,11 +192,11 @@ def wanted_config(params):
     return wanted
 
 
-def _filters(config):
+def _filters(config: Dict[str, Any]) -> List[str]:
     return config.get("filter_subjects") or ([config["filter_subject"]] if config.get("filter_subject") else [])
 
 
-def _same(field, before, wanted):
+def _same(field: str, before: Any, wanted: Any) -> bool:
     if field == "opt_start_time" and before and wanted:
         parse = datetime.datetime.fromisoformat
         try:
@@ -209,7 +206,7 @@ def _same(field, before, wanted):
     return before == wanted
 
 
-def _refuse_immutable(name, before, wanted):
+def _refuse_immutable(name: str, before: Dict[str, Any], wanted: Dict[str, Any]) -> None:
     for field in _IMMUTABLE:
         if wanted[field] is not None and not _same(field, before.get(field), wanted[field]):
             raise ResourceError("the %s of consumer %s cannot change (%s -> %s); delete the consumer (state: absent) and "
@@ -218,20 +215,20 @@ def _refuse_immutable(name, before, wanted):
         raise ResourceError("consumer %s is a pull consumer and cannot become a push consumer; delete it first" % name)
 
 
-def _state(info):
+def _state(info: Any) -> Dict[str, Optional[int]]:
     return {"num_pending": info.num_pending, "num_ack_pending": info.num_ack_pending, "num_redelivered": info.num_redelivered,
             "num_waiting": info.num_waiting, "delivered_stream_seq": info.delivered.stream_seq if info.delivered else None,
             "ack_floor_stream_seq": info.ack_floor.stream_seq if info.ack_floor else None}
 
 
-def _managed(config, wanted):
-    shown = dict((k, config.get(k)) for k, v in wanted.items() if v is not None and k not in ("filter_subject", "filter_subjects"))
+def _managed(config: Dict[str, Any], wanted: Dict[str, Any]) -> Dict[str, Any]:
+    shown = {k: config.get(k) for k, v in wanted.items() if v is not None and k not in ("filter_subject", "filter_subjects")}
     if wanted["filter_subject"] is not None or wanted["filter_subjects"] is not None:
         shown["filter_subjects"] = _filters(config)
     return shown
 
 
-async def ensure(nc, params, check_mode):
+async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     """Bring the consumer to the wanted state; returns (changed, result, diff)."""
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     from nats.js.api import ConsumerConfig  # pylint: disable=import-outside-toplevel
@@ -239,29 +236,24 @@ async def ensure(nc, params, check_mode):
     stream, name = params["stream"], params["name"]
     try:
         await js.stream_info(stream)
-    except nats.js.errors.NotFoundError:
-        raise ResourceError("stream %s does not exist; create it first (natsops.fleet.stream)" % stream)
+    except nats.js.errors.NotFoundError as exc:
+        raise ResourceError("stream %s does not exist; create it first (natsops.fleet.stream)" % stream) from exc
     try:
         info = await js.consumer_info(stream, name)
     except nats.js.errors.NotFoundError:
         info = None
     before = info.config.as_dict() if info else None
     if params["state"] == "absent":
-        if before is None:
-            return False, {"consumer": {}, "changed_settings": []}, {"before": {}, "after": {}}
-        if not check_mode:
-            await js.delete_consumer(stream, name)
-        return True, {"consumer": {}, "changed_settings": ["state"]}, {"before": before, "after": {}}
+        return await ensure_absent("consumer", before, check_mode, lambda: js.delete_consumer(stream, name))
     wanted = wanted_config(params)
+
+    def put(config: Dict[str, Any]) -> Awaitable[Any]:  # creates and updates alike
+        return js.add_consumer(stream, ConsumerConfig.from_response(dict(config)))
+
     if before is None:
-        config = dict((k, v) for k, v in wanted.items() if v not in (None, ""))
+        config = {k: v for k, v in wanted.items() if v not in (None, "")}
         config.update(name=name, durable_name=name)
-        if check_mode:
-            return True, {"consumer": config, "changed_settings": sorted(config)}, {"before": {}, "after": _managed(config, wanted)}
-        info = await js.add_consumer(stream, ConsumerConfig.from_response(dict(config)))
-        after = info.config.as_dict()
-        return True, {"consumer": after, "changed_settings": sorted(config), "state": _state(info)}, {
-            "before": {}, "after": _managed(after, wanted)}
+        return await ensure_created("consumer", config, check_mode, put, lambda c: _managed(c, wanted), _state)
     _refuse_immutable(name, before, wanted)
     compared = dict(wanted, filter_subject=None, filter_subjects=None)
     changed = changes(before, compared)
@@ -272,14 +264,10 @@ async def ensure(nc, params, check_mode):
     if "filter_subjects" in changed:
         after["filter_subject"], after["filter_subjects"] = wanted["filter_subject"] or None, wanted["filter_subjects"]
     after.setdefault("name", name)
-    if changed and not check_mode:
-        info = await js.add_consumer(stream, ConsumerConfig.from_response(dict(after)))
-        after = info.config.as_dict()
-    return bool(changed), {"consumer": after, "changed_settings": sorted(changed), "state": _state(info)}, {
-        "before": _managed(before, wanted), "after": _managed(after, wanted)}
+    return await ensure_updated("consumer", info, after, changed, check_mode, put, lambda c: _managed(c, wanted), _state)
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
             stream=dict(type="str", required=True),
@@ -308,11 +296,10 @@ def main():
         ),
         supports_check_mode=True,
     )
-    for option in ("stream", "name"):
-        if not _NAME_RE.match(module.params[option]):
-            module.fail_json(msg="%s %r is invalid: no whitespace, '.', '*', '>', '/' or '\\'" % (option, module.params[option]))
-    try:
-        wanted_config(module.params)  # bad durations and combinations fail before anything connects
+    try:  # a bad name, duration or combination fails before anything connects
+        for option in ("stream", "name"):
+            check_name(module.params[option], option)
+        wanted_config(module.params)
     except ResourceError as exc:
         module.fail_json(msg=exc.message)
     ensure_resource(module, lambda nc: ensure(nc, module.params, module.check_mode))

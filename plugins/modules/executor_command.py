@@ -20,6 +20,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
   - natsops.fleet.executor
 options:
   cmd:
@@ -146,24 +148,25 @@ import datetime
 import math
 import shlex
 import uuid
+from typing import Any, List, Optional, Tuple
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import (
+from ansible_collections.natsops.fleet.plugins.module_utils._common import (
     TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
 )
 
 
-def _text(data):
+def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
 class _Runner:
     """Runs commands through the executor in the module's protocol; run() gives (rc, stdout, stderr) bytes."""
 
-    def __init__(self, module, client):
+    def __init__(self, module: AnsibleModule, client: Any) -> None:
         self.module = module
         self.client = client
         self.params = module.params
@@ -173,7 +176,8 @@ class _Runner:
                 module.fail_json(msg="protocol bklite has no stdin; use protocol natsops")
             self.target = bklite_target(module)
 
-    def run(self, command=None, argv=None, events=None):
+    def run(self, command: Optional[str] = None, argv: Optional[List[str]] = None,
+            events: Optional[bklite.LineEvents] = None) -> Tuple[int, bytes, bytes]:
         params = self.params
         if params["protocol"] == "natsops":
             return self.client.exec_command(
@@ -182,7 +186,7 @@ class _Runner:
                 timeout=params["timeout"], on_output=events.feed if events else None)
         return self._bklite(command if command is not None else " ".join(shlex.quote(a) for a in argv), events)
 
-    def _bklite(self, command, events):
+    def _bklite(self, command: str, events: Optional[bklite.LineEvents]) -> Tuple[int, bytes, bytes]:
         params = self.params
         prefix = []
         if params["chdir"]:
@@ -196,7 +200,7 @@ class _Runner:
         else:
             method = bklite.LOCAL_EXECUTE
             if params["env"]:
-                request["env"] = dict((k, str(v)) for k, v in params["env"].items())
+                request["env"] = {k: str(v) for k, v in params["env"].items()}
         if prefix:
             request["command"] = " && ".join(prefix + [command])
         if events is not None:
@@ -210,11 +214,11 @@ class _Runner:
             raise bklite_failure(method, reply)
         return rc, output, b""
 
-    def exists(self, path):
+    def exists(self, path: str) -> bool:
         return self.run(argv=["test", "-e", path])[0] == 0
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
             executor={"type": "str", "required": True},

@@ -18,6 +18,9 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
+  - natsops.fleet.attributes.info_module
 options:
   instance_id:
     description: Only executors that serve this instance id (directly or with C(*)), in O(namespace).
@@ -43,13 +46,6 @@ options:
     type: str
     choices: [natsops, bklite]
     default: natsops
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; it runs in check mode as well.
-  diff_mode:
-    support: none
-    description: Nothing changes, there is no diff.
 requirements:
   - jmespath (for O(query))
 """
@@ -143,10 +139,10 @@ query_result:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query, executor_client
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query, executor_client
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
             instance_id={"type": "str"},

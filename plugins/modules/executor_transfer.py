@@ -23,6 +23,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
   - natsops.fleet.executor
 options:
   src:
@@ -144,19 +146,20 @@ before:
 
 import posixpath
 import shlex
+from typing import Any, Dict, Optional, Tuple
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError, ExecutorTaskError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import sha256_of
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CHECKSUM_MISMATCH, default_bucket
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import (
+from ansible_collections.natsops.fleet.plugins.module_utils._common import (
     TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
 )
 
 
-def _mode(module, value):
+def _mode(module: AnsibleModule, value: Any) -> Optional[int]:
     if value is None:
         return None
     try:
@@ -168,7 +171,7 @@ def _mode(module, value):
     return mode
 
 
-def _sha256(module, path):
+def _sha256(module: AnsibleModule, path: str) -> str:
     try:
         with open(path, "rb") as handle:
             return sha256_of(handle)
@@ -179,13 +182,13 @@ def _sha256(module, path):
 class _Bklite:
     """The transfer through BK-Lite's subjects: state read and mode set with an execute call."""
 
-    def __init__(self, module, client):
+    def __init__(self, module: AnsibleModule, client: Any) -> None:
         self.module = module
         self.client = client
         self.target = bklite_target(module)
         self.timeout = module.params["timeout"]
 
-    def _call(self, method, request):
+    def _call(self, method: str, request: Dict[str, Any]) -> str:
         request["execute_timeout"] = self.timeout
         if method in bklite.SSH_METHODS:
             request.update(bklite.ssh_fields(self.target))
@@ -194,18 +197,19 @@ class _Bklite:
             raise bklite_failure(method, reply, keys=("stage", "category", "result"))
         return reply.get("result") or ""
 
-    def sh(self, command, on_target=True):
+    def sh(self, command: str, on_target: bool = True) -> str:
         if on_target and self.target:
             return self._call(bklite.SSH_EXECUTE, {"command": command})
         return self._call(bklite.LOCAL_EXECUTE, {"command": command})
 
-    def state(self, path, on_target=True):
+    def state(self, path: str, on_target: bool = True) -> Optional[Tuple[str, int]]:
         """(sha256, mode) of a regular file, or None."""
         out = self.sh('f=%s; if [ -f "$f" ]; then sha256sum "$f" | cut -d" " -f1; stat -c %%a "$f"; fi'
                       % shlex.quote(path), on_target).split()
         return (out[0], int(out[1], 8)) if len(out) == 2 else None
 
-    def place(self, dest, bucket=None, object_name=None, remote_src=None):
+    def place(self, dest: str, bucket: Optional[str] = None, object_name: Optional[str] = None,
+              remote_src: Optional[str] = None) -> None:
         if remote_src is not None:
             self._call(bklite.UPLOAD_REMOTE, {"source_path": remote_src, "target_path": dest})
             return
@@ -217,7 +221,8 @@ class _Bklite:
             request["target_path"] = posixpath.dirname(dest)
             self._call(bklite.DOWNLOAD_LOCAL, request)
 
-    def transfer(self, dest, digest, mode, check, bucket=None, object_name=None, remote_src=None):
+    def transfer(self, dest: str, digest: Optional[str], mode: Optional[int], check: bool, bucket: Optional[str] = None,
+                 object_name: Optional[str] = None, remote_src: Optional[str] = None) -> Dict[str, Any]:
         if remote_src is not None:
             if not self.target:
                 self.module.fail_json(msg="remote_src with protocol bklite needs a target (upload.remote)")
@@ -241,7 +246,7 @@ class _Bklite:
         return {"changed": changed, "sha256": digest, "before": {"sha256": before[0], "mode": before[1]} if before else None}
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
             executor={"type": "str", "required": True},

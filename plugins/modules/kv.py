@@ -17,7 +17,11 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
   - natsops.fleet.bucket
+  - natsops.fleet.storage
+  - natsops.fleet.attributes
 options:
   state:
     description:
@@ -54,11 +58,7 @@ options:
     type: bool
     default: false
 attributes:
-  check_mode:
-    support: full
-    description: Reports what would change and changes nothing.
   diff_mode:
-    support: full
     description: Shows the bucket settings or the key's value before and after.
 """
 
@@ -113,12 +113,13 @@ entry:
 
 import json
 import re
+from typing import Any, Dict, Optional, Tuple
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
-    BUCKET_FIELDS, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
+    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
 )
 
 _KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
@@ -126,13 +127,13 @@ _FIELDS = dict(BUCKET_FIELDS, history="max_msgs_per_subject", max_value_size="ma
 _KEY_ONLY = ("value", "json", "revision", "purge")
 
 
-def _wanted_value(params):
+def _wanted_value(params: Dict[str, Any]) -> bytes:
     if params["json"] is not None:
         return json.dumps(params["json"], ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return (params["value"] or "").encode("utf-8")
 
 
-async def _current(kv, key):
+async def _current(kv: Any, key: str) -> Tuple[Optional[bytes], int]:
     """(value bytes or None when missing/deleted, revision of the last entry or 0)."""
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     try:
@@ -142,7 +143,7 @@ async def _current(kv, key):
         return None, exc.entry.revision if exc.entry is not None else 0
 
 
-async def _history_left(js, stream, subject):
+async def _history_left(js: Any, stream: str, subject: str) -> bool:
     """True when the subject still has messages other than a purge marker."""
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     try:
@@ -152,22 +153,23 @@ async def _history_left(js, stream, subject):
     return (msg.headers or {}).get("KV-Operation") != "PURGE"
 
 
-def _entry(bucket, key, value, revision):
+def _entry(bucket: str, key: str, value: Optional[bytes], revision: int) -> Dict[str, Any]:
     entry = {"bucket": bucket, "key": key, "revision": revision}
     if value is not None:
         entry["value"] = value.decode("utf-8", "replace")
     return entry
 
 
-async def ensure_key(nc, params, check_mode):
+async def ensure_key(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     """Set or delete the key; returns (changed, result, diff)."""
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     js = nc.jetstream()
     bucket, key, revision = params["bucket"], params["name"], params["revision"]
     try:
         kv = await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        raise ResourceError("key-value bucket %s does not exist; create it first (natsops.fleet.kv with bucket: %s and no name)" % (bucket, bucket))
+    except nats.js.errors.BucketNotFoundError as exc:
+        raise ResourceError("key-value bucket %s does not exist; create it first (natsops.fleet.kv with bucket: %s and no name)"
+                            % (bucket, bucket)) from exc
     value, current = await _current(kv, key)
     shown = (value or b"").decode("utf-8", "replace")
     if params["state"] == "absent":
@@ -195,15 +197,15 @@ async def ensure_key(nc, params, check_mode):
             current = await kv.update(key, wanted, last=revision)
         else:
             current = await kv.put(key, wanted)
-    except nats.js.errors.KeyWrongLastSequenceError:
+    except nats.js.errors.KeyWrongLastSequenceError as exc:
         raise ResourceError("key %s of bucket %s changed while the task ran (expected revision %s); nothing was written" % (
-            key, bucket, revision), revision=(await _current(kv, key))[1])
+            key, bucket, revision), revision=(await _current(kv, key))[1]) from exc
     if wanted is None:
         current = (await _current(kv, key))[1]
     return True, {"entry": _entry(bucket, key, wanted, current)}, diff
 
 
-async def ensure(nc, params, check_mode):
+async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     """The bucket, or the key when one is given; returns (changed, result, diff)."""
     if params["name"] is not None:
         return await ensure_key(nc, params, check_mode)
@@ -211,7 +213,7 @@ async def ensure(nc, params, check_mode):
     js = nc.jetstream()
     bucket = params["bucket"]
 
-    async def create(settings):
+    async def create(settings: Dict[str, Any]) -> None:
         await js.create_key_value(KeyValueConfig(bucket=bucket, history=params["history"] or 1,
                                                  max_value_size=params["max_value_size"], **settings))
 
@@ -219,7 +221,7 @@ async def ensure(nc, params, check_mode):
                                lambda: js.delete_key_value(bucket), params["state"] == "absent")
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(**bucket_options(
             history=dict(type="int"), max_value_size=dict(type="int"), name=dict(type="str"),

@@ -17,7 +17,11 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
   - natsops.fleet.bucket
+  - natsops.fleet.storage
+  - natsops.fleet.attributes
   - ansible.builtin.files
 options:
   state:
@@ -43,9 +47,6 @@ options:
       - The file attributes (O(mode), O(owner), ...) apply to it.
     type: path
 attributes:
-  check_mode:
-    support: full
-    description: Reports what would change and changes nothing.
   diff_mode:
     support: partial
     description: Shows the bucket settings, or the object's digest and size, before and after.
@@ -102,31 +103,32 @@ object:
 
 import os
 import tempfile
+from typing import Any, Dict, Optional
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
-    BUCKET_FIELDS, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
+    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
 )
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import object_digest_hex, sha256_hex, sha256_of
 
 _OBJECT_ONLY = ("src", "content", "dest")
 
 
-def _sha256_of_file(path):
+def _sha256_of_file(path: str) -> str:
     with open(path, "rb") as handle:
         return sha256_of(handle)
 
 
-def _described(bucket, info):
+def _described(bucket: str, info: Any) -> Dict[str, Any]:
     if info is None:
         return {}
     return {"bucket": bucket, "name": info.name, "size": info.size, "chunks": info.chunks, "digest": info.digest,
             "sha256": object_digest_hex(info.digest)}
 
 
-async def _info(store, name):
+async def _info(store: Any, name: str) -> Optional[Any]:
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     try:
         return await store.get_info(name)
@@ -134,17 +136,18 @@ async def _info(store, name):
         return None
 
 
-async def ensure_object(module, nc, params):
+async def ensure_object(module: AnsibleModule, nc: Any, params: Dict[str, Any]) -> Outcome:
     """Put, fetch or delete the object; returns (changed, result, diff)."""
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     bucket, name = params["bucket"], params["name"]
     try:
         store = await nc.jetstream().object_store(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        raise ResourceError("object store bucket %s does not exist; create it first (natsops.fleet.object with bucket: %s and no name)" % (bucket, bucket))
+    except nats.js.errors.BucketNotFoundError as exc:
+        raise ResourceError("object store bucket %s does not exist; create it first (natsops.fleet.object with bucket: %s and "
+                            "no name)" % (bucket, bucket)) from exc
     info = await _info(store, name)
     before = _described(bucket, info)
-    diff_before = dict((k, before[k]) for k in ("sha256", "size")) if info else {}
+    diff_before = {k: before[k] for k in ("sha256", "size")} if info else {}
     if params["state"] == "absent":
         if info is not None and not module.check_mode:
             await store.delete(name)
@@ -173,7 +176,7 @@ async def ensure_object(module, nc, params):
     return True, {"object": _described(bucket, put)}, {"before": diff_before, "after": after}
 
 
-async def _fetch(module, store, info, described):
+async def _fetch(module: AnsibleModule, store: Any, info: Any, described: Dict[str, Any]) -> Outcome:
     """Write the object to dest when the file's digest differs; verified before the file is replaced."""
     dest = module.params["dest"]
     current = _sha256_of_file(dest) if os.path.isfile(dest) else None
@@ -198,7 +201,7 @@ async def _fetch(module, store, info, described):
     return True, {"object": described, "dest": dest}, diff
 
 
-async def ensure(module, nc):
+async def ensure(module: AnsibleModule, nc: Any) -> Outcome:
     """The bucket, or the object when a name is given; returns (changed, result, diff)."""
     params = module.params
     if params["name"] is not None:
@@ -210,14 +213,14 @@ async def ensure(module, nc):
     js = nc.jetstream()
     bucket = params["bucket"]
 
-    async def create(settings):
+    async def create(settings: Dict[str, Any]) -> None:
         await js.create_object_store(bucket, config=ObjectStoreConfig(bucket=bucket, **settings))
 
     return await ensure_bucket(js, "OBJ_%s" % bucket, bucket, bucket_settings(params), module.check_mode, create,
                                lambda: js.delete_object_store(bucket), params["state"] == "absent")
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(**bucket_options(name=dict(type="str"), src=dict(type="path"), content=dict(type="str"),
                                                      dest=dict(type="path"))),

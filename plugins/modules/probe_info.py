@@ -18,14 +18,11 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
+  - natsops.fleet.registry
+  - natsops.fleet.attributes.info_module
 options:
-  bucket:
-    description: The registry bucket; defaults to C(<namespace>_registry) (dots of O(namespace) as C(_)).
-    type: str
-  stale_after:
-    description: Seconds since its last heartbeat after which a probe counts as stale.
-    type: float
-    default: 90
   include_stale:
     description: Return stale probes too (with C(stale=true)).
     type: bool
@@ -39,13 +36,6 @@ options:
     type: str
 requirements:
   - jmespath (for O(query))
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; runs in check mode too.
-  diff_mode:
-    support: none
-    description: Changes nothing, so there is no diff.
 """
 
 EXAMPLES = r"""
@@ -93,15 +83,15 @@ query_result:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils import registry
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import run
+from ansible_collections.natsops.fleet.plugins.module_utils._registry import STALE_AFTER, read_registry
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import run
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import registry_bucket
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
-        argument_spec=argument_spec(bucket=dict(type="str"), stale_after=dict(type="float", default=90.0),
+        argument_spec=argument_spec(bucket=dict(type="str"), stale_after=dict(type="float", default=STALE_AFTER),
                                     include_stale=dict(type="bool", default=True), node_ids=dict(type="list", elements="str"),
                                     query=dict(type="str")),
         supports_check_mode=True,
@@ -110,7 +100,7 @@ def main():
     compiled = compile_query(module)
     bucket = params["bucket"] or registry_bucket(params["namespace"])
 
-    records = run(module, lambda nc: registry.read(nc, bucket, params["stale_after"]))
+    records = run(module, lambda nc: read_registry(nc, bucket, params["stale_after"]))
     if params["node_ids"] is not None:
         records = [r for r in records if r["node_id"] in params["node_ids"]]
     if not params["include_stale"]:

@@ -18,6 +18,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
   - natsops.fleet.message
 options:
   jetstream:
@@ -77,13 +79,15 @@ size:
   sample: 57
 """
 
+from typing import Any, Dict
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import message_options, payload_of, run
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import message_options, payload_of, run
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
             jetstream=dict(type="bool", default=False),
@@ -99,7 +103,7 @@ def main():
     if module.check_mode:
         module.exit_json(changed=True, size=len(payload))
 
-    async def publish(nc):
+    async def publish(nc: Any) -> Dict[str, Any]:
         if not jetstream:
             await nc.publish(subject, payload, headers=headers)
             await nc.flush(timeout=params["connect_timeout"])

@@ -18,6 +18,8 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
   - natsops.fleet.message
 options:
   timeout:
@@ -77,14 +79,15 @@ query_result:
 """
 
 import json
+from typing import Any, Dict
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, message_options, payload_of, run
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, message_options, payload_of, run
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(timeout=dict(type="float", default=5.0), query=dict(type="str"), **message_options()),
         mutually_exclusive=[("data", "json")],
@@ -94,20 +97,20 @@ def main():
     compiled = compile_query(module)
     subject, payload, headers = payload_of(module)
 
-    async def request(nc):
+    async def request(nc: Any) -> Dict[str, Any]:
         import nats.errors  # pylint: disable=import-outside-toplevel
         try:
             reply = await nc.request(subject, payload, timeout=params["timeout"], headers=headers or None)
-        except nats.errors.NoRespondersError:
-            raise ResourceError("no responders: nobody serves %r (check the subject and that the service is running)" % subject)
-        except nats.errors.TimeoutError:
-            raise ResourceError("no reply on %r within %s s" % (subject, params["timeout"]))
+        except nats.errors.NoRespondersError as exc:
+            raise ResourceError("no responders: nobody serves %r (check the subject and that the service is running)" % subject) from exc
+        except nats.errors.TimeoutError as exc:
+            raise ResourceError("no reply on %r within %s s" % (subject, params["timeout"])) from exc
         result = {"changed": False, "data": reply.data.decode("utf-8", "replace"), "headers": dict(reply.headers or {})}
         try:
             result["json"] = json.loads(reply.data.decode("utf-8"))
-        except ValueError:
+        except ValueError as exc:
             if compiled is not None:
-                raise ResourceError("the reply is not JSON, so query cannot apply: %r" % result["data"][:200])
+                raise ResourceError("the reply is not JSON, so query cannot apply: %r" % result["data"][:200]) from exc
         if compiled is not None:
             result["query_result"] = compiled.search(result["json"])
         return result

@@ -26,6 +26,9 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
+  - natsops.fleet.attributes.info_module
 options:
   endpoints:
     description:
@@ -89,13 +92,6 @@ options:
   query:
     description: A JMESPath expression applied to RV(server_info); its outcome is RV(query_result).
     type: str
-attributes:
-  check_mode:
-    support: full
-    description: Read-only; it reads the endpoints in check mode as well.
-  diff_mode:
-    support: none
-    description: Nothing changes, there is no diff.
 notes:
   - Through NATS the connection options are those of the other modules, so C(module_defaults) for
     C(group/natsops.fleet.nats) applies; give a system-account user (O(user), O(creds), ...) there or in the task.
@@ -201,6 +197,7 @@ import json
 import re
 import time
 from http.client import HTTPException
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode, urlsplit
 
@@ -209,8 +206,8 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.module_utils.urls import open_url
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec, compile_query
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, run
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, run
 
 
 # endpoint -> (HTTP path, NATS subject of the system account's service asking every server)
@@ -241,8 +238,8 @@ ARGUMENTS = {
               "acc": ("acc", "str"), "mqtt_client": ("mqtt_client", "str")},
     "gatewayz": {"subs": _SUBS, "accs": ("accounts", "bool"), "gw_name": ("name", "str"),
                  "acc_name": ("account_name", "str")},
-    "healthz": dict([(name, (name, "bool")) for name in ("js-enabled", "js-enabled-only", "js-server-only", "js-meta-only", "details")]
-                    + [(name, (name, "str")) for name in ("account", "stream", "consumer")]),
+    "healthz": {**{name: (name, "bool") for name in ("js-enabled", "js-enabled-only", "js-server-only", "js-meta-only", "details")},
+                **{name: (name, "str") for name in ("account", "stream", "consumer")}},
     "ipqueuesz": {"all": ("all", "bool"), "queues": ("filter", "str")},
     "jsz": {"acc": ("account", "str"), "accounts": ("accounts", "bool"), "streams": ("streams", "bool"),
             "consumers": ("consumer", "bool"), "direct-consumers": ("direct_consumer", "bool"), "config": ("config", "bool"),
@@ -262,7 +259,7 @@ SYSTEM_ACCOUNT_HINT = ("the user is not in the system account: $SYS.REQ.SERVER.P
                        "monitoring port with monitor_url")
 
 
-def _value(endpoint, name, kind, value):
+def _value(endpoint: str, name: str, kind: Optional[str], value: Any) -> Any:
     """An argument's value as its kind (None: passed as given), or ResourceError naming it."""
     if kind is None:
         return value
@@ -275,8 +272,8 @@ def _value(endpoint, name, kind, value):
     if kind in ("bool", "subs"):
         try:
             return boolean(value, strict=True)
-        except TypeError:
-            raise ResourceError("%s: %r is not a boolean%s" % (where, value, " or 'detail'" if kind == "subs" else ""))
+        except TypeError as exc:
+            raise ResourceError("%s: %r is not a boolean%s" % (where, value, " or 'detail'" if kind == "subs" else "")) from exc
     if kind == "int":
         if isinstance(value, bool) or not re.match(r"^-?\d+$", text):
             raise ResourceError("%s: %r is not a whole number" % (where, value))
@@ -288,7 +285,7 @@ def _value(endpoint, name, kind, value):
     return text
 
 
-def check_arguments(endpoints, arguments):
+def check_arguments(endpoints: List[str], arguments: Optional[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """The arguments by endpoint, with the known options' values checked and converted (ResourceError if not)."""
     checked = {}
     for endpoint, options in (arguments or {}).items():
@@ -301,14 +298,14 @@ def check_arguments(endpoints, arguments):
         if not isinstance(options, dict):
             raise ResourceError("arguments.%s must be a dictionary of query parameters, got %r" % (endpoint, options))
         known = ARGUMENTS.get(endpoint, {})
-        checked[endpoint] = dict((str(name), _value(endpoint, name, known[name][1] if name in known else None, value))
-                                 for name, value in options.items() if value is not None)
+        checked[endpoint] = {str(name): _value(endpoint, name, known[name][1] if name in known else None, value)
+                             for name, value in options.items() if value is not None}
     return checked
 
 
-def http_query(options):
+def http_query(options: Optional[Dict[str, Any]]) -> str:
     """The URL query string of an endpoint's (checked) options."""
-    def text(value):
+    def text(value: Any) -> str:
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, (list, tuple)):
@@ -317,13 +314,13 @@ def http_query(options):
     return urlencode(sorted((name, text(value)) for name, value in (options or {}).items()))
 
 
-def endpoint_url(monitor_url, endpoint, options=None):
+def endpoint_url(monitor_url: str, endpoint: str, options: Optional[Dict[str, Any]] = None) -> str:
     """The URL that reads an endpoint from the monitoring port at monitor_url."""
     query = http_query(options)
     return monitor_url.rstrip("/") + ENDPOINTS[endpoint][0] + ("?" + query if query else "")
 
 
-def sys_request(endpoint, options):
+def sys_request(endpoint: str, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The JSON request of the $SYS service for an endpoint's (checked) options: known names translated, others as given."""
     known = ARGUMENTS.get(endpoint, {})
     body = {}
@@ -341,7 +338,7 @@ def sys_request(endpoint, options):
     return body
 
 
-def _status(answer):
+def _status(answer: Any) -> Tuple[bool, Optional[str]]:
     """(healthy, reason) of one healthz answer."""
     if not isinstance(answer, dict):
         return False, "no answer"
@@ -352,7 +349,7 @@ def _status(answer):
     return False, "%s: %s" % (answer.get("status") or "not ok", reason)
 
 
-def health(answers):
+def health(answers: Dict[str, Any]) -> Tuple[bool, Dict[str, str]]:
     """(healthy, unhealthy) from healthz answers by server: all ok, and the reason of those that are not."""
     unhealthy = {}
     for server, answer in answers.items():
@@ -364,7 +361,7 @@ def health(answers):
     return not unhealthy, unhealthy
 
 
-def merge_replies(replies):
+def merge_replies(replies: Dict[str, List[Dict[str, Any]]]) -> Tuple[Dict[str, Dict[str, Any]], List[str]]:
     """The per-server view from the replies of the $SYS services: {endpoint: [reply, ...]} ->
     ({server name: {"server": info, endpoint: data}}, [errors]) where errors are "endpoint on server: message"."""
     by_server, errors = {}, []
@@ -385,13 +382,13 @@ def merge_replies(replies):
     return by_server, errors
 
 
-def _certificate_hint(reason):
+def _certificate_hint(reason: str) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate verify failed" in reason:
         return "; give ca_path (or ca) with the CA of the server's certificate, or validate_certs: false"
     return ""
 
 
-def read_http(params, endpoints, arguments):
+def read_http(params: Dict[str, Any], endpoints: List[str], arguments: Dict[str, Dict[str, Any]]) -> Tuple[Dict[str, Any], List[str]]:
     """Read the endpoints from the monitoring port: (server_info, servers)."""
     base = params["monitor_url"].strip()
     parts = urlsplit(base)
@@ -412,15 +409,15 @@ def read_http(params, endpoints, arguments):
         except URLError as exc:
             reason = to_text(exc.reason)
             raise ResourceError("cannot reach the nats-server monitoring port at %s (%s): %s%s; check monitor_url and the "
-                                "server's http/https setting" % (base, url, reason, _certificate_hint(reason)))
+                                "server's http/https setting" % (base, url, reason, _certificate_hint(reason))) from exc
         except HTTPException as exc:  # a NATS client port answers with INFO {...}
             raise ResourceError("%s did not answer with HTTP (%s); monitor_url must name the monitoring port (http or https "
                                 "in the server's configuration, often 8222), not the NATS client port"
-                                % (url, to_text(exc).strip()[:100] or type(exc).__name__))
+                                % (url, to_text(exc).strip()[:100] or type(exc).__name__)) from exc
         except Exception as exc:  # pylint: disable=broad-except  # timeouts, resets, bad certificates, bad URLs
             reason = to_text(exc) or type(exc).__name__
             raise ResourceError("cannot read %s: %s%s; check monitor_url and the server's http/https setting"
-                                % (url, reason, _certificate_hint(reason)))
+                                % (url, reason, _certificate_hint(reason))) from exc
         text = to_text(body, errors="surrogate_or_replace")
         try:
             data = json.loads(text) if text.strip() else None
@@ -438,22 +435,23 @@ def read_http(params, endpoints, arguments):
     return server_info, [names[0] if names else parts.netloc]
 
 
-async def gather(nc, requests, wait, expected=None):
+async def gather(nc: Any, requests: Dict[str, Tuple[str, Dict[str, Any]]], wait: float,
+                 expected: Optional[int] = None) -> Tuple[Dict[str, List[Dict[str, Any]]], Dict[str, bool]]:
     """Send each $SYS request with its own inbox and gather the replies of every server for ``wait`` seconds
     (less once ``expected`` servers answered each). ``requests`` is {endpoint: (subject, body)}.
     Returns ({endpoint: [parsed reply, ...]}, {endpoint: True when nobody serves its subject})."""
-    replies = dict((endpoint, []) for endpoint in requests)
+    replies: Dict[str, List[Dict[str, Any]]] = {endpoint: [] for endpoint in requests}
     no_responders = {}
     complete = asyncio.Event()
 
-    def check_complete():
+    def check_complete() -> None:
         if all(no_responders.get(e) or (expected and len(replies[e]) >= expected) for e in requests):
             complete.set()
 
     subscriptions = []
     try:
         for endpoint, (subject, body) in requests.items():
-            async def on_reply(msg, endpoint=endpoint):
+            async def on_reply(msg: Any, endpoint: str = endpoint) -> None:
                 headers = msg.headers or {}
                 if headers.get("Status") == "503" and not msg.data:
                     no_responders[endpoint] = True
@@ -483,18 +481,18 @@ async def gather(nc, requests, wait, expected=None):
     return replies, no_responders
 
 
-def read_nats(module, endpoints, arguments):
+def read_nats(module: AnsibleModule, endpoints: List[str], arguments: Dict[str, Dict[str, Any]]) -> Tuple[Dict[str, Any], List[str]]:
     """Ask the $SYS services through NATS: (server_info, servers)."""
     params = module.params
-    requests = dict((e, (ENDPOINTS[e][1], sys_request(e, arguments.get(e)))) for e in endpoints)
+    requests = {e: (ENDPOINTS[e][1], sys_request(e, arguments.get(e))) for e in endpoints}
 
-    async def work(nc):
+    async def work(nc: Any) -> Tuple[Dict[str, List[Dict[str, Any]]], float]:
         started = time.monotonic()
         replies, no_responders = await gather(nc, requests, params["wait"], params["expected_servers"])
         refused = nc.last_error if "permissions violation" in str(nc.last_error or "").lower() else None
         if refused:
             raise ResourceError("NATS refused the request: %s; the user needs to publish to %s and to subscribe to its "
-                                "inbox (%s.>)" % (refused, ", ".join(sorted(set(requests[e][0] for e in endpoints))),
+                                "inbox (%s.>)" % (refused, ", ".join(sorted({requests[e][0] for e in endpoints})),
                                                   params["inbox_prefix"] or "_INBOX"))
         if no_responders:
             subjects = ", ".join(requests[e][0] for e in sorted(no_responders))
@@ -512,8 +510,8 @@ def read_nats(module, endpoints, arguments):
                             servers=sorted(server_info))
     expected = params["expected_servers"]
     if expected:
-        short = dict((e, sorted((r.get("server") or {}).get("name") or "?" for r in replies[e]))
-                     for e in endpoints if len(replies[e]) < expected)
+        short = {e: sorted((r.get("server") or {}).get("name") or "?" for r in replies[e])
+                 for e in endpoints if len(replies[e]) < expected}
         if short:
             raise ResourceError("fewer servers than the %d expected answered within %.1f s: %s" % (
                 expected, elapsed, "; ".join("%s %d (%s)" % (e, len(names), ", ".join(names) or "none") for e, names in sorted(short.items()))),
@@ -521,7 +519,7 @@ def read_nats(module, endpoints, arguments):
     return server_info, sorted(server_info)
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
             endpoints=dict(type="list", elements="str", choices=sorted(ENDPOINTS), default=["varz", "healthz"]),
@@ -563,7 +561,7 @@ def main():
         if params["monitor_url"]:
             answers = {params["monitor_url"]: server_info.get("healthz")}
         else:
-            answers = dict((name, entry.get("healthz")) for name, entry in server_info.items() if "healthz" in entry)
+            answers = {name: entry.get("healthz") for name, entry in server_info.items() if "healthz" in entry}
         result["healthy"], result["unhealthy"] = health(answers)
     if compiled is not None:
         result["query_result"] = compiled.search(server_info)

@@ -18,6 +18,10 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats
+  - natsops.fleet.nats.namespace
+  - natsops.fleet.nats.module
+  - natsops.fleet.storage
+  - natsops.fleet.attributes
 options:
   name:
     description: Stream name (no spaces, C(.), C(*) or C(>)).
@@ -40,19 +44,9 @@ options:
       V(workqueue) once one consumer acknowledged them.
     type: str
     choices: [limits, interest, workqueue]
-  storage:
-    description: V(file) or V(memory). Cannot change once the stream exists.
-    type: str
-    choices: [file, memory]
-  replicas:
-    description: Copies kept in a cluster (1 to 5; 3 survives one server down).
-    type: int
   max_msgs:
     description: Most messages kept (-1 unlimited).
     type: int
-  max_bytes:
-    description: Most bytes kept, a number or a size such as C(512MB) or C(10G) (-1 unlimited).
-    type: str
   max_age:
     description: Oldest message kept, in seconds or as C(90s), C(2m30s), C(24h), C(7d) (0 unlimited).
     type: str
@@ -78,15 +72,6 @@ options:
   deny_purge:
     description: Refuse purging the stream.
     type: bool
-attributes:
-  check_mode:
-    support: full
-    description: Reports what would change and changes nothing.
-  diff_mode:
-    support: full
-    description: Shows the managed settings before and after.
-requirements:
-  - nats-py >= 2.9 where the module runs
 """
 
 EXAMPLES = r"""
@@ -135,16 +120,16 @@ changed_settings:
   sample: [max_age, num_replicas]
 """
 
-import re
+from typing import Any, Dict
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import argument_spec
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import (
-    ResourceError, changes, duration_ns, ensure_resource, size_bytes,
+from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
+    STORAGE_OPTIONS, Outcome, ResourceError, changes, check_name, duration_ns, ensure_absent, ensure_created, ensure_resource,
+    ensure_updated, replicas, size_bytes,
 )
 
-_NAME_RE = re.compile(r"^[^\s.*>/\\]+$")
 # option -> the stream configuration field of the JetStream API
 _FIELDS = {"subjects": "subjects", "description": "description", "retention": "retention", "storage": "storage",
            "replicas": "num_replicas", "max_msgs": "max_msgs", "max_bytes": "max_bytes", "max_age": "max_age",
@@ -153,18 +138,17 @@ _FIELDS = {"subjects": "subjects", "description": "description", "retention": "r
            "deny_purge": "deny_purge"}
 
 
-def wanted_config(params):
+def wanted_config(params: Dict[str, Any]) -> Dict[str, Any]:
     """The managed settings in the API's form (None: not managed)."""
-    wanted = dict((api, params[option]) for option, api in _FIELDS.items())
+    wanted = {api: params[option] for option, api in _FIELDS.items()}
     wanted["max_bytes"] = size_bytes(params["max_bytes"], "max_bytes")
     wanted["max_age"] = duration_ns(params["max_age"], "max_age")
     wanted["duplicate_window"] = duration_ns(params["duplicate_window"], "duplicate_window")
-    if wanted["num_replicas"] is not None and not 1 <= wanted["num_replicas"] <= 5:
-        raise ResourceError("option replicas: %d is not between 1 and 5" % wanted["num_replicas"])
+    replicas(wanted["num_replicas"])
     return wanted
 
 
-def _refuse_immutable(name, before, wanted):
+def _refuse_immutable(name: str, before: Dict[str, Any], wanted: Dict[str, Any]) -> None:
     if wanted["storage"] is not None and before.get("storage") != wanted["storage"]:
         raise ResourceError("the storage of stream %s cannot change (%s -> %s); create a new stream and move the "
                             "messages, or delete this one (state: absent) first" % (name, before.get("storage"), wanted["storage"]))
@@ -173,17 +157,17 @@ def _refuse_immutable(name, before, wanted):
         raise ResourceError("the retention of stream %s cannot change from %s to %s" % (name, before.get("retention"), wanted["retention"]))
 
 
-def _state(info):
+def _state(info: Any) -> Dict[str, Any]:
     state = info.state
     return {"messages": state.messages, "bytes": state.bytes, "first_seq": state.first_seq, "last_seq": state.last_seq,
             "consumer_count": state.consumer_count}
 
 
-def _managed(config, wanted):
-    return dict((k, config.get(k)) for k, v in wanted.items() if v is not None)
+def _managed(config: Dict[str, Any], wanted: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: config.get(k) for k, v in wanted.items() if v is not None}
 
 
-async def ensure(nc, params, check_mode):
+async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     """Bring the stream to the wanted state; returns (changed, result, diff)."""
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     from nats.js.api import StreamConfig  # pylint: disable=import-outside-toplevel
@@ -195,35 +179,24 @@ async def ensure(nc, params, check_mode):
         info = None
     before = info.config.as_dict() if info else None
     if params["state"] == "absent":
-        if before is None:
-            return False, {"stream": {}, "changed_settings": []}, {"before": {}, "after": {}}
-        if not check_mode:
-            await js.delete_stream(name)
-        return True, {"stream": {}, "changed_settings": ["state"]}, {"before": before, "after": {}}
+        return await ensure_absent("stream", before, check_mode, lambda: js.delete_stream(name))
     wanted = wanted_config(params)
     if before is None:
         if not wanted["subjects"]:
             wanted["subjects"] = None  # NATS then captures the subject named like the stream
-        config = dict((k, v) for k, v in wanted.items() if v is not None)
+        config = {k: v for k, v in wanted.items() if v is not None}
         config["name"] = name
-        if check_mode:
-            return True, {"stream": config, "changed_settings": sorted(config)}, {"before": {}, "after": _managed(config, wanted)}
-        info = await js.add_stream(StreamConfig.from_response(dict(config)))
-        after = info.config.as_dict()
-        return True, {"stream": after, "changed_settings": sorted(config), "state": _state(info)}, {
-            "before": {}, "after": _managed(after, wanted)}
+        return await ensure_created("stream", config, check_mode, lambda c: js.add_stream(StreamConfig.from_response(dict(c))),
+                                    lambda c: _managed(c, wanted), _state)
     _refuse_immutable(name, before, wanted)
     changed = changes(before, wanted)
     after = dict(before)
     after.update((k, wanted[k]) for k in changed)
-    if changed and not check_mode:
-        info = await js.update_stream(StreamConfig.from_response(after))
-        after = info.config.as_dict()
-    return bool(changed), {"stream": after, "changed_settings": changed, "state": _state(info)}, {
-        "before": _managed(before, wanted), "after": _managed(after, wanted)}
+    return await ensure_updated("stream", info, after, changed, check_mode, lambda c: js.update_stream(StreamConfig.from_response(c)),
+                                lambda c: _managed(c, wanted), _state)
 
 
-def main():
+def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
             name=dict(type="str", required=True),
@@ -231,10 +204,7 @@ def main():
             subjects=dict(type="list", elements="str"),
             description=dict(type="str"),
             retention=dict(type="str", choices=["limits", "interest", "workqueue"]),
-            storage=dict(type="str", choices=["file", "memory"]),
-            replicas=dict(type="int"),
             max_msgs=dict(type="int"),
-            max_bytes=dict(type="str"),
             max_age=dict(type="str"),
             max_msg_size=dict(type="int"),
             max_msgs_per_subject=dict(type="int"),
@@ -243,13 +213,13 @@ def main():
             allow_direct=dict(type="bool"),
             deny_delete=dict(type="bool"),
             deny_purge=dict(type="bool"),
+            **STORAGE_OPTIONS,
         ),
         supports_check_mode=True,
     )
-    if not _NAME_RE.match(module.params["name"]):
-        module.fail_json(msg="stream name %r is invalid: no whitespace, '.', '*', '>', '/' or '\\'" % module.params["name"])
-    try:
-        wanted_config(module.params)  # bad sizes and durations fail before anything connects
+    try:  # a bad name, size or duration fails before anything connects
+        check_name(module.params["name"], "stream name")
+        wanted_config(module.params)
     except ResourceError as exc:
         module.fail_json(msg=exc.message)
     ensure_resource(module, lambda nc: ensure(nc, module.params, module.check_mode))

@@ -81,7 +81,7 @@ def playbook(nats_server, executor, tmp_path):  # pylint: disable=unused-argumen
 
 @pytest.fixture
 def client_factory(nats_server, executor):  # pylint: disable=unused-argument
-    from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
     made = []
 
     def make(instance="e2e-host", **kwargs):

@@ -10,7 +10,7 @@ import pytest
 
 import devenv
 import natsauth
-from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient, ExecutorUnreachable
 from conftest import Playbook
 
 # how the executor command line spells each option

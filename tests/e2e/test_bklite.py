@@ -211,7 +211,7 @@ def test_executors_sharing_an_instance_id_run_a_request_once(nats_server, compat
 
 
 def test_discovery_lists_the_compat_subjects(nats_server, compat):  # pylint: disable=unused-argument
-    from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
     client = ExecutorClient({"servers": nats_server.url}, ZONE).connect()
     try:
         records = [r for r in client.discover() if ZONE in r["instances"]]

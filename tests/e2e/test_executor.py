@@ -15,7 +15,7 @@ import nats
 import pytest
 
 import devenv
-from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorTaskError, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import contract
 
 

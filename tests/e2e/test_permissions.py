@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 
 import devenv  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.natsops.fleet.plugins.filter.nats_authorization import nats_authorization  # noqa: E402  pylint: disable=wrong-import-position
-from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # noqa: E402  pylint: disable=wrong-import-position
 from natsauth import permission_violations  # noqa: E402  pylint: disable=wrong-import-position
 
 PASSWORDS = {"controller": "ctl-Pw-7", "exec-mgmt": "mgmt-Pw-8", "exec-default": "dflt-Pw-9", "probe-web1": "probe-Pw-0"}

@@ -133,13 +133,13 @@ def _control_processes(socket_path):
                     argv = handle.read().split(b"\0")
             except OSError:
                 continue
-            if socket_path.encode() in argv and b"ansible_collections.natsops.fleet.plugins.module_utils.control" in argv:
+            if socket_path.encode() in argv and b"ansible_collections.natsops.fleet.plugins.plugin_utils._control" in argv:
                 found.append(int(pid))
     return found
 
 
 def test_control_process_is_reused_then_exits_when_idle(playbook, nats_server, tmp_path):
-    from ansible_collections.natsops.fleet.plugins.module_utils import mux  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.plugin_utils import _mux as mux  # pylint: disable=import-outside-toplevel
     path = mux.control_path({"servers": [nats_server.url]}, 10.0, 3)
     hostvars = {"ansible_nats_control_persist": 3}
     playbook.run("idempotent.yml", hostvars=hostvars, extra_vars={"work": str(tmp_path / "a")})

@@ -54,7 +54,7 @@ def _play(inventory, *extra):
 
 
 def _client(fleet, instance, target=None):
-    from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
     return ExecutorClient({"servers": [fleet["nats"].url]}, instance, target=target).connect()
 
 

@@ -92,7 +92,7 @@ def site(lab, wheelhouse, tmp_path_factory):
 
 
 def _client(site, instance, target=None):
-    from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
     return ExecutorClient({"servers": [site["url"]], "ca": site["ca"], "user": "controller",
                            "password": PASSWORDS["controller"]}, instance, target=target).connect()
 

@@ -59,7 +59,7 @@ def zone(lab, tmp_path_factory):
 
 
 def _client(zone, instance=ZONE, target=None):
-    from ansible_collections.natsops.fleet.plugins.module_utils.client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
     return ExecutorClient({"servers": [zone["nats"].url]}, instance, target=target).connect()
 
 
@@ -167,7 +167,7 @@ def test_playbook_of_builtin_modules_through_the_zone_executor(zone, lab, tmp_pa
 
 def test_password_auth_and_wrong_password_at_the_auth_stage(zone):
     host = zone["hosts"][0]
-    from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorUnreachable  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorUnreachable  # pylint: disable=import-outside-toplevel
     client = _client(zone, target=_target(host, user="bob", password="bob-secret"))
     try:
         rc, out, _err = client.exec_command(command="id -un")
@@ -195,7 +195,7 @@ def test_wrong_password_is_unreachable_in_ansible(zone, tmp_path):
 
 
 def test_changed_and_unknown_host_keys_are_refused(zone):
-    from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorUnreachable  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorUnreachable  # pylint: disable=import-outside-toplevel
     for host, words in ((zone["hosts"][0], "CHANGED"), (zone["hosts"][1], "unknown")):
         client = _client(zone, STRICT_BAD, target=_target(host))
         try:
@@ -242,7 +242,7 @@ def test_pooled_connection_is_reused(zone, lab):
 
 def test_timeout_kills_the_remote_process_group(zone, lab):
     host = zone["hosts"][0]
-    from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorTaskError  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError  # pylint: disable=import-outside-toplevel
     client = _client(zone, target=_target(host))
     try:
         with pytest.raises(ExecutorTaskError) as info:

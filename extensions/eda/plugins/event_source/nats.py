@@ -101,6 +101,8 @@ import logging
 import os
 import re
 import sys
+from types import ModuleType
+from typing import Any, Dict, Iterable, List, Optional
 
 if __name__ == "__main__" and sys.path and os.path.realpath(sys.path[0] or ".") == os.path.dirname(os.path.realpath(__file__)):
     # run as a script: this file's folder comes first on sys.path, and this file would shadow nats-py
@@ -128,7 +130,7 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _URL_USERINFO_RE = re.compile(r"(://)[^/@\s]+@")
 
 
-def _load_wire():
+def _load_wire() -> ModuleType:
     """The collection's connection-option code (plugins/module_utils/wire/connect.py).
 
     ansible-rulebook runs event sources with runpy.run_path and installs no collection loader, so the
@@ -170,7 +172,7 @@ class SourceConnectionError(ConnectionError):
 # ------------------------------------------------------------------ arguments
 
 
-def _redact(text, secrets=()):
+def _redact(text: Any, secrets: Iterable[Optional[str]] = ()) -> str:
     """Text without the given secret values nor credentials written into a URL (defence in depth: no message is
     built with a secret in it; secrets shorter than 4 characters would only mangle the text)."""
     text = _URL_USERINFO_RE.sub(r"\1***@", str(text))
@@ -180,7 +182,7 @@ def _redact(text, secrets=()):
     return text
 
 
-def _string(args, option):
+def _string(args: Dict[str, Any], option: str) -> Optional[str]:
     value = args.get(option)
     if value is None or value == "":
         return None
@@ -189,7 +191,7 @@ def _string(args, option):
     return str(value)
 
 
-def _subject(option, value, wildcards=True):
+def _subject(option: str, value: Any, wildcards: bool = True) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SourceArgumentError("natsops.fleet.nats: option %r: subjects must be non-empty strings, got %r" % (option, value))
     tokens = value.split(".")
@@ -206,7 +208,7 @@ def _subject(option, value, wildcards=True):
     return value
 
 
-def _subjects(value):
+def _subjects(value: Any) -> List[str]:
     if isinstance(value, str):
         value = value.replace(",", " ").split() or [value]
     if not isinstance(value, (list, tuple)) or not value:
@@ -214,7 +216,7 @@ def _subjects(value):
     return [_subject("subjects", s) for s in value]
 
 
-def _seconds(option, value, default=None):
+def _seconds(option: str, value: Any, default: Optional[float] = None) -> Optional[float]:
     if value is None or value == "":
         return default
     if isinstance(value, bool):
@@ -232,7 +234,7 @@ def _seconds(option, value, default=None):
     return seconds
 
 
-def _max_deliver(value):
+def _max_deliver(value: Any) -> Optional[int]:
     if value is None or value == "":
         return None
     try:
@@ -245,7 +247,7 @@ def _max_deliver(value):
     return number
 
 
-def _connection_options(args):
+def _connection_options(args: Dict[str, Any]) -> Dict[str, Any]:
     """The connection options, each from the arguments, else from its environment variable."""
     options = {}
     for option in WIRE.OPTION_NAMES:
@@ -265,7 +267,7 @@ def _connection_options(args):
 class Settings:
     """The checked arguments of one event source."""
 
-    def __init__(self, args):
+    def __init__(self, args: Dict[str, Any]) -> None:
         if not isinstance(args, dict):
             raise SourceArgumentError("natsops.fleet.nats: the arguments must be a mapping, got %s" % type(args).__name__)
         known = set(WIRE.OPTION_NAMES) | set(SOURCE_OPTIONS)
@@ -293,10 +295,11 @@ class Settings:
             self.connect = WIRE.connect_kwargs(self.options, CLIENT_NAME, self.connect_timeout)
         except WIRE.ConnectOptionsError as exc:
             text = _redact(exc, self.secrets)
-            raise SourceArgumentError("natsops.fleet.nats: %s%s" % ("option 'servers': " if text.startswith("server ") else "", text))
+            where = "option 'servers': " if text.startswith("server ") else ""
+            raise SourceArgumentError("natsops.fleet.nats: %s%s" % (where, text)) from None  # the cause may hold a secret
         self.description = _redact(WIRE.describe(self.options), self.secrets)
 
-    def _core(self, args):
+    def _core(self, args: Dict[str, Any]) -> None:
         jetstream_only = [o for o in ("filter_subject", "deliver_policy", "ack_wait", "max_deliver") if args.get(o) is not None]
         if jetstream_only:
             raise SourceArgumentError("natsops.fleet.nats: option %r is for JetStream; set 'stream' and 'durable' as well"
@@ -309,7 +312,7 @@ class Settings:
             raise SourceArgumentError("natsops.fleet.nats: option 'queue_group' %r may contain letters, digits, '.', '_' "
                                       "and '-' only" % self.queue_group)
 
-    def _jetstream(self, args):
+    def _jetstream(self, args: Dict[str, Any]) -> None:
         for option in ("stream", "durable"):
             if not getattr(self, option):
                 raise SourceArgumentError("natsops.fleet.nats: option %r is required with %r (a JetStream durable consumer)"
@@ -343,7 +346,7 @@ class Settings:
 # ------------------------------------------------------------------ events
 
 
-def _decode(payload):
+def _decode(payload: bytes) -> Any:
     """Parsed JSON when the payload is JSON, else the payload as text; never an error."""
     if not payload:
         return ""
@@ -353,7 +356,7 @@ def _decode(payload):
         return payload.decode("utf-8", "backslashreplace")
 
 
-def make_event(msg, jetstream=False):
+def make_event(msg: Any, jetstream: bool = False) -> Dict[str, Any]:
     """The event for one NATS message."""
     event = {"subject": msg.subject, "data": _decode(msg.data), "headers": dict(msg.headers or {}),
              "reply": None if jetstream else (msg.reply or None)}
@@ -370,7 +373,7 @@ def make_event(msg, jetstream=False):
 class NatsSource:
     """One connection, one subscription (core) or pull consumer (JetStream), events to the queue."""
 
-    def __init__(self, settings, queue):
+    def __init__(self, settings: Settings, queue: asyncio.Queue) -> None:
         self.cfg = settings
         self.queue = queue
         self.nc = None
@@ -379,7 +382,7 @@ class NatsSource:
         self.unqueued = None  # a JetStream message taken from the server and not yet on the queue
         self.pull = None  # the JetStream pull subscription
 
-    async def run(self):
+    async def run(self) -> None:
         await self.connect()
         if self.cfg.jetstream:
             await self.consume_jetstream()
@@ -389,26 +392,26 @@ class NatsSource:
         raise SourceConnectionError("natsops.fleet.nats: the NATS connection closed (%s): %s"
                                     % (self.cfg.description, self.last_error()))
 
-    def last_error(self):
+    def last_error(self) -> str:
         return _redact(self.errors[-1], self.cfg.secrets) if self.errors else "no error reported"
 
-    async def _on_error(self, exc):
+    async def _on_error(self, exc: Exception) -> None:
         text = str(exc) or type(exc).__name__
         self.errors = (self.errors + [text])[-20:]
         LOG.warning("natsops.fleet.nats: NATS error: %s", _redact(text, self.cfg.secrets))
 
-    async def _on_disconnect(self):
+    async def _on_disconnect(self) -> None:
         if not self.closed.is_set():
             LOG.warning("natsops.fleet.nats: disconnected from NATS; reconnecting")
 
-    async def _on_reconnect(self):
+    async def _on_reconnect(self) -> None:
         url = self.nc.connected_url if self.nc is not None else None
         LOG.info("natsops.fleet.nats: reconnected to NATS at %s", url.netloc.rpartition("@")[2] if url else "?")
 
-    async def _on_closed(self):
+    async def _on_closed(self) -> None:
         self.closed.set()
 
-    async def connect(self):
+    async def connect(self) -> None:
         kwargs = dict(self.cfg.connect, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
                       reconnected_cb=self._on_reconnect, closed_cb=self._on_closed, reconnect_time_wait=1.0,
                       ping_interval=30, drain_timeout=5)
@@ -424,8 +427,8 @@ class NatsSource:
         # message); from now on reconnect for as long as the source runs, as the executor does
         self.nc.options["max_reconnect_attempts"] = -1
 
-    async def subscribe_core(self):
-        async def deliver(msg):
+    async def subscribe_core(self) -> None:
+        async def deliver(msg: Any) -> None:
             await self.queue.put(make_event(msg))
 
         seen = len(self.errors)
@@ -439,7 +442,7 @@ class NatsSource:
         LOG.info("natsops.fleet.nats: listening on %s%s", ", ".join(self.cfg.subjects),
                  " (queue group %s)" % self.cfg.queue_group if self.cfg.queue_group else "")
 
-    async def ensure_consumer(self, js):
+    async def ensure_consumer(self, js: Any) -> None:
         cfg = self.cfg
         try:
             await js.stream_info(cfg.stream)
@@ -465,7 +468,7 @@ class NatsSource:
         if existing.ack_policy != AckPolicy.EXPLICIT:
             raise SourceArgumentError("natsops.fleet.nats: option 'durable': consumer %r of stream %r does not use explicit "
                                       "acknowledgements (ack policy %s)" % (cfg.durable, cfg.stream, existing.ack_policy))
-        changes = dict((k, v) for k, v in wanted.items() if getattr(existing, k) != v)
+        changes = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
         if changes:
             for key, value in changes.items():
                 setattr(existing, key, value)
@@ -476,7 +479,7 @@ class NatsSource:
                     ", ".join(sorted(changes)), cfg.durable, exc.description or exc)) from None
             LOG.info("natsops.fleet.nats: updated %s of consumer %s", ", ".join(sorted(changes)), cfg.durable)
 
-    async def consume_jetstream(self):
+    async def consume_jetstream(self) -> None:
         cfg = self.cfg
         js = self.nc.jetstream()
         await self.ensure_consumer(js)
@@ -515,7 +518,7 @@ class NatsSource:
                     LOG.warning("natsops.fleet.nats: cannot acknowledge %s #%s (it will be delivered again): %s",
                                 cfg.stream, msg.metadata.sequence.stream, exc)
 
-    async def close(self):
+    async def close(self) -> None:
         """Hand back a message not queued, then drain and close the connection (also when cancelled)."""
         nc, self.nc = self.nc, None
         if nc is None:
@@ -537,7 +540,7 @@ class NatsSource:
         LOG.info("natsops.fleet.nats: NATS connection closed")
 
 
-async def main(queue: asyncio.Queue, args: dict):
+async def main(queue: asyncio.Queue, args: Dict[str, Any]) -> None:
     """ansible-rulebook's entry point: put an event on ``queue`` for each NATS message, until cancelled."""
     settings = Settings(args)
     if not HAS_NATS:
@@ -555,7 +558,7 @@ if __name__ == "__main__":
     class MockQueue(asyncio.Queue):
         """Prints the events instead of queueing them."""
 
-        async def put(self, item):
+        async def put(self, item: Any) -> None:
             print(json.dumps(item, ensure_ascii=False, default=str), flush=True)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

@@ -82,6 +82,10 @@ def test_preregistered_option_definitions_equal_ansible_core_parse():
     registered = C.config.get_configuration_definitions("connection", plugin.__module__)
     assert registered == expected["options"]
     assert plugin.__module__ == "ansible_collections.natsops.fleet.plugins.connection.nats"
+    # the plugin's own merge of its fragments, with the C loader only (what registered them, unless it failed)
+    merged = module._option_definitions(lambda text: yaml.load(text, Loader=yaml.CSafeLoader))
+    assert merged == expected["options"]
+    assert {"servers", "creds", "namespace", "connect_timeout", "executor"} <= set(merged)
 
 
 def test_login_password_never_becomes_the_nats_password():

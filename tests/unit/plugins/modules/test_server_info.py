@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError
 from ansible_collections.natsops.fleet.plugins.modules import server_info
 from ansible_collections.natsops.fleet.plugins.modules.server_info import (
     ARGUMENTS, ENDPOINTS, check_arguments, endpoint_url, health, merge_replies, sys_request,

@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) natsops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The control process itself (``python -m ansible_collections.natsops.fleet.plugins.module_utils.control``).
+"""The control process itself (``python -m ansible_collections.natsops.fleet.plugins.plugin_utils._control``).
 
-Started by a worker through ``mux.MuxClient.connect``; holds one NATS connection and serves the workers'
-frames (defined in ``mux``) over the Unix socket until it has been idle for ``persist`` seconds or NATS is lost.
+Private to this collection and controller-only, like everything in plugin_utils (never shipped to targets).
+Started by a worker through ``_mux.MuxClient.connect``; holds one NATS connection and serves the workers'
+frames (defined in ``_mux``) over the Unix socket until it has been idle for ``persist`` seconds or NATS is lost.
 Workers never import this module: it pulls in asyncio and nats-py.
 """
 
@@ -14,23 +15,25 @@ import json
 import os
 import sys
 import time
+from types import ModuleType
+from typing import Any, Dict, List, Tuple
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError
-from ansible_collections.natsops.fleet.plugins.module_utils.mux import FRAME, MAX_FRAME_JSON
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError
+from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import FRAME, MAX_FRAME_JSON
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import E_INTERNAL, WireError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.messages import DEFAULT_KEEPALIVE
 
 
-def serve(path, settings):
+def serve(path: str, settings: Dict[str, Any]) -> int:
     """Run the control process (blocking). Imports nats-py and asyncio only here."""
     import asyncio  # pylint: disable=import-outside-toplevel
-    from ansible_collections.natsops.fleet.plugins.module_utils import client  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils import _client as client  # pylint: disable=import-outside-toplevel
 
     nats_options = settings["nats_options"]
     connect_timeout = float(settings["connect_timeout"])
     persist = float(settings["persist"])
 
-    async def main():
+    async def main() -> int:
         try:
             nc = await client.open_nats(nats_options, settings.get("name") or "natsops.fleet control", connect_timeout)
         except ExecutorError as exc:
@@ -39,7 +42,7 @@ def serve(path, settings):
         servers = ",".join(client.wire_connect.server_list(nats_options.get("servers")))
         state = {"active": 0, "last": time.monotonic()}
 
-        async def handle(reader, writer):
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             state["active"] += 1
             try:
                 while True:
@@ -90,7 +93,7 @@ def serve(path, settings):
     return asyncio.run(main())
 
 
-def _announce(status):
+def _announce(status: Dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(status) + "\n")
     sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -98,7 +101,8 @@ def _announce(status):
     os.close(devnull)
 
 
-async def _dispatch(client, nc, servers, connect_timeout, doc, payload):
+async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: float, doc: Dict[str, Any],
+                    payload: bytes) -> Tuple[Dict[str, Any], bytes]:
     """Run one worker request with a per-request AsyncExecutorClient on the shared connection."""
     try:
         core = client.AsyncExecutorClient(nc, doc.get("instance_id"), doc.get("namespace", "natsops"),
@@ -126,9 +130,9 @@ async def _dispatch(client, nc, servers, connect_timeout, doc, payload):
         return {"error": {"code": E_INTERNAL, "message": "control process error: %r" % exc, "unreachable": False}}, b""
 
 
-def main(argv):
+def main(argv: List[str]) -> int:
     if len(argv) != 2:
-        sys.stderr.write("usage: python -m ...module_utils.control SOCKET_PATH < settings.json\n")
+        sys.stderr.write("usage: python -m ...plugin_utils._control SOCKET_PATH < settings.json\n")
         return 2
     settings = json.loads(sys.stdin.read())
     return serve(argv[1], settings)

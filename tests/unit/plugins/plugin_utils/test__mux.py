@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from ansible_collections.natsops.fleet.plugins.module_utils import mux
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import (
+from ansible_collections.natsops.fleet.plugins.plugin_utils import _mux as mux
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import (
     ExecutorError, ExecutorTaskError, ExecutorUnreachable,
 )
 
@@ -66,3 +66,10 @@ def test_errors_cross_the_socket_with_their_kind():
     assert isinstance(ExecutorError.from_dict(ExecutorUnreachable("x", "gone").to_dict()), ExecutorUnreachable)
     err = ExecutorError.from_dict(ExecutorTaskError("timeout", "slow").to_dict())
     assert isinstance(err, ExecutorTaskError) and (err.code, err.message) == ("timeout", "slow")
+
+
+def test_control_process_module_is_found_from_the_collections_root():
+    """The control process is started as ``python -m CONTROL_MODULE`` with the collections root on PYTHONPATH."""
+    path = os.path.join(mux._collections_root(), *mux.CONTROL_MODULE.split(".")) + ".py"
+    assert os.path.isfile(path), path
+    assert mux.CONTROL_MODULE.rpartition(".")[0] == mux.__name__.rpartition(".")[0]

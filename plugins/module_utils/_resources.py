@@ -1,18 +1,23 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) natsops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the NATS resource modules (stream, ...) share: one NATS connection per module run, JetStream errors
-as clear failures, sizes and durations as users write them, and before/after comparison."""
+"""What the NATS resource modules (stream, consumer, kv, object, publish, request, server_info, probe_info) share,
+and the kv lookup and probes inventory with them (private to this collection): one NATS connection per run
+(``call``, ``run``), JetStream refusals as clear failures, sizes and durations as users write them, the rules for
+stream and consumer names and for replicas, bucket settings, and the present and absent paths of a stream,
+consumer or bucket (check mode, result, diff of the managed settings)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple
 
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.formatters import human_to_bytes
 
-from ansible_collections.natsops.fleet.plugins.module_utils.modules import nats_options
+from ansible_collections.natsops.fleet.plugins.module_utils._common import client_name, nats_options
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import bucket_problems
 
@@ -26,18 +31,38 @@ except ImportError:  # pragma: no cover - reported by call()
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
 _UNITS = {"ns": 1, "us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9, "d": 86400e9}
+# A stream or consumer name is a subject token and a file name on the server.
+_NAME_RE = re.compile(r"^[^\s.*>/\\]+$")
+MAX_REPLICAS = 5  # JetStream keeps at most five copies of a stream
+
+# Result of an ensure coroutine: (changed, result for exit_json, diff)
+Outcome = Tuple[bool, Dict[str, Any], Dict[str, Any]]
 
 
 class ResourceError(Exception):
     """A failure to report with fail_json (message and details)."""
 
-    def __init__(self, message, **details):
-        super(ResourceError, self).__init__(message)
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
         self.message = message
         self.details = details
 
 
-def duration_ns(value, option):
+def check_name(value: str, what: str) -> str:
+    """A stream or consumer name, or ResourceError naming ``what`` (the option or field)."""
+    if not _NAME_RE.match(value):
+        raise ResourceError("%s %r is invalid: no whitespace, '.', '*', '>', '/' or '\\'" % (what, value))
+    return value
+
+
+def replicas(value: Optional[int], option: str = "replicas") -> Optional[int]:
+    """A stream's (or bucket's) number of replicas, 1 to 5 (None: not managed); ResourceError otherwise."""
+    if value is not None and not 1 <= value <= MAX_REPLICAS:
+        raise ResourceError("option %s: %d is not between 1 and %d" % (option, value, MAX_REPLICAS))
+    return value
+
+
+def duration_ns(value: Any, option: str) -> Optional[int]:
     """Seconds (a number) or a Go-style duration ('90s', '2m30s', '24h', '7d') as nanoseconds; 0 is unlimited."""
     if value is None:
         return None
@@ -52,7 +77,7 @@ def duration_ns(value, option):
     return int(round(sum(float(n) * _UNITS[u] for n, u in parts)))
 
 
-def size_bytes(value, option):
+def size_bytes(value: Any, option: str) -> Optional[int]:
     """A byte count, or a size such as '512MB', '1G'; -1 is unlimited."""
     if value is None:
         return None
@@ -62,22 +87,22 @@ def size_bytes(value, option):
     try:
         return int(human_to_bytes(text.replace(" ", "")))
     except ValueError as exc:
-        raise ResourceError("option %s: %r is not a size (%s)" % (option, value, exc))
+        raise ResourceError("option %s: %r is not a size (%s)" % (option, value, exc)) from exc
 
 
-def call(options, name, timeout, work):
+def call(options: Dict[str, Any], name: str, timeout: float, work: Callable[[Any], Awaitable[Any]]) -> Any:
     """Connect with the connection options (the user-facing names), ``await work(nc)``, close; from synchronous
     code: a module run, the kv lookup, the probes inventory. Every failure is a ResourceError, secrets never in
     it: nats-py missing, bad options, NATS unreachable, JetStream refusals, timeouts (naming the permission
     violations the server reported)."""
     if not HAS_NATS:
-        from ansible_collections.natsops.fleet.plugins.module_utils.client import missing_nats_message  # pylint: disable=import-outside-toplevel
+        from ansible_collections.natsops.fleet.plugins.module_utils._client import missing_nats_message  # pylint: disable=import-outside-toplevel
         raise ResourceError(missing_nats_message())
 
-    async def main():
-        errors = []
+    async def main() -> Any:
+        errors: List[Exception] = []
 
-        async def on_error(exc):
+        async def on_error(exc: Exception) -> None:
             errors.append(exc)
 
         try:
@@ -102,17 +127,17 @@ def call(options, name, timeout, work):
     return asyncio.run(main())
 
 
-def run(module, work):
+def run(module: AnsibleModule, work: Callable[[Any], Awaitable[Any]]) -> Any:
     """Connect with the module's NATS options, ``await work(nc)``, close; return its result.
     Every failure (see call) ends the module with fail_json."""
     params = module.params
     try:
-        return call(nats_options(params), "natsops.fleet %s" % module._name, params["connect_timeout"], work)
+        return call(nats_options(params), client_name(module), params["connect_timeout"], work)
     except ResourceError as exc:
         module.fail_json(msg=exc.message, **exc.details)
 
 
-def ensure_resource(module, ensure):
+def ensure_resource(module: AnsibleModule, ensure: Callable[[Any], Awaitable[Outcome]]) -> None:
     """Run ``ensure(nc)`` (returning changed, result, diff) on one connection and exit the module with its result,
     the diff in --diff mode."""
     changed, result, diff = run(module, ensure)
@@ -121,13 +146,13 @@ def ensure_resource(module, ensure):
     module.exit_json(changed=changed, **result)
 
 
-def message_options():
+def message_options() -> Dict[str, Dict[str, Any]]:
     """The options of a module that sends one message (publish, request)."""
     return {"subject": {"type": "str", "required": True}, "data": {"type": "str"}, "json": {"type": "raw"},
             "headers": {"type": "dict"}}
 
 
-def payload_of(module):
+def payload_of(module: AnsibleModule) -> Tuple[str, bytes, Dict[str, str]]:
     """(subject, payload bytes, headers) from the module's message options, or fail_json."""
     params = module.params
     subject = params["subject"]
@@ -137,11 +162,11 @@ def payload_of(module):
         payload = json.dumps(params["json"], ensure_ascii=False, sort_keys=True).encode("utf-8")
     else:
         payload = (params["data"] or "").encode("utf-8")
-    headers = dict((str(k), str(v)) for k, v in (params["headers"] or {}).items())
+    headers = {str(k): str(v) for k, v in (params["headers"] or {}).items()}
     return subject, payload, headers
 
 
-def changes(before, wanted):
+def changes(before: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]:
     """The keys of ``wanted`` whose values differ from ``before`` (None in wanted: not managed)."""
     return sorted(k for k, v in wanted.items() if v is not None and before.get(k) != v)
 
@@ -152,29 +177,71 @@ BUCKET_FIELDS = {"description": "description", "ttl": "max_age", "max_bytes": "m
                  "replicas": "num_replicas"}
 
 
-def bucket_options(**extra):
-    """The argument spec of a bucket's settings (see doc fragment natsops.fleet.bucket) plus ``extra``."""
+# Where and how much a stream (or a bucket, which is a stream) keeps: doc fragment natsops.fleet.storage.
+STORAGE_OPTIONS = {"storage": {"type": "str", "choices": ["file", "memory"]}, "replicas": {"type": "int"},
+                   "max_bytes": {"type": "str"}}
+
+
+def bucket_options(**extra: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The argument spec of a bucket's settings (doc fragments natsops.fleet.bucket and natsops.fleet.storage)
+    plus ``extra``."""
     spec = {"bucket": {"type": "str", "required": True}, "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "description": {"type": "str"}, "ttl": {"type": "str"}, "max_bytes": {"type": "str"},
-            "storage": {"type": "str", "choices": ["file", "memory"]}, "replicas": {"type": "int"}}
+            "description": {"type": "str"}, "ttl": {"type": "str"}}
+    spec.update(STORAGE_OPTIONS)
     spec.update(extra)
     return spec
 
 
-def bucket_settings(params, fields=None):
+def bucket_settings(params: Dict[str, Any], fields: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """The managed bucket settings as stream fields (None: not managed); raises ResourceError on bad values."""
     for problem in bucket_problems(params["bucket"]):
         raise ResourceError(problem)
     fields = fields or BUCKET_FIELDS
-    wanted = dict((api, params.get(option)) for option, api in fields.items())
+    wanted = {api: params.get(option) for option, api in fields.items()}
     wanted["max_age"] = duration_ns(params.get("ttl"), "ttl")
     wanted["max_bytes"] = size_bytes(params.get("max_bytes"), "max_bytes")
-    if wanted["num_replicas"] is not None and not 1 <= wanted["num_replicas"] <= 5:
-        raise ResourceError("option replicas: %d is not between 1 and 5" % wanted["num_replicas"])
+    replicas(wanted["num_replicas"])
     return wanted
 
 
-async def stream_config(js, stream):
+async def ensure_absent(kind: str, before: Optional[Dict[str, Any]], check_mode: bool,
+                        delete: Callable[[], Awaitable[Any]], shown: Optional[Dict[str, Any]] = None) -> Outcome:
+    """State absent of a stream, consumer or bucket: ``delete()`` it when it exists (``before``, its configuration;
+    None when it does not), not in check mode. The result names it ``kind``; the diff shows ``shown`` (default:
+    ``before``) going away."""
+    if before is None:
+        return False, {kind: {}, "changed_settings": []}, {"before": {}, "after": {}}
+    if not check_mode:
+        await delete()
+    return True, {kind: {}, "changed_settings": ["state"]}, {"before": before if shown is None else shown, "after": {}}
+
+
+async def ensure_created(kind: str, config: Dict[str, Any], check_mode: bool,
+                         create: Callable[[Dict[str, Any]], Awaitable[Any]],
+                         managed: Callable[[Dict[str, Any]], Dict[str, Any]], state: Callable[[Any], Dict[str, Any]]) -> Outcome:
+    """State present of a stream or consumer that does not exist: ``create(config)`` (returning its info), not in
+    check mode. The result names it ``kind``, with ``state(info)``; the diff shows its ``managed`` settings."""
+    if check_mode:
+        return True, {kind: config, "changed_settings": sorted(config)}, {"before": {}, "after": managed(config)}
+    info = await create(config)
+    after = info.config.as_dict()
+    return True, {kind: after, "changed_settings": sorted(config), "state": state(info)}, {"before": {}, "after": managed(after)}
+
+
+async def ensure_updated(kind: str, info: Any, after: Dict[str, Any], changed: List[str], check_mode: bool,
+                         update: Callable[[Dict[str, Any]], Awaitable[Any]],
+                         managed: Callable[[Dict[str, Any]], Dict[str, Any]], state: Callable[[Any], Dict[str, Any]]) -> Outcome:
+    """State present of a stream or consumer that exists (``info``): ``update(after)`` when settings ``changed``, not
+    in check mode. The result names it ``kind``, with ``state(info)``; the diff shows its ``managed`` settings."""
+    before = info.config.as_dict()
+    if changed and not check_mode:
+        info = await update(after)
+        after = info.config.as_dict()
+    return bool(changed), {kind: after, "changed_settings": sorted(changed), "state": state(info)}, {
+        "before": managed(before), "after": managed(after)}
+
+
+async def stream_config(js: Any, stream: str) -> Optional[Dict[str, Any]]:
     """The configuration of a stream as a dict, or None when it does not exist."""
     from nats.js import errors  # pylint: disable=import-outside-toplevel
     try:
@@ -183,7 +250,7 @@ async def stream_config(js, stream):
         return None
 
 
-def check_bucket_task(module, fields, item_options, item):
+def check_bucket_task(module: AnsibleModule, fields: Dict[str, str], item_options: Iterable[str], item: str) -> None:
     """A kv or object task manages the bucket (without ``name``) or one ``item`` of it (with ``name``): fail on
     options of the other kind and on bad bucket settings, before anything connects."""
     params = module.params
@@ -201,7 +268,9 @@ def check_bucket_task(module, fields, item_options, item):
             module.fail_json(msg="%s are bucket settings; give them in a task without name" % ", ".join(settings))
 
 
-async def ensure_bucket(js, stream, bucket, wanted, check_mode, create, delete, absent):
+async def ensure_bucket(js: Any, stream: str, bucket: str, wanted: Dict[str, Any], check_mode: bool,
+                        create: Callable[[Dict[str, Any]], Awaitable[Any]], delete: Callable[[], Awaitable[Any]],
+                        absent: bool) -> Outcome:
     """Make the bucket stored in ``stream`` exist with ``wanted`` settings, or not exist (``absent``).
 
     ``create(settings)`` and ``delete()`` make and remove the bucket with the client's own bucket API (so the stream
@@ -211,12 +280,8 @@ async def ensure_bucket(js, stream, bucket, wanted, check_mode, create, delete, 
     from nats.js.api import StorageType, StreamConfig  # pylint: disable=import-outside-toplevel
     before = await stream_config(js, stream)
     if absent:
-        if before is None:
-            return False, {"bucket": {}, "changed_settings": []}, {"before": {}, "after": {}}
-        if not check_mode:
-            await delete()
-        return True, {"bucket": {}, "changed_settings": ["state"]}, {"before": {"bucket": bucket}, "after": {}}
-    managed = dict((k, v) for k, v in wanted.items() if v is not None)
+        return await ensure_absent("bucket", before, check_mode, delete, shown={"bucket": bucket})
+    managed = {k: v for k, v in wanted.items() if v is not None}
     if before is None:
         after = {}
         if not check_mode:
@@ -240,4 +305,4 @@ async def ensure_bucket(js, stream, bucket, wanted, check_mode, create, delete, 
                 update["duplicate_window"] = update["max_age"]  # NATS requires the dedupe window within the TTL
             after = (await js.update_stream(StreamConfig.from_response(update))).config.as_dict()
     return bool(changed), {"bucket": after, "changed_settings": changed}, {
-        "before": dict((k, before.get(k)) for k in managed), "after": managed}
+        "before": {k: before.get(k) for k in managed}, "after": managed}

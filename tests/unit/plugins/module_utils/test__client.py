@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.natsops.fleet.plugins.module_utils import client
+from ansible_collections.natsops.fleet.plugins.module_utils import _client as client
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import WireError
 
 
@@ -42,7 +42,7 @@ def test_serving_filters_namespace_and_instance():
 
 
 def test_wire_errors_map_to_unreachable_or_failed():
-    from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
+    from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
     from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import WireError
     auth = ExecutorError.from_wire(WireError("target_auth_failed", "refused", {"stage": "auth"}))
     assert isinstance(auth, ExecutorUnreachable) and auth.details == {"stage": "auth"}

@@ -1,11 +1,12 @@
 # -*- coding: utf-8 -*-
 # Copyright (c) natsops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller-side client of natsops executors (private to this collection).
+"""The caller side of the natsops protocol (private to this collection): the executor modules and the
+connection plugin's control process (plugins/plugin_utils/_control.py) use it.
 
-``ExecutorClient`` gives the connection plugin and the modules a synchronous API over
-the asyncio protocol in ``wire``: run a command, put a file, fetch a file, discover
-executors. Errors are ``ExecutorUnreachable`` (nobody serves the instance id, the NATS
+``AsyncExecutorClient`` speaks the protocol of ``wire`` over a nats-py connection; ``ExecutorClient`` gives the
+modules and ``control_persist: 0`` workers a synchronous API over it: run a command, put a file, fetch a file,
+place an Object Store object, discover executors. Errors are ``ExecutorUnreachable`` (nobody serves the instance id, the NATS
 connection failed, the executor vanished) or ``ExecutorTaskError`` (the executor was
 reached and reported a failure); both carry a wire error code.
 """
@@ -17,9 +18,9 @@ import contextlib
 import json
 import os
 import time
-from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Tuple, Type, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple, Type, TypeVar
 
-from ansible_collections.natsops.fleet.plugins.module_utils.errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
+from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.atomic import AtomicFile
@@ -49,23 +50,24 @@ DISCOVERY_WAIT = 0.5     # longest time to collect discovery replies
 DISCOVERY_QUIET = 0.15   # stop earlier once replies stop coming
 
 
-def missing_nats_message():
+def missing_nats_message() -> str:
     return ("the natsops.fleet collection needs the Python package nats-py on the controller "
             "(pip install nats-py nkeys): %s" % NATS_IMPORT_ERROR)
 
 
-def describe_executor(record):
+def describe_executor(record: Dict[str, Any]) -> str:
     return "%s (host %s, executor %s)" % (", ".join(record["instances"]) or "-", record["hostname"] or "?", record["version"])
 
 
-def no_responders_message(subj, instance_id, namespace, executors, servers):
+def no_responders_message(subj: str, instance_id: Optional[str], namespace: str, executors: List[Dict[str, Any]],
+                          servers: str) -> str:
     """The error a user sees when nobody serves the instance id: what, where, who is online, how to fix."""
     lines = ["no executor serves instance id %r: nobody answered on subject %r (namespace %r, NATS %s)."
              % (instance_id, subj, namespace, servers)]
     ours = [e for e in executors if e["namespace"] == namespace]
     others = [e for e in executors if e["namespace"] != namespace]
     if ours:
-        online = sorted(set(i for e in ours for i in e["instances"]))
+        online = sorted({i for e in ours for i in e["instances"]})
         lines.append("Instance ids online in namespace %r: %s." % (namespace, ", ".join(repr(i) for i in online)))
         lines.extend("  - %s" % describe_executor(e) for e in ours)
     else:
@@ -93,6 +95,7 @@ async def open_nats(nats_options: Dict[str, Any], name: str, connect_timeout: fl
 
 
 _M = TypeVar("_M", bound=Message)
+_T = TypeVar("_T")
 
 
 def _reply(cls: Type[_M], doc: Any, what: str) -> _M:
@@ -299,7 +302,7 @@ class AsyncExecutorClient:
 
     # ------------------------------------------------------------ transfer
 
-    async def upload_object(self, bucket, name, local_path, sha256):
+    async def upload_object(self, bucket: str, name: str, local_path: str, sha256: str) -> bool:
         """Put a file into the JetStream Object Store unless the object already holds this content
         (the bucket is created with defaults when missing). Returns True when it uploaded."""
         js = self.nc.jetstream()
@@ -335,7 +338,7 @@ class AsyncExecutorClient:
 
     # ------------------------------------------------------------ BK-Lite protocol
 
-    async def bklite_call(self, method, request, timeout):
+    async def bklite_call(self, method: str, request: Dict[str, Any], timeout: float) -> Dict[str, Any]:
         """One BK-Lite request (wire/bklite.py) to the executors with our instance id; returns the reply dict.
         Nobody subscribed is reported like our own protocol does, with what discovery can see."""
         subj = bklite.subject(method, self.instance_id)
@@ -343,28 +346,28 @@ class AsyncExecutorClient:
             msg = await self.nc.request(subj, bklite.pack_request(request), timeout=timeout)
         except nats.errors.NoRespondersError:
             compat = [e for e in await self.discover(DISCOVERY_WAIT) if e.get("bklite")]
-            served = sorted(set(i for e in compat for i in e["instances"]))
+            served = sorted({i for e in compat for i in e["instances"]})
             raise ExecutorUnreachable(E_NO_RESPONDERS, (
                 "no executor subscribes to %r (BK-Lite protocol, instance id %r) on %s. natsops executors with "
                 "--bklite-compat online serve: %s. BK-Lite's own executors cannot be discovered: check that the "
                 "executor's nats_instanceId is exactly %r, or address one of the instance ids above."
             ) % (subj, self.instance_id, self.servers, ", ".join(repr(i) for i in served) or "none", self.instance_id),
-                {"subject": subj, "instance_id": self.instance_id, "compat_instances": served})
+                {"subject": subj, "instance_id": self.instance_id, "compat_instances": served}) from None
         except nats.errors.TimeoutError:
-            raise ExecutorUnreachable(E_EXECUTOR_LOST, "no reply on %r within %.0f s (BK-Lite protocol)" % (subj, timeout))
+            raise ExecutorUnreachable(E_EXECUTOR_LOST, "no reply on %r within %.0f s (BK-Lite protocol)" % (subj, timeout)) from None
         try:
             return bklite.parse_reply(msg.data)
         except bklite.BkliteError as exc:
-            raise ExecutorTaskError(E_STREAM, exc.message)
+            raise ExecutorTaskError(E_STREAM, exc.message) from exc
 
-    async def object_digest(self, bucket, name):
+    async def object_digest(self, bucket: str, name: str) -> Optional[str]:
         """sha256 (hex) of an Object Store object, or None when the bucket or object is missing."""
         try:
             return object_digest_hex((await (await self.nc.jetstream().object_store(bucket)).get_info(name)).digest)
         except nats.js.errors.NotFoundError:
             return None
 
-    async def bklite_health(self, wait=DISCOVERY_WAIT):
+    async def bklite_health(self, wait: float = DISCOVERY_WAIT) -> List[Dict[str, Any]]:
         """health.check replies of every executor subscribed for our instance id (BK-Lite's own executors
         all answer; ours answer once per queue group)."""
         replies = await self._collect(bklite.subject(bklite.HEALTH_CHECK, self.instance_id), wait,
@@ -373,12 +376,12 @@ class AsyncExecutorClient:
 
     # ------------------------------------------------------------ discovery
 
-    async def _collect(self, subj, wait, payload=b""):
+    async def _collect(self, subj: str, wait: float, payload: bytes = b"") -> List[Any]:
         replies = []
         last = [time.monotonic()]
         inbox = self.nc.new_inbox()
 
-        async def on_reply(msg):
+        async def on_reply(msg: Any) -> None:
             last[0] = time.monotonic()
             try:
                 replies.append(json.loads(msg.data.decode("utf-8")))
@@ -397,7 +400,7 @@ class AsyncExecutorClient:
             await sub.unsubscribe()
         return replies
 
-    async def discover(self, wait=DISCOVERY_WAIT, stats=False):
+    async def discover(self, wait: float = DISCOVERY_WAIT, stats: bool = False) -> List[Dict[str, Any]]:
         """Every executor online (all namespaces), as records; with stats=True also their load."""
         records = []
         for info in await self._collect("$SRV.INFO.%s" % SERVICE_NAME, wait):
@@ -405,7 +408,7 @@ class AsyncExecutorClient:
             if record is not None:
                 records.append(record)
         if stats and records:
-            by_id = dict((r["id"], r) for r in records)
+            by_id = {r["id"]: r for r in records}
             for reply in await self._collect("$SRV.STATS.%s" % SERVICE_NAME, wait):
                 record = by_id.get(reply.get("id")) if isinstance(reply, dict) else None
                 endpoints = reply.get("endpoints") or [] if record else []
@@ -415,7 +418,7 @@ class AsyncExecutorClient:
         records.sort(key=lambda r: (r["namespace"], r["hostname"], r["id"] or ""))
         return records
 
-    def serving(self, executors, instance_id=None):
+    def serving(self, executors: List[Dict[str, Any]], instance_id: Optional[str] = None) -> List[Dict[str, Any]]:
         """Executors (from discover) in our namespace that serve an instance id."""
         instance_id = instance_id or self.instance_id
         return [e for e in executors if e["namespace"] == self.namespace and serves(e, instance_id)]
@@ -424,8 +427,9 @@ class AsyncExecutorClient:
 class ExecutorClient:
     """Synchronous client with its own event loop and NATS connection. One per Ansible connection or module run."""
 
-    def __init__(self, nats_options, instance_id, namespace="natsops", connect_timeout=10.0,
-                 keepalive=DEFAULT_KEEPALIVE, name="natsops.fleet", target=None):
+    def __init__(self, nats_options: Dict[str, Any], instance_id: Optional[str], namespace: str = "natsops",
+                 connect_timeout: float = 10.0, keepalive: float = DEFAULT_KEEPALIVE, name: str = "natsops.fleet",
+                 target: Optional[Dict[str, Any]] = None) -> None:
         self.nats_options = nats_options
         self.name = name
         self.connect_timeout = float(connect_timeout)
@@ -434,16 +438,16 @@ class ExecutorClient:
         self.core = AsyncExecutorClient(None, instance_id, namespace, connect_timeout, keepalive, servers, target)
         self._loop = None
 
-    def _run(self, coro):
+    def _run(self, coro: Awaitable[_T]) -> _T:
         return self._loop.run_until_complete(coro)
 
-    def connect(self):
+    def connect(self) -> "ExecutorClient":
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
         self.core.nc = self._run(open_nats(self.nats_options, self.name, self.connect_timeout))
         return self
 
-    def close(self):
+    def close(self) -> None:
         nc = self.core.nc
         if nc is not None:
             try:
@@ -460,41 +464,41 @@ class ExecutorClient:
             self._loop.close()
             self._loop = None
 
-    def exec_command(self, *args, **kwargs):
+    def exec_command(self, *args: Any, **kwargs: Any) -> Tuple[int, bytes, bytes]:
         return self._run(self.core.exec_command(*args, **kwargs))
 
-    def put_file(self, local_path, remote_path, mode=None):
+    def put_file(self, local_path: str, remote_path: str, mode: Optional[int] = None) -> Dict[str, Any]:
         return self._run(self.core.put_file(local_path, remote_path, mode))
 
-    def fetch_file(self, remote_path, local_path):
+    def fetch_file(self, remote_path: str, local_path: str) -> Dict[str, Any]:
         return self._run(self.core.fetch_file(remote_path, local_path))
 
-    def transfer(self, path, **kwargs):
+    def transfer(self, path: str, **kwargs: Any) -> Dict[str, Any]:
         return self._run(self.core.transfer(path, **kwargs))
 
-    def object_digest(self, bucket, name):
+    def object_digest(self, bucket: str, name: str) -> Optional[str]:
         return self._run(self.core.object_digest(bucket, name))
 
-    def bklite_health(self, wait=DISCOVERY_WAIT):
+    def bklite_health(self, wait: float = DISCOVERY_WAIT) -> List[Dict[str, Any]]:
         return self._run(self.core.bklite_health(wait))
 
-    def bklite_call(self, method, request, timeout):
+    def bklite_call(self, method: str, request: Dict[str, Any], timeout: float) -> Dict[str, Any]:
         return self._run(self.core.bklite_call(method, request, timeout))
 
-    def publisher(self):
+    def publisher(self) -> Callable[..., Awaitable[None]]:
         """The connection's publish coroutine function (for output line events)."""
         return self.core.nc.publish
 
-    def flush_events(self, events):
+    def flush_events(self, events: bklite.LineEvents) -> None:
         """Publish what a bklite.LineEvents still holds and make sure the server has it all."""
         self._run(events.flush())
         self._run(self.core.nc.flush(timeout=5))
 
-    def upload_object(self, bucket, name, local_path, sha256):
+    def upload_object(self, bucket: str, name: str, local_path: str, sha256: str) -> bool:
         return self._run(self.core.upload_object(bucket, name, local_path, sha256))
 
-    def discover(self, wait=DISCOVERY_WAIT, stats=False):
+    def discover(self, wait: float = DISCOVERY_WAIT, stats: bool = False) -> List[Dict[str, Any]]:
         return self._run(self.core.discover(wait, stats))
 
-    def serving(self, executors, instance_id=None):
+    def serving(self, executors: List[Dict[str, Any]], instance_id: Optional[str] = None) -> List[Dict[str, Any]]:
         return self.core.serving(executors, instance_id)

@@ -1,12 +1,14 @@
 # Copyright (c) natsops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Sizes and durations as users write them in the NATS resource modules."""
+"""Sizes and durations as users write them in the NATS resource modules, and the rules for names and replicas."""
 
 from __future__ import annotations
 
 import pytest
 
-from ansible_collections.natsops.fleet.plugins.module_utils.resources import ResourceError, changes, duration_ns, size_bytes
+from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
+    ResourceError, changes, check_name, duration_ns, replicas, size_bytes,
+)
 
 
 @pytest.mark.parametrize("text, ns", [("0", 0), (90, 90 * 10**9), ("1.5", 1_500_000_000), ("90s", 90 * 10**9),
@@ -36,3 +38,27 @@ def test_bad_size():
 
 def test_changes_ignore_unmanaged_settings():
     assert changes({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": None}) == ["b"]
+
+
+@pytest.mark.parametrize("count", [None, 1, 3, 5])
+def test_replicas_one_to_five(count):
+    assert replicas(count) == count
+
+
+@pytest.mark.parametrize("count", [0, 6, -1])
+def test_replicas_outside_one_to_five_name_the_option(count):
+    with pytest.raises(ResourceError) as caught:
+        replicas(count)
+    assert caught.value.message == "option replicas: %d is not between 1 and 5" % count
+
+
+@pytest.mark.parametrize("name", ["ORDERS", "管理网", "a-b_c"])
+def test_stream_and_consumer_names(name):
+    assert check_name(name, "stream name") == name
+
+
+@pytest.mark.parametrize("name", ["a b", "a.b", "a*", "a>", "a/b", "a\\b", ""])
+def test_bad_stream_and_consumer_names_say_which(name):
+    with pytest.raises(ResourceError) as caught:
+        check_name(name, "stream name")
+    assert caught.value.message.startswith("stream name %r is invalid" % name)
