@@ -17,7 +17,7 @@ import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 import devenv
-from ansible_collections.natsops.fleet.plugins.module_utils.client import AsyncExecutorClient, ExecutorTaskError
+from ansible_collections.natsops.fleet.plugins.module_utils._client import AsyncExecutorClient, ExecutorTaskError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import contract
 
 INSTANCE = "hostile"

@@ -37,7 +37,7 @@ def _wait_gone(pid, timeout=5.0):
 
 async def _run_until_stopped(url, instance, pidfile, stop):
     """Start `sleep 30` through the executor, stop the executor once it runs; returns (error, seconds to error)."""
-    from ansible_collections.natsops.fleet.plugins.module_utils import client as client_module  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils import _client as client_module  # pylint: disable=import-outside-toplevel
     nc = await nats.connect(url)
     try:
         client = client_module.AsyncExecutorClient(nc, instance)
