@@ -9,7 +9,7 @@ import dataclasses
 import os
 import socket
 import typing
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import yaml
 
@@ -103,11 +103,8 @@ ENVIRONMENT = dict({name: env for name, (_context_field, env) in OPTION_SOURCES.
     "require_signatures": "NATSOPS_REQUIRE_SIGNATURES",
     "signing_key": "NATSOPS_SIGNING_KEY",
 })
-LIST_KEYS = ("servers", "instances")
-DICT_KEYS = ("ssh_identities",)
-SIGNER_KEYS = ("trusted_signers",)
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-# the scalar type each option is coerced to (lists and name maps: LIST_KEYS, DICT_KEYS)
+# the scalar type each option is coerced to (lists and maps: _PARSERS)
 _TYPES = {name: next((t for t in (bool, int, float) if hint is t or hint == Optional[t]), str)
           for name, hint in typing.get_type_hints(Config).items()}
 
@@ -206,30 +203,27 @@ def _from_env(environ: Mapping[str, str]) -> Dict[str, Any]:
     return data
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    field_type = _TYPES[key]
-    try:
-        if key in DICT_KEYS:
-            return _name_map(value)
-        if key in SIGNER_KEYS:
-            return _signer_map(value)
-        if key in LIST_KEYS:
-            if isinstance(value, str):
-                items = value.split(",") if key == "instances" else value.replace(",", " ").split()
-            elif isinstance(value, (list, tuple)):
-                items = list(value)
-            else:
-                raise TypeError("a list or a comma-separated string")
-            return [str(v).strip() if key == "servers" else str(v) for v in items]
-        if field_type is int:
-            return int(value)
-        if field_type is float:
-            return float(value)
-        if field_type is bool:
-            if isinstance(value, bool):
-                return value
-            return str(value).strip().lower() in ("1", "true", "yes", "on")
+def _items(value: Any, split: Callable[[str], List[str]] = lambda text: text.split(",")) -> List[str]:
+    """A list, or a string of items (comma-separated unless ``split`` says otherwise)."""
+    if isinstance(value, str):
+        return split(value)
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise TypeError("a list or a comma-separated string")
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    if kind is bool and not isinstance(value, bool):
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+    if kind is str:
         return None if value is None else str(value)
+    return kind(value)
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    try:
+        parse = _PARSERS.get(key)
+        return parse(value) if parse is not None else _scalar(_TYPES[key], value)
     except (TypeError, ValueError) as exc:
         raise ConfigError("option %s from %s has a bad value %r: %s" % (key, source, value, exc)) from None
 
@@ -271,6 +265,15 @@ def _name_map(value: Any) -> Dict[str, str]:
             raise ValueError("%r is not NAME=KEYFILE" % item)
         result[name.strip()] = path.strip()
     return result
+
+
+# options that are not scalars: how each is read from a flag, a variable or the YAML file
+_PARSERS = {
+    "servers": lambda value: [v.strip() for v in _items(value, lambda text: text.replace(",", " ").split())],
+    "instances": _items,
+    "ssh_identities": _name_map,
+    "trusted_signers": _signer_map,
+}
 
 
 def load(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None) -> Config:

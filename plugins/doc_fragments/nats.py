@@ -5,28 +5,8 @@
 from __future__ import annotations
 
 
-class ModuleDocFragment:
-    """The NATS connection options, with the same names everywhere (``OPTION_NAMES`` of
-    plugins/module_utils/wire/names.py, plus ``connect_timeout``).
-
-    Each option's description and type are written once, in DOCUMENTATION. The other fragments add only where
-    a kind of plugin reads the options from (community.docker's ``var_names`` pattern):
-
-    - the connection plugin: natsops.fleet.nats, natsops.fleet.nats.plugin (environment and ansible.cfg),
-      natsops.fleet.nats.var_names (ansible_nats_<name> variables);
-    - the kv lookup and the probes inventory: natsops.fleet.nats, natsops.fleet.nats.plugin;
-    - the modules: natsops.fleet.nats, natsops.fleet.nats.module (their argument spec reads the environment,
-      plugins/module_utils/_common.py).
-
-    natsops.fleet.nats.namespace documents the fleet's subject prefix for those that address executors or
-    probes (the connection plugin, the modules, the probes inventory).
-
-    The environment variables are those of ``OPTION_SOURCES`` in wire/names.py (natscli's names);
-    tests/unit/plugins/doc_fragments/test_nats.py keeps the two equal.
-    """
-
-    DOCUMENTATION = r"""
-options:
+# Each NATS connection option's description and type, written once; the fragments below are built from it.
+_CONNECTION_OPTIONS = r"""
   servers:
     description:
       - NATS server URLs, comma-separated or a list; several URLs of one cluster give failover.
@@ -78,15 +58,60 @@ options:
     default: 10
 """
 
-    # The fleet's subject prefix: the connection plugin, the modules and the probes inventory (not the kv lookup,
-    # which reads a bucket by its name).
-    NAMESPACE = r"""
-options:
+# The fleet's subject prefix: the connection plugin, the modules and the probes inventory (not the kv lookup,
+# which reads a bucket by its name).
+_NAMESPACE_OPTION = r"""
   namespace:
     description: Subject prefix of the fleet (the executors' C(--namespace)); several fleets can share one NATS system.
     type: str
     default: natsops
 """
+
+# Modules: the argument spec reads an option that is not set from the environment where the module runs.
+_MODULE_NOTES = r"""
+notes:
+  - "A NATS connection option that is not set in the task is read from an environment variable where the module runs
+    (natscli's names): O(servers) from E(NATS_URL), O(user) from E(NATS_USER), O(password) from E(NATS_PASSWORD),
+    O(token) from E(NATS_TOKEN), O(creds) from E(NATS_CREDS), O(nkey) from E(NATS_NKEY), O(ca) from E(NATS_CA),
+    O(cert) from E(NATS_CERT), O(key) from E(NATS_KEY), O(tls_hostname) from E(NATS_TLS_HOSTNAME),
+    O(inbox_prefix) from E(NATS_INBOX_PREFIX), O(context) from E(NATS_CONTEXT)."
+  - "These modules run where the task runs; to talk to NATS from the controller use C(delegate_to: localhost)
+    (or C(hosts: localhost)) with an interpreter that has nats-py, for example
+    C(ansible_python_interpreter: '{{ ansible_playbook_python }}')."
+requirements:
+  - nats-py >= 2.9 (and nkeys for NKey/JWT authentication) where the module runs
+attributes:
+  action_group:
+    description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
+    support: full
+    membership:
+      - natsops.fleet.nats
+"""
+
+
+class ModuleDocFragment:
+    """The NATS connection options, with the same names everywhere (``OPTION_NAMES`` of
+    plugins/module_utils/wire/names.py, plus ``connect_timeout``).
+
+    Each option's description and type are written once, in DOCUMENTATION. The other fragments add only where
+    a kind of plugin reads the options from (community.docker's ``var_names`` pattern):
+
+    - the connection plugin: natsops.fleet.nats, natsops.fleet.nats.plugin (environment and ansible.cfg),
+      natsops.fleet.nats.var_names (ansible_nats_<name> variables);
+    - the kv lookup and the probes inventory: natsops.fleet.nats, natsops.fleet.nats.plugin;
+    - the modules: natsops.fleet.nats.module alone (the options and the namespace, plus where a module reads
+      them: its argument spec falls back to the environment, plugins/module_utils/_common.py).
+
+    natsops.fleet.nats.namespace documents the fleet's subject prefix for those that address executors or
+    probes (the connection plugin, the modules, the probes inventory).
+
+    The environment variables are those of ``OPTION_SOURCES`` in wire/names.py (natscli's names);
+    tests/unit/plugins/doc_fragments/test_nats.py keeps the two equal.
+    """
+
+    DOCUMENTATION = "options:\n" + _CONNECTION_OPTIONS
+
+    NAMESPACE = "options:\n" + _NAMESPACE_OPTION
 
     # Plugins that run on the controller (connection, lookup, inventory) also read each option from the
     # environment and from the [natsops] section of ansible.cfg.
@@ -218,24 +243,6 @@ options:
       - name: ansible_nats_connect_timeout
 """
 
-    # Modules: the argument spec reads an option that is not set from the environment where the module runs.
-    MODULE = r"""
-options: {}
-notes:
-  - "A NATS connection option that is not set in the task is read from an environment variable where the module runs
-    (natscli's names): O(servers) from E(NATS_URL), O(user) from E(NATS_USER), O(password) from E(NATS_PASSWORD),
-    O(token) from E(NATS_TOKEN), O(creds) from E(NATS_CREDS), O(nkey) from E(NATS_NKEY), O(ca) from E(NATS_CA),
-    O(cert) from E(NATS_CERT), O(key) from E(NATS_KEY), O(tls_hostname) from E(NATS_TLS_HOSTNAME),
-    O(inbox_prefix) from E(NATS_INBOX_PREFIX), O(context) from E(NATS_CONTEXT)."
-  - "These modules run where the task runs; to talk to NATS from the controller use C(delegate_to: localhost)
-    (or C(hosts: localhost)) with an interpreter that has nats-py, for example
-    C(ansible_python_interpreter: '{{ ansible_playbook_python }}')."
-requirements:
-  - nats-py >= 2.9 (and nkeys for NKey/JWT authentication) where the module runs
-attributes:
-  action_group:
-    description: Use C(group/natsops.fleet.nats) in C(module_defaults) to set the NATS connection options once.
-    support: full
-    membership:
-      - natsops.fleet.nats
-"""
+    # Modules: the connection options, the namespace and where a module reads them (its argument spec,
+    # plugins/module_utils/_common.py, falls back to the environment).
+    MODULE = "options:\n" + _CONNECTION_OPTIONS + _NAMESPACE_OPTION + _MODULE_NOTES

@@ -17,8 +17,6 @@ version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
-  - natsops.fleet.nats
-  - natsops.fleet.nats.namespace
   - natsops.fleet.nats.module
   - natsops.fleet.registry
   - natsops.fleet.attributes.info_module

@@ -15,7 +15,11 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PLAYBOOKS = os.path.join(ROOT, "playbooks")
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+# what the lab tests import besides this module (conftest.py imports it first): the embedded default (tools/),
+# the collection as ansible finds it (.build/collections) and the end-to-end tests' helpers (tests/e2e)
+for _path in (os.path.join(ROOT, "tests", "e2e"), os.path.join(ROOT, ".build", "collections"), os.path.join(ROOT, "tools")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 import devenv  # noqa: E402  pylint: disable=wrong-import-position
 

@@ -9,18 +9,12 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 
 import nats
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
-from bklite_client import BkliteCallFailed, BkliteServerClient  # noqa: E402  pylint: disable=wrong-import-position
+import devenv
+from bklite_client import BkliteCallFailed, BkliteServerClient
 
 pytestmark = pytest.mark.lab(hosts=2, zone_hosts=20)
 

@@ -5,20 +5,11 @@ repository: a zone executor for 管理网 (SSH to the zone hosts) on the executo
 for 业务网 with BK-Lite compatibility; idempotent, check mode clean, restarted on a config change and checked
 through discovery after every run."""
 
-import os
-import sys
-
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
-import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
-from bklite_client import BkliteServerClient  # noqa: E402  pylint: disable=wrong-import-position
+import devenv
+import fleetkit
+from bklite_client import BkliteServerClient
 
 pytestmark = pytest.mark.lab(hosts=4, zone_hosts=2)
 

@@ -10,18 +10,13 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tarfile
 
 import nats
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
-import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
+import devenv
+import fleetkit
 
 pytestmark = pytest.mark.lab(hosts=4)
 

@@ -11,16 +11,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
-import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
+import devenv
+import fleetkit
 
 pytestmark = pytest.mark.lab(hosts=2, zone_hosts=6)
 

@@ -10,20 +10,13 @@ import json
 import os
 import re
 import ssl
-import sys
 
 import nats
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
-import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
-from natsauth import permission_violations  # noqa: E402  pylint: disable=wrong-import-position
+import devenv
+import fleetkit
+from natsauth import permission_violations
 
 pytestmark = pytest.mark.lab(hosts=4, zone_hosts=2)
 

@@ -9,17 +9,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
-
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
+import devenv
 
 pytestmark = pytest.mark.lab(hosts=2, zone_hosts=20)
 

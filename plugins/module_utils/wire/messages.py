@@ -372,6 +372,11 @@ class Request(Message):
     expires: Optional[float] = None        # unix time after which the caller no longer waits: never start it then
     nonce: Optional[str] = None            # random, once per request: a signed request is refused when seen again
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("OP"):
+            cls.WHERE = cls.OP  # problems name a request by its operation
+
     @classmethod
     def new(cls: Type[_M], reply_to: str, **fields: Any) -> _M:
         """A new request of this operation (a fresh job id and nonce) whose events go to ``reply_to``."""
@@ -413,7 +418,6 @@ class ExecRequest(Request):
     """Run a command (``command`` through ``shell -c``, or an argument vector) with optional stdin, become, pty."""
 
     OP: ClassVar[str] = OP_EXEC
-    WHERE: ClassVar[str] = OP_EXEC
     command: Optional[str] = None
     argv: Optional[List[str]] = None
     shell: str = "/bin/sh"
@@ -456,7 +460,6 @@ class PutRequest(Request):
     """Receive ``size`` bytes (inline, or as an upload stream) into ``path``: verified, then renamed into place."""
 
     OP: ClassVar[str] = OP_PUT
-    WHERE: ClassVar[str] = OP_PUT
     path: str = REQUIRED
     size: int = REQUIRED
     sha256: str = REQUIRED
@@ -478,7 +481,6 @@ class FetchRequest(Request):
     """Send the regular file at ``path``."""
 
     OP: ClassVar[str] = OP_FETCH
-    WHERE: ClassVar[str] = OP_FETCH
     path: str = REQUIRED
 
     def problems(self) -> List[str]:
@@ -490,7 +492,6 @@ class TransferRequest(Request):
     """Place an Object Store object (or a file of the executor host) at ``path``, checksum-idempotent."""
 
     OP: ClassVar[str] = OP_TRANSFER
-    WHERE: ClassVar[str] = OP_TRANSFER
     source: Source = REQUIRED
     path: str = REQUIRED
     sha256: Optional[str] = None           # the content the caller expects; compared before anything is fetched

@@ -57,6 +57,12 @@ def test_module_note_names_the_argument_spec_fallbacks():
     assert fallbacks == {name: [env] for name, env in documented.items()}
 
 
+def test_the_module_fragment_is_the_same_options_and_namespace():
+    """Modules extend one fragment; it holds the very option texts of DOCUMENTATION and NAMESPACE."""
+    assert _options("MODULE") == dict(_options("DOCUMENTATION"), **_options("NAMESPACE"))
+    assert set(NATS_ARGUMENT_SPEC) == set(_options("MODULE"))
+
+
 def test_namespace_is_documented_with_the_argument_spec_default():
     namespace = _options("NAMESPACE")["namespace"]
     assert namespace["default"] == NATS_ARGUMENT_SPEC["namespace"]["default"]
