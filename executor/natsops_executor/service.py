@@ -30,7 +30,7 @@ from natsops_executor.hosts.base import Host
 from natsops_executor.hosts.local import LocalHost
 from natsops_executor.audit import AuditTrail
 from natsops_executor.guard import JobGuard
-from natsops_executor.trust import ReplySigner, RequestTrust
+from natsops_executor.trust import ReplySigner, RequestTrust, binding_of
 
 try:
     from natsops_executor import sshpool
@@ -398,7 +398,7 @@ class Executor:
             log.warning("%s request on %s rejected: %s", op, msg.subject, exc)
             self.audit.record(instance, op, "refused", req, signer=signer or claimed_signer(msg), code=exc.code,
                               message=exc.message)
-            await reply_error(msg, exc, ReplySigner(self.reply_key, req))
+            await reply_error(msg, exc, ReplySigner(self.reply_key, req.binding() if req else binding_of(msg.data, msg.headers)))
             return
         except Exception as exc:  # pylint: disable=broad-except
             log.exception("unexpected error while parsing a request on %s", msg.subject)
@@ -406,7 +406,7 @@ class Executor:
             await reply_error(msg, WireError(E_INTERNAL, "executor failed to parse the request: %r" % exc))
             return
 
-        job = _Job(self.nc, msg, req, attachment, self._ref(), ReplySigner(self.reply_key, req))
+        job = _Job(self.nc, msg, req, attachment, self._ref(), ReplySigner(self.reply_key, req.binding()))
         failure: Optional[WireError] = None
         try:
             async with self.book.run() as outcome:

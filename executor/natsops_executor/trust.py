@@ -16,7 +16,7 @@ import time
 from typing import Dict, List, Optional
 
 from natsops_executor._wire import signing
-from natsops_executor._wire.contract import E_BAD_REQUEST, WireError
+from natsops_executor._wire.contract import E_BAD_REQUEST, WireError, unpack
 from natsops_executor._wire.messages import Request
 from natsops_executor._wire.names import ALL_INSTANCES
 from natsops_executor.config import Config
@@ -80,10 +80,19 @@ class RequestTrust:
     def signer_of(self, instance: str, subject: str, body: bytes, headers: Optional[Dict[str, str]]) -> Optional[str]:
         """The verified signer of a request, or None for an unsigned one where signatures are not required.
         Raises unsigned / untrusted_signer / bad_signature."""
-        if not self.required and not (headers or {}).get(signing.H_SIGNATURE):
+        data = signing.signed_bytes(signing.REQUEST_TAG, subject, body)
+        if self.required:
+            return self._verifier(instance).verify(data, headers, "the request on %s" % subject)
+        claimed = (headers or {}).get(signing.H_SIGNER)
+        if not claimed or not (headers or {}).get(signing.H_SIGNATURE):
             return None
-        return self._verifier(instance).verify(signing.signed_bytes(signing.REQUEST_TAG, subject, body), headers,
-                                               "the request on %s" % subject)
+        # nobody is trusted here, but a signature that does not match its own key still means an altered request
+        try:
+            verifier = signing.Verifier([claimed])
+        except signing.SigningError as exc:
+            raise WireError(signing.E_BAD_SIGNATURE, "the request on %s names a signer that is no NKey public key: %s"
+                            % (subject, exc)) from None
+        return verifier.verify(data, headers, "the request on %s" % subject)
 
     def check_fresh(self, req: Request, signer: Optional[str]) -> None:
         """A signed request carries a nonce and an expiry within MAX_LIFETIME, and its nonce is new."""
@@ -97,12 +106,23 @@ class RequestTrust:
         self._guard.remember(req.nonce, req.expires + self.clock_skew)
 
 
+def binding_of(body: bytes, headers: Optional[Dict[str, str]]) -> str:
+    """The id and nonce a request names, read leniently (for signing the refusal of a request that did not parse),
+    so that its caller can still check who refused it."""
+    try:
+        doc, _attachment = unpack(headers, body)
+    except WireError:
+        return ":"
+    fields = [doc.get(name) if isinstance(doc.get(name), str) else "" for name in ("id", "nonce")]
+    return "%s:%s" % (fields[0][:128], fields[1][:64])
+
+
 class ReplySigner:
     """Signs the replies to one request with the executor's key (no key: replies are not signed)."""
 
-    def __init__(self, key: Optional[signing.SigningKey], req: Optional[Request]) -> None:
+    def __init__(self, key: Optional[signing.SigningKey], binding: str) -> None:
         self.key = key
-        self.binding = req.binding() if req is not None else ""
+        self.binding = binding
 
     def __call__(self, body: bytes) -> Dict[str, str]:
         if self.key is None:

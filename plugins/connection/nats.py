@@ -25,6 +25,8 @@ extends_documentation_fragment:
   - natsops.fleet.nats.namespace
   - natsops.fleet.nats.plugin
   - natsops.fleet.nats.var_names
+  - natsops.fleet.trust
+  - natsops.fleet.trust.plugin
 options:
   servers:
     default: ['nats://127.0.0.1:4222']
@@ -216,7 +218,7 @@ from ansible.utils.display import Display
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import MuxClient
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
-    E_BECOME, E_BECOME_TIMEOUT, OPTION_NAMES, WireError, validate_instance_id, validate_namespace,
+    E_BECOME, E_BECOME_TIMEOUT, OPTION_NAMES, TRUST_NAMES, WireError, validate_instance_id, validate_namespace,
 )
 
 display = Display()
@@ -315,7 +317,7 @@ class Connection(ConnectionBase):
     def _connect(self) -> "Connection":
         if self._connected:
             return self
-        options = {name: self.get_option(name) for name in OPTION_NAMES}
+        options = {name: self.get_option(name) for name in OPTION_NAMES + TRUST_NAMES}
         instance = self.get_option("executor")
         namespace = self.get_option("namespace")
         timeout = float(self.get_option("connect_timeout"))
@@ -450,7 +452,8 @@ class Connection(ConnectionBase):
         become, use_pty = self._become_spec(in_data, sudoable)
         display.vvv("NATS EXEC %s%s" % (to_text(cmd), " (stdin %d bytes)" % len(in_data) if in_data else ""), host=self._host())
         return self._call("exec", self._client.exec_command, command=to_text(cmd), stdin=to_bytes(in_data) if in_data else None,
-                          become=become, pty=use_pty, timeout=float(self.get_option("task_timeout")))
+                          become=become, pty=use_pty, timeout=float(self.get_option("task_timeout")),
+                          no_log=bool(getattr(self._play_context, "no_log", False)))
 
     def put_file(self, in_path: str, out_path: str) -> None:
         super().put_file(in_path, out_path)

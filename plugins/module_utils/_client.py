@@ -23,10 +23,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect as wire_connect
+from ansible_collections.natsops.fleet.plugins.module_utils.wire import signing
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.atomic import AtomicFile
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
     E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
-    FRAME_OVERHEAD, KIND_ACCEPTED, KIND_DATA, KIND_ERROR, KIND_KEEPALIVE, KIND_REQUEST, KIND_RESULT, SERVICE_NAME,
+    FRAME_OVERHEAD, H_STATUS, KIND_ACCEPTED, KIND_DATA, KIND_ERROR, KIND_KEEPALIVE, KIND_REQUEST, KIND_RESULT, SERVICE_NAME,
     STREAM_STDERR, STREAM_STDOUT, WireError, chunk_size, kind_of, liveness_timeout, object_digest_hex, pack,
     parse_executor_info, serves, subject, unpack, validate_instance_id, validate_namespace,
 )
@@ -34,7 +35,7 @@ from ansible_collections.natsops.fleet.plugins.module_utils.wire.messages import
     DEFAULT_KEEPALIVE, Accepted, Digest, ExecRequest, ExecResult, FetchRequest, FileSummary, Message, PutRequest, Request,
     Target, TransferRequest, TransferResult,
 )
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.streams import StreamReceiver, StreamSender
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.streams import StreamReceiver, StreamSender, private_inbox
 
 try:
     import nats
@@ -94,6 +95,48 @@ async def open_nats(nats_options: Dict[str, Any], name: str, connect_timeout: fl
         raise ExecutorUnreachable(E_CONNECT, str(exc)) from None
 
 
+class CallerTrust:
+    """What a caller signs its requests with and whose replies it believes: its signing key (None: requests go
+    unsigned; executors that require signatures refuse them) and the executor keys pinned per instance id."""
+
+    def __init__(self, signing_key: Optional[str] = None, known_executors: Optional[str] = None) -> None:
+        try:
+            self.key = signing.SigningKey.from_file(signing_key) if signing_key else None
+        except signing.SigningError as exc:
+            raise ExecutorUnreachable(E_CONNECT, "bad signing_key: %s" % exc) from None
+        self.known = signing.KnownExecutors(known_executors)
+
+    @classmethod
+    def from_options(cls, options: Dict[str, Any]) -> "CallerTrust":
+        """From the caller's options: ``signing_key`` (default: the seed of ``nkey`` or ``creds``) and
+        ``known_executors``."""
+        return cls(signing.default_signing_key(options), options.get("known_executors"))
+
+    def sign(self, subj: str, body: bytes) -> Dict[str, str]:
+        """The signature headers of a request published on ``subj``."""
+        if self.key is None:
+            return {}
+        return self.key.sign(signing.signed_bytes(signing.REQUEST_TAG, subj, body))
+
+    def check_reply(self, instance_id: Optional[str], req: Request, headers: Any, body: bytes, what: str) -> None:
+        """When executor keys are pinned for the instance id, a reply they did not sign for this very request is
+        refused (a forged or altered reply never returns data)."""
+        try:
+            verifier = self.known.verifier_for(instance_id or "")
+        except signing.SigningError as exc:
+            raise ExecutorTaskError(signing.E_INTEGRITY, str(exc)) from None
+        if verifier is None:
+            return
+        try:
+            verifier.verify(signing.signed_bytes(signing.RESULT_TAG, req.binding(), body), headers, what)
+        except WireError as exc:
+            raise ExecutorTaskError(signing.E_INTEGRITY, "integrity error: %s; the executors pinned for instance id %r "
+                                    "in %s are %s, so the reply was refused (if the executor's key was changed on "
+                                    "purpose, pin the new one)" % (exc.message, instance_id, self.known.path,
+                                                                   ", ".join(verifier.keys())),
+                                    dict(exc.details, cause=exc.code)) from None
+
+
 _M = TypeVar("_M", bound=Message)
 _T = TypeVar("_T")
 
@@ -119,8 +162,9 @@ class AsyncExecutorClient:
 
     def __init__(self, nc: Any, instance_id: Optional[str], namespace: str = "natsops", connect_timeout: float = 10.0,
                  keepalive: float = DEFAULT_KEEPALIVE, servers: Optional[str] = None,
-                 target: Optional[Dict[str, Any]] = None) -> None:
+                 target: Optional[Dict[str, Any]] = None, trust: Optional["CallerTrust"] = None) -> None:
         self.nc = nc
+        self.trust = trust or CallerTrust()
         # SSH mode: the host the executor reaches (validated now, before anything is sent); None = the executor's own
         self.target = Target.from_dict(target) if target else None
         self.instance_id = validate_instance_id(instance_id) if instance_id is not None else None
@@ -142,20 +186,42 @@ class AsyncExecutorClient:
         except WireError as exc:
             raise ExecutorTaskError(exc.code, exc.message, exc.details) from None
 
+    async def _ask(self, subj: str, body: bytes, headers: Dict[str, str]) -> Any:
+        """Publish a request with a private inbox for its reply (nats-py's request inboxes can be predicted) and
+        wait for the reply; raises NoRespondersError (the server's status 503) or asyncio.TimeoutError."""
+        reply: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def on_reply(msg: Any) -> None:
+            if not reply.done():
+                reply.set_result(msg)
+
+        sub = await self.nc.subscribe(private_inbox(self.nc), cb=on_reply, max_msgs=1)
+        try:
+            await self.nc.publish(subj, body, reply=sub.subject, headers=headers)
+            msg = await asyncio.wait_for(reply, self.connect_timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if (msg.headers or {}).get(H_STATUS) == "503":
+            raise nats.errors.NoRespondersError
+        return msg
+
     async def _request(self, req: Request, attachment: bytes = b"") -> Accepted:
         subj = self._subject(req.op)
         headers, body = pack(KIND_REQUEST, req.to_dict(), attachment)
+        headers.update(self.trust.sign(subj, body))
         try:
-            msg = await self.nc.request(subj, body, timeout=self.connect_timeout, headers=headers)
+            msg = await self._ask(subj, body, headers)
         except nats.errors.NoRespondersError:
             executors = await self.discover(DISCOVERY_WAIT)
             raise ExecutorUnreachable(E_NO_RESPONDERS, no_responders_message(
                 subj, self.instance_id, self.namespace, executors, self.servers),
                 {"subject": subj, "instance_id": self.instance_id, "executors": executors}) from None
-        except nats.errors.TimeoutError:
+        except asyncio.TimeoutError:
             raise ExecutorUnreachable(E_EXECUTOR_LOST, "an executor for instance id %r was subscribed on %r but did "
                                                        "not accept the request within %.0f s" % (
                                                            self.instance_id, subj, self.connect_timeout)) from None
+        self.trust.check_reply(self.instance_id, req, msg.headers, msg.data, "the executor's reply")
         doc = self._decode(msg.headers, msg.data)
         kind = kind_of(msg.headers)
         if kind == KIND_ERROR:
@@ -172,7 +238,7 @@ class AsyncExecutorClient:
         except WireError as exc:
             raise ExecutorTaskError(exc.code, "malformed reply from the executor: %s" % exc.message) from None
 
-    async def _next(self, receiver: StreamReceiver, accepted: Accepted) -> Any:
+    async def _next(self, receiver: StreamReceiver, accepted: Accepted, req: Request) -> Any:
         silence = liveness_timeout(self.keepalive)
         try:
             msg = await receiver.get(silence)
@@ -184,19 +250,21 @@ class AsyncExecutorClient:
                                                            silence)) from None
         except WireError as exc:
             raise ExecutorError.from_wire(exc) from None
+        if msg.kind in (KIND_RESULT, KIND_ERROR):
+            self.trust.check_reply(self.instance_id, req, msg.headers, msg.data, "the job's %s" % msg.kind)
         if msg.kind == KIND_ERROR:
             doc = self._decode(msg.headers, msg.data)
             raise ExecutorError.from_wire(WireError.from_dict(doc))
         return msg
 
-    async def _result(self, receiver: StreamReceiver, accepted: Accepted, op: str) -> Dict[str, Any]:
+    async def _result(self, receiver: StreamReceiver, accepted: Accepted, req: Request) -> Dict[str, Any]:
         """The result document of a job whose stream carries only keepalives before it."""
         while True:
-            msg = await self._next(receiver, accepted)
+            msg = await self._next(receiver, accepted, req)
             if msg.kind == KIND_RESULT:
                 return self._decode(msg.headers, msg.data)
             if msg.kind != KIND_KEEPALIVE:
-                raise ExecutorTaskError(E_STREAM, "unexpected %r message in a %s stream" % (msg.kind, op))
+                raise ExecutorTaskError(E_STREAM, "unexpected %r message in a %s stream" % (msg.kind, req.op))
 
     def _inline_fits(self, req: Request, size: int) -> bool:
         return size + len(json.dumps(req.to_dict())) + FRAME_OVERHEAD <= self.nc.max_payload
@@ -226,14 +294,15 @@ class AsyncExecutorClient:
     async def exec_command(self, command: Optional[str] = None, argv: Optional[List[str]] = None,
                            stdin: Optional[bytes] = None, shell: str = "/bin/sh", become: Optional[Dict[str, Any]] = None,
                            pty: bool = False, timeout: float = 0, env: Optional[Dict[str, str]] = None,
-                           cwd: Optional[str] = None,
-                           on_output: Optional[Callable[[str, bytes], Any]] = None) -> Tuple[int, bytes, bytes]:
+                           cwd: Optional[str] = None, on_output: Optional[Callable[[str, bytes], Any]] = None,
+                           no_log: bool = False) -> Tuple[int, bytes, bytes]:
         """Run a command; returns (rc, stdout bytes, stderr bytes). ``on_output(stream, data)`` (a coroutine
         function) sees the output as it arrives."""
         stdin = stdin or b""
         async with self._events() as receiver:
             req = self._new(ExecRequest, receiver.subject, command=command, argv=argv, shell=shell, pty=pty,
-                            become=become, timeout=timeout, env=env, cwd=cwd, stdin=Digest.of(stdin) if stdin else None)
+                            become=become, timeout=timeout, env=env, cwd=cwd, stdin=Digest.of(stdin) if stdin else None,
+                            no_log=no_log or None)
             inline = stdin if stdin and self._inline_fits(req, len(stdin)) else b""
             accepted = await self._request(req, inline)
             if accepted.upload:
@@ -241,7 +310,7 @@ class AsyncExecutorClient:
                 await self._upload(accepted, (stdin[i:i + step] for i in range(0, len(stdin), step)))
             out = {STREAM_STDOUT: bytearray(), STREAM_STDERR: bytearray()}
             while True:
-                msg = await self._next(receiver, accepted)
+                msg = await self._next(receiver, accepted, req)
                 if msg.kind == KIND_DATA and msg.stream in out:
                     out[msg.stream].extend(msg.data)
                     if on_output is not None:
@@ -274,7 +343,7 @@ class AsyncExecutorClient:
                 if accepted.upload:
                     step = chunk_size(self.nc.max_payload)
                     await self._upload(accepted, iter(lambda: handle.read(step), b""))
-            result = _reply(FileSummary, await self._result(receiver, accepted, req.op), "put result")
+            result = _reply(FileSummary, await self._result(receiver, accepted, req), "put result")
             _check_summary("put %s" % remote_path, announced, result)
             return result.to_dict()
 
@@ -285,9 +354,10 @@ class AsyncExecutorClient:
         target = AtomicFile(os.path.abspath(local_path))
         try:
             async with self._events() as receiver:
-                accepted = await self._request(self._new(FetchRequest, receiver.subject, path=remote_path))
+                req = self._new(FetchRequest, receiver.subject, path=remote_path)
+                accepted = await self._request(req)
                 while True:
-                    msg = await self._next(receiver, accepted)
+                    msg = await self._next(receiver, accepted, req)
                     if msg.kind == KIND_DATA:
                         target.write(msg.data)
                     elif msg.kind == KIND_RESULT:
@@ -330,7 +400,7 @@ class AsyncExecutorClient:
         async with self._events() as receiver:
             req = self._new(TransferRequest, receiver.subject, source=source, path=path, check=check, sha256=sha256,
                             mode=mode)
-            doc = await self._result(receiver, await self._request(req), req.op)
+            doc = await self._result(receiver, await self._request(req), req)
             result = _reply(TransferResult, doc, "transfer result").to_dict()
             result.setdefault("size", None)
             result.setdefault("before", None)
@@ -429,13 +499,14 @@ class ExecutorClient:
 
     def __init__(self, nats_options: Dict[str, Any], instance_id: Optional[str], namespace: str = "natsops",
                  connect_timeout: float = 10.0, keepalive: float = DEFAULT_KEEPALIVE, name: str = "natsops.fleet",
-                 target: Optional[Dict[str, Any]] = None) -> None:
+                 target: Optional[Dict[str, Any]] = None, trust: Optional[CallerTrust] = None) -> None:
         self.nats_options = nats_options
         self.name = name
         self.connect_timeout = float(connect_timeout)
         servers = ",".join(wire_connect.server_list(nats_options.get("servers")))
         # validates instance id and namespace before anything is sent
-        self.core = AsyncExecutorClient(None, instance_id, namespace, connect_timeout, keepalive, servers, target)
+        self.core = AsyncExecutorClient(None, instance_id, namespace, connect_timeout, keepalive, servers, target,
+                                        trust or CallerTrust.from_options(nats_options))
         self._loop = None
 
     def _run(self, coro: Awaitable[_T]) -> _T:

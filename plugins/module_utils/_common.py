@@ -18,8 +18,9 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_requ
 
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
-    DEFAULT_NAMESPACE, E_INTERNAL, OPTION_NAMES, OPTION_SOURCES, WireError,
+    DEFAULT_NAMESPACE, E_INTERNAL, OPTION_NAMES, OPTION_SOURCES, TRUST_SOURCES, WireError,
 )
+from ansible_collections.natsops.fleet.plugins.module_utils.wire.signing import DEFAULT_KNOWN_EXECUTORS
 
 _SECRETS = ("password", "token")
 _PATHS = ("creds", "nkey", "ca", "cert", "key")
@@ -40,6 +41,10 @@ def _option_spec(name: str) -> Dict[str, Any]:
 NATS_ARGUMENT_SPEC = {name: _option_spec(name) for name in OPTION_NAMES}
 NATS_ARGUMENT_SPEC["namespace"] = {"type": "str", "default": DEFAULT_NAMESPACE}
 NATS_ARGUMENT_SPEC["connect_timeout"] = {"type": "float", "default": 10.0}
+
+# the executor modules sign their requests and check replies against pinned keys (doc fragment natsops.fleet.trust)
+TRUST_ARGUMENT_SPEC = {name: {"type": "path", "fallback": (env_fallback, [env])} for name, env in TRUST_SOURCES.items()}
+TRUST_ARGUMENT_SPEC["known_executors"]["default"] = DEFAULT_KNOWN_EXECUTORS
 
 
 # SSH mode: the host an executor reaches over SSH (option target, doc fragment natsops.fleet.executor)
@@ -85,7 +90,7 @@ def executor_client(module: AnsibleModule, instance_id: Optional[str] = None, ta
     try:
         return _client.ExecutorClient(nats_options(params), instance_id, namespace=params["namespace"],
                                       connect_timeout=params["connect_timeout"], name=client_name(module),
-                                      target=target).connect()
+                                      target=target, trust=_client.CallerTrust.from_options(params)).connect()
     except WireError as exc:  # ExecutorError included: NATS unreachable, bad instance id or namespace
         module.fail_json(msg=exc.message, code=exc.code)
     except ValueError as exc:

@@ -20,6 +20,7 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats.module
+  - natsops.fleet.trust.module
   - natsops.fleet.executor
 options:
   cmd:
@@ -153,7 +154,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
 from ansible_collections.natsops.fleet.plugins.module_utils._common import (
-    TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
+    TARGET_SPEC, TRUST_ARGUMENT_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
 )
 
 
@@ -219,6 +220,7 @@ class _Runner:
 def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
+            **TRUST_ARGUMENT_SPEC,
             executor={"type": "str", "required": True},
             cmd={"type": "str"},
             argv={"type": "list", "elements": "str"},

@@ -18,6 +18,7 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats.module
+  - natsops.fleet.trust.module
   - natsops.fleet.attributes.info_module
 options:
   instance_id:
@@ -137,12 +138,13 @@ query_result:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec, compile_query, executor_client
+from ansible_collections.natsops.fleet.plugins.module_utils._common import TRUST_ARGUMENT_SPEC, argument_spec, compile_query, executor_client
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
+            **TRUST_ARGUMENT_SPEC,
             instance_id={"type": "str"},
             wait={"type": "float", "default": 0.5},
             stats={"type": "bool", "default": True},

@@ -23,6 +23,7 @@ author:
   - natsops.fleet contributors (@natsops)
 extends_documentation_fragment:
   - natsops.fleet.nats.module
+  - natsops.fleet.trust.module
   - natsops.fleet.executor
 options:
   src:
@@ -153,7 +154,7 @@ from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import sha256_of
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CHECKSUM_MISMATCH, default_bucket
 from ansible_collections.natsops.fleet.plugins.module_utils._common import (
-    TARGET_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
+    TARGET_SPEC, TRUST_ARGUMENT_SPEC, argument_spec, bklite_failure, bklite_target, executor_client, target_of,
 )
 
 
@@ -247,6 +248,7 @@ class _Bklite:
 def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(
+            **TRUST_ARGUMENT_SPEC,
             executor={"type": "str", "required": True},
             src={"type": "path"},
             object={"type": "str"},

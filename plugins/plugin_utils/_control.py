@@ -35,6 +35,7 @@ def serve(path: str, settings: Dict[str, Any]) -> int:
 
     async def main() -> int:
         try:
+            trust = client.CallerTrust.from_options(nats_options)  # the signing key is read once, here
             nc = await client.open_nats(nats_options, settings.get("name") or "natsops.fleet control", connect_timeout)
         except ExecutorError as exc:
             _announce({"error": exc.to_dict()})
@@ -55,7 +56,7 @@ def serve(path: str, settings: Dict[str, Any]) -> int:
                         return
                     doc = json.loads((await reader.readexactly(json_len)).decode("utf-8"))
                     payload = await reader.readexactly(payload_len) if payload_len else b""
-                    reply, data = await _dispatch(client, nc, servers, connect_timeout, doc, payload)
+                    reply, data = await _dispatch(client, nc, servers, connect_timeout, trust, doc, payload)
                     encoded = json.dumps(reply, ensure_ascii=False).encode("utf-8")
                     writer.write(FRAME.pack(len(encoded), len(data)) + encoded)
                     if data:
@@ -101,19 +102,19 @@ def _announce(status: Dict[str, Any]) -> None:
     os.close(devnull)
 
 
-async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: float, doc: Dict[str, Any],
+async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: float, trust: Any, doc: Dict[str, Any],
                     payload: bytes) -> Tuple[Dict[str, Any], bytes]:
     """Run one worker request with a per-request AsyncExecutorClient on the shared connection."""
     try:
         core = client.AsyncExecutorClient(nc, doc.get("instance_id"), doc.get("namespace", "natsops"),
                                           connect_timeout, doc.get("keepalive", DEFAULT_KEEPALIVE), servers,
-                                          doc.get("target"))
+                                          doc.get("target"), trust)
         op = doc.get("op")
         if op == "exec":
             rc, out, err = await core.exec_command(command=doc.get("command"), stdin=payload or None,
                                                    shell=doc.get("shell", "/bin/sh"), become=doc.get("become"),
                                                    pty=doc.get("pty", False), timeout=doc.get("timeout", 0),
-                                                   env=doc.get("env"), cwd=doc.get("cwd"))
+                                                   env=doc.get("env"), cwd=doc.get("cwd"), no_log=bool(doc.get("no_log")))
             return {"rc": rc, "stdout_len": len(out)}, out + err
         if op == "put":
             return {"result": await core.put_file(doc["local_path"], doc["remote_path"], doc.get("mode"))}, b""

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -18,6 +19,9 @@ sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 import devenv  # noqa: E402  pylint: disable=wrong-import-position
 
 PLAYBOOKS = os.path.join(ROOT, "tests", "e2e", "playbooks")
+# the tests pin executor keys in a file of their own, never in the user's ~/.config/natsops/known_executors
+KNOWN_EXECUTORS = os.path.join(tempfile.mkdtemp(prefix="natsops-e2e-"), "known_executors")
+os.environ["NATSOPS_KNOWN_EXECUTORS"] = KNOWN_EXECUTORS
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 

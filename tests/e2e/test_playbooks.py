@@ -140,7 +140,9 @@ def _control_processes(socket_path):
 
 def test_control_process_is_reused_then_exits_when_idle(playbook, nats_server, tmp_path):
     from ansible_collections.natsops.fleet.plugins.plugin_utils import _mux as mux  # pylint: disable=import-outside-toplevel
-    path = mux.control_path({"servers": [nats_server.url]}, 10.0, 3)
+    # the options the connection plugin passes: the servers, and the pinned executors' file (conftest.py sets it)
+    path = mux.control_path({"servers": [nats_server.url], "known_executors": os.environ["NATSOPS_KNOWN_EXECUTORS"]},
+                            10.0, 3)
     hostvars = {"ansible_nats_control_persist": 3}
     playbook.run("idempotent.yml", hostvars=hostvars, extra_vars={"work": str(tmp_path / "a")})
     first = _control_processes(path)

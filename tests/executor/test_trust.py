@@ -14,7 +14,7 @@ from natsops_executor._wire import signing
 from natsops_executor._wire.contract import E_BAD_REQUEST, KIND_REQUEST, WireError, pack
 from natsops_executor._wire.messages import ExecRequest
 from natsops_executor.audit import describe_request
-from natsops_executor.trust import ReplayGuard, ReplySigner, RequestTrust
+from natsops_executor.trust import ReplayGuard, ReplySigner, RequestTrust, binding_of
 
 SUBJECT = "natsops.exec.web1"
 
@@ -92,6 +92,7 @@ def test_without_trusted_signers_unsigned_requests_run_but_bad_signatures_never(
     _req, headers, body = _signed(None)
     assert trust.signer_of("web1", SUBJECT, body, headers) is None
     _req, headers, body = _signed(keys["stranger"])
+    assert trust.signer_of("web1", SUBJECT, body, headers) == keys["stranger"].public_key  # intact, though not trusted
     with pytest.raises(WireError):
         trust.signer_of("web1", SUBJECT, body.replace(b"true", b"false"), headers)
 
@@ -116,13 +117,15 @@ def test_the_replay_guard_forgets_expired_nonces_and_is_bounded():
 
 def test_replies_are_bound_to_the_request(keys):
     req, _headers, _body = _signed(keys["controller"])
-    headers = ReplySigner(keys["executor"], req)(b'{"rc":0}')
+    headers = ReplySigner(keys["executor"], req.binding())(b'{"rc":0}')
     verifier = signing.Verifier([keys["executor"].public_key])
     assert verifier.verify(signing.signed_bytes(signing.RESULT_TAG, req.binding(), b'{"rc":0}'), headers, "result")
     other, _h, _b = _signed(keys["controller"])
     with pytest.raises(WireError):
         verifier.verify(signing.signed_bytes(signing.RESULT_TAG, other.binding(), b'{"rc":0}'), headers, "result")
-    assert ReplySigner(None, req)(b"{}") == {}
+    assert ReplySigner(None, req.binding())(b"{}") == {}
+    _h, body = pack(KIND_REQUEST, req.to_dict())
+    assert binding_of(body, _h) == req.binding() and binding_of(b"{junk", {}) == ":"
 
 
 def test_audit_records_leave_secrets_out():

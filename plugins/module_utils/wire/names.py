@@ -45,6 +45,12 @@ OPTION_SOURCES = {
     "context": (None, "NATS_CONTEXT"),        # the natscli context that fills the options not set otherwise
 }
 OPTION_NAMES = tuple(OPTION_SOURCES)
+# who signs and whom a caller believes (wire/signing.py): option name -> environment variable, for every caller
+TRUST_SOURCES = {
+    "signing_key": "NATSOPS_SIGNING_KEY",          # the NKey seed file requests are signed with
+    "known_executors": "NATSOPS_KNOWN_EXECUTORS",  # the executor keys pinned per instance id
+}
+TRUST_NAMES = tuple(TRUST_SOURCES)
 # Replies arrive below the inbox prefix. Give each identity its own (``_INBOX.<name>``) and allow it to
 # subscribe only there: then no party can read another party's replies (see wire/permissions.py).
 DEFAULT_INBOX_PREFIX = "_INBOX"

@@ -26,7 +26,7 @@ import re
 import secrets
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .names import WireError
+from .names import TRUST_SOURCES, WireError
 
 H_SIGNER = "Natsops-Signer"
 H_SIGNATURE = "Natsops-Signature"
@@ -168,6 +168,63 @@ class Verifier:
                                              "altered, or signed for another subject" % (what, signer),
                             {"signer": signer}) from None
         return signer
+
+
+def default_signing_key(options: Dict[str, Any]) -> Optional[str]:
+    """The file a caller signs with: ``signing_key``, else the NKey seed it authenticates to NATS with (``nkey``, or
+    the user seed inside ``creds``), else None (requests go unsigned)."""
+    return options.get("signing_key") or options.get("nkey") or options.get("creds") or None
+
+
+DEFAULT_KNOWN_EXECUTORS = "~/.config/natsops/known_executors"
+
+
+class KnownExecutors:
+    """Which executor keys may answer for which instance id: the caller's pins, like ssh's known_hosts.
+
+    The file has one ``<instance id> <public key>`` per line (``*`` for every instance id; ``#`` starts a
+    comment); an instance id with no line is not pinned, and its replies are taken unsigned. The file is read
+    again when it changes, so a running control process sees new pins."""
+
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.path = os.path.expanduser(path or os.environ.get(TRUST_SOURCES["known_executors"]) or DEFAULT_KNOWN_EXECUTORS)
+        self._stamp: Any = None
+        self._keys: Dict[str, List[str]] = {}
+        self._verifiers: Dict[str, Verifier] = {}
+
+    def _load(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._stamp, self._keys, self._verifiers = None, {}, {}
+            return
+        except OSError as exc:
+            raise SigningError("cannot read known_executors %s: %s" % (self.path, exc.strerror or exc)) from None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._stamp:
+            return
+        keys: Dict[str, List[str]] = {}
+        with open(self.path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                fields = line.split("#", 1)[0].split()
+                if not fields:
+                    continue
+                if len(fields) != 2 or public_key_problems(fields[1]):
+                    raise SigningError("known_executors %s line %d: expected '<instance id> <NKey public key>'"
+                                       % (self.path, number))
+                keys.setdefault(fields[0], []).append(fields[1])
+        self._stamp, self._keys, self._verifiers = stamp, keys, {}
+
+    def verifier_for(self, instance_id: str) -> Optional[Verifier]:
+        """The keys pinned for ``instance_id`` (its own and ``*``), or None when it is not pinned."""
+        self._load()
+        verifier = self._verifiers.get(instance_id)
+        if verifier is None:
+            keys = self._keys.get(instance_id, []) + self._keys.get("*", [])
+            if not keys:
+                return None
+            verifier = self._verifiers[instance_id] = Verifier(keys)
+        return verifier
 
 
 def _signature(headers: Optional[Dict[str, str]], what: str) -> Tuple[str, bytes]:
