@@ -5,7 +5,7 @@
 The targets come from the installed ansible-core's sdist at test time (tools/coretargets.py; downloaded once
 into the user's cache). The executor runs on this machine, as root, so the targets act on this machine as
 ansible-test's would: the become targets create the accounts ansibletest0 and ansibletest1 (their handlers
-remove them) and a sudoers drop-in, removed here afterwards. Needs root and sudo (CI runs as root and installs
+remove them) and a sudoers drop-in, remote_tmp an account tmptest; what they leave is removed here afterwards. Needs root and sudo (CI runs as root and installs
 sudo and acl); skipped otherwise. When a target fails, it is run again with ``connection: local`` as the control:
 the failure message says whether this machine or the connection is at fault.
 """
@@ -25,9 +25,10 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("sudo") or not shutil.which("useradd") or not os.path.exists(SYSTEM_PYTHON),
     reason="ansible-core's targets need root, sudo, useradd and %s (CI installs sudo)" % SYSTEM_PYTHON)
 
-# what the targets leave on the host they test, beyond what their own handlers remove
-LEFTOVERS = ("/etc/sudoers.d/ansibletest1", "/tmp/sudoshim.sh", "/tmp/sushim.sh")
-ACCOUNTS = ("ansibletest0", "ansibletest1")
+# what the targets leave on the host they test, beyond what they remove themselves (remote_tmp deletes its account
+# tmptest but not its home, which a later tmptest with another uid could not use)
+LEFTOVERS = ("/etc/sudoers.d/ansibletest1", "/tmp/sudoshim.sh", "/tmp/sushim.sh", "/home/tmptest")
+ACCOUNTS = ("ansibletest0", "ansibletest1", "tmptest")
 
 # targets run as ansible-test runs them (runme.sh, else as a role), testhost reached through the executor; chosen for
 # what they make the connection do: become with a password prompt (sudo, su), become to another user with put/fetch,
@@ -54,7 +55,9 @@ def integration(tmp_path_factory):
         yield coretargets.workspace(str(tmp_path_factory.mktemp("ansible-core")))
     finally:
         for path in LEFTOVERS:
-            if path not in present and os.path.lexists(path):
+            if path not in present and os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif path not in present and os.path.lexists(path):
                 os.unlink(path)
         for name in ACCOUNTS:
             if name not in accounts and _account_exists(name):
