@@ -163,7 +163,7 @@ def _credentials(settings: SSHSettings, target: Target) -> Credentials:
         key = settings.identities.get(target.identity)
         if key is None:
             raise fail(E_TARGET_AUTH, "auth", "this executor has no SSH identity named %r (it has: %s)" % (
-               target.identity, ", ".join(sorted(settings.identities)) or "none"))
+                target.identity, ", ".join(sorted(settings.identities)) or "none"))
         return "identity:%s" % target.identity, [("identity %r" % target.identity, key)], None
     keys = []
     digest = hashlib.sha256()
@@ -226,8 +226,8 @@ def _open_transport(settings: SSHSettings, target: Target, keys: List[Tuple[str,
                 raise fail(E_TARGET_UNREACHABLE, "auth", "connection to %s broke during authentication: %s" % (where, exc)) from exc
         if not transport.is_authenticated():
             raise fail(E_TARGET_AUTH, "auth", "%s refused authentication (tried: %s)" % (
-               where, ", ".join(tried) or "nothing: no identity, key or password given and none found on the executor"),
-               host=host, port=port, user=user)
+                where, ", ".join(tried) or "nothing: no identity, key or password given and none found on the executor"),
+                host=host, port=port, user=user)
         transport.set_keepalive(30)
         return transport
     except BaseException:

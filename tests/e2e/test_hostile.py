@@ -63,8 +63,8 @@ def test_a_jetstream_delivery_never_runs(nats_server, hostile_executor, tmp_path
             await js.publish("stored.request", body, headers=headers)
             # a push consumer whose deliveries land on the executor's own subject, in its queue group
             await js.add_consumer("STORED", ConsumerConfig(durable_name="attack", deliver_subject=subj,
-                                                            deliver_group=contract.QUEUE_GROUP,
-                                                            deliver_policy=DeliverPolicy.ALL))
+                                                           deliver_group=contract.QUEUE_GROUP,
+                                                           deliver_policy=DeliverPolicy.ALL))
             await asyncio.sleep(2)
             info = await js.consumer_info("STORED", "attack")
             client = AsyncExecutorClient(nc, INSTANCE)

@@ -217,7 +217,7 @@ class Message:
 
 def _secret() -> Any:
     """An optional field holding a secret: never part of the message's repr (so never of a log line)."""
-    return dataclasses.field(default=None, repr=False)
+    return dataclasses.field(default=None, repr=False)  # pylint: disable=invalid-field-call  # called in class bodies
 
 
 @dataclasses.dataclass(frozen=True)
