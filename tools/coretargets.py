@@ -7,10 +7,11 @@ The targets are taken at test time from the sdist of the ansible-core that is in
 (``$NATSOPS_CORE_TARGETS_CACHE``, else ``$XDG_CACHE_HOME/natsops-fleet/ansible-core`` or
 ``~/.cache/natsops-fleet/ansible-core``), so that only the first run pays for it.
 
-A role target runs the way ansible-test runs it: a generated play ``hosts: testhost`` with the target as its
+A target runs the way ansible-test runs it (:func:`run`): a script target (``runme.sh``) from its own directory
+with ``ansible-playbook`` on PATH; a role target as a generated play ``hosts: testhost`` with the target as its
 only role, ``gather_facts`` from the target's aliases, ``ANSIBLE_ROLES_PATH`` at the targets directory (so
-``needs/target/...`` and meta dependencies resolve) and ansible-test's strict settings. A script target
-(``runme.sh``, ``test.sh``) runs from its own directory with ``ansible-playbook`` on PATH.
+``needs/target/...`` and meta dependencies resolve) and ansible-test's strict settings. The inventory is
+``test/integration/inventory`` of a private copy (:func:`workspace`, :func:`write_inventory`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -187,17 +189,13 @@ class Outcome:
         return "ansible-core target %s: rc %d after %.0f s\nSTDOUT (end):\n%s\nSTDERR (end):\n%s" % (
             self.name, self.returncode, self.seconds, self.stdout[-15000:], self.stderr[-4000:])
 
-    def assert_passed(self, hosts, expect=None):
-        """rc 0, and for each of ``hosts`` a recap with nothing failed or unreachable (``expect`` may pin further
-        counts, e.g. {"ignored": 3})."""
+    def assert_passed(self, hosts):
+        """rc 0, and for each of ``hosts`` a recap with something ok and nothing failed or unreachable."""
         assert self.returncode == 0, self.explain()
         for host in hosts:
             assert host in self.recap, "no recap for %s\n%s" % (host, self.explain())
             counts = self.recap[host]
-            assert counts["failed"] == 0 and counts["unreachable"] == 0, self.explain()
-            assert counts["ok"] > 0, self.explain()
-            for key, value in (expect or {}).items():
-                assert counts[key] == value, "%s: %s=%d, expected %d\n%s" % (host, key, counts[key], value, self.explain())
+            assert counts["failed"] == 0 and counts["unreachable"] == 0 and counts["ok"] > 0, self.explain()
 
 
 def environment(integration, output_dir, extra=None):
@@ -246,8 +244,18 @@ def run_script(integration, name, args=(), env=None, script="runme.sh", timeout=
 
 
 def _run(name, cmd, cwd, env, timeout):
+    """Run in a session of its own, so that a timeout kills the target's whole process tree (ansible-playbook and
+    its workers), then report rc -9 with the output so far."""
     started = time.monotonic()
-    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    with subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            stderr += "\n[killed after %d s]" % timeout
+    result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     return Outcome(name, result, time.monotonic() - started)
 
 
