@@ -44,6 +44,7 @@ STRICT_ENV = {
     "ANSIBLE_NOCOLOR": "true",
     "ANSIBLE_FORCE_COLOR": "0",
     "PAGER": "/bin/cat",
+    "ANSIBLE_PYTHON_MODULE_RLIMIT_NOFILE": "1024",  # ansible-test's SOFT_RLIMIT_NOFILE (ansiballz_python checks it)
 }
 
 RECAP_RE = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+"

@@ -33,9 +33,11 @@ ACCOUNTS = ("ansibletest0", "ansibletest1", "tmptest")
 # targets run as ansible-test runs them (runme.sh, else as a role), testhost reached through the executor; chosen for
 # what they make the connection do: become with a password prompt (sudo, su), become to another user with put/fetch,
 # raw commands, binary and non-UTF-8 bytes, stdin/chdir/creates, the environment, scripts (put_file + exec), remote
-# temporary directories, wait_for_connection (reset + ping)
+# temporary directories, wait_for_connection (reset + ping), AnsiballZ (rlimit, module_utils). Not
+# interpreter_discovery_python: here it would discover whatever the executor's PATH offers first (a developer's pyenv
+# shims); it runs in ssh mode (tests/lab).
 TARGETS = ["become_sudo", "become_su", "become", "raw", "binary", "command_shell", "environment", "remote_tmp", "script",
-           "wait_for_connection"]
+           "wait_for_connection", "ansiballz_python"]
 
 
 LOCAL = ["-e", "ansible_connection=local"]

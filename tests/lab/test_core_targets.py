@@ -32,9 +32,11 @@ PLAYBOOKS = os.path.join(ROOT, "tests", "e2e", "playbooks")
 
 # targets run as ansible-test runs them (runme.sh, else as a role); in ssh mode the ones whose connection work differs
 # from agent mode: become with a password prompt over an SSH channel (sudo, su), become to another user with
-# put/fetch (SFTP), raw, binary bytes, scripts, remote temporary directories, wait_for_connection, and async (a
-# daemonised job that outlives its SSH channel)
-TARGETS = ["become_sudo", "become_su", "become", "raw", "binary", "remote_tmp", "script", "wait_for_connection", "async"]
+# put/fetch (SFTP), raw, binary bytes, scripts, remote temporary directories, wait_for_connection, AnsiballZ (rlimit,
+# module_utils), interpreter discovery (meant for non-local connections), and async (a daemonised job that outlives
+# its SSH channel)
+TARGETS = ["become_sudo", "become_su", "become", "raw", "binary", "remote_tmp", "script", "wait_for_connection",
+           "ansiballz_python", "interpreter_discovery_python", "async"]
 
 
 @pytest.fixture(scope="module")
