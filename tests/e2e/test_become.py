@@ -10,6 +10,7 @@ a world-readable copy of the executor and its pure-Python dependencies.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -138,3 +139,30 @@ def test_missing_sudo_password_is_a_clear_error(nats_server, user_executors, tmp
 
 def test_become_playbook_exists():
     assert os.path.exists(os.path.join(PLAYBOOKS, "become.yml"))
+
+
+def _recap_clean(result, host):
+    """rc 0 and the host's recap: nothing failed, nothing unreachable (the playbooks ignore their expected failures
+    and assert each message themselves)."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-12000:]
+    assert re.search(r"%s\s+: ok=[1-9]\d*\s+changed=\d+\s+unreachable=0\s+failed=0\s" % re.escape(host), result.stdout), output[-12000:]
+
+
+def test_sudo_failures_are_worded_as_ansible_core_words_them(nats_server, user_executors, tmp_path):
+    """Wrong and missing sudo passwords, sudo's own reason (chdir), a become timeout (unreachable): pipelined, not
+    pipelined and raw, through an executor whose account sudo asks for its password."""
+    book = Playbook(nats_server.url, tmp_path)
+    result = book.run("become_sudo_failures.yml", hostvars={"ansible_nats_executor": "as-" + PW, "ansible_user": PW},
+                      extra_vars={"sudo_password": PW_SECRET}, check=False)
+    _recap_clean(result, "e2e-host")
+    assert "not-the-sudo-password" not in user_executors[PW].output() + result.stdout + result.stderr
+
+
+def test_su_failures_are_worded_as_ansible_core_words_them(nats_server, user_executors, tmp_path):
+    """A wrong su password (module and raw), none, and a prompt never recognised (a timeout: unreachable)."""
+    book = Playbook(nats_server.url, tmp_path)
+    result = book.run("become_su_failures.yml", hostvars={"ansible_nats_executor": "as-" + NOPW, "ansible_user": NOPW},
+                      extra_vars={"su_user": PW, "su_password": PW_SECRET}, check=False)
+    _recap_clean(result, "e2e-host")
+    assert "not-the-su-password" not in user_executors[NOPW].output() + result.stdout + result.stderr
