@@ -11,24 +11,19 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
-
-import coretargets  # noqa: E402  pylint: disable=wrong-import-position
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
+import coretargets
+import devenv
+import fleetkit
 
 pytestmark = pytest.mark.lab(hosts=1, zone_hosts=1)
 
 ZONE = "conformance"
 KNOWN_HOSTS = "/etc/natsops/conformance_known_hosts"
 ROOT_SECRET = "Root-conformance-5"
-PLAYBOOKS = os.path.join(ROOT, "tests", "e2e", "playbooks")
+PLAYBOOKS = os.path.join(fleetkit.ROOT, "tests", "e2e", "playbooks")
 
 # targets run as ansible-test runs them (runme.sh, else as a role); in ssh mode the ones whose connection work differs
 # from agent mode: become with a password prompt over an SSH channel (sudo, su), become to another user with
