@@ -2,11 +2,17 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Make the session-scoped ``lab`` fixture (pytest_lab.py) available to the tests in this directory."""
 
+import os
+import tempfile
+
 from pytest_lab import lab, pytest_configure, pytest_report_header  # noqa: F401  pylint: disable=unused-import
 
-import pytest  # noqa: E402  pylint: disable=wrong-import-position
+import pytest
 
-import fleetkit  # noqa: E402  pylint: disable=wrong-import-position
+import fleetkit
+
+# the lab tests pin executor keys in a file of their own, never in the user's ~/.config/natsops/known_executors
+os.environ["NATSOPS_KNOWN_EXECUTORS"] = os.path.join(tempfile.mkdtemp(prefix="natsops-lab-"), "known_executors")
 
 
 @pytest.fixture(scope="session")
