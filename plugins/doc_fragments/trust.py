@@ -11,7 +11,8 @@ _TRUST_OPTIONS = r"""
     description:
       - NKey seed file the requests are signed with (a seed file, an C(.nk) file, or a JWT C(.creds) file, whose user
         seed is used). Executors that trust signers run only requests signed by a key they trust.
-      - Defaults to the seed of O(nkey), else of O(creds); without any, requests go unsigned.
+      - Defaults to the seed of O(nkey), else of O(creds), else C(~/.config/natsops/signing.nk) when it exists (the
+        P(natsops.fleet.executor#role) role creates it); without any, requests go unsigned.
     type: path
   known_executors:
     description:

@@ -170,13 +170,20 @@ class Verifier:
         return signer
 
 
-def default_signing_key(options: Dict[str, Any]) -> Optional[str]:
-    """The file a caller signs with: ``signing_key``, else the NKey seed it authenticates to NATS with (``nkey``, or
-    the user seed inside ``creds``), else None (requests go unsigned)."""
-    return options.get("signing_key") or options.get("nkey") or options.get("creds") or None
-
-
 DEFAULT_KNOWN_EXECUTORS = "~/.config/natsops/known_executors"
+DEFAULT_SIGNING_KEY = "~/.config/natsops/signing.nk"
+
+
+def default_signing_key(options: Dict[str, Any]) -> Optional[str]:
+    """The file a caller signs with: ``signing_key`` (or its environment variable), else the NKey seed it
+    authenticates to NATS with (``nkey``, or the user seed inside ``creds``), else ``~/.config/natsops/signing.nk``
+    when it exists (the natsops.fleet.executor role makes it), else None: requests go unsigned."""
+    chosen = (options.get("signing_key") or os.environ.get(TRUST_SOURCES["signing_key"]) or options.get("nkey")
+              or options.get("creds"))
+    if chosen:
+        return chosen
+    fallback = os.path.expanduser(DEFAULT_SIGNING_KEY)
+    return fallback if os.path.isfile(fallback) else None
 
 
 class KnownExecutors:
