@@ -326,7 +326,7 @@ class Connection(ConnectionBase):
             validate_instance_id(instance)
             validate_namespace(namespace)
         except WireError as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message) from exc
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message) from None
         ssh_target = self._ssh_target() if self.get_option("mode") == "ssh" else None
         display.vvv("NATS CONNECT executor=%s namespace=%s mode=%s control_persist=%s" % (
             instance, namespace, self.get_option("mode"), persist), host=self._host())
@@ -342,9 +342,9 @@ class Connection(ConnectionBase):
                 self._client = ExecutorClient(options, instance, namespace=namespace, connect_timeout=timeout, name=name,
                                               target=ssh_target).connect()
         except ExecutorUnreachable as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message) from exc
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message) from None
         except (ValueError, WireError) as exc:
-            raise AnsibleConnectionFailure("natsops.fleet.nats: bad connection options: %s" % exc) from exc
+            raise AnsibleConnectionFailure("natsops.fleet.nats: bad connection options: %s" % exc) from None
         self._connected = True
         return self
 
@@ -364,27 +364,28 @@ class Connection(ConnectionBase):
                 with open(to_bytes(key_file, errors="surrogate_or_strict"), "rb") as handle:
                     target["private_key"] = to_text(handle.read())
             except OSError as exc:
-                raise AnsibleConnectionFailure("natsops.fleet.nats: cannot read ssh_private_key_file %s: %s" % (key_file, exc)) from exc
+                raise AnsibleConnectionFailure("natsops.fleet.nats: cannot read ssh_private_key_file %s: %s" % (key_file, exc)) from None
             if self.get_option("ssh_private_key_passphrase"):
                 target["passphrase"] = to_text(self.get_option("ssh_private_key_passphrase"))
         return target
 
     def _call(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a client call, turning its errors into Ansible errors (never a traceback)."""
+        """Run a client call, turning its errors into Ansible errors (never a traceback). Each message is complete:
+        the cause is not chained, since ansible-core would print its text a second time."""
         try:
             return func(*args, **kwargs)
         except ExecutorUnreachable as exc:
             if exc.code == E_BECOME_TIMEOUT:
-                raise AnsibleConnectionFailure(self._become_failure(exc)) from exc
-            raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message)) from exc
+                raise AnsibleConnectionFailure(self._become_failure(exc)) from None
+            raise AnsibleConnectionFailure("natsops.fleet.nats: %s failed: %s" % (what, exc.message)) from None
         except ExecutorTaskError as exc:
             if exc.code == E_BECOME:
-                raise AnsibleError(self._become_failure(exc)) from exc
-            raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message)) from exc
+                raise AnsibleError(self._become_failure(exc)) from None
+            raise AnsibleError("natsops.fleet.nats: %s failed (%s): %s" % (what, exc.code, exc.message)) from None
         except (ValueError, WireError) as exc:
-            raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc)) from exc
+            raise AnsibleError("natsops.fleet.nats: %s failed: %s" % (what, exc)) from None
         except OSError as exc:  # a local file (put source, fetch destination) could not be used
-            raise AnsibleError("natsops.fleet.nats: %s failed on the controller: %s" % (what, exc)) from exc
+            raise AnsibleError("natsops.fleet.nats: %s failed on the controller: %s" % (what, exc)) from None
 
     def _become_spec(self, in_data: Optional[bytes], sudoable: bool) -> Tuple[Optional[Dict[str, Any]], bool]:
         """What the executor needs to escalate privileges as ansible's own connections do: the become plugin's
