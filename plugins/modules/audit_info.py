@@ -31,8 +31,9 @@ options:
     type: str
   instance_ids:
     description:
-      - Only the records of these instance ids (the subjects C(<namespace>.audit.<instance id>)). Several instance
-        ids need nats-server 2.10 or later (a consumer with several filter subjects).
+      - Only the records of these instance ids (the subjects C(<namespace>.audit.<instance id>)), as the filter
+        subjects of the consumer (several of them with nats-server 2.10 or later; an older server sends every
+        subject, and those not asked for are dropped).
       - The subject is the instance id an executor recorded the request for; an executor may publish only the audit
         subjects of its own instance ids (the least-privilege permissions of the
         P(natsops.fleet.nats_server#role) role).
@@ -329,6 +330,7 @@ async def read_trail(nc: Any, stream: str, subjects: List[str], start: Optional[
     # nats-py keeps this config to recreate the ordered consumer after a gap, from the next sequence; a start time
     # left in it would make the server refuse that consumer (a start time and a start sequence)
     config.opt_start_time = None
+    wanted = set(subjects)
     seen = 0  # stream sequence of the last message read
     delivered = 0  # its consumer sequence
     read = 0
@@ -350,10 +352,12 @@ async def read_trail(nc: Any, stream: str, subjects: List[str], start: Optional[
             meta = msg.metadata
             seen, delivered = meta.sequence.stream, meta.sequence.consumer
             read += 1
-            record = decode_record(msg.data or b"")
-            if passes(record):
-                record.update(seq=seen, subject=msg.subject, stored=format_time(meta.timestamp))
-                newest.offer(record)
+            # (a server before 2.10 ignores filter_subjects and sends every subject: those asked for are kept)
+            if not wanted or msg.subject in wanted:
+                record = decode_record(msg.data or b"")
+                if passes(record):
+                    record.update(seq=seen, subject=msg.subject, stored=format_time(meta.timestamp))
+                    newest.offer(record)
             if meta.num_pending == 0 or seen >= last:
                 return
     finally:
