@@ -109,9 +109,12 @@ class ModuleDocFragment:
     tests/unit/plugins/doc_fragments/test_nats.py keeps the two equal.
     """
 
-    DOCUMENTATION = "options:\n" + _CONNECTION_OPTIONS
+    # The fragments composed from the shared text are annotated assignments: ansible-test's yamllint reads every plain
+    # assignment of a fragment class as one string literal and crashes on a concatenation. ansible-doc and
+    # validate-modules read the composed text (tests/unit/plugins/doc_fragments/test_nats.py parses it too).
+    DOCUMENTATION: str = "options:\n" + _CONNECTION_OPTIONS
 
-    NAMESPACE = "options:\n" + _NAMESPACE_OPTION
+    NAMESPACE: str = "options:\n" + _NAMESPACE_OPTION
 
     # Plugins that run on the controller (connection, lookup, inventory) also read each option from the
     # environment and from the [natsops] section of ansible.cfg.
@@ -245,4 +248,4 @@ options:
 
     # Modules: the connection options, the namespace and where a module reads them (its argument spec,
     # plugins/module_utils/_common.py, falls back to the environment).
-    MODULE = "options:\n" + _CONNECTION_OPTIONS + _NAMESPACE_OPTION + _MODULE_NOTES
+    MODULE: str = "options:\n" + _CONNECTION_OPTIONS + _NAMESPACE_OPTION + _MODULE_NOTES
