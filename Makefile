@@ -69,6 +69,7 @@ build: venv
 ## bench: the 30-task benchmark through each connection (+ Mitogen); writes docs/performance.md
 bench: venv
 	$(BIN)/python -m pip install --quiet mitogen || echo "mitogen not installable: its scenario is skipped"
+	$(BIN)/python bench/trust_bench.py
 	$(BIN)/python bench/run_bench.py
 
 clean:

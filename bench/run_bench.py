@@ -35,6 +35,7 @@ PLAYBOOK = os.path.join(HERE, "playbook-30.yml")
 FLEET_PLAYBOOK = os.path.join(HERE, "playbook-10.yml")
 RESULTS = os.path.join(HERE, "results")
 LAB_RESULTS = os.path.join(RESULTS, "lab.md")
+TRUST_RESULTS = os.path.join(RESULTS, "trust.md")  # written by bench/trust_bench.py
 PERFORMANCE = os.path.join(ROOT, "docs", "performance.md")
 BASELINE = {"local": 10.7, "ssh": 11.1, "mitogen": 3.3}  # measured on this machine kind (shared brief)
 
@@ -329,16 +330,19 @@ FINDINGS = """
 
 
 def write_performance(connections):
-    lab = ""
+    lab = trust = ""
     if os.path.exists(LAB_RESULTS):
         with open(LAB_RESULTS, encoding="utf-8") as handle:
             lab = handle.read()
+    if os.path.exists(TRUST_RESULTS):
+        with open(TRUST_RESULTS, encoding="utf-8") as handle:
+            trust = "\n## Request signatures (bench/trust_bench.py)\n\n" + handle.read().split("\n", 1)[1].lstrip()
     text = ("# Performance\n\nFigures from real runs on this project's machine kind (2 cores, Debian 12). "
             "Regenerate with `make bench` (connections) and `make lab-bench` (lab); this file is written by "
             "bench/run_bench.py. Targets are checked here, never in timed tests.\n\n"
             "## Connections: 30 tasks through each transport\n\n"
             "Target (issue 2): natsops.fleet.nats no slower than ssh with pipelining + ControlPersist. "
-            "Moonshot (later): faster than Mitogen.\n\n" + connections + FINDINGS +
+            "Moonshot (later): faster than Mitogen.\n\n" + connections + FINDINGS + trust +
             "\n## Test lab\n\n" + (lab.split("\n", 1)[1].lstrip() if lab.startswith("#") else lab))
     with open(PERFORMANCE, "w", encoding="utf-8") as handle:
         handle.write(text)
