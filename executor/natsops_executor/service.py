@@ -320,11 +320,20 @@ class Executor:
                  cfg.max_jobs, PROTOCOL_VERSION, self.service.id)
 
     async def stop(self) -> None:
-        """Stop taking work, give running jobs the grace period, then end them."""
+        """Lame duck, like nats-server's: stop taking requests at once (other executors of the instance ids take
+        the next ones), start those already delivered to this one, give running jobs ``shutdown_grace`` seconds,
+        then end the rest (their callers get ``interrupted``)."""
         if self.heartbeat is not None:
             await self.heartbeat.stop()
         if self.service is not None:
-            await self.service.stop()
+            # drain, not unsubscribe: a request already delivered here is taken, never silently dropped
+            for endpoint in getattr(self.service, "_endpoints", []):
+                subscription = getattr(endpoint, "_subscription", None)
+                if subscription is not None:
+                    with contextlib.suppress(Exception):
+                        await subscription.drain()
+            with contextlib.suppress(Exception):
+                await self.service.stop()
         await self.book.finish(self.cfg.shutdown_grace)
         if self.audit is not None:
             await self.audit.stop()

@@ -69,6 +69,21 @@ options:
     ini:
       - section: natsops
         key: namespace
+  executor_wait:
+    description:
+      - Seconds a task waits for an executor of its instance id when none answers, for example while the executor
+        restarts or a NATS server fails over; the request is sent again with backoff (it ran nowhere, so it cannot
+        run twice). The host is unreachable only after that, with the same message as before.
+      - C(0) fails at once.
+    type: float
+    default: 30
+    vars:
+      - name: ansible_nats_executor_wait
+    env:
+      - name: ANSIBLE_NATS_EXECUTOR_WAIT
+    ini:
+      - section: natsops
+        key: executor_wait
   task_timeout:
     description:
       - Seconds a single command may run on the host; the executor then kills its whole process group
@@ -332,15 +347,16 @@ class Connection(ConnectionBase):
             instance, namespace, self.get_option("mode"), persist), host=self._host())
         name = "ansible natsops.fleet.nats"
         try:
+            executor_wait = float(self.get_option("executor_wait"))
             if persist > 0:
-                target = {"instance_id": instance, "namespace": namespace}
+                target = {"instance_id": instance, "namespace": namespace, "executor_wait": executor_wait}
                 if ssh_target:
                     target["target"] = ssh_target
                 self._client = MuxClient.connect(options, timeout, persist, name, target)
             else:
                 from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
                 self._client = ExecutorClient(options, instance, namespace=namespace, connect_timeout=timeout, name=name,
-                                              target=ssh_target).connect()
+                                              target=ssh_target, executor_wait=executor_wait).connect()
         except ExecutorUnreachable as exc:
             raise AnsibleConnectionFailure("natsops.fleet.nats: %s" % exc.message) from None
         except (ValueError, WireError) as exc:

@@ -15,6 +15,12 @@ options:
     description: Instance id of the executor(s) to address, for example a zone name such as C(管理网).
     type: str
     required: true
+  executor_wait:
+    description:
+      - Seconds to wait for an executor of O(executor) when none answers (a restart, a NATS failover); the request is
+        sent again with backoff (it ran nowhere, so it cannot run twice). C(0) fails at once.
+    type: float
+    default: 30
   target:
     description:
       - SSH mode, the host the executor works on over SSH (host key checked against the executor's known_hosts).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -48,6 +49,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the controller envi
     NATS_IMPORT_ERROR = _exc
 
 DISCOVERY_WAIT = 0.5     # longest time to collect discovery replies
+DEFAULT_EXECUTOR_WAIT = 30.0  # seconds a request waits for an executor that is coming (back)
 DISCOVERY_QUIET = 0.15   # stop earlier once replies stop coming
 
 
@@ -162,9 +164,12 @@ class AsyncExecutorClient:
 
     def __init__(self, nc: Any, instance_id: Optional[str], namespace: str = "natsops", connect_timeout: float = 10.0,
                  keepalive: float = DEFAULT_KEEPALIVE, servers: Optional[str] = None,
-                 target: Optional[Dict[str, Any]] = None, trust: Optional["CallerTrust"] = None) -> None:
+                 target: Optional[Dict[str, Any]] = None, trust: Optional["CallerTrust"] = None,
+                 executor_wait: float = DEFAULT_EXECUTOR_WAIT) -> None:
         self.nc = nc
         self.trust = trust or CallerTrust()
+        # how long a request waits for an executor of the instance id to come (back): a restart, a failover
+        self.executor_wait = max(0.0, float(executor_wait))
         # SSH mode: the host the executor reaches (validated now, before anything is sent); None = the executor's own
         self.target = Target.from_dict(target) if target else None
         self.instance_id = validate_instance_id(instance_id) if instance_id is not None else None
@@ -206,16 +211,36 @@ class AsyncExecutorClient:
             raise nats.errors.NoRespondersError
         return msg
 
-    async def _request(self, req: Request, attachment: bytes = b"") -> Accepted:
+    async def _ask_until_served(self, req: Request, attachment: bytes) -> Tuple[Request, Any]:
+        """Send the request; while nobody serves its subject (an executor restarting, a server failing over), send
+        it again with backoff, for up to ``executor_wait`` seconds: a request nobody received ran nowhere, so
+        sending it again cannot run it twice. Each attempt is the same job (id), freshly signed (nonce, expiry)."""
         subj = self._subject(req.op)
-        headers, body = pack(KIND_REQUEST, req.to_dict(), attachment)
-        headers.update(self.trust.sign(subj, body))
+        deadline = time.monotonic() + self.executor_wait
+        delay = 0.1
+        while True:
+            headers, body = pack(KIND_REQUEST, req.to_dict(), attachment)
+            headers.update(self.trust.sign(subj, body))
+            try:
+                return req, await self._ask(subj, body, headers)
+            except nats.errors.NoRespondersError:
+                if time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            req = dataclasses.replace(req, nonce=signing.new_nonce(), expires=round(time.time() + self.connect_timeout, 3))
+
+    async def _request(self, req: Request, attachment: bytes = b"") -> Tuple[Request, Accepted]:
+        """Send the request and take its acceptance; returns the request as finally sent (its nonce binds the
+        replies) and the acceptance."""
+        subj = self._subject(req.op)
         try:
-            msg = await self._ask(subj, body, headers)
+            req, msg = await self._ask_until_served(req, attachment)
         except nats.errors.NoRespondersError:
             executors = await self.discover(DISCOVERY_WAIT)
+            waited = " (waited %.0f s for one to come: executor_wait)" % self.executor_wait if self.executor_wait else ""
             raise ExecutorUnreachable(E_NO_RESPONDERS, no_responders_message(
-                subj, self.instance_id, self.namespace, executors, self.servers),
+                subj, self.instance_id, self.namespace, executors, self.servers) + waited,
                 {"subject": subj, "instance_id": self.instance_id, "executors": executors}) from None
         except asyncio.TimeoutError:
             raise ExecutorUnreachable(E_EXECUTOR_LOST, "an executor for instance id %r was subscribed on %r but did "
@@ -228,7 +253,7 @@ class AsyncExecutorClient:
             raise ExecutorError.from_wire(WireError.from_dict(doc))
         if kind != KIND_ACCEPTED:
             raise ExecutorTaskError(E_STREAM, "unexpected reply kind %r to a %s request" % (kind, req.op))
-        return _reply(Accepted, doc, "acceptance")
+        return req, _reply(Accepted, doc, "acceptance")
 
     @staticmethod
     def _decode(headers: Any, data: bytes) -> Dict[str, Any]:
@@ -304,7 +329,7 @@ class AsyncExecutorClient:
                             become=become, timeout=timeout, env=env, cwd=cwd, stdin=Digest.of(stdin) if stdin else None,
                             no_log=no_log or None)
             inline = stdin if stdin and self._inline_fits(req, len(stdin)) else b""
-            accepted = await self._request(req, inline)
+            req, accepted = await self._request(req, inline)
             if accepted.upload:
                 step = chunk_size(self.nc.max_payload)
                 await self._upload(accepted, (stdin[i:i + step] for i in range(0, len(stdin), step)))
@@ -339,7 +364,7 @@ class AsyncExecutorClient:
                             mode=mode)
             with open(local_path, "rb") as handle:
                 inline = handle.read() if announced.size and self._inline_fits(req, announced.size) else b""
-                accepted = await self._request(req, inline)
+                req, accepted = await self._request(req, inline)
                 if accepted.upload:
                     step = chunk_size(self.nc.max_payload)
                     await self._upload(accepted, iter(lambda: handle.read(step), b""))
@@ -354,8 +379,7 @@ class AsyncExecutorClient:
         target = AtomicFile(os.path.abspath(local_path))
         try:
             async with self._events() as receiver:
-                req = self._new(FetchRequest, receiver.subject, path=remote_path)
-                accepted = await self._request(req)
+                req, accepted = await self._request(self._new(FetchRequest, receiver.subject, path=remote_path))
                 while True:
                     msg = await self._next(receiver, accepted, req)
                     if msg.kind == KIND_DATA:
@@ -400,7 +424,8 @@ class AsyncExecutorClient:
         async with self._events() as receiver:
             req = self._new(TransferRequest, receiver.subject, source=source, path=path, check=check, sha256=sha256,
                             mode=mode)
-            doc = await self._result(receiver, await self._request(req), req)
+            req, accepted = await self._request(req)
+            doc = await self._result(receiver, accepted, req)
             result = _reply(TransferResult, doc, "transfer result").to_dict()
             result.setdefault("size", None)
             result.setdefault("before", None)
@@ -499,14 +524,15 @@ class ExecutorClient:
 
     def __init__(self, nats_options: Dict[str, Any], instance_id: Optional[str], namespace: str = "natsops",
                  connect_timeout: float = 10.0, keepalive: float = DEFAULT_KEEPALIVE, name: str = "natsops.fleet",
-                 target: Optional[Dict[str, Any]] = None, trust: Optional[CallerTrust] = None) -> None:
+                 target: Optional[Dict[str, Any]] = None, trust: Optional[CallerTrust] = None,
+                 executor_wait: float = DEFAULT_EXECUTOR_WAIT) -> None:
         self.nats_options = nats_options
         self.name = name
         self.connect_timeout = float(connect_timeout)
         servers = ",".join(wire_connect.server_list(nats_options.get("servers")))
         # validates instance id and namespace before anything is sent
         self.core = AsyncExecutorClient(None, instance_id, namespace, connect_timeout, keepalive, servers, target,
-                                        trust or CallerTrust.from_options(nats_options))
+                                        trust or CallerTrust.from_options(nats_options), executor_wait)
         self._loop = None
 
     def _run(self, coro: Awaitable[_T]) -> _T:

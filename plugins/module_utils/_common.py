@@ -90,7 +90,8 @@ def executor_client(module: AnsibleModule, instance_id: Optional[str] = None, ta
     try:
         return _client.ExecutorClient(nats_options(params), instance_id, namespace=params["namespace"],
                                       connect_timeout=params["connect_timeout"], name=client_name(module),
-                                      target=target, trust=_client.CallerTrust.from_options(params)).connect()
+                                      target=target, trust=_client.CallerTrust.from_options(params),
+                                      executor_wait=params.get("executor_wait") or 0).connect()
     except WireError as exc:  # ExecutorError included: NATS unreachable, bad instance id or namespace
         module.fail_json(msg=exc.message, code=exc.code)
     except ValueError as exc:

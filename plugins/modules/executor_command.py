@@ -222,6 +222,7 @@ def main() -> None:
         argument_spec=argument_spec(
             **TRUST_ARGUMENT_SPEC,
             executor={"type": "str", "required": True},
+            executor_wait={"type": "float", "default": 30.0},
             cmd={"type": "str"},
             argv={"type": "list", "elements": "str"},
             chdir={"type": "path"},

@@ -250,6 +250,7 @@ def main() -> None:
         argument_spec=argument_spec(
             **TRUST_ARGUMENT_SPEC,
             executor={"type": "str", "required": True},
+            executor_wait={"type": "float", "default": 30.0},
             src={"type": "path"},
             object={"type": "str"},
             remote_src={"type": "str"},

@@ -108,7 +108,7 @@ async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: 
     try:
         core = client.AsyncExecutorClient(nc, doc.get("instance_id"), doc.get("namespace", "natsops"),
                                           connect_timeout, doc.get("keepalive", DEFAULT_KEEPALIVE), servers,
-                                          doc.get("target"), trust)
+                                          doc.get("target"), trust, doc.get("executor_wait", client.DEFAULT_EXECUTOR_WAIT))
         op = doc.get("op")
         if op == "exec":
             rc, out, err = await core.exec_command(command=doc.get("command"), stdin=payload or None,

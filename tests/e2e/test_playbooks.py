@@ -71,9 +71,12 @@ def test_adhoc_ping(playbook):
     assert '"ping": "pong"' in result.stdout
 
 
-def test_seed_incident_names_subject_and_online_instances(playbook):
-    """The executor serves 'default'; the host addresses '管理网': the error explains and says how to fix."""
-    inventory = playbook.inventory({"ansible_nats_executor": "管理网"}, host="probe-target")
+@pytest.mark.parametrize("wait", [0, 2])
+def test_seed_incident_names_subject_and_online_instances(playbook, wait):
+    """The executor serves 'default'; the host addresses '管理网': the error explains and says how to fix, at once
+    with executor_wait 0, after waiting for an executor to come otherwise."""
+    inventory = playbook.inventory({"ansible_nats_executor": "管理网", "ansible_nats_executor_wait": wait},
+                                   host="probe-target")
     started = time.monotonic()
     result = subprocess.run([devenv.tool("ansible"), "-i", inventory, "probe-target", "-m", "ansible.builtin.ping"],
                             env=devenv.ansible_env(), capture_output=True, text=True, timeout=120, check=False)
@@ -85,7 +88,8 @@ def test_seed_incident_names_subject_and_online_instances(playbook):
     assert "'default'" in output and "'e2e-host'" in output  # the instance ids online
     assert "Fix:" in output and "ansible_nats_executor" in output
     assert "no responders available" not in output
-    assert time.monotonic() - started < 30
+    elapsed = time.monotonic() - started
+    assert elapsed < 20 and (elapsed >= wait) and (("waited %d s" % wait) in output) == bool(wait), output
 
 
 def test_bad_instance_id_is_refused_before_sending(playbook):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 
 import nats
@@ -72,3 +73,37 @@ def test_the_jobs_of_a_stopped_executor_die_with_it(nats_server, tmp_path, how):
     assert getattr(error, "code", None) == expected, error
     assert getattr(error, "code", None) in contract.UNREACHABLE_CODES
     assert _wait_gone(sleeper), "the job's sleep %d outlived its executor" % sleeper
+
+
+def _restart_repeatedly(url, instance, count, every, tmp_path, holder, stop):
+    """Restart the executor of ``instance`` ``count`` times (SIGTERM, then a new process), ``every`` seconds."""
+    for _restart in range(count):
+        if stop.wait(every):
+            return
+        holder[0].stop()  # SIGTERM: it drains, then exits
+        holder[0] = devenv.ExecutorProcess(url, [instance], log_dir=str(tmp_path))
+        holder.append(None)  # one more restart done
+
+
+@pytest.mark.parametrize("steady_peer", [False, True])
+def test_executor_restarts_during_a_playbook_lose_no_task_and_run_none_twice(nats_server, playbook, tmp_path, steady_peer):
+    instance = "rolling-%s" % ("pair" if steady_peer else "single")
+    holder = [devenv.ExecutorProcess(nats_server.url, [instance], log_dir=str(tmp_path))]
+    peer = devenv.ExecutorProcess(nats_server.url, [instance], log_dir=str(tmp_path)) if steady_peer else None
+    ledger = tmp_path / "ledger.txt"
+    stop = threading.Event()
+    restarter = threading.Thread(target=_restart_repeatedly, args=(nats_server.url, instance, 10, 1.0, tmp_path, holder, stop))
+    try:
+        restarter.start()
+        result = playbook.run("ledger.yml", hostvars={"ansible_nats_executor": instance},
+                              extra_vars={"ledger": str(ledger), "count": 60}, check=False)
+    finally:
+        stop.set()
+        restarter.join()
+        holder[0].stop()
+        if peer is not None:
+            peer.stop()
+    restarts = len(holder) - 1
+    assert result.returncode == 0 and "failed=0" in result.stdout and "unreachable=0" in result.stdout, result.stdout[-3000:]
+    assert sorted(int(line) for line in ledger.read_text().split()) == list(range(60)), "each task ran exactly once"
+    assert restarts >= 5, "the executor was restarted %d times during the playbook" % restarts

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any, Awaitable, Callable, Dict, Optional, Set
+import time
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
 from .contract import (
     DEFAULT_WINDOW, E_ABORTED, E_STREAM, H_STATUS, H_STREAM, KIND_ERROR, KIND_RESULT, WireError, kind_of, pack, parse_seq,
@@ -42,24 +43,37 @@ async def _unsubscribe(sub: Any) -> None:
 
 
 class StreamSender:
-    """Publish an ordered stream to ``subject`` with a bounded window of unacknowledged messages."""
+    """Publish an ordered stream to ``subject`` with a bounded window of unacknowledged messages.
+
+    A message is kept until it is acknowledged. When the receiver's subject has no subscriber for a moment (its
+    client reconnects to another server after a node failed: nats-server answers 503), the message is sent
+    again shortly after, for up to ``gone_grace`` seconds before the peer counts as gone; a message whose
+    acknowledgement does not come within ``RESEND_AFTER`` seconds (lost on the way, or its acknowledgement
+    lost) is sent again too. The receiver takes each sequence number once, so a message sent twice is read once.
+    """
+
+    RESEND_AFTER = 1.0   # seconds without an acknowledgement before a message is sent again
 
     def __init__(self, nc: Any, subject: str, window: int = DEFAULT_WINDOW, ack_timeout: float = 30.0,
-                 sign: Optional[Callable[[bytes], Dict[str, str]]] = None) -> None:
+                 sign: Optional[Callable[[bytes], Dict[str, str]]] = None, gone_grace: float = 5.0) -> None:
         self._nc = nc
         self._sign = sign  # headers that sign the body of a final message (result or error)
         self.subject = subject
         self._window = asyncio.Semaphore(window)
         self._window_size = window
         self._ack_timeout = ack_timeout
+        self._gone_grace = gone_grace
         self._seq = 0
-        self._outstanding: Set[int] = set()
+        self._unacked: Dict[int, Tuple[Dict[str, str], bytes, float]] = {}  # seq -> (headers, body, last sent)
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._lock = asyncio.Lock()
         self._error: Optional[WireError] = None
         self._inbox: Optional[str] = None
         self._sub: Any = None
+        self._gone_since: Optional[float] = None
+        self._resender: Optional[asyncio.Future] = None
+        self.resent = 0
 
     @property
     def sent(self) -> int:
@@ -70,21 +84,42 @@ class StreamSender:
         """Subscribe to the acknowledgements; returns self."""
         self._inbox = private_inbox(self._nc)
         self._sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)
+        self._resender = asyncio.ensure_future(self._resend_unacknowledged())
         return self
 
     async def _on_ack(self, msg: Any) -> None:
-        if msg.headers and msg.headers.get(H_STATUS) == "503":
-            self._fail(WireError(E_ABORTED, "nobody listens on %s any more (the peer went away)" % self.subject))
-            return
         try:
             seq = int(msg.subject.rsplit(".", 1)[1])
         except (IndexError, ValueError):
             return
-        if seq in self._outstanding:
-            self._outstanding.discard(seq)
+        if msg.headers and msg.headers.get(H_STATUS) == "503":
+            now = time.monotonic()
+            if self._gone_since is None:
+                self._gone_since = now
+            if now - self._gone_since >= self._gone_grace:
+                self._fail(WireError(E_ABORTED, "nobody listens on %s any more (the peer went away)" % self.subject))
+            elif seq in self._unacked:
+                headers, body, _sent = self._unacked[seq]
+                self._unacked[seq] = (headers, body, now - self.RESEND_AFTER + 0.25)  # again in a quarter second
+            return
+        self._gone_since = None
+        if self._unacked.pop(seq, None) is not None:
             self._window.release()
-            if not self._outstanding:
+            if not self._unacked:
                 self._all_acked.set()
+
+    async def _resend_unacknowledged(self) -> None:
+        while self._error is None:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            for seq, (headers, body, sent) in sorted(self._unacked.items()):
+                if now - sent >= self.RESEND_AFTER and seq in self._unacked:
+                    self._unacked[seq] = (headers, body, now)
+                    self.resent += 1
+                    try:
+                        await self._nc.publish(self.subject, body, reply="%s.%d" % (self._inbox, seq), headers=headers)
+                    except Exception:  # pylint: disable=broad-except
+                        break  # disconnected: the next round tries again
 
     def _fail(self, error: WireError) -> None:
         if self._error is None:
@@ -117,7 +152,7 @@ class StreamSender:
             headers, body = pack(kind, document, attachment, seq=seq, stream=stream)
             if self._sign is not None and kind in (KIND_RESULT, KIND_ERROR):
                 headers.update(self._sign(body))
-            self._outstanding.add(seq)
+            self._unacked[seq] = (headers, body, time.monotonic())
             self._all_acked.clear()
             await self._nc.publish(self.subject, body, reply="%s.%d" % (self._inbox, seq), headers=headers)
 
@@ -127,6 +162,9 @@ class StreamSender:
         self._check()
 
     async def close(self) -> None:
+        if self._resender is not None:
+            self._resender.cancel()
+            self._resender = None
         self._sub = await _unsubscribe(self._sub)
 
 
@@ -143,12 +181,17 @@ class StreamMessage:
 
 
 class StreamReceiver:
-    """Receive an ordered stream on ``subject`` (a fresh inbox unless given)."""
+    """Receive an ordered stream on ``subject`` (a fresh inbox unless given).
+
+    Messages are taken in sequence order. One sent again (the sender did not hear its acknowledgement) is
+    acknowledged again and not read twice; one that arrives early waits for those before it. A gap that does not
+    close is a stream error."""
 
     def __init__(self, nc: Any, subject: Optional[str] = None) -> None:
         self._nc = nc
         self.subject = subject or private_inbox(nc)
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._early: Dict[int, Any] = {}
         self._expected = 1
         self._sub: Any = None
 
@@ -160,18 +203,35 @@ class StreamReceiver:
     async def _on_msg(self, msg: Any) -> None:
         self._queue.put_nowait(msg)
 
-    async def get(self, timeout: float) -> StreamMessage:
-        """Next message in order. Raises asyncio.TimeoutError after ``timeout`` s of silence,
-        WireError(stream_error) when a message is missing or duplicated."""
-        msg = await asyncio.wait_for(self._queue.get(), timeout)
-        headers = msg.headers or {}
-        seq = parse_seq(headers)
-        if seq != self._expected:
-            raise WireError(E_STREAM, "stream message %d arrived while %d was expected on %s: "
-                                      "a message was lost or repeated" % (seq, self._expected, self.subject))
-        self._expected += 1
+    async def _ack(self, msg: Any) -> None:
         if msg.reply:
             await self._nc.publish(msg.reply, b"")
+
+    async def get(self, timeout: float) -> StreamMessage:
+        """Next message in order. Raises asyncio.TimeoutError after ``timeout`` s of silence, WireError(stream_error)
+        when a message is missing (later ones arrived, and it did not within ``timeout``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._expected not in self._early:
+            try:
+                msg = await asyncio.wait_for(self._queue.get(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                if self._early:
+                    raise WireError(E_STREAM, "stream message %d is missing on %s (later ones arrived): a message was "
+                                              "lost" % (self._expected, self.subject)) from None
+                raise
+            seq = parse_seq(msg.headers)
+            if seq < self._expected or seq in self._early:
+                await self._ack(msg)  # sent again: the sender missed our acknowledgement
+            elif len(self._early) > 4 * DEFAULT_WINDOW:
+                raise WireError(E_STREAM, "stream message %d never arrived on %s while %d later ones did"
+                                % (self._expected, self.subject, len(self._early)))
+            else:
+                self._early[seq] = msg
+        msg = self._early.pop(self._expected)
+        self._expected += 1
+        await self._ack(msg)
+        headers = msg.headers or {}
         return StreamMessage(kind_of(headers), headers.get(H_STREAM), headers, msg.data)
 
     async def close(self) -> None:

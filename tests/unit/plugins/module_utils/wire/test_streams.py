@@ -28,11 +28,13 @@ class FakeSub:
 class FakeNC:
     """Routes publishes to subscribers; 'pattern.*' matches one more token. Tracks published messages."""
 
-    def __init__(self, drop_seq=None):
+    def __init__(self, drop_seq=None, drop_once=None, duplicate=None):
         self.subs = {}
         self.counter = itertools.count()
         self.published = []
         self.drop_seq = drop_seq
+        self.drop_once = drop_once    # lose the first copy of this sequence number
+        self.duplicate = duplicate    # deliver this sequence number twice
 
     def new_inbox(self):
         return "_INBOX.%d" % next(self.counter)
@@ -43,14 +45,20 @@ class FakeNC:
 
     async def publish(self, subject, data, reply="", headers=None):
         self.published.append((subject, headers))
-        if headers and self.drop_seq is not None and headers.get(c.H_SEQ) == str(self.drop_seq):
+        seq = (headers or {}).get(c.H_SEQ)
+        if seq is not None and self.drop_seq is not None and seq == str(self.drop_seq):
+            return
+        if seq is not None and self.drop_once is not None and seq == str(self.drop_once):
+            self.drop_once = None
             return
         target = self.subs.get(subject) or self.subs.get(subject.rsplit(".", 1)[0] + ".*")
         if target is None:
             if reply:  # like nats-server: no responders
                 await self.publish(reply, b"", headers={c.H_STATUS: "503"})
             return
-        asyncio.get_running_loop().call_soon(asyncio.ensure_future, target(FakeMsg(subject, bytes(data), reply, headers)))
+        copies = 2 if seq is not None and seq == str(self.duplicate) else 1
+        for _copy in range(copies):
+            asyncio.get_running_loop().call_soon(asyncio.ensure_future, target(FakeMsg(subject, bytes(data), reply, headers)))
 
 
 def run(coro):
@@ -112,7 +120,7 @@ def test_receiver_detects_a_lost_message():
 def test_sender_notices_the_receiver_is_gone():
     async def scenario():
         nc = FakeNC()
-        sender = await StreamSender(nc, "_INBOX.nobody", window=4, ack_timeout=1).start()
+        sender = await StreamSender(nc, "_INBOX.nobody", window=4, ack_timeout=1, gone_grace=0).start()
         await sender.send(c.KIND_KEEPALIVE)
         await asyncio.sleep(0.05)
         with pytest.raises(c.WireError) as info:
@@ -128,3 +136,37 @@ def test_receiver_times_out_in_silence():
             await receiver.get(0.05)
         await receiver.close()
     run(scenario())
+
+
+def test_a_receiver_that_comes_back_gets_everything_once():
+    """Its client reconnected to another server: for a moment nobody listens (503), then it is back."""
+    async def scenario():
+        nc = FakeNC()
+        receiver = StreamReceiver(nc, "_INBOX.later")
+        sender = await StreamSender(nc, receiver.subject, window=4, ack_timeout=5, gone_grace=3).start()
+        for part in (b"a", b"b", b"c"):
+            await sender.send(c.KIND_DATA, attachment=part)
+        await asyncio.sleep(0.4)  # every one of them got a 503 so far
+        await receiver.start()
+        got = [(await receiver.get(3)).data for _part in range(3)]
+        await sender.drain()
+        await sender.close()
+        return got, sender.resent
+    got, resent = run(scenario())
+    assert got == [b"a", b"b", b"c"] and resent >= 3
+
+
+def test_a_lost_message_is_sent_again_and_duplicates_are_read_once():
+    async def scenario():
+        nc = FakeNC(drop_once=2, duplicate=3)
+        receiver = await StreamReceiver(nc).start()
+        sender = await StreamSender(nc, receiver.subject, window=4, ack_timeout=5).start()
+        for part in (b"a", b"b", b"c", b"d"):
+            await sender.send(c.KIND_DATA, attachment=part)
+        got = [(await receiver.get(3)).data for _part in range(4)]
+        await sender.drain()
+        await sender.close()
+        with pytest.raises(asyncio.TimeoutError):
+            await receiver.get(0.2)  # the duplicate of c was acknowledged, not read again
+        return got
+    assert run(scenario()) == [b"a", b"b", b"c", b"d"]
