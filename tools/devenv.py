@@ -80,13 +80,24 @@ class NatsServer:
             lines.append("max_payload: %d" % max_payload)
         with open(self.config, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n" + extra_config)
-        self.log = open(os.path.join(self.dir, "nats.log"), "wb")  # pylint: disable=consider-using-with
+        self.listen = listen
+        self.log = self.proc = None
+        self.start()
+
+    def start(self):
+        """Start (or start again, after kill) the server with its configuration and store."""
+        self.log = open(os.path.join(self.dir, "nats.log"), "ab")  # pylint: disable=consider-using-with
         self.proc = subprocess.Popen([tool("nats-server"), "-c", self.config], stdout=self.log, stderr=subprocess.STDOUT)  # pylint: disable=consider-using-with
         try:
-            wait_port(self.port, proc=self.proc, host=listen)
+            wait_port(self.port, proc=self.proc, host=self.listen)
         except RuntimeError as exc:
             self.stop_quietly()
             raise RuntimeError("nats-server did not start: %s\n%s" % (exc, self.read_log()))
+
+    def kill(self):
+        """SIGKILL, as a crashed node: no lame duck, no goodbye to clients."""
+        stop_process(self.proc, signal.SIGKILL)
+        self.log.close()
 
     def read_log(self):
         with open(os.path.join(self.dir, "nats.log"), "rb") as handle:
@@ -100,6 +111,27 @@ class NatsServer:
         stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class NatsCluster:
+    """``size`` real nats-servers on loopback routed into one cluster with JetStream; ``urls`` lists them all."""
+
+    def __init__(self, size=3, name="c1"):
+        ports = [free_port() for _node in range(size)]
+        self.servers = []
+        try:
+            for index, port in enumerate(ports):
+                routes = ", ".join("nats://127.0.0.1:%d" % p for p in ports if p != port)
+                self.servers.append(NatsServer(extra_config="server_name: n%d\ncluster { name: %s, listen: 127.0.0.1:%d, "
+                                                            "routes: [%s] }\n" % (index + 1, name, port, routes)))
+        except Exception:
+            self.stop()
+            raise
+        self.urls = [server.url for server in self.servers]
+
+    def stop(self):
+        for server in self.servers:
+            server.stop()
 
 
 class ExecutorProcess:

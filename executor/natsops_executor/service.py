@@ -11,13 +11,14 @@ does the work through that host (hosts/) and the host-independent job code (jobs
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
 import os
 import re
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Dict, List, Optional, Set, cast
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Dict, List, Optional, Set, Tuple, cast
 
 from nats import micro
 
@@ -143,12 +144,49 @@ class JobBook:
                 "failed": self.failed, "busy": self.refused}
 
 
+class _Seen:
+    """A job this executor took: until when its caller waits, and the reply it was sent (its acceptance, or the
+    error that ended it before acceptance), once there is one."""
+
+    __slots__ = ("expires", "reply")
+
+    def __init__(self, expires: Optional[float]) -> None:
+        self.expires = expires
+        self.reply: Optional[Tuple[Dict[str, str], bytes]] = None
+
+
+class RecentJobs:
+    """Job ids this executor took lately. A caller that lost the acceptance (its connection moved to another NATS
+    server) sends the same job again; the copy never starts it a second time: it gets the acceptance again, or,
+    while the job waits for a slot, only extends how long the caller waits."""
+
+    def __init__(self, limit: int = 10000) -> None:
+        self.limit = limit
+        self._jobs: "collections.OrderedDict[Tuple[str, str], _Seen]" = collections.OrderedDict()
+
+    @staticmethod
+    def key(req: Request) -> Tuple[str, str]:
+        """A job is its id and where its events go: a copy sent again has both; another caller's request that
+        happens to reuse an id does not."""
+        return req.id, req.reply_to
+
+    def get(self, req: Request) -> Optional[_Seen]:
+        return self._jobs.get(self.key(req))
+
+    def add(self, req: Request) -> _Seen:
+        seen = self._jobs[self.key(req)] = _Seen(req.expires)
+        while len(self._jobs) > self.limit:
+            self._jobs.popitem(last=False)
+        return seen
+
+
 class _Job:
     """One request of our protocol: its NATS message, typed request, event stream and (uploads) byte stream."""
 
     def __init__(self, nc: Any, msg: Any, req: Request, attachment: bytes, executor: ExecutorRef,
-                 sign: ReplySigner) -> None:
+                 sign: ReplySigner, seen: _Seen) -> None:
         self.nc = nc
+        self.seen = seen
         self.msg = msg
         self.req = req
         self.attachment = attachment
@@ -165,6 +203,7 @@ class _Job:
         doc = Accepted(v=PROTOCOL_VERSION, id=self.req.id, executor=self.executor, **extra)
         headers, body = pack(KIND_ACCEPTED, doc.to_dict())
         headers.update(self.sign(body))
+        self.seen.reply = (headers, body)
         await self.msg.respond(body, headers=headers)
         self.accepted = True
 
@@ -190,7 +229,7 @@ class _Job:
     async def fail(self, error: WireError) -> None:
         """Report an error on the job stream; if it was never accepted, reply to the request instead."""
         if not self.accepted:
-            await reply_error(self.msg, error, self.sign)
+            self.seen.reply = await reply_error(self.msg, error, self.sign)
             return
         try:
             await self.sender.send(KIND_ERROR, error.to_dict())
@@ -233,8 +272,8 @@ async def refuse_delivery(msg: Any) -> bool:
     return True
 
 
-async def reply_error(msg: Any, error: WireError, sign: Optional[ReplySigner] = None) -> None:
-    """Answer a request with an error reply, signed when the request is known (never raises)."""
+async def reply_error(msg: Any, error: WireError, sign: Optional[ReplySigner] = None) -> Tuple[Dict[str, str], bytes]:
+    """Answer a request with an error reply, signed when the request is known (never raises); returns the reply."""
     headers, body = error_message(error.code, error.message, error.details)
     if sign is not None:
         headers.update(sign(body))
@@ -242,6 +281,7 @@ async def reply_error(msg: Any, error: WireError, sign: Optional[ReplySigner] = 
         await msg.respond(body, headers=headers)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("could not send an error reply: %s", exc)
+    return headers, body
 
 
 class Executor:
@@ -256,6 +296,7 @@ class Executor:
         self.service: Any = None
         self.book = JobBook(cfg.max_jobs, cfg.max_waiting)
         self.trust = RequestTrust(cfg)
+        self.recent = RecentJobs()
         self.reply_key = cfg.result_key()
         self.audit: Any = None
         self.guard = JobGuard()
@@ -371,15 +412,15 @@ class Executor:
             raise WireError(E_SPAWN, SSH_UNAVAILABLE or "SSH mode is not running")
         return SSHHost(self.ssh, target)
 
-    def _check_expiry(self, req: Request) -> None:
+    def _check_expiry(self, expires: Optional[float]) -> None:
         """A request whose caller has given up is never started (``expires``, with the configured clock skew)."""
         now = time.time()
-        if req.expires is not None and now > req.expires + self.cfg.clock_skew:
+        if expires is not None and now > expires + self.cfg.clock_skew:
             raise WireError(E_EXPIRED, "the request expired %.1f s ago (executor clock %s, allowed clock skew %g s): its "
                             "caller no longer waits for it, so it was not started; if this repeats, the clocks of the "
                             "controller and this executor disagree (check NTP)" % (
-                                now - req.expires, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                                self.cfg.clock_skew), {"expires": req.expires, "now": now})
+                                now - expires, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                                self.cfg.clock_skew), {"expires": expires, "now": now})
 
     def _ref(self) -> ExecutorRef:
         return ExecutorRef(name=self.cfg.name, service_id=self.service.id, version=__version__)
@@ -400,9 +441,10 @@ class Executor:
             if req.reply_to.startswith(self.cfg.namespace + "."):
                 raise WireError(E_BAD_REQUEST, "field 'reply_to' must not be a subject of the fleet itself (%s.>)"
                                 % self.cfg.namespace)
-            self._check_expiry(req)
+            self._check_expiry(req.expires)
             self.trust.check_fresh(req, signer)
             host = self.host_for(req.target)
+            seen = self.recent.get(req)
         except WireError as exc:
             log.warning("%s request on %s rejected: %s", op, msg.subject, exc)
             self.audit.record(instance, op, "refused", req, signer=signer or claimed_signer(msg), code=exc.code,
@@ -415,11 +457,20 @@ class Executor:
             await reply_error(msg, WireError(E_INTERNAL, "executor failed to parse the request: %r" % exc))
             return
 
-        job = _Job(self.nc, msg, req, attachment, self._ref(), ReplySigner(self.reply_key, req.binding()))
+        if seen is not None:  # the same job again: its caller lost our acceptance; never run it twice
+            if req.expires is not None and (seen.expires is None or req.expires > seen.expires):
+                seen.expires = req.expires
+            if seen.reply is not None:
+                with contextlib.suppress(Exception):
+                    await msg.respond(seen.reply[1], headers=seen.reply[0])
+            log.info("%s %s sent again: %s", op, req.id, "its reply repeated" if seen.reply else "it waits for a slot")
+            return
+        seen = self.recent.add(req)
+        job = _Job(self.nc, msg, req, attachment, self._ref(), ReplySigner(self.reply_key, req.binding()), seen)
         failure: Optional[WireError] = None
         try:
             async with self.book.run() as outcome:
-                self._check_expiry(req)  # waiting for a slot took time
+                self._check_expiry(seen.expires)  # waiting for a slot took time (a copy may have extended it)
                 await job.sender.start()
                 await self._handlers[op](job, host)
                 await job.sender.drain()

@@ -107,14 +107,13 @@ class RequestTrust:
 
 
 def binding_of(body: bytes, headers: Optional[Dict[str, str]]) -> str:
-    """The id and nonce a request names, read leniently (for signing the refusal of a request that did not parse),
-    so that its caller can still check who refused it."""
+    """The job id a request names, read leniently (for signing the refusal of a request that did not parse), so
+    that its caller can still check who refused it."""
     try:
         doc, _attachment = unpack(headers, body)
     except WireError:
-        return ":"
-    fields = [doc.get(name) if isinstance(doc.get(name), str) else "" for name in ("id", "nonce")]
-    return "%s:%s" % (fields[0][:128], fields[1][:64])
+        return ""
+    return doc["id"][:128] if isinstance(doc.get("id"), str) else ""
 
 
 class ReplySigner:

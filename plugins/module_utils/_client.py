@@ -191,44 +191,45 @@ class AsyncExecutorClient:
         except WireError as exc:
             raise ExecutorTaskError(exc.code, exc.message, exc.details) from None
 
-    async def _ask(self, subj: str, body: bytes, headers: Dict[str, str]) -> Any:
-        """Publish a request with a private inbox for its reply (nats-py's request inboxes can be predicted) and
-        wait for the reply; raises NoRespondersError (the server's status 503) or asyncio.TimeoutError."""
-        reply: asyncio.Future = asyncio.get_running_loop().create_future()
+    async def _ask_until_served(self, req: Request, attachment: bytes) -> Tuple[Request, Any]:
+        """Send the request and return (the request as last sent, the executor's reply).
+
+        Replies come to one private inbox for the whole exchange (nats-py's request inboxes can be predicted).
+        While nobody serves the subject (status 503: an executor restarting), the request is sent again with
+        backoff; when nothing answers within ``connect_timeout`` (the request or its acceptance was lost as a NATS
+        server failed over), it is sent again too: an executor that already has the job answers again without
+        running it twice. Each copy is the same job (id), freshly signed (nonce, expiry). Raises
+        NoRespondersError or asyncio.TimeoutError when ``executor_wait`` is over."""
+        subj = self._subject(req.op)
+        replies: asyncio.Queue = asyncio.Queue()
 
         async def on_reply(msg: Any) -> None:
-            if not reply.done():
-                reply.set_result(msg)
+            replies.put_nowait(msg)
 
-        sub = await self.nc.subscribe(private_inbox(self.nc), cb=on_reply, max_msgs=1)
+        sub = await self.nc.subscribe(private_inbox(self.nc), cb=on_reply)
+        deadline = time.monotonic() + self.executor_wait
+        delay = 0.1
         try:
-            await self.nc.publish(subj, body, reply=sub.subject, headers=headers)
-            msg = await asyncio.wait_for(reply, self.connect_timeout)
+            while True:
+                headers, body = pack(KIND_REQUEST, req.to_dict(), attachment)
+                headers.update(self.trust.sign(subj, body))
+                await self.nc.publish(subj, body, reply=sub.subject, headers=headers)
+                try:
+                    msg = await asyncio.wait_for(replies.get(), self.connect_timeout)
+                except asyncio.TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise
+                else:
+                    if (msg.headers or {}).get(H_STATUS) != "503":
+                        return req, msg
+                    if time.monotonic() + delay > deadline:
+                        raise nats.errors.NoRespondersError from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                req = dataclasses.replace(req, nonce=signing.new_nonce(), expires=round(time.time() + self.connect_timeout, 3))
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        if (msg.headers or {}).get(H_STATUS) == "503":
-            raise nats.errors.NoRespondersError
-        return msg
-
-    async def _ask_until_served(self, req: Request, attachment: bytes) -> Tuple[Request, Any]:
-        """Send the request; while nobody serves its subject (an executor restarting, a server failing over), send
-        it again with backoff, for up to ``executor_wait`` seconds: a request nobody received ran nowhere, so
-        sending it again cannot run it twice. Each attempt is the same job (id), freshly signed (nonce, expiry)."""
-        subj = self._subject(req.op)
-        deadline = time.monotonic() + self.executor_wait
-        delay = 0.1
-        while True:
-            headers, body = pack(KIND_REQUEST, req.to_dict(), attachment)
-            headers.update(self.trust.sign(subj, body))
-            try:
-                return req, await self._ask(subj, body, headers)
-            except nats.errors.NoRespondersError:
-                if time.monotonic() + delay > deadline:
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-            req = dataclasses.replace(req, nonce=signing.new_nonce(), expires=round(time.time() + self.connect_timeout, 3))
 
     async def _request(self, req: Request, attachment: bytes = b"") -> Tuple[Request, Accepted]:
         """Send the request and take its acceptance; returns the request as finally sent (its nonce binds the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import threading
 import time
@@ -107,3 +108,44 @@ def test_executor_restarts_during_a_playbook_lose_no_task_and_run_none_twice(nat
     assert result.returncode == 0 and "failed=0" in result.stdout and "unreachable=0" in result.stdout, result.stdout[-3000:]
     assert sorted(int(line) for line in ledger.read_text().split()) == list(range(60)), "each task ran exactly once"
     assert restarts >= 5, "the executor was restarted %d times during the playbook" % restarts
+
+
+def _kill_nodes(cluster, kills, seed, stop, done):
+    """``kills`` times: wait a random moment, SIGKILL a random node, start it again a moment later."""
+    rng = random.Random(seed)
+    for _kill in range(kills):
+        if stop.wait(rng.uniform(0.3, 1.2)):
+            return
+        node = rng.choice(cluster.servers)
+        node.kill()
+        time.sleep(rng.uniform(0.2, 0.8))
+        node.start()
+        done.append(node.url)
+
+
+def test_nats_node_kills_during_a_playbook_lose_no_task_and_run_none_twice(playbook, tmp_path):
+    cluster = devenv.NatsCluster(3)
+    servers = ",".join(cluster.urls)
+    executor = None
+    stop = threading.Event()
+    kills = []
+    try:
+        executor = devenv.ExecutorProcess(cluster.urls[0], ["clustered"], log_dir=str(tmp_path),
+                                          extra_args=[arg for url in cluster.urls[1:] for arg in ("--server", url)])
+        ledger = tmp_path / "ledger.txt"
+        killer = threading.Thread(target=_kill_nodes, args=(cluster, 20, 20261129, stop, kills))
+        killer.start()
+        try:
+            result = playbook.run("ledger.yml", hostvars={"ansible_nats_executor": "clustered", "ansible_nats_servers": servers},
+                                  extra_vars={"ledger": str(ledger), "count": 60}, check=False)
+        finally:
+            stop.set()
+            killer.join()
+    finally:
+        if executor is not None:
+            executor.stop()
+        cluster.stop()
+    assert result.returncode == 0 and "failed=0" in result.stdout and "unreachable=0" in result.stdout, (
+        result.stdout[-3000:] + result.stderr[-2000:])
+    assert sorted(int(line) for line in ledger.read_text().split()) == list(range(60)), "each task ran exactly once"
+    assert len(kills) >= 10, "only %d node kills happened during the playbook" % len(kills)

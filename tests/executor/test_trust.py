@@ -125,7 +125,7 @@ def test_replies_are_bound_to_the_request(keys):
         verifier.verify(signing.signed_bytes(signing.RESULT_TAG, other.binding(), b'{"rc":0}'), headers, "result")
     assert ReplySigner(None, req.binding())(b"{}") == {}
     _h, body = pack(KIND_REQUEST, req.to_dict())
-    assert binding_of(body, _h) == req.binding() and binding_of(b"{junk", {}) == ":"
+    assert binding_of(body, _h) == req.binding() == req.id and binding_of(b"{junk", {}) == ""
 
 
 def test_audit_records_leave_secrets_out():

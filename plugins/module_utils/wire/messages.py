@@ -384,8 +384,9 @@ class Request(Message):
         return cls(v=PROTOCOL_VERSION, op=cls.OP, id=uuid.uuid4().hex, reply_to=reply_to, **fields)  # type: ignore[attr-defined]
 
     def binding(self) -> str:
-        """What ties a reply to this request in the executor's signature: its job id and nonce."""
-        return "%s:%s" % (self.id, self.nonce or "")
+        """What ties a reply to this request in the executor's signature: its job id (random, one per job; a job
+        sent again after a lost reply keeps it, so the executor's answer fits whichever copy it answers)."""
+        return self.id
 
     def __post_init__(self) -> None:
         if isinstance(self.v, int) and not isinstance(self.v, bool) and self.v != PROTOCOL_VERSION:
