@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from natsops_executor import __version__
 from natsops_executor import config as config_mod
+from natsops_executor._wire.connect import SERVICE, describe
 
 log = logging.getLogger("natsops_executor")
 
@@ -34,8 +35,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.exit(EXIT_CONFIG)
     logging.getLogger().setLevel(cfg.log_level)
     if "--check-config" in argv:
-        print("natsops-executor %s: configuration is usable: instance id(s) %s on %s" % (
-            __version__, ", ".join(cfg.instances), ", ".join(cfg.servers)))
+        print("natsops-executor %s: configuration is usable: instance id(s) %s, %s" % (
+            __version__, ", ".join(cfg.instances), describe(cfg.nats_options(), SERVICE)))
         return 0
     sys.exit(asyncio.run(_run(cfg)))
 
@@ -57,7 +58,7 @@ async def _run(cfg: config_mod.Config) -> int:
         log.error("%s", exc)
         return EXIT_CONNECT
     except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-        log.error("cannot connect to NATS (%s): %s", ", ".join(cfg.servers), exc or type(exc).__name__)
+        log.error("cannot connect to NATS (%s): %s", describe(cfg.nats_options(), SERVICE), exc or type(exc).__name__)
         return EXIT_CONNECT
     await stop.wait()
     log.info("signal received; shutting down")

@@ -42,6 +42,7 @@ class Config:
     tls_hostname: Optional[str] = None
     inbox_prefix: Optional[str] = None
     context: Optional[str] = None
+    jetstream_domain: Optional[str] = None
     max_jobs: int = 32
     max_waiting: int = 128
     clock_skew: float = 5.0
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="subject prefix of this executor's reply inboxes (default _INBOX); with the role's permission model "
              "it is _INBOX.<NATS user name>")
     add("--context", help="natscli context name to read server and auth settings from")
+    add("--jetstream-domain", dest="jetstream_domain", metavar="DOMAIN",
+        help="JetStream domain of the buckets this executor uses (transfers, registry, audit)")
     add("--max-jobs", dest="max_jobs", type=int, help="jobs run at once (default 32); more wait")
     add("--max-waiting", dest="max_waiting", type=int,
         help="jobs that may wait for a slot (default 128); beyond that requests are refused as busy")
@@ -289,7 +292,8 @@ def load(argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] 
     for source, data in layers:
         for key, value in data.items():
             merged[key] = _coerce(key, value, source)
-    cfg = Config(servers=merged.pop("servers", None) or [wire_connect.DEFAULT_SERVER],
+    # no servers: those of --context, else the loopback default (wire_connect.resolve)
+    cfg = Config(servers=merged.pop("servers", None) or [],
                  instances=merged.pop("instances", None) or [], **merged)
     return validate(cfg)
 
@@ -332,7 +336,7 @@ def validate(cfg: Config) -> Config:
     cfg.instances = seen
     try:
         validate_namespace(cfg.namespace)
-        wire_connect.resolve(cfg.nats_options())
+        wire_connect.resolve(cfg.nats_options(), wire_connect.SERVICE)
     except WireError as exc:
         raise ConfigError(exc.message) from None
     except wire_connect.ConnectOptionsError as exc:

@@ -42,7 +42,7 @@ except ImportError as _exc:  # paramiko is a dependency of the wheel; a bare cop
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire import signing
 from natsops_executor._wire.contract import (
-    E_BAD_REQUEST, E_BUSY, E_CHECKSUM_MISMATCH, E_EXPIRED, E_INTERRUPTED, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR,
+    E_ACCOUNT, E_BAD_REQUEST, E_BUSY, E_CHECKSUM_MISMATCH, E_EXPIRED, E_INTERRUPTED, E_INTERNAL, E_SPAWN, E_TOO_LARGE, H_KIND, KIND_ACCEPTED, KIND_ERROR,
     KIND_REQUEST, KIND_RESULT, OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, OPERATIONS, PROTOCOL_VERSION, QUEUE_GROUP,
     SERVICE_NAME, WireError, chunk_size, error_message, executor_metadata, pack, subject, unpack,
 )
@@ -245,6 +245,13 @@ class _Job:
             await self.receiver.close()
 
 
+def account_mismatch(account: str, run_as: str) -> str:
+    """Why an exec whose caller expects another account (run_as) is refused."""
+    return ("commands start as account %r here, not as %r as the caller expects (its remote_user); nothing was run. "
+            "Set the connection's remote_user (ansible_user) to %r; become then escalates from it"
+            % (account, run_as, account))
+
+
 def claimed_signer(msg: Any) -> Optional[str]:
     """The signer a refused request names (not verified: for the audit record only)."""
     return ((msg.headers or {}).get(signing.H_SIGNER) or "")[:64] or None
@@ -326,7 +333,7 @@ class Executor:
         else:
             log.warning("replies are not signed: no --signing-key (nor --nkey or --creds) is configured, so callers "
                         "cannot tell this executor's results from forged ones")
-        log.info("connecting to NATS: %s", wire_connect.describe(cfg.nats_options()))
+        log.info("connecting to NATS: %s", wire_connect.describe(cfg.nats_options(), wire_connect.SERVICE))
         self.nc = await wire_connect.connect(
             cfg.nats_options(), "natsops-executor %s" % cfg.name, 5.0, wire_connect.SERVICE, error_cb=self._on_error,
             disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect)
@@ -334,7 +341,7 @@ class Executor:
             self.nc, name=SERVICE_NAME, version=service_version(__version__), queue_group=QUEUE_GROUP,
             description="natsops.fleet executor on %s" % cfg.name,
             metadata=executor_metadata(cfg.namespace, cfg.instances, cfg.name, __version__, ssh=self.ssh is not None,
-                                       bklite=cfg.bklite_compat),
+                                       bklite=cfg.bklite_compat, account=self.local.account),
             stats_handler=self._stats)
         self.audit = AuditTrail(self.nc, cfg.namespace, cfg.name)
         self.audit.start()
@@ -444,6 +451,9 @@ class Executor:
             self._check_expiry(req.expires)
             self.trust.check_fresh(req, signer)
             host = self.host_for(req.target)
+            if isinstance(req, ExecRequest) and req.run_as is not None and req.run_as != host.account:
+                raise WireError(E_ACCOUNT, account_mismatch(host.account, req.run_as), {"account": host.account,
+                                                                                       "run_as": req.run_as})
             seen = self.recent.get(req)
         except WireError as exc:
             log.warning("%s request on %s rejected: %s", op, msg.subject, exc)

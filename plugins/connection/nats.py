@@ -28,8 +28,6 @@ extends_documentation_fragment:
   - natsops.fleet.trust
   - natsops.fleet.trust.plugin
 options:
-  servers:
-    default: ['nats://127.0.0.1:4222']
   executor:
     description:
       - The instance id of the executor(s) that run this host's tasks, for example a zone name such as
@@ -132,7 +130,12 @@ options:
     description:
       - The account commands run as before any become, that is the account of the executor (agent mode),
         or the SSH login user on the host (mode C(ssh)).
-      - Ansible uses it to decide how to share temporary files with an unprivileged become user.
+      - Ansible uses it to decide how to share temporary files with an unprivileged become user, and leaves
+        become out when C(become_user) equals it. Then this connection asks the executor to run the command only
+        if it runs as that account; an executor running as another account (for example C(natsops), with the
+        default C(root) here) says which, and the command is sent again with the become method applied, so that
+        C(become) is never skipped silently. Setting it to the executor's account (shown by
+        M(natsops.fleet.executor_info) as C(account)) saves that round trip.
     type: str
     default: root
     vars:
@@ -219,6 +222,7 @@ EXAMPLES = r"""
       ansible.builtin.setup:
 """
 
+import difflib
 import importlib
 import os
 from gettext import dgettext
@@ -233,7 +237,7 @@ from ansible.utils.display import Display
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import MuxClient
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
-    E_BECOME, E_BECOME_TIMEOUT, OPTION_NAMES, TRUST_NAMES, WireError, validate_instance_id, validate_namespace,
+    E_ACCOUNT, E_BECOME, E_BECOME_TIMEOUT, OPTION_NAMES, TRUST_NAMES, WireError, validate_instance_id, validate_namespace,
 )
 
 display = Display()
@@ -313,6 +317,7 @@ class Connection(ConnectionBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: Any = None  # a MuxClient, or an ExecutorClient with control_persist 0
+        self._account: Optional[str] = None  # the executor's account, once it said it differs from remote_user
 
     def _host(self) -> str:
         return self._play_context.remote_addr
@@ -328,6 +333,17 @@ class Connection(ConnectionBase):
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
         if login_password and not self.get_option("ssh_password"):
             self.set_option("ssh_password", login_password)
+
+    def update_vars(self, variables: Dict[str, Any]) -> None:
+        """ansible-core passes every variable of the task here: warn about an ansible_nats_* variable that is no
+        option of this connection (a typo such as ansible_nats_server would otherwise be ignored silently)."""
+        super().update_vars(variables)
+        from ansible import constants as C  # pylint: disable=import-outside-toplevel
+        known = set(C.config.get_plugin_vars("connection", self._load_name))
+        for name in sorted(v for v in variables if isinstance(v, str) and v.startswith("ansible_nats_") and v not in known):
+            close = difflib.get_close_matches(name, sorted(v for v in known if v.startswith("ansible_nats_")), n=1)
+            display.warning("natsops.fleet.nats: variable %s (host %s) is not an option of this connection and is "
+                            "ignored%s" % (name, self._host(), " (did you mean %s?)" % close[0] if close else ""))
 
     def _connect(self) -> "Connection":
         if self._connected:
@@ -464,13 +480,49 @@ class Connection(ConnectionBase):
             message += "\n>>> Standard Error\n%s" % details["stderr"]
         return message
 
+    def _skipped_become(self, sudoable: bool) -> Optional[str]:
+        """remote_user when ansible-core left become out of this command because become_user equals it (its action
+        plugins' rule), else None: the command then relies on starting as that account."""
+        if not (sudoable and self.become):
+            return None
+        from ansible import constants as C  # pylint: disable=import-outside-toplevel
+        ruser = self.get_option("remote_user")
+        buser = self.become.get_option("become_user", playcontext=self._play_context)
+        if C.BECOME_ALLOW_SAME_USER or not ruser or ruser != buser:
+            return None
+        return to_text(ruser)
+
     def exec_command(self, cmd: str, in_data: Optional[bytes] = None, sudoable: bool = True) -> Tuple[int, bytes, bytes]:
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
-        become, use_pty = self._become_spec(in_data, sudoable)
-        display.vvv("NATS EXEC %s%s" % (to_text(cmd), " (stdin %d bytes)" % len(in_data) if in_data else ""), host=self._host())
-        return self._call("exec", self._client.exec_command, command=to_text(cmd), stdin=to_bytes(in_data) if in_data else None,
-                          become=become, pty=use_pty, timeout=float(self.get_option("task_timeout")),
-                          no_log=bool(getattr(self._play_context, "no_log", False)))
+        run_as = self._skipped_become(sudoable)
+        if run_as is not None and self._account not in (None, run_as):
+            cmd, run_as = self._escalate(cmd, run_as), None
+
+        def run(command: str, expected: Optional[str]) -> Tuple[int, bytes, bytes]:
+            become, use_pty = self._become_spec(in_data, sudoable)
+            display.vvv("NATS EXEC %s%s" % (to_text(command), " (stdin %d bytes)" % len(in_data) if in_data else ""),
+                        host=self._host())
+            return self._client.exec_command(command=to_text(command), stdin=to_bytes(in_data) if in_data else None,
+                                             become=become, pty=use_pty, timeout=float(self.get_option("task_timeout")),
+                                             no_log=bool(getattr(self._play_context, "no_log", False)), run_as=expected)
+
+        def run_escalating() -> Tuple[int, bytes, bytes]:
+            try:
+                return run(cmd, run_as)
+            except ExecutorTaskError as exc:
+                if exc.code != E_ACCOUNT or run_as is None:
+                    raise
+                self._account = to_text((exc.details or {}).get("account") or "?")
+                return run(self._escalate(cmd, run_as), None)
+
+        return self._call("exec", run_escalating)
+
+    def _escalate(self, cmd: str, run_as: str) -> str:
+        """The command with the become method applied, for an executor whose account is not remote_user (nothing ran
+        yet): become was asked for, and left out only because become_user equals remote_user."""
+        display.vvv("NATS EXEC: the executor runs commands as %s, not as remote_user %s: applying become (%s) here"
+                    % (self._account, run_as, self.become.name), host=self._host())
+        return self.become.build_become_command(cmd, self._shell)
 
     def put_file(self, in_path: str, out_path: str) -> None:
         super().put_file(in_path, out_path)

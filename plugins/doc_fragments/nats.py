@@ -11,7 +11,7 @@ _CONNECTION_OPTIONS = r"""
     description:
       - NATS server URLs, comma-separated or a list; several URLs of one cluster give failover.
         C(tls://) URLs enable TLS.
-      - When none is given, C(nats://127.0.0.1:4222).
+      - When none is given, the URL of the natscli context (see O(context)), else C(nats://127.0.0.1:4222).
     type: list
     elements: str
   user:
@@ -24,10 +24,14 @@ _CONNECTION_OPTIONS = r"""
     description: NATS authentication token. Never logged.
     type: str
   creds:
-    description: Path of a JWT user credentials file (C(.creds), operator mode).
+    description:
+      - Path of a JWT user credentials file (C(.creds), operator mode).
+      - Also a natscli credential URI, C(file://PATH), C(env://VARIABLE) (the content in an environment variable)
+        or C(data:;base64,...) (the content inline).
     type: path
   nkey:
-    description: Path of an NKey seed file.
+    description:
+      - Path of an NKey seed file; like O(creds), also C(file://), C(env://) or C(data:).
     type: path
   ca:
     description: CA certificate file to verify the NATS server with (enables TLS).
@@ -49,8 +53,20 @@ _CONNECTION_OPTIONS = r"""
     type: str
   context:
     description:
-      - Name of a natscli context (C(~/.config/nats/context/NAME.json)); its URL and credentials fill the
-        options that are not set otherwise.
+      - Name of a natscli context (C(~/.config/nats/context/NAME.json), below C($XDG_CONFIG_HOME) when set), read
+        as natscli reads it; when neither this option nor E(NATS_CONTEXT) names one, the context selected with
+        C(nats context select) (C(~/.config/nats/context.txt)) is used.
+      - The context's URL, TLS files, inbox prefix, JetStream domain and TLS-first setting fill the options that
+        are not set otherwise; its credentials are used when no credentials (O(user), O(token), O(creds),
+        O(nkey)) are given otherwise.
+      - A context that sets fields this collection cannot honour (C(nsc), C(user_jwt), C(jetstream_api_prefix),
+        C(windows_cert_store)) is refused with a message that says what to use instead.
+    type: str
+  jetstream_domain:
+    description:
+      - JetStream domain of the streams, key-value buckets and object stores used (for example the domain of a
+        leaf node's JetStream); JetStream API requests then go to C($JS.<domain>.API).
+      - Unset, the domain of the natscli context if any, else the JetStream of the account the client is in.
     type: str
   connect_timeout:
     description: Seconds to wait for the NATS connection and for each reply that accepts or answers a request.
@@ -74,7 +90,8 @@ notes:
     (natscli's names): O(servers) from E(NATS_URL), O(user) from E(NATS_USER), O(password) from E(NATS_PASSWORD),
     O(token) from E(NATS_TOKEN), O(creds) from E(NATS_CREDS), O(nkey) from E(NATS_NKEY), O(ca) from E(NATS_CA),
     O(cert) from E(NATS_CERT), O(key) from E(NATS_KEY), O(tls_hostname) from E(NATS_TLS_HOSTNAME),
-    O(inbox_prefix) from E(NATS_INBOX_PREFIX), O(context) from E(NATS_CONTEXT)."
+    O(inbox_prefix) from E(NATS_INBOX_PREFIX), O(context) from E(NATS_CONTEXT), O(jetstream_domain) from
+    E(NATS_JETSTREAM_DOMAIN) (natscli has only its C(--js-domain) flag)."
   - "These modules run where the task runs; to talk to NATS from the controller use C(delegate_to: localhost)
     (or C(hosts: localhost)) with an interpreter that has nats-py, for example
     C(ansible_python_interpreter: '{{ ansible_playbook_python }}')."
@@ -192,6 +209,12 @@ options:
     ini:
       - section: natsops
         key: context
+  jetstream_domain:
+    env:
+      - name: NATS_JETSTREAM_DOMAIN
+    ini:
+      - section: natsops
+        key: jetstream_domain
   connect_timeout:
     env:
       - name: ANSIBLE_NATS_CONNECT_TIMEOUT
@@ -241,6 +264,9 @@ options:
   context:
     vars:
       - name: ansible_nats_context
+  jetstream_domain:
+    vars:
+      - name: ansible_nats_jetstream_domain
   connect_timeout:
     vars:
       - name: ansible_nats_connect_timeout

@@ -321,14 +321,15 @@ class AsyncExecutorClient:
                            stdin: Optional[bytes] = None, shell: str = "/bin/sh", become: Optional[Dict[str, Any]] = None,
                            pty: bool = False, timeout: float = 0, env: Optional[Dict[str, str]] = None,
                            cwd: Optional[str] = None, on_output: Optional[Callable[[str, bytes], Any]] = None,
-                           no_log: bool = False) -> Tuple[int, bytes, bytes]:
+                           no_log: bool = False, run_as: Optional[str] = None) -> Tuple[int, bytes, bytes]:
         """Run a command; returns (rc, stdout bytes, stderr bytes). ``on_output(stream, data)`` (a coroutine
-        function) sees the output as it arrives."""
+        function) sees the output as it arrives. With ``run_as``, an executor whose commands start as another
+        account refuses it (E_ACCOUNT, its account in the details) and nothing runs."""
         stdin = stdin or b""
         async with self._events() as receiver:
             req = self._new(ExecRequest, receiver.subject, command=command, argv=argv, shell=shell, pty=pty,
                             become=become, timeout=timeout, env=env, cwd=cwd, stdin=Digest.of(stdin) if stdin else None,
-                            no_log=no_log or None)
+                            no_log=no_log or None, run_as=run_as)
             inline = stdin if stdin and self._inline_fits(req, len(stdin)) else b""
             req, accepted = await self._request(req, inline)
             if accepted.upload:

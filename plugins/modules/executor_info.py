@@ -90,6 +90,12 @@ executors:
     hostname:
       description: Its host (its C(--name)).
       type: str
+    account:
+      description:
+        - The account its commands start as on its own host, before any become (empty from older executors).
+        - The P(natsops.fleet.nats#connection) connection escalates from it when ansible-core skipped become because
+          C(remote_user) equalled C(become_user).
+      type: str
     version:
       description: natsops-executor version.
       type: str
@@ -118,6 +124,7 @@ executors:
       namespace: natsops
       instances: ["管理网"]
       hostname: zone-exec-1
+      account: natsops
       version: 0.1.0
       protocol: "1"
       ssh: true

@@ -22,6 +22,8 @@ PLAYBOOKS = os.path.join(ROOT, "tests", "e2e", "playbooks")
 # the tests pin executor keys in a file of their own, never in the user's ~/.config/natsops/known_executors
 KNOWN_EXECUTORS = os.path.join(tempfile.mkdtemp(prefix="natsops-e2e-"), "known_executors")
 os.environ["NATSOPS_KNOWN_EXECUTORS"] = KNOWN_EXECUTORS
+# natscli's selected context (~/.config/nats/context.txt) would steer every caller: the tests read only their own
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="natsops-e2e-xdg-")
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 

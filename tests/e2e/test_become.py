@@ -122,6 +122,22 @@ def test_unprivileged_executor_becomes_other_user_with_sudo_password(nats_server
     _whoami(nats_server, tmp_path, "as-" + PW, PW, NOPW, password=PW_SECRET)
 
 
+@pytest.mark.parametrize("account,password,pipelining", [(NOPW, None, "true"), (NOPW, None, "false"),
+                                                       (PW, PW_SECRET, "true")])
+def test_become_is_not_skipped_when_remote_user_is_left_at_its_default(nats_server, user_executors, tmp_path, account,
+                                                                      password, pipelining):
+    """No ansible_user: remote_user is root, so ansible-core leaves become to root out; the executor runs as an
+    unprivileged account, says so, and the connection applies become itself: the task runs as root, not silently
+    as the executor's account."""
+    book = Playbook(nats_server.url, tmp_path)
+    hostvars = {"ansible_nats_executor": "as-" + account, "ansible_nats_pipelining": pipelining}
+    if password is not None:
+        hostvars["ansible_become_password"] = password
+    book.run("become.yml", hostvars=hostvars, extra_vars={"expected": "root"})
+    if password is not None:
+        assert password not in user_executors[account].output()
+
+
 def test_wrong_sudo_password_is_a_clear_error(nats_server, user_executors, tmp_path):
     result = _whoami(nats_server, tmp_path, "as-" + PW, PW, "root", password="not-the-password", check=False)
     output = result.stdout + result.stderr

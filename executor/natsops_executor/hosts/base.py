@@ -110,6 +110,7 @@ class Host(abc.ABC):
     """Where a request runs. Every method raises WireError for what the caller should see."""
 
     where: str  # " on user@host:port" for log lines, "" for the executor's own host
+    account: str  # the account commands start as there (before any become)
 
     @abc.abstractmethod
     async def spawn(self, req: ExecRequest) -> Process:

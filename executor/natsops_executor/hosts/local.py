@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import pty
+import pwd
 import signal
 import stat
 import termios
@@ -24,6 +25,14 @@ from natsops_executor.hosts.base import (
 )
 
 log = logging.getLogger("natsops_executor")
+
+
+def account_name() -> str:
+    """The name of the account this process runs as (its uid when the account has no name)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -184,6 +193,7 @@ class LocalHost(Host):
 
     def __init__(self, guard: Optional[JobGuard] = None) -> None:
         self.guard = guard
+        self.account = account_name()
 
     async def spawn(self, req: ExecRequest) -> Process:
         argv = req.argv_or_shell()

@@ -391,6 +391,7 @@ class SSHHost(Host):
         self.pool = pool
         self.target = target
         self.where = " on %s" % target.where()
+        self.account = target.user
 
     async def sftp_call(self, func: Callable[..., Any], *args: Any) -> Any:
         """``func(sftp, *args)`` in a pool thread, on an SFTP session of the target opened for the call."""

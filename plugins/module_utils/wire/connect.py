@@ -22,8 +22,10 @@ that names the servers and the auth method, never a secret. Standard library onl
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .names import OPTION_NAMES, OPTION_SOURCES, WireError, validate_inbox_prefix  # noqa: F401  pylint: disable=unused-import
@@ -66,13 +68,38 @@ def server_list(value: Any) -> List[str]:
     return split_servers(value) or [DEFAULT_SERVER]
 
 
-def context_path(name: str) -> str:
+def _nats_config_dir() -> str:
+    """natscli's configuration directory (ADR-21): ``$XDG_CONFIG_HOME/nats``, by default ``~/.config/nats``."""
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "nats", "context", "%s.json" % name)
+    return os.path.join(base, "nats")
+
+
+def context_path(name: str) -> str:
+    return os.path.join(_nats_config_dir(), "context", "%s.json" % name)
+
+
+def selected_context() -> Optional[str]:
+    """The context natscli has selected (``nats context select``): the name in ``context.txt``, or None."""
+    try:
+        with open(os.path.join(_nats_config_dir(), "context.txt"), "rb") as handle:
+            name = handle.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return name or None
+
+
+# natscli context fields this client cannot honour, and what to do instead
+_UNSUPPORTED_CONTEXT_FIELDS = {
+    "nsc": "set creds to the file 'nsc generate creds' writes",
+    "user_jwt": "use a creds file",
+    "jetstream_api_prefix": "use jetstream_domain, or a context without an API prefix",
+    "windows_cert_store": "use ca, cert and key files",
+}
+_AUTH_OPTIONS = ("user", "password", "token", "creds", "nkey")
 
 
 def load_context(name: str) -> Dict[str, Any]:
-    """Read a natscli context and return it as our option names."""
+    """Read a natscli context and return it as our option names (and ``tls_first``)."""
     path = context_path(name)
     try:
         with open(path, "rb") as handle:
@@ -81,7 +108,14 @@ def load_context(name: str) -> Dict[str, Any]:
         raise ConnectOptionsError("cannot read NATS context %r from %s: %s" % (name, path, exc)) from exc
     if not isinstance(data, dict):
         raise ConnectOptionsError("NATS context %s is not a JSON object" % path)
-    return {opt: data[field] for opt, (field, _env) in OPTION_SOURCES.items() if field and data.get(field)}
+    for field, instead in _UNSUPPORTED_CONTEXT_FIELDS.items():
+        if data.get(field):
+            raise ConnectOptionsError("NATS context %r (%s) sets %r, which natsops.fleet does not read: %s"
+                                      % (name, path, field, instead))
+    found = {opt: data[field] for opt, (field, _env) in OPTION_SOURCES.items() if field and data.get(field)}
+    if data.get("tls_first"):
+        found["tls_first"] = True
+    return found
 
 
 def _readable(option: str, path: str) -> str:
@@ -93,12 +127,52 @@ def _readable(option: str, path: str) -> str:
     return path
 
 
-def resolve(options: Mapping[str, Any]) -> Dict[str, Any]:
-    """Fill unset options from the natscli context (if ``context`` is set); validate combinations."""
+def _credential(option: str, value: str) -> Any:
+    """A creds or nkey value: a file path, or a natscli credential URI (ADR-21): ``file://PATH``, ``env://NAME``
+    (the content in an environment variable) or ``data:;base64,...`` (the content inline). Returns the readable path,
+    or the content as a :class:`Credential`."""
+    if value.startswith("file://"):
+        return _readable(option, value[len("file://"):])
+    if value.startswith("env://"):
+        variable = value[len("env://"):]
+        if not os.environ.get(variable):
+            raise ConnectOptionsError("option %r: environment variable %s is not set" % (option, variable))
+        return Credential(os.environ[variable])
+    if value.startswith("data:"):
+        meta, _comma, payload = value[len("data:"):].partition(",")
+        try:
+            content = base64.b64decode(payload, validate=True) if meta.endswith(";base64") else payload.encode()
+            return Credential(content.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConnectOptionsError("option %r: the data: URI is not valid base64 text" % option) from exc
+    scheme = value.partition("://")[0] if "://" in value else ""
+    if scheme:
+        raise ConnectOptionsError("option %r: credential URI scheme %s:// is not supported here (file://, env:// and "
+                                  "data: are); write the credentials to a file and give its path" % (option, scheme))
+    return _readable(option, value)
+
+
+class Credential(str):
+    """Credential content (not a path) from an env:// or data: URI; never shown in full."""
+
+    def __repr__(self) -> str:
+        return "<credential>"
+
+
+def resolve(options: Mapping[str, Any], policy: str = SESSION) -> Dict[str, Any]:
+    """Fill unset options from a natscli context as natscli does: the ``context`` option (or NATS_CONTEXT), else the
+    selected context of ``context.txt`` (for callers; a SERVICE reads only the context it is given); explicit options win, and the context's
+    credentials are used only when no credentials are given explicitly. Then validate the combination."""
     opts = {k: v for k, v in options.items() if v not in (None, "", [])}
-    if opts.get("context"):
-        for key, value in load_context(opts["context"]).items():
+    context = opts.get("context") or (selected_context() if policy != SERVICE else None)
+    if context:
+        explicit_auth = any(opts.get(k) for k in _AUTH_OPTIONS)
+        explicit_cert = bool(opts.get("cert") or opts.get("key"))
+        for key, value in load_context(context).items():
+            if (explicit_auth and key in _AUTH_OPTIONS) or (explicit_cert and key in ("cert", "key")):
+                continue
             opts.setdefault(key, value)
+        opts["context"] = context
     opts["servers"] = server_list(opts.get("servers"))
     methods = [m for m in ("user", "token", "creds", "nkey") if opts.get(m)]
     if len(methods) > 1:
@@ -109,9 +183,17 @@ def resolve(options: Mapping[str, Any]) -> Dict[str, Any]:
         raise ConnectOptionsError("option 'user' is set but 'password' is not")
     if bool(opts.get("cert")) != bool(opts.get("key")):
         raise ConnectOptionsError("options 'cert' and 'key' (client TLS certificate) must be given together")
-    for option in ("creds", "nkey", "ca", "cert", "key"):
+    for option in ("creds", "nkey"):
+        if opts.get(option) and not isinstance(opts[option], Credential):
+            opts[option] = _credential(option, str(opts[option]))
+    for option in ("ca", "cert", "key"):
         if opts.get(option):
             opts[option] = _readable(option, opts[option])
+    if opts.get("jetstream_domain"):
+        domain = str(opts["jetstream_domain"])
+        if not re.match(r"^[A-Za-z0-9_-]+$", domain):
+            raise ConnectOptionsError("option 'jetstream_domain': %r is not a JetStream domain name (letters, digits, "
+                                      "'-' and '_')" % domain)
     if opts.get("inbox_prefix"):
         try:
             validate_inbox_prefix(opts["inbox_prefix"])
@@ -140,7 +222,7 @@ def tls_context(opts: Mapping[str, Any]) -> Optional[Any]:
 def connect_kwargs(options: Mapping[str, Any], name: str, connect_timeout: float = 5.0,
                    policy: str = SESSION) -> Dict[str, Any]:
     """Keyword arguments for ``nats.connect`` from our option names, with the reconnects of ``policy``."""
-    opts = resolve(options)
+    opts = resolve(options, policy)
     kwargs: Dict[str, Any] = {"servers": opts["servers"], "name": name, "connect_timeout": connect_timeout}
     kwargs.update(POLICIES[policy])
     if opts.get("user"):
@@ -149,8 +231,10 @@ def connect_kwargs(options: Mapping[str, Any], name: str, connect_timeout: float
     if opts.get("token"):
         kwargs["token"] = opts["token"]
     if opts.get("creds"):
-        kwargs["user_credentials"] = opts["creds"]
-    if opts.get("nkey"):
+        kwargs["user_credentials"] = opts["creds"]  # a path, or a Credential (content) that connect() passes as such
+    if isinstance(opts.get("nkey"), Credential):
+        kwargs["nkeys_seed_str"] = opts["nkey"]
+    elif opts.get("nkey"):
         kwargs["nkeys_seed"] = opts["nkey"]
     if opts.get("inbox_prefix"):
         kwargs["inbox_prefix"] = opts["inbox_prefix"]
@@ -159,6 +243,10 @@ def connect_kwargs(options: Mapping[str, Any], name: str, connect_timeout: float
         kwargs["tls"] = ctx
         if opts.get("tls_hostname"):
             kwargs["tls_hostname"] = opts["tls_hostname"]
+        if opts.get("tls_first"):
+            kwargs["tls_handshake_first"] = True
+    if opts.get("jetstream_domain"):
+        kwargs["jetstream_domain"] = opts["jetstream_domain"]  # not nats.connect's: connect() keeps it on the client
     return kwargs
 
 
@@ -166,26 +254,68 @@ async def connect(options: Mapping[str, Any], name: str, connect_timeout: float,
                   **callbacks: Callable[..., Any]) -> Any:
     """A connected nats-py client. ``callbacks`` are nats.connect's (error_cb, disconnected_cb, ...).
 
-    Raises ConnectOptionsError for bad options and NatsConnectError when no server could be connected to. Except
-    for a SERVICE, the whole attempt is bounded by a connect timeout per server plus one (nats-py alone may retry
-    a list of dead servers for minutes)."""
+    Its ``jetstream()`` uses the ``jetstream_domain`` option unless a caller names a domain or prefix itself.
+    Raises ConnectOptionsError for bad options and NatsConnectError when no server could be connected to, naming
+    the cause the servers gave (a refused login says so). Except for a SERVICE, the whole attempt is bounded by a
+    connect timeout per server plus one (nats-py alone may retry a list of dead servers for minutes)."""
     kwargs = connect_kwargs(options, name, connect_timeout, policy)
-    kwargs.update(callbacks)
+    domain = kwargs.pop("jetstream_domain", None)
+    errors: List[BaseException] = []
+    user_error_cb = callbacks.pop("error_cb", None)
+
+    async def error_cb(exc: BaseException) -> None:
+        errors.append(exc)
+        del errors[:-8]
+        if user_error_cb is not None:
+            await user_error_cb(exc)
+
+    kwargs.update(callbacks, error_cb=error_cb)
     bound = None if policy == SERVICE else connect_timeout * (len(kwargs["servers"]) + 1) + 1
-    import nats  # pylint: disable=import-outside-toplevel
+    # imported here: the standard library is enough until a connection is made
+    from nats.aio.client import Client, RawCredentials  # pylint: disable=import-outside-toplevel
+
+    if isinstance(kwargs.get("user_credentials"), Credential):
+        kwargs["user_credentials"] = RawCredentials(str(kwargs["user_credentials"]))
+
+    class _Client(Client):  # type: ignore[misc,valid-type]
+        def jetstream(self, **opts: Any) -> Any:
+            if domain and "domain" not in opts and "prefix" not in opts:
+                opts["domain"] = domain
+            return super().jetstream(**opts)
+
+    nc = _Client()
     try:
-        nc = await asyncio.wait_for(nats.connect(**kwargs), bound)
+        await asyncio.wait_for(nc.connect(**kwargs), bound)
     except Exception as exc:  # nats-py raises a zoo of exception types here
-        raise NatsConnectError("cannot connect to NATS (%s): %s" % (describe(options), exc or type(exc).__name__)) from exc
+        raise NatsConnectError(connect_failure(options, policy, exc, errors)) from exc
     if policy == SERVICE:
         nc.options["max_reconnect_attempts"] = -1  # connected once: from now on, reconnect forever
     return nc
 
 
-def describe(options: Mapping[str, Any]) -> str:
+# what NATS servers say when they refuse a client's credentials (nats-server's -ERR texts)
+_AUTH_REFUSALS = ("authorization violation", "authentication timeout", "user authentication expired",
+                  "user authentication revoked", "account authentication expired")
+
+
+def connect_failure(options: Mapping[str, Any], policy: str, exc: BaseException, errors: List[BaseException]) -> str:
+    """Why no server could be connected to, in words: the servers' refusal of our credentials when that is what
+    happened (nats-py then reports only "no servers available"), else the last cause it saw."""
+    seen = [str(e) or type(e).__name__ for e in errors + [exc]]
+    how = describe(options, policy)
+    refusal = next((text for text in seen for words in _AUTH_REFUSALS if words in text.lower()), None)
+    if refusal is not None:
+        return ("cannot connect to NATS (%s): the server refused the credentials (%s); check the user name and "
+                "password, token, creds or nkey file of this connection" % (how, refusal.replace("nats: ", "").strip("'")))
+    causes = [text for text in seen if "no servers available" not in text]
+    cause = causes[-1] if causes else seen[-1]
+    return "cannot connect to NATS (%s): %s" % (how, cause)
+
+
+def describe(options: Mapping[str, Any], policy: str = SESSION) -> str:
     """A one-line, secret-free description of how we connect (for logs and errors)."""
     try:
-        opts = resolve(options)
+        opts = resolve(options, policy)
     except ConnectOptionsError:
         opts = dict(options)
         opts["servers"] = server_list(opts.get("servers"))
@@ -194,4 +324,9 @@ def describe(options: Mapping[str, Any]) -> str:
         auth = "user %s" % opts["user"]
     tls = "on" if any(opts.get(k) for k in ("ca", "cert")) or any(
         str(s).startswith("tls://") for s in opts["servers"]) else "off"
-    return "servers=%s auth=%s tls=%s" % (",".join(opts["servers"]), auth, tls)
+    text = "servers=%s auth=%s tls=%s" % (",".join(opts["servers"]), auth, tls)
+    if opts.get("context"):
+        text += " context=%s" % opts["context"]
+    if opts.get("jetstream_domain"):
+        text += " jetstream_domain=%s" % opts["jetstream_domain"]
+    return text

@@ -18,7 +18,7 @@ import json
 from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Tuple
 
 from .names import (  # re-exported: callers take the names and the framing from here  # noqa: F401  pylint: disable=unused-import
-    ALL_INSTANCES, DEFAULT_NAMESPACE, ERROR_CODES, E_ABORTED, E_INTERRUPTED, E_BUSY, E_EXPIRED, E_BAD_INSTANCE, E_BAD_JSON, E_BAD_PATH, E_BAD_REQUEST,
+    ALL_INSTANCES, DEFAULT_NAMESPACE, ERROR_CODES, E_ABORTED, E_ACCOUNT, E_INTERRUPTED, E_BUSY, E_EXPIRED, E_BAD_INSTANCE, E_BAD_JSON, E_BAD_PATH, E_BAD_REQUEST,
     E_BECOME, E_BECOME_TIMEOUT, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_INTERNAL, E_IO, E_NOT_FOUND, E_NO_RESPONDERS,
     E_PERMISSION, E_SIZE_MISMATCH, E_SPAWN, E_STREAM, E_TIMEOUT, E_TOO_LARGE, E_UNSUPPORTED_VERSION, OPERATIONS,
     OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, subject, validate_instance_id,
@@ -179,9 +179,10 @@ def error_message(code: str, message: str, details: Optional[Dict[str, Any]] = N
 # ---------------------------------------------------------------- discovery
 
 def executor_metadata(namespace: str, instances: List[str], hostname: str, version: str, mode: str = "agent",
-                      ssh: bool = False, bklite: bool = False) -> Dict[str, str]:
+                      ssh: bool = False, bklite: bool = False, account: str = "") -> Dict[str, str]:
     """The metadata an executor publishes in its $SRV INFO (values must be strings)."""
     return {
+        "account": account,                  # the account commands start as on its own host (before any become)
         "namespace": namespace,
         "instances": json.dumps(list(instances), ensure_ascii=False),
         "hostname": hostname,
@@ -207,6 +208,7 @@ def parse_executor_info(info: Any) -> Optional[Dict[str, Any]]:
         "namespace": meta.get("namespace", DEFAULT_NAMESPACE),
         "instances": [i for i in instances if isinstance(i, str)],
         "hostname": meta.get("hostname", ""),
+        "account": meta.get("account", ""),
         "version": meta.get("executor_version", info.get("version", "")),
         "protocol": meta.get("protocol", ""),
         "mode": meta.get("mode", ""),

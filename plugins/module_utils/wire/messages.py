@@ -429,10 +429,15 @@ class ExecRequest(Request):
     become: Optional[Become] = None
     pty: bool = False
     no_log: bool = False                   # the task is no_log: its command line is never recorded (audit, logs)
+    run_as: Optional[str] = None           # the account the caller expects the command to start as (before any
+    #                                        become); an executor whose host runs it as another refuses (E_ACCOUNT)
 
     def problems(self) -> List[str]:
         problems = super().problems()
         where = self.WHERE
+        if self.run_as is not None and not (0 < len(self.run_as) <= 64 and self.run_as.isprintable()
+                                            and not any(c.isspace() or c in ":/" for c in self.run_as)):
+            problems.append("%s: 'run_as' must be an account name (1-64 printable characters, no spaces)" % where)
         if (self.command is None) == (self.argv is None):
             problems.append("%s: give exactly one of 'command' or 'argv'" % where)
         if self.argv is not None and (not self.argv or not all(isinstance(a, str) for a in self.argv)):

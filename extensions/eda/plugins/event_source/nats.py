@@ -26,7 +26,7 @@ Arguments (the NATS connection options are named as in the natsops.fleet.nats co
 natsops.fleet modules; each falls back to its environment variable, as there):
 
   servers         NATS URLs, a list or a comma-separated string; tls:// turns TLS on (NATS_URL,
-                  default nats://127.0.0.1:4222)
+                  else the context's URL, else nats://127.0.0.1:4222)
   user, password  user name and password (NATS_USER, NATS_PASSWORD)
   token           authentication token (NATS_TOKEN)
   creds           JWT user credentials file (NATS_CREDS)
@@ -35,6 +35,7 @@ natsops.fleet modules; each falls back to its environment variable, as there):
   cert, key       client certificate and key for mutual TLS (NATS_CERT, NATS_KEY)
   tls_hostname    host name expected in the server certificate (NATS_TLS_HOSTNAME)
   context         natscli context filling the options not set otherwise (NATS_CONTEXT)
+  jetstream_domain  JetStream domain of the stream read (NATS_JETSTREAM_DOMAIN)
   inbox_prefix    subject prefix of this client's inboxes (NATS_INBOX_PREFIX)
   connect_timeout seconds to wait for the first connection (default 10)
 
@@ -290,14 +291,15 @@ class Settings:
             self._jetstream(args)
         else:
             self._core(args)
-        # the connection options last: they read files, and the errors above are the likelier ones
+        # the connection options last: they read files, and the errors above are the likelier ones (a service: the
+        # context selected with `nats context select` is not read, only one named by option or NATS_CONTEXT)
         try:
-            self.connect = WIRE.connect_kwargs(self.options, CLIENT_NAME, self.connect_timeout)
+            WIRE.resolve(self.options, WIRE.SERVICE)
         except WIRE.ConnectOptionsError as exc:
             text = _redact(exc, self.secrets)
             where = "option 'servers': " if text.startswith("server ") else ""
             raise SourceArgumentError("natsops.fleet.nats: %s%s" % (where, text)) from None  # the cause may hold a secret
-        self.description = _redact(WIRE.describe(self.options), self.secrets)
+        self.description = _redact(WIRE.describe(self.options, WIRE.SERVICE), self.secrets)
 
     def _core(self, args: Dict[str, Any]) -> None:
         jetstream_only = [o for o in ("filter_subject", "deliver_policy", "ack_wait", "max_deliver") if args.get(o) is not None]
@@ -412,20 +414,16 @@ class NatsSource:
         self.closed.set()
 
     async def connect(self) -> None:
-        kwargs = dict(self.cfg.connect, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
-                      reconnected_cb=self._on_reconnect, closed_cb=self._on_closed, reconnect_time_wait=1.0,
-                      ping_interval=30, drain_timeout=5)
         LOG.info("natsops.fleet.nats: connecting to NATS: %s", self.cfg.description)
         try:
-            self.nc = await nats.connect(**kwargs)
-        except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-            seen = self.errors or [str(exc) or type(exc).__name__]
-            reason = "; ".join(sorted(set(seen), key=seen.index))  # each distinct error once: the first is the cause
-            raise SourceConnectionError("natsops.fleet.nats: cannot connect to NATS (%s): %s"
-                                        % (self.cfg.description, _redact(reason, self.cfg.secrets))) from None
-        # the first connection gives up after a few attempts (bad credentials must stop the rulebook with a clear
-        # message); from now on reconnect for as long as the source runs, as the executor does
-        self.nc.options["max_reconnect_attempts"] = -1
+            # SERVICE: the first connection gives up after a few attempts (bad credentials must stop the rulebook
+            # with a clear message); from then on it reconnects for as long as the source runs, as the executor does
+            self.nc = await WIRE.connect(self.cfg.options, CLIENT_NAME, self.cfg.connect_timeout, WIRE.SERVICE,
+                                         error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+                                         reconnected_cb=self._on_reconnect, closed_cb=self._on_closed,
+                                         ping_interval=30, drain_timeout=5)
+        except WIRE.NatsConnectError as exc:
+            raise SourceConnectionError("natsops.fleet.nats: %s" % _redact(str(exc), self.cfg.secrets)) from None
 
     async def subscribe_core(self) -> None:
         async def deliver(msg: Any) -> None:

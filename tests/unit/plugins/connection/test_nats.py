@@ -17,7 +17,7 @@ def connection():
 
 def test_defaults(connection):
     assert connection.get_option("executor") == "web1"
-    assert connection.get_option("servers") == ["nats://127.0.0.1:4222"]
+    assert connection.get_option("servers") is None  # the natscli context's URL, else the loopback default (wire.connect)
     assert connection.get_option("namespace") == "natsops"
     assert connection.get_option("pipelining") is True
     assert connection.get_option("mode") == "agent"
