@@ -17,8 +17,8 @@ description:
   - An existing file is never overwritten. It may be a seed file, an C(.nk) file (as C(nk) or C(nsc) write them)
     or a JWT C(.creds) file, whose user seed is used; the module reads its public key. A file that holds no
     seed fails the task and is left as it is.
-  - O(state=absent) removes the file. To rotate a key, remove it, create a new one, and trust both while the
-    executors are reconfigured (docs/security.md).
+  - O(state=absent) removes the file. To rotate a key, create the new one at another path, trust both keys while
+    callers switch to the new one, then remove the old one (docs/security.md).
   - Unlike the other modules of this collection it needs no NATS connection, so it is not part of the action
     group C(natsops.fleet.nats).
 version_added: 0.1.0
