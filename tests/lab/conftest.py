@@ -11,8 +11,12 @@ import pytest
 
 import fleetkit
 
-# the lab tests pin executor keys in a file of their own, never in the user's ~/.config/natsops/known_executors
-os.environ["NATSOPS_KNOWN_EXECUTORS"] = os.path.join(tempfile.mkdtemp(prefix="natsops-lab-"), "known_executors")
+# the lab tests pin executor keys in a file of their own, never in the user's ~/.config/natsops/known_executors, and
+# sign with a key of their own, never ~/.config/natsops/signing.nk (the executor role would make it there otherwise);
+# the tests of the roles pass files of their own to the roles and their clients
+_SESSION = tempfile.mkdtemp(prefix="natsops-lab-")
+os.environ["NATSOPS_KNOWN_EXECUTORS"] = os.path.join(_SESSION, "known_executors")
+os.environ["NATSOPS_SIGNING_KEY"] = fleetkit.new_signing_key(os.path.join(_SESSION, "signing.nk"))
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,40 @@ def build_wheelhouse(path, scratch, version=None):
     return path
 
 
+def new_signing_key(path):
+    """A new NKey seed file (mode 0600) at ``path``; returns the path."""
+    from ansible_collections.natsops.fleet.plugins.module_utils.wire import signing  # pylint: disable=import-outside-toplevel
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(signing.generate_seed() + b"\n")
+    return path
+
+
+def public_key(path):
+    """The NKey public key of the seed in a file on the controller."""
+    from ansible_collections.natsops.fleet.plugins.module_utils.wire import signing  # pylint: disable=import-outside-toplevel
+    return signing.SigningKey.from_file(path).public_key
+
+
+def host_public_key(lab, host, seed_file, python):
+    """The NKey public key of a seed file on a lab host, computed there with ``python`` (which has nkeys)."""
+    code = "import nkeys, sys; print(nkeys.from_seed(bytearray(open(sys.argv[1], 'rb').read().strip())).public_key.decode())"
+    out = lab.ssh(host, '%s -c "%s" %s' % (python, code, seed_file))
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def pins(path):
+    """The lines of a known_executors file as (instance id, public key, comment) tuples, comment lines left out."""
+    found = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            fields, _hash, comment = line.partition("#")
+            if fields.split():
+                found.append(tuple(fields.split()) + (comment.strip(),))
+    return found
+
+
 def remove_units(lab, hosts, unit):
     """Stop and remove a systemd unit the roles installed (test cleanup)."""
     for host in hosts:

@@ -3,7 +3,9 @@
 """The natsops.fleet.executor role on real systemd hosts, installed offline from a wheelhouse built from this
 repository: a zone executor for 管理网 (SSH to the zone hosts) on the executor host and an agent-mode executor
 for 业务网 with BK-Lite compatibility; idempotent, check mode clean, restarted on a config change and checked
-through discovery after every run."""
+through discovery after every run. Trust is the role's default: each executor requires requests signed by the
+controller's key (which the role makes, in a file of this test's own) and has its own reply key, pinned in this
+test's known_executors once per instance id."""
 
 import pytest
 
@@ -22,10 +24,13 @@ def fleet(lab, wheelhouse, tmp_path_factory):
     agent = [h for h in lab.hosts if "mgmt" in h["addresses"] and h["role"] != "executor"][-1]
     zone_hosts = [h for h in lab.hosts if h["networks"] == ["zone"]][:2]
     inventory = scratch / "inventory.json"
+    controller_key = str(scratch / "controller" / "signing.nk")  # made by the role
+    known = str(scratch / "known_executors")
 
     def write(zone_instances=("管理网",), max_jobs=32):
         return fleetkit.write_inventory(lab, inventory, {"executors": {
-            "vars": {"executor_servers": [server.url], "executor_wheelhouse": wheelhouse, "executor_max_jobs": max_jobs},
+            "vars": {"executor_servers": [server.url], "executor_wheelhouse": wheelhouse, "executor_max_jobs": max_jobs,
+                     "executor_controller_signing_key": controller_key, "executor_known_executors_file": known},
             "hosts": {
                 zone_gw["name"]: {"ansible_host": zone_gw["addresses"]["mgmt"], "executor_instances": list(zone_instances),
                                   "executor_ssh_identities": {"default": lab.info["ssh_private_key_file"]},
@@ -34,7 +39,8 @@ def fleet(lab, wheelhouse, tmp_path_factory):
                                 "executor_bklite_compat": True, "executor_sandbox": False}}}})
 
     try:
-        yield {"nats": server, "zone_gw": zone_gw, "agent": agent, "zone_hosts": zone_hosts, "write": write}
+        yield {"nats": server, "zone_gw": zone_gw, "agent": agent, "zone_hosts": zone_hosts, "write": write,
+               "controller_key": controller_key, "known": known}
     finally:
         fleetkit.remove_units(lab, (zone_gw, agent), "natsops-executor")
         server.stop()
@@ -46,7 +52,12 @@ def _play(inventory, *extra):
 
 def _client(fleet, instance, target=None):
     from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
-    return ExecutorClient({"servers": [fleet["nats"].url]}, instance, target=target).connect()
+    return ExecutorClient({"servers": [fleet["nats"].url], "signing_key": fleet["controller_key"],
+                           "known_executors": fleet["known"]}, instance, target=target).connect()
+
+
+def _executor_key(lab, host):
+    return fleetkit.host_public_key(lab, host["name"], "/etc/natsops/signing.nk", "/opt/natsops-executor/bin/python")
 
 
 def test_executors_in_two_zones_from_a_wheelhouse(lab, fleet):
@@ -58,6 +69,15 @@ def test_executors_in_two_zones_from_a_wheelhouse(lab, fleet):
                     "systemctl is-active natsops-executor; ps -o user= -p $(systemctl show -p MainPID --value natsops-executor); "
                     "stat -c '%U:%G %a' /etc/natsops/executor.yml /etc/natsops/ssh/default").stdout.split()
     assert state == ["active", "natsops", "root:natsops", "640", "natsops:natsops", "600"], state
+    # trust: the controller's key (made by the role) is the one trusted signer; the reply key is the executor's own
+    config = lab.ssh(fleet["zone_gw"]["name"], "cat /etc/natsops/executor.yml; stat -c '%U:%G %a' /etc/natsops/signing.nk").stdout
+    assert 'trusted_signers: ["%s"]' % fleetkit.public_key(fleet["controller_key"]) in config, config
+    assert "require_signatures: true" in config and 'signing_key: "/etc/natsops/signing.nk"' in config, config
+    assert config.split()[-2:] == ["natsops:natsops", "600"], config
+    owners = {"管理网": fleet["zone_gw"], "业务网": fleet["agent"]}
+    assert sorted(fleetkit.pins(fleet["known"])) == sorted(
+        (instance, _executor_key(lab, host), "natsops.fleet.executor %s natsops-executor" % host["name"])
+        for instance, host in owners.items())
 
     zone_host = fleet["zone_hosts"][0]
     assert fleetkit.hostname_through(_client(fleet, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})) \
@@ -80,3 +100,7 @@ def test_a_config_change_restarts_and_is_verified(lab, fleet):
         client.close()
     assert [sorted(e["instances"]) for e in served] == [["管理网", "管理网-备"]]
     assert max(_play(inventory)) == 0
+    # the zone executor's pins follow its instance ids, in place; the agent's line stays as it was
+    key = _executor_key(lab, fleet["zone_gw"])
+    assert [p[:2] for p in fleetkit.pins(fleet["known"]) if p[1] == key] == [("管理网", key), ("管理网-备", key)]
+    assert [p[0] for p in fleetkit.pins(fleet["known"])].count("业务网") == 1

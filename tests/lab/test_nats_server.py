@@ -3,7 +3,8 @@
 """The natsops.fleet.nats_server role on real systemd hosts: a single server installed from a release archive
 (file:// URL + checksum, as a mirror would serve it), then a 3-node JetStream cluster installed from a
 binary on the controller (air-gapped), with an R3 stream that keeps serving while one node is down, and the
-resource modules (stream, consumer, kv, object) scaling their streams from one replica to three on it."""
+resource modules (stream, consumer, kv, object) scaling their streams from one replica to three on it. The role
+makes the audit stream natsops_audit on each: one replica on a single server, three on the cluster."""
 
 import asyncio
 import hashlib
@@ -83,10 +84,11 @@ def test_single_server_from_an_archive(lab, hosts, tmp_path):
         nc = await nats.connect("nats://%s:4222" % host["addresses"]["mgmt"], connect_timeout=5, max_reconnect_attempts=1)
         try:
             info = await nc.jetstream().account_info()
-            return info.limits is not None
+            audit = (await nc.jetstream().stream_info("natsops_audit")).config
+            return info.limits is not None, audit.subjects, audit.num_replicas
         finally:
             await nc.close()
-    assert asyncio.run(jetstream())
+    assert asyncio.run(jetstream()) == (True, ["natsops.audit.>"], 1)
 
     # a reloadable change is a SIGHUP (same process); a listen change is a restart
     pid = _main_pid(lab, host)
@@ -232,7 +234,7 @@ def test_three_node_cluster_keeps_an_r3_stream_with_one_node_down(lab, hosts, tm
         try:
             js = nc.jetstream()
             found = {}
-            for stream in ("EVENTS", "KV_registry", "OBJ_artifacts"):
+            for stream in ("EVENTS", "KV_registry", "OBJ_artifacts", "natsops_audit"):
                 info = await js.stream_info(stream)
                 found[stream] = (info.config.num_replicas, len(info.cluster.replicas or []) + 1)
             entry = await (await js.key_value("registry")).get("zone-a")
@@ -240,7 +242,8 @@ def test_three_node_cluster_keeps_an_r3_stream_with_one_node_down(lab, hosts, tm
         finally:
             await nc.close()
     found, value = asyncio.run(replicas())
-    assert found == {"EVENTS": (3, 3), "KV_registry": (3, 3), "OBJ_artifacts": (3, 3)} and value == b"up", found
+    assert found == {"EVENTS": (3, 3), "KV_registry": (3, 3), "OBJ_artifacts": (3, 3), "natsops_audit": (3, 3)} \
+        and value == b"up", found
 
 
 def _resources_play(directory, urls, ca):

@@ -4,7 +4,9 @@
 that reaches every host through its own probe. The controller is on the management network only: NATS and the
 zone executor for 管理网 run on the executor host (playbooks/site.yml), which the zone hosts reach on the zone
 network; the probes are rolled out through that executor, never by SSH from the controller. The lab's own ssh
-(through its jump host) only reads results back."""
+(through its jump host) only reads results back. Every request is signed with the controller's key, which the
+executor role made in a file of this test's own; the zone executor and every probe require it, and the controller
+pins their keys in this test's known_executors."""
 
 import json
 import os
@@ -38,11 +40,14 @@ def fleet(lab, wheelhouse, tmp_path_factory):
         lab.ssh(host["name"], RESET)
     # a JetStream store or a server another test left on this host
     lab.ssh(gw["name"], "systemctl stop nats-server 2>/dev/null; rm -rf /var/lib/nats-server/jetstream")
+    controller_key = str(scratch / "controller" / "signing.nk")  # made by the executor role
+    known = str(scratch / "known_executors")
     site = fleetkit.write_inventory(lab, scratch / "site.json", {
         "nats_servers": {"vars": {"nats_server_install_method": "local", "nats_server_local_file": devenv.tool("nats-server"),
                                   "nats_server_allow_anonymous": True},
                          "hosts": {gw["name"]: {"ansible_host": gw["addresses"]["mgmt"]}}},
-        "executors": {"vars": {"executor_servers": ["nats://127.0.0.1:4222"], "executor_wheelhouse": wheelhouse},
+        "executors": {"vars": {"executor_servers": ["nats://127.0.0.1:4222"], "executor_wheelhouse": wheelhouse,
+                               "executor_controller_signing_key": controller_key, "executor_known_executors_file": known},
                       "hosts": {gw["name"]: {"ansible_host": gw["addresses"]["mgmt"], "executor_instances": [ZONE],
                                              "executor_ssh_identities": {"default": lab.info["ssh_private_key_file"]},
                                              "executor_ssh_known_hosts": lab.known_hosts(hosts).splitlines()}}}})
@@ -53,6 +58,7 @@ def fleet(lab, wheelhouse, tmp_path_factory):
         probe_vars = {
             "ansible_connection": "natsops.fleet.nats", "ansible_nats_mode": "ssh", "ansible_nats_executor": ZONE,
             "ansible_nats_servers": controller_url, "ansible_user": "root", "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_nats_signing_key": controller_key, "ansible_nats_known_executors": known,
             "probe_servers": [probe_url], "probe_wheelhouse": wheelhouse, "probe_heartbeat_interval": 5,
             "probe_registry_ttl": 30, "probe_register_timeout": 40, "probe_artifact_dir": str(scratch / "artifacts")}
         members = {h["name"]: {"ansible_host": h["addresses"]["zone"]} for h in hosts}
@@ -66,7 +72,8 @@ def fleet(lab, wheelhouse, tmp_path_factory):
             handle.write("plugin: natsops.fleet.probes\nservers: %s\nstale_after: 20\n"
                          "keyed_groups:\n  - key: natsops_probe.arch\n    prefix: arch\n" % controller_url)
         yield {"gw": gw, "hosts": hosts, "good": hosts[:GOOD], "bad": hosts[GOOD], "inventory": inventory,
-               "registry": registry, "scratch": scratch, "wheelhouse": wheelhouse}
+               "registry": registry, "scratch": scratch, "wheelhouse": wheelhouse, "url": controller_url,
+               "controller_key": controller_key, "known": known}
     finally:
         for host in hosts:
             lab.ssh(host["name"], RESET)
@@ -124,6 +131,19 @@ def test_rollout_through_the_zone_executor_registers_every_host_and_names_the_on
         assert lab.ssh(host["name"], "systemctl is-active natsops-probe").stdout.strip() == "active"
     assert sorted(data["arch_x86_64"]["hosts"]) == sorted(registered)
 
+    # trust: each probe requires requests signed by the controller's key and has its own reply key, pinned for its
+    # node id next to the zone executor's pin for the zone
+    controller = fleetkit.public_key(fleet["controller_key"])
+    pins = fleetkit.pins(fleet["known"])
+    gw_key = fleetkit.host_public_key(lab, fleet["gw"]["name"], "/etc/natsops/signing.nk", "/opt/natsops-executor/bin/python")
+    assert (ZONE, gw_key, "natsops.fleet.executor %s natsops-executor" % fleet["gw"]["name"]) in pins
+    for host in fleet["good"]:
+        conf = lab.ssh(host["name"], "cat /etc/natsops-probe/executor.yml; stat -c '%U %a' /etc/natsops-probe/signing.nk").stdout
+        assert 'trusted_signers: ["%s"]' % controller in conf and "require_signatures: true" in conf, conf
+        assert conf.split()[-2:] == ["root", "600"], conf
+        key = fleetkit.host_public_key(lab, host["name"], "/etc/natsops-probe/signing.nk", "/opt/natsops-probe/bin/python")
+        assert (host["name"], key, "natsops.fleet.executor %s natsops-probe" % host["name"]) in pins, pins
+
 
 def test_a_playbook_through_the_inventory_plugin_reaches_every_host_in_agent_mode(lab, fleet, tmp_path):
     playbook = tmp_path / "agent.yml"
@@ -132,12 +152,24 @@ def test_a_playbook_through_the_inventory_plugin_reaches_every_host_in_agent_mod
         "    - name: Write a file as the probe\n      ansible.builtin.copy:\n"
         "        content: \"{{ inventory_hostname }} via {{ ansible_nats_executor }} ({{ ansible_connection }})\\n\"\n"
         "        dest: /root/natsops-agent-check\n        mode: \"0600\"\n", encoding="utf-8")
-    result = subprocess.run([devenv.tool("ansible-playbook"), "-i", fleet["registry"], str(playbook)], env=devenv.ansible_env(),
-                            capture_output=True, text=True, timeout=600, check=False)
+    # signed with the controller's key, each reply checked against the probe's pinned key
+    trust = ["-e", json.dumps({"ansible_nats_signing_key": fleet["controller_key"], "ansible_nats_known_executors": fleet["known"]})]
+    result = subprocess.run([devenv.tool("ansible-playbook"), "-i", fleet["registry"], str(playbook)] + trust,
+                            env=devenv.ansible_env(), capture_output=True, text=True, timeout=600, check=False)
     assert fleetkit.changed_counts(result) == [1] * GOOD, result.stdout[-3000:]
     for host in fleet["good"]:
         text = lab.ssh(host["name"], "cat /root/natsops-agent-check").stdout
         assert text == "%s via %s (natsops.fleet.nats)\n" % (host["name"], host["name"]), text
+
+    # an unsigned request to a probe is refused and never runs
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import (  # pylint: disable=import-outside-toplevel
+        CallerTrust, ExecutorClient, ExecutorTaskError,
+    )
+    from ansible_collections.natsops.fleet.plugins.module_utils.wire.signing import E_UNSIGNED  # pylint: disable=import-outside-toplevel
+    probe = fleet["good"][0]["name"]
+    with pytest.raises(ExecutorTaskError) as refused:
+        fleetkit.hostname_through(ExecutorClient({"servers": [fleet["url"]]}, probe, trust=CallerTrust(None, fleet["known"])).connect())
+    assert refused.value.code == E_UNSIGNED, refused.value
 
 
 def test_a_rerun_changes_nothing(fleet):

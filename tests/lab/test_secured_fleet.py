@@ -3,7 +3,9 @@
 """playbooks/site.yml on real systemd hosts, secured: a NATS server with TLS and users whose permissions follow
 the fleet's least-privilege model, executors in two zones (管理网 over SSH, default on its own host) that
 connect with their own identities; idempotent, check mode clean, user changes applied with a reload, the
-permission model enforced, an open server refused; then the same server in operator (JWT) mode."""
+permission model enforced, an open server refused; trust as the roles set it up (executors that run only requests
+signed by the controller's key, their reply keys pinned on the controller, the audit stream holding every request);
+then the same server in operator (JWT) mode."""
 
 import asyncio
 import json
@@ -38,6 +40,9 @@ def site(lab, wheelhouse, tmp_path_factory):
     # not know, and /healthz would say so
     wipe = "systemctl stop nats-server 2>/dev/null; rm -rf /var/lib/nats-server/jetstream"
     lab.ssh(nats_host["name"], wipe)
+    # the controller's signing key (the executor role makes it) and pinned executor keys, in files of this test's own
+    controller_key = str(scratch / "controller" / "signing.nk")
+    known = str(scratch / "known_executors")
 
     def users(extra=()):
         return [{"name": "controller", "role": "controller", "password": PASSWORDS["controller"]},
@@ -65,7 +70,8 @@ def site(lab, wheelhouse, tmp_path_factory):
         return fleetkit.write_inventory(lab, scratch / name, {
             "nats_servers": {"vars": group_vars, "hosts": servers},
             "executors": {
-                "vars": {"executor_servers": [url], "executor_wheelhouse": wheelhouse, "executor_nats_ca_file": ca},
+                "vars": {"executor_servers": [url], "executor_wheelhouse": wheelhouse, "executor_nats_ca_file": ca,
+                         "executor_controller_signing_key": controller_key, "executor_known_executors_file": known},
                 "hosts": {
                     zone_gw["name"]: {"ansible_host": zone_gw["addresses"]["mgmt"], "executor_instances": ["管理网"],
                                       "executor_nats_user": "exec-mgmt", "executor_nats_password": PASSWORDS["exec-mgmt"],
@@ -77,17 +83,20 @@ def site(lab, wheelhouse, tmp_path_factory):
 
     try:
         yield {"nats_host": nats_host, "agent": agent, "zone_gw": zone_gw, "zone_hosts": zone_hosts, "url": url, "ca": ca,
-               "write": write, "scratch": scratch}
+               "write": write, "scratch": scratch, "controller_key": controller_key, "known": known}
     finally:
         fleetkit.remove_units(lab, (zone_gw, agent), "natsops-executor")
         fleetkit.remove_units(lab, (nats_host, zone_gw), "nats-server")
         lab.ssh(nats_host["name"], wipe)
 
 
-def _client(site, instance, target=None):
-    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
+def _client(site, instance, target=None, signing_key="controller", known=None):
+    """A client with the controller's NATS identity, signing with the controller's key (None: unsigned) and checking
+    replies against the pins in ``known`` (default: the ones the role wrote)."""
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import CallerTrust, ExecutorClient  # pylint: disable=import-outside-toplevel
+    trust = CallerTrust(site["controller_key"] if signing_key == "controller" else signing_key, known or site["known"])
     return ExecutorClient({"servers": [site["url"]], "ca": site["ca"], "user": "controller",
-                           "password": PASSWORDS["controller"]}, instance, target=target).connect()
+                           "password": PASSWORDS["controller"]}, instance, target=target, trust=trust).connect()
 
 
 async def _violations(site, name, actions):
@@ -119,6 +128,118 @@ def test_site_with_tls_users_and_executors_in_two_zones(lab, site):
     assert fleetkit.hostname_through(_client(site, "管理网", target={"host": zone_host["addresses"]["zone"], "user": "root"})) \
         == zone_host["name"]
     assert fleetkit.hostname_through(_client(site, "default")) == site["agent"]["name"]
+
+
+def test_trust_set_up_by_the_roles(lab, site, tmp_path):
+    """The executors run only requests signed by the controller's key, which the executor role made; the controller
+    pinned each executor's own reply key per instance id; a playbook signs through the zone executor; unsigned
+    requests and a reply signed by another key are refused; the audit stream the server role made holds it all."""
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorTaskError  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils.wire import signing  # pylint: disable=import-outside-toplevel
+    controller = fleetkit.public_key(site["controller_key"])
+    assert [oct(os.stat(p).st_mode & 0o777) for p in (site["controller_key"], os.path.dirname(site["controller_key"]),
+                                                      site["known"])] == ["0o600", "0o700", "0o600"]
+    executors = {"管理网": site["zone_gw"], "default": site["agent"]}
+    keys = {}
+    for instance, host in executors.items():
+        conf = lab.ssh(host["name"], "cat /etc/natsops/executor.yml").stdout
+        assert 'trusted_signers: ["%s"]' % controller in conf and "require_signatures: true" in conf, conf
+        keys[instance] = fleetkit.host_public_key(lab, host["name"], "/etc/natsops/signing.nk", "/opt/natsops-executor/bin/python")
+    assert keys["管理网"] != keys["default"] != controller
+    assert sorted(fleetkit.pins(site["known"])) == sorted(
+        (instance, keys[instance], "natsops.fleet.executor %s natsops-executor" % host["name"]) for instance, host in executors.items())
+
+    # a playbook through the zone executor: the connection plugin signs with ansible_nats_signing_key
+    zone_host = site["zone_hosts"][0]
+    inventory = fleetkit.write_inventory(lab, tmp_path / "zone.json", {"zone": {"hosts": {zone_host["name"]: {
+        "ansible_host": zone_host["addresses"]["zone"], "ansible_connection": "natsops.fleet.nats", "ansible_nats_mode": "ssh",
+        "ansible_nats_executor": "管理网", "ansible_nats_servers": site["url"], "ansible_nats_ca": site["ca"],
+        "ansible_nats_user": "controller", "ansible_nats_password": PASSWORDS["controller"],
+        "ansible_nats_signing_key": site["controller_key"], "ansible_nats_known_executors": site["known"]}}}})
+    playbook = tmp_path / "hostname.yml"
+    playbook.write_text("- name: Through the zone executor\n  hosts: zone\n  gather_facts: false\n  tasks:\n"
+                        "    - name: Hostname\n      ansible.builtin.command: hostname\n      register: out\n"
+                        "      changed_when: false\n    - name: It ran on the zone host\n      ansible.builtin.assert:\n"
+                        "        that: out.stdout == inventory_hostname\n", encoding="utf-8")
+    fleetkit.changed_counts(fleetkit.play(str(playbook), inventory))
+
+    # unsigned requests, from the controller's own NATS identity, are refused before anything runs
+    target = {"host": zone_host["addresses"]["zone"], "user": "root"}
+    for instance in executors:
+        with pytest.raises(ExecutorTaskError) as refused:
+            fleetkit.hostname_through(_client(site, instance, target=target if instance == "管理网" else None, signing_key=None))
+        assert refused.value.code == signing.E_UNSIGNED, refused.value
+
+    # integrity: the agent's executor is stopped and an impostor with its NATS identity (which may serve "default" and
+    # publish replies) answers for it, signed with a key of its own; the caller, who pinned the real key, refuses it
+    impostor_key = signing.SigningKey.from_file(fleetkit.new_signing_key(str(tmp_path / "impostor.nk")))
+    lab.ssh(site["agent"]["name"], "systemctl stop natsops-executor")
+    try:
+        forged = asyncio.run(_impostor_answers(site, "default", "exec-default", impostor_key))
+    finally:
+        lab.ssh(site["agent"]["name"], "systemctl start natsops-executor")
+    assert forged.code == signing.E_INTEGRITY and forged.details["cause"] == signing.E_UNTRUSTED_SIGNER, forged
+    assert "forged output" not in str(forged) and keys["default"] in str(forged)
+
+    # the audit stream: made by the server role with the controller user, holding the runs and the refusals
+    config, records = asyncio.run(_audit_trail(site))
+    assert (config.subjects, config.num_replicas, config.max_age, config.deny_delete, config.deny_purge) == (
+        ["natsops.audit.>"], 1, 90 * 86400, True, True), config
+    for instance in executors:
+        mine = [r for subject, r in records if subject == "natsops.audit.%s" % instance]
+        assert any(r["verdict"] == "ok" and r["signer"] == controller for r in mine), mine
+        assert any(r["verdict"] == "refused" and r["code"] == signing.E_UNSIGNED for r in mine), mine
+    assert any(r.get("target") == "root@%s:22" % zone_host["addresses"]["zone"] for _s, r in records), records
+    assert PASSWORDS["controller"] not in json.dumps(records)
+
+
+async def _impostor_answers(site, instance, nats_user, impostor_key):
+    """The error a caller (pinning the real executors' keys) gets when ``nats_user`` answers for ``instance``."""
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import (  # pylint: disable=import-outside-toplevel
+        AsyncExecutorClient, CallerTrust, ExecutorTaskError,
+    )
+    from ansible_collections.natsops.fleet.plugins.module_utils.wire import contract, signing  # pylint: disable=import-outside-toplevel
+    tls = ssl.create_default_context(cafile=site["ca"])
+    impostor = await nats.connect(site["url"], tls=tls, user=nats_user, password=PASSWORDS[nats_user],
+                                  inbox_prefix="_INBOX." + nats_user, connect_timeout=5, allow_reconnect=False)
+
+    async def answer(msg):
+        doc, _attachment = contract.unpack(msg.headers, msg.data)
+        headers, body = contract.pack(contract.KIND_ACCEPTED, {"v": 1, "id": doc["id"], "executor": {
+            "name": "impostor", "service_id": "x", "version": "0"}})
+        headers.update(impostor_key.sign(signing.signed_bytes(signing.RESULT_TAG, "%s:%s" % (doc["id"], doc["nonce"]), body)))
+        await impostor.publish(msg.reply, body, headers=headers)
+        headers, body = contract.pack(contract.KIND_DATA, None, b"forged output", seq=1, stream="stdout")
+        await impostor.publish(doc["reply_to"], body, headers=headers)
+
+    await impostor.subscribe("natsops.exec.%s" % instance, queue="natsops-executors", cb=answer)
+    await impostor.flush()
+    nc = await nats.connect(site["url"], tls=tls, user="controller", password=PASSWORDS["controller"], connect_timeout=5)
+    client = AsyncExecutorClient(nc, instance, trust=CallerTrust(site["controller_key"], site["known"]))
+    try:
+        with pytest.raises(ExecutorTaskError) as refused:
+            await client.exec_command(command="hostname")
+        return refused.value
+    finally:
+        await nc.close()
+        await impostor.close()
+
+
+async def _audit_trail(site):
+    """The audit stream's configuration and its records as (subject, record), read as the controller."""
+    await asyncio.sleep(1)  # executors publish their records in the background
+    nc = await nats.connect(site["url"], tls=ssl.create_default_context(cafile=site["ca"]), user="controller",
+                            password=PASSWORDS["controller"], connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info("natsops_audit")
+        records = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg("natsops_audit", seq)
+            records.append((msg.subject, json.loads(msg.data)))
+        return info.config, records
+    finally:
+        await nc.close()
 
 
 def test_the_permission_model_is_enforced(site):
@@ -205,10 +326,16 @@ def test_operator_mode_with_jwt_credentials(lab, site):
     creds = natsauth.write(os.path.join(scratch, "controller.creds"), natsauth._creds(  # pylint: disable=protected-access
         claims.encode(fleet), user.seed.decode()))
     operator_file = natsauth.write(os.path.join(scratch, "operator.jwt"), operator_jwt + "\n")
+    # the streams of the users' account (the audit stream among them) would be orphans in operator mode, where that
+    # account does not exist, and /healthz would say so: a server changing its auth mode starts from an empty store here
+    lab.ssh(site["nats_host"]["name"], "systemctl stop nats-server; rm -rf /var/lib/nats-server/jetstream")
     inventory = site["write"]("operator.json", nats_vars={
         "nats_server_users": [], "nats_server_operator_jwt_file": operator_file,
         "nats_server_system_account": system.public_key.decode(), "nats_server_resolver_preload": preload})
-    fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changed=1)
+    first = fleetkit.play("nats_cluster.yml", inventory)
+    fleetkit.recap(first, changed=1)
+    # the role knows no user of the fleet's account here: it says how to make the audit stream instead
+    assert "The audit stream natsops_audit (subjects natsops.audit.>) is not created: in operator (JWT) mode" in first.stdout
     fleetkit.recap(fleetkit.play("nats_cluster.yml", inventory), changed=0)
 
     async def with_creds():
