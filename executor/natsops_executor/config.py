@@ -50,7 +50,7 @@ class Config:
     log_level: str = "INFO"
     bklite_compat: bool = False
     ssh_known_hosts: Optional[str] = None
-    ssh_host_key_policy: str = "strict"
+    ssh_host_key_policy: Optional[str] = None  # host_key_policy(): strict, or accept-new with bklite_compat
     ssh_identities: Optional[Dict[str, str]] = None
     ssh_pool_size: int = 64
     ssh_idle_timeout: float = 300.0
@@ -71,11 +71,19 @@ class Config:
         path = self.signing_key or self.nkey or self.creds
         return signing.SigningKey.from_file(path) if path else None
 
+    def host_key_policy(self) -> str:
+        """The SSH host key policy in force: the one configured, else ``strict``, or ``accept-new`` with
+        ``bklite_compat`` (BK-Lite adds hosts from its UI and never fills known_hosts; its own executor accepts any
+        key, this one learns a key on first contact and refuses a changed one)."""
+        if self.ssh_host_key_policy:
+            return self.ssh_host_key_policy
+        return "accept-new" if self.bklite_compat else "strict"
+
     def ssh_settings(self) -> Any:
         """SSH mode settings; loads identities and known_hosts (ValueError when they are unusable)."""
         # imported here: paramiko only when the configuration is checked or the service starts
         from natsops_executor import sshpool  # pylint: disable=import-outside-toplevel
-        return sshpool.SSHSettings(self.ssh_known_hosts, self.ssh_host_key_policy, self.ssh_identities,
+        return sshpool.SSHSettings(self.ssh_known_hosts, self.host_key_policy(), self.ssh_identities,
                                    self.ssh_pool_size, self.ssh_idle_timeout, self.ssh_connect_timeout)
 
 
@@ -151,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ssh-known-hosts", dest="ssh_known_hosts", metavar="FILE",
         help="known_hosts for SSH mode (default ~/.ssh/known_hosts)")
     add("--ssh-host-key-policy", dest="ssh_host_key_policy", choices=("strict", "accept-new", "ignore"),
-        help="unknown host keys: refuse (strict, default), learn (accept-new) or never check (ignore, logged loudly)")
+        help="unknown host keys: refuse (strict, the default), learn (accept-new, the default with --bklite-compat) "
+             "or never check (ignore, logged loudly)")
     add("--ssh-identity", dest="ssh_identities", action="append", metavar="NAME=KEYFILE",
         help="a private key callers may name as ssh identity (repeatable); 'default' is used when they name none")
     add("--ssh-pool-size", dest="ssh_pool_size", type=int, help="SSH connections kept for reuse (default 64)")
@@ -363,7 +372,7 @@ def validate(cfg: Config) -> Config:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     except ImportError as exc:  # paramiko missing: fine for agent mode, an error if SSH mode was configured
-        if cfg.ssh_identities or cfg.ssh_known_hosts or cfg.ssh_host_key_policy != "strict":
+        if cfg.ssh_identities or cfg.ssh_known_hosts or cfg.ssh_host_key_policy not in (None, "strict"):
             raise ConfigError("SSH options are set but SSH mode is unavailable: %s (install paramiko)" % exc) from None
     cfg.name = cfg.name or socket.gethostname()
     return cfg

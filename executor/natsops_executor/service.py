@@ -322,7 +322,12 @@ class Executor:
         else:
             self.ssh = sshpool.SSHPool(cfg.ssh_settings(), max_threads=cfg.max_jobs * 2 + 4)
             self.ssh.start()
-            if cfg.ssh_host_key_policy == "ignore":
+            if cfg.bklite_compat and not cfg.ssh_host_key_policy:
+                log.warning("SSH HOST KEYS ARE LEARNT ON FIRST CONTACT (--bklite-compat without --ssh-host-key-policy: "
+                            "accept-new, so that hosts added in BK-Lite work at once): the first key a host offers is "
+                            "trusted and recorded in %s, a changed key is refused; fill known_hosts and pass "
+                            "--ssh-host-key-policy strict to verify every host", cfg.ssh_known_hosts or "~/.ssh/known_hosts")
+            if cfg.host_key_policy() == "ignore":
                 log.warning("SSH HOST KEYS ARE NOT VERIFIED (ssh_host_key_policy: ignore): anyone on the path to a "
                             "target host can impersonate it; use 'strict' or 'accept-new'")
         for line in self.trust.describe():

@@ -110,7 +110,8 @@ class HostKeys:
                 raise fail(E_HOST_KEY, "host_key", message, host=host, port=port, fingerprint=fp)
             self.keys.add(name, key.get_name(), key)
             self._append(name, key)
-        log.info("learned the host key of %s: %s %s (ssh_host_key_policy accept-new)", name, key.get_name(), fp)
+        log.warning("learned the host key of %s on first contact: %s %s (ssh_host_key_policy accept-new)", name,
+                    key.get_name(), fp)
 
     def _append(self, name: str, key: paramiko.PKey) -> None:
         if not self.path:

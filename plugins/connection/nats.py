@@ -131,13 +131,15 @@ options:
       - The account commands run as before any become, that is the account of the executor (agent mode),
         or the SSH login user on the host (mode C(ssh)).
       - Ansible uses it to decide how to share temporary files with an unprivileged become user, and leaves
-        become out when C(become_user) equals it. Then this connection asks the executor to run the command only
-        if it runs as that account; an executor running as another account (for example C(natsops), with the
-        default C(root) here) says which, and the command is sent again with the become method applied, so that
-        C(become) is never skipped silently. Setting it to the executor's account (shown by
-        M(natsops.fleet.executor_info) as C(account)) saves that round trip.
+        become out when C(become_user) equals it.
+      - When not set, agent mode asks the executor which account it runs as (its discovery record, shown by
+        M(natsops.fleet.executor_info) as C(account); once per executor while the control process lives), so that
+        C(become) is applied exactly when the executor's account is not C(become_user). Mode C(ssh) logs in as
+        C(root) when it is not set.
+      - Set to another account than the executor's, a command that ansible-core sends without become because
+        C(become_user) equals it is refused by the executor (nothing runs) and sent again with the become
+        method applied, so that C(become) is never skipped silently.
     type: str
-    default: root
     vars:
       - name: ansible_user
       - name: ansible_nats_user_account
@@ -317,7 +319,8 @@ class Connection(ConnectionBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: Any = None  # a MuxClient, or an ExecutorClient with control_persist 0
-        self._account: Optional[str] = None  # the executor's account, once it said it differs from remote_user
+        self._account: Optional[str] = None  # the account the executor says it runs commands as
+        self._account_asked = False
 
     def _host(self) -> str:
         return self._play_context.remote_addr
@@ -333,6 +336,30 @@ class Connection(ConnectionBase):
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
         if login_password and not self.get_option("ssh_password"):
             self.set_option("ssh_password", login_password)
+
+    def get_option(self, option: str, hostvars: Optional[Dict[str, Any]] = None) -> Any:
+        """remote_user, when not set, is the account the executor runs as (agent mode) or root (mode ssh)."""
+        value = super().get_option(option, hostvars=hostvars)
+        if option == "remote_user" and not value:
+            value = self._executor_account() if self.get_option("mode") != "ssh" else None
+            value = value or "root"
+        return value
+
+    def _executor_account(self) -> Optional[str]:
+        """The account the executor reports, asked once per connection (the control process keeps it per executor).
+        None when it cannot be learnt now (the executor is starting, too old to say, NATS down): the first command
+        then says what is wrong, and one sent without become meets the executor's own run_as check."""
+        if self._account is None and not self._account_asked:
+            self._account_asked = True
+            try:
+                self._connect()
+                self._account = self._client.account(min(float(super().get_option("connect_timeout")), 2.0))
+            except (AnsibleConnectionFailure, WireError, OSError) as exc:
+                display.vvv("NATS: the executor's account is not known (%s)" % exc, host=self._host())
+                return None
+            if self._account:
+                display.vvv("NATS: the executor runs commands as %s" % self._account, host=self._host())
+        return self._account
 
     def update_vars(self, variables: Dict[str, Any]) -> None:
         """ansible-core passes every variable of the task here: warn about an ansible_nats_* variable that is no

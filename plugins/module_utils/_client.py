@@ -473,7 +473,10 @@ class AsyncExecutorClient:
 
     # ------------------------------------------------------------ discovery
 
-    async def _collect(self, subj: str, wait: float, payload: bytes = b"") -> List[Any]:
+    async def _collect(self, subj: str, wait: float, payload: bytes = b"",
+                       enough: Optional[Callable[[Any], bool]] = None) -> List[Any]:
+        """Replies to one request for up to ``wait`` seconds (less once they stop coming, or at once when
+        ``enough`` accepts a reply)."""
         replies = []
         last = [time.monotonic()]
         inbox = self.nc.new_inbox()
@@ -483,14 +486,20 @@ class AsyncExecutorClient:
             try:
                 replies.append(json.loads(msg.data.decode("utf-8")))
             except ValueError:
-                pass  # not a micro service reply; ignore
+                return  # not a micro service reply; ignore
+            if enough is not None and enough(replies[-1]):
+                done.set()
 
+        done = asyncio.Event()
         sub = await self.nc.subscribe(inbox, cb=on_reply)
         try:
             await self.nc.publish(subj, payload, reply=inbox)
             started = time.monotonic()
-            while time.monotonic() - started < wait:
-                await asyncio.sleep(0.05)
+            while time.monotonic() - started < wait and not done.is_set():
+                try:
+                    await asyncio.wait_for(done.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
                 if replies and time.monotonic() - last[0] >= DISCOVERY_QUIET:
                     break
         finally:
@@ -514,6 +523,20 @@ class AsyncExecutorClient:
                     record["requests"] = sum(e.get("num_requests", 0) for e in endpoints)
         records.sort(key=lambda r: (r["namespace"], r["hostname"], r["id"] or ""))
         return records
+
+    async def account(self, wait: float = DISCOVERY_WAIT) -> Optional[str]:
+        """The account the executor serving this instance id starts commands as (from its discovery record, the
+        first that answers), or None: no such executor answered within ``wait`` seconds, or it is too old to say.
+        Only a hint: an exec request carries ``run_as`` and the executor itself refuses one that does not match."""
+        def ours(info: Any) -> bool:
+            record = parse_executor_info(info)
+            return record is not None and bool(self.serving([record]))
+
+        for info in await self._collect("$SRV.INFO.%s" % SERVICE_NAME, wait, enough=ours):
+            if ours(info):
+                account = parse_executor_info(info).get("account")
+                return account if isinstance(account, str) and account else None
+        return None
 
     def serving(self, executors: List[Dict[str, Any]], instance_id: Optional[str] = None) -> List[Dict[str, Any]]:
         """Executors (from discover) in our namespace that serve an instance id."""
@@ -598,6 +621,9 @@ class ExecutorClient:
 
     def discover(self, wait: float = DISCOVERY_WAIT, stats: bool = False) -> List[Dict[str, Any]]:
         return self._run(self.core.discover(wait, stats))
+
+    def account(self, wait: float = DISCOVERY_WAIT) -> Optional[str]:
+        return self._run(self.core.account(wait))
 
     def serving(self, executors: List[Dict[str, Any]], instance_id: Optional[str] = None) -> List[Dict[str, Any]]:
         return self.core.serving(executors, instance_id)

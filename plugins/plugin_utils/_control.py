@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from types import ModuleType
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError
 from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import FRAME, MAX_FRAME_JSON
@@ -102,6 +102,9 @@ def _announce(status: Dict[str, Any]) -> None:
     os.close(devnull)
 
 
+_ACCOUNTS: Dict[Tuple[str, Optional[str]], str] = {}  # (namespace, instance id) -> the account its executor reported
+
+
 async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: float, trust: Any, doc: Dict[str, Any],
                     payload: bytes) -> Tuple[Dict[str, Any], bytes]:
     """Run one worker request with a per-request AsyncExecutorClient on the shared connection."""
@@ -121,6 +124,14 @@ async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: 
             return {"result": await core.put_file(doc["local_path"], doc["remote_path"], doc.get("mode"))}, b""
         if op == "fetch":
             return {"result": await core.fetch_file(doc["remote_path"], doc["local_path"])}, b""
+        if op == "account":  # asked once per executor by every task's worker: kept while this process lives
+            key = (core.namespace, core.instance_id)
+            if key not in _ACCOUNTS:
+                found = await core.account(doc.get("wait", 0.5))
+                if found is None:
+                    return {"account": None}, b""  # not cached: the executor may be on its way
+                _ACCOUNTS[key] = found
+            return {"account": _ACCOUNTS[key]}, b""
         if op == "discover":
             return {"executors": await core.discover(doc.get("wait", 0.5), doc.get("stats", False))}, b""
         return {"error": {"code": E_INTERNAL, "message": "unknown control operation %r" % op}}, b""

@@ -36,7 +36,7 @@ from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_
 FRAME = struct.Struct("!II")
 MAX_FRAME_JSON = 1 << 20
 CONTROL_MODULE = "ansible_collections.natsops.fleet.plugins.plugin_utils._control"  # run with python -m
-MUX_REVISION = "4"  # part of the socket name: a changed mux never talks to an old one (4: run_as)
+MUX_REVISION = "5"  # part of the socket name: a changed mux never talks to an old one (4: run_as, 5: account)
 
 
 def control_dir() -> str:
@@ -133,6 +133,9 @@ class MuxClient:
 
     def discover(self, wait: float = 0.5, stats: bool = False) -> List[Dict[str, Any]]:
         return self._call("discover", wait=wait, stats=stats)[0]["executors"]
+
+    def account(self, wait: float = 0.5) -> Optional[str]:
+        return self._call("account", wait=wait)[0]["account"]
 
     def close(self) -> None:
         try:

@@ -138,6 +138,16 @@ def test_become_is_not_skipped_when_remote_user_is_left_at_its_default(nats_serv
         assert password not in user_executors[account].output()
 
 
+def test_become_is_applied_when_remote_user_is_set_to_another_account(nats_server, user_executors, tmp_path):  # pylint: disable=unused-argument
+    """ansible_user root (become_user root: ansible-core leaves become out) on an executor running as an unprivileged
+    account: the executor refuses the command as not run as root (nothing runs), the connection sends it again with
+    sudo applied, and says so at -vvv."""
+    book = Playbook(nats_server.url, tmp_path)
+    result = book.run("become_command.yml", hostvars={"ansible_nats_executor": "as-" + NOPW, "ansible_user": "root"},
+                      extra_vars={"expected": "root"}, env={"ANSIBLE_VERBOSITY": "3"})
+    assert "the executor runs commands as %s, not as remote_user root" % NOPW in result.stdout
+
+
 def test_wrong_sudo_password_is_a_clear_error(nats_server, user_executors, tmp_path):
     result = _whoami(nats_server, tmp_path, "as-" + PW, PW, "root", password="not-the-password", check=False)
     output = result.stdout + result.stderr

@@ -328,7 +328,8 @@ async def test_every_auth_method(method, tmp_path, logs):
     try:
         run = Running(dict(client, servers=url, subjects="e2e.eda.%s" % method))
         await wait_log(logs, "listening on e2e.eda.%s" % method)
-        nc = await nats.connect(**PLUGIN["Settings"]({"servers": url, "subjects": "x", **client}).connect)
+        settings = PLUGIN["Settings"]({"servers": url, "subjects": "x", **client})
+        nc = await PLUGIN["WIRE"].connect(settings.options, "e2e publisher", 5.0, PLUGIN["WIRE"].SERVICE)
         await nc.publish("e2e.eda.%s" % method, b'{"method": "%s"}' % method.encode())
         await nc.close()
         assert (await run.get())["data"] == {"method": method}

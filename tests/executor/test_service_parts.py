@@ -93,3 +93,12 @@ def test_bad_configuration_is_refused(argv, needle):
                                              ("x", "0.0.0+x")])
 def test_service_version(version, semver):
     assert service_version(version) == semver
+
+
+@pytest.mark.parametrize("argv, policy", [([], "strict"), (["--bklite-compat"], "accept-new"),
+                                          (["--bklite-compat", "--ssh-host-key-policy", "strict"], "strict"),
+                                          (["--ssh-host-key-policy", "ignore"], "ignore")])
+def test_host_key_policy_defaults_to_accept_new_only_under_bklite_compat(argv, policy):
+    cfg = config.load(["--instance", "zone"] + argv, environ={})
+    assert cfg.host_key_policy() == policy
+    assert cfg.ssh_settings().host_keys.policy == policy

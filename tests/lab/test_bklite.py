@@ -83,6 +83,37 @@ def test_unknown_host_key_is_refused(bk, lab):
     assert lab.ssh(host["name"], "test -e /root/bklite-ran && echo ran || echo clean").stdout.strip() == "clean"
 
 
+TOFU_ZONE = "新区"
+TOFU_KNOWN_HOSTS = "/etc/natsops/bklite_tofu_known_hosts"
+
+
+def test_bklite_compat_learns_a_fresh_hosts_key_and_refuses_a_changed_one(bk, lab, tmp_path):
+    """--bklite-compat without --ssh-host-key-policy: accept-new, as BK-Lite operators add hosts from its UI and never
+    touch known_hosts. A fresh host works at once and its key lands in known_hosts; a host whose recorded key differs
+    from the one it offers is refused and nothing runs; the executor says so loudly."""
+    fresh, changed = bk["hosts"][-1], bk["hosts"][-2]
+    executor = devenv.LabExecutor(
+        bk["executor_host"], bk["nats"].url, [TOFU_ZONE], unit="natsops-bklite-tofu", scratch=str(tmp_path),
+        files={TOFU_KNOWN_HOSTS: lab.known_hosts([changed], keys_of={changed["name"]: bk["hosts"][0]["name"]})},
+        extra_args=["--bklite-compat", "--ssh-known-hosts", TOFU_KNOWN_HOSTS])
+    try:
+        client = BkliteServerClient(bk["nats"].url, TOFU_ZONE)
+        assert client.execute_ssh("hostname", _address(fresh), "root", private_key=bk["key"]) == fresh["name"] + "\n"
+        recorded = lab.ssh(bk["executor_host"], "cat %s" % TOFU_KNOWN_HOSTS).stdout
+        assert _address(fresh) + " " + fresh["host_key"].split()[0] in recorded
+        reply = client.execute_ssh("touch /root/bklite-tofu-ran", _address(changed), "root", private_key=bk["key"],
+                                   raw=True)
+        assert (reply["code"], reply["stage"]) == ("dependency_failure", "ssh_dial")
+        assert "CHANGED" in reply["error"]
+        ran = lab.ssh(changed["name"], "test -e /root/bklite-tofu-ran && echo ran || echo clean").stdout.strip()
+        assert ran == "clean"
+        log = executor.log()
+        assert "SSH HOST KEYS ARE LEARNT ON FIRST CONTACT" in log
+        assert "learned the host key of %s on first contact" % _address(fresh) in log
+    finally:
+        executor.stop()
+
+
 def test_ssh_execute_streams_lines(bk):
     host = bk["hosts"][0]
     events = []

@@ -23,6 +23,34 @@ def test_defaults(connection):
     assert connection.get_option("mode") == "agent"
 
 
+class _AccountClient:
+    def __init__(self, account):
+        self.asked = 0
+        self._account = account
+
+    def account(self, wait):
+        self.asked += 1
+        return self._account
+
+
+@pytest.mark.parametrize("reported, expected", [("natsops", "natsops"), (None, "root")])
+def test_remote_user_unset_is_the_executors_account_asked_once(connection, reported, expected):
+    client = _AccountClient(reported)
+    connection._client, connection._connected = client, True
+    assert connection.get_option("remote_user") == expected
+    assert connection.get_option("remote_user") == expected
+    assert client.asked == 1
+
+
+def test_remote_user_set_or_mode_ssh_never_asks_the_executor():
+    conn = connection_loader.get("natsops.fleet.nats", PlayContext())
+    conn.set_options(var_options={"inventory_hostname": "web1", "ansible_user": "deploy"})
+    assert conn.get_option("remote_user") == "deploy" and conn._client is None
+    conn = connection_loader.get("natsops.fleet.nats", PlayContext())
+    conn.set_options(var_options={"inventory_hostname": "web1", "ansible_nats_mode": "ssh"})
+    assert conn.get_option("remote_user") == "root" and conn._client is None
+
+
 def test_explicit_executor_wins_over_inventory_hostname():
     conn = connection_loader.get("natsops.fleet.nats", PlayContext())
     conn.set_options(var_options={"inventory_hostname": "web1", "ansible_nats_executor": "管理网"})
