@@ -12,7 +12,7 @@ Standard library only, Python 3.8+ syntax.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 PROTOCOL_VERSION = 1
 DEFAULT_NAMESPACE = "natsops"
@@ -52,27 +52,6 @@ TRUST_SOURCES = {
     "known_executors": "NATSOPS_KNOWN_EXECUTORS",  # the executor keys pinned per instance id
 }
 TRUST_NAMES = tuple(TRUST_SOURCES)
-
-
-def unset_empty_environment(options: Dict[str, Any], environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
-    """``options`` (a controller plugin's, from ansible-core) with those whose environment variable is set but
-    empty counted as not set (None), as natscli does.
-
-    An AWX/AAP credential sets every environment variable of its type, empty for a field left empty
-    (extensions/awx/credential_types/nats.yml: ``NATS_CREDS=`` without creds), and ansible-core turns the empty
-    value of a ``type: path`` option into the current directory. An option set otherwise (a variable, ansible.cfg)
-    keeps its value."""
-    import os  # pylint: disable=import-outside-toplevel
-    environ = os.environ if environ is None else environ
-    cwd = os.path.realpath(os.getcwd())
-    variables = dict((name, source[1]) for name, source in OPTION_SOURCES.items())
-    variables.update(TRUST_SOURCES)
-    for name, value in options.items():
-        variable = variables.get(name)
-        if variable and environ.get(variable) == "" and isinstance(value, str) and (
-                not value or os.path.realpath(value) == cwd):
-            options[name] = None
-    return options
 # Replies arrive below the inbox prefix. Give each identity its own (``_INBOX.<name>``) and allow it to
 # subscribe only there: then no party can read another party's replies (see wire/permissions.py).
 DEFAULT_INBOX_PREFIX = "_INBOX"
