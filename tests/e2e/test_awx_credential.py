@@ -28,7 +28,7 @@ CREDENTIAL_TYPE = os.path.join(ROOT, "extensions", "awx", "credential_types", "n
 # natscli's names, and natsops' own for what natscli has no name for
 ENV_NAMES = {"servers": "NATS_URL", "user": "NATS_USER", "password": "NATS_PASSWORD", "token": "NATS_TOKEN",
              "creds": "NATS_CREDS", "nkey": "NATS_NKEY", "ca": "NATS_CA", "cert": "NATS_CERT", "key": "NATS_KEY",
-             "tls_hostname": "NATS_TLS_HOSTNAME", "inbox_prefix": "NATS_INBOX_PREFIX",
+             "tls_hostname": "NATS_TLS_HOSTNAME", "inbox_prefix": "NATS_INBOX_PREFIX", "jetstream_domain": "NATS_JETSTREAM_DOMAIN",
              "signing_key": "NATSOPS_SIGNING_KEY", "known_executors": "NATSOPS_KNOWN_EXECUTORS"}
 FILES = {"creds", "nkey", "ca", "cert", "key", "signing_key", "known_executors"}
 SECRETS = {"password", "token", "creds", "nkey", "key", "signing_key"}
@@ -102,7 +102,7 @@ def inject(ctype, inputs, private_data_dir):
         os.close(_fd)
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(data)
-        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP)
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
         if "." not in label:
             tower.filename = path
         else:
@@ -131,8 +131,9 @@ def test_injectors_give_natscli_names_files_and_nothing_for_empty_fields(tmp_pat
     with open(env["NATS_NKEY"], encoding="utf-8") as handle:
         assert handle.read() == "SUAEXAMPLE\n"
     assert os.path.dirname(env["NATS_CA"]) == str(tmp_path / "env")
-    assert stat.S_IMODE(os.stat(env["NATS_NKEY"]).st_mode) == 0o660
-    for name in ("NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS", "NATS_CERT", "NATS_KEY", "NATSOPS_SIGNING_KEY"):
+    assert stat.S_IMODE(os.stat(env["NATS_NKEY"]).st_mode) == 0o600
+    for name in ("NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS", "NATS_CERT", "NATS_KEY", "NATSOPS_SIGNING_KEY",
+                 "NATS_JETSTREAM_DOMAIN"):
         assert env[name] == "", name
 
 
@@ -169,22 +170,61 @@ def awx_site(tmp_path):
         server.stop()
 
 
-def test_a_job_runs_with_the_injected_environment(awx_site, tmp_path):
-    inputs, proc = awx_site
-    injected = inject(load(), inputs, str(tmp_path / "private_data_dir"))
+def run_job(ctype, inputs, tmp_path):
+    """One job: the credential injected as AWX injects it, then ansible-playbook awx_job.yml with that environment."""
+    injected = inject(ctype, inputs, str(tmp_path / "private_data_dir"))
     # the job's environment: this machine's, without any NATS setting of its own, plus what the credential injects
     env = {k: v for k, v in devenv.ansible_env().items() if not k.startswith(("NATS_", "NATSOPS_"))}
     env.update(injected)
+    # every variable of the type is set, those of the fields left empty to "" (as AWX does)
+    assert set(ENV_NAMES.values()) <= set(env)
     inventory = tmp_path / "inventory.json"
     inventory.write_text(json.dumps({"all": {"hosts": {"awx-host": {
         "ansible_connection": "natsops.fleet.nats", "ansible_python_interpreter": SYSTEM_PYTHON}},
         "vars": {"work": str(tmp_path / "work")}}}))
     (tmp_path / "work").mkdir()
-    result = subprocess.run([devenv.tool("ansible-playbook"), "-i", str(inventory), os.path.join(PLAYBOOKS, "awx_job.yml"),
-                             "-e", json.dumps({"ansible_python_interpreter": SYSTEM_PYTHON})],
+    # the implicit localhost of the second play runs its modules with ansible-playbook's own Python (nats-py)
+    result = subprocess.run([devenv.tool("ansible-playbook"), "-i", str(inventory), os.path.join(PLAYBOOKS, "awx_job.yml")],
                             env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "failed=0" in result.stdout
     assert (tmp_path / "work" / "from-awx.txt").read_text() == "through NATS from AWX\n"
+    return result
+
+
+def test_a_job_runs_with_the_injected_environment(awx_site, tmp_path):
+    """user/password, mutual TLS, signed requests and pinned executor keys; creds, nkey, token empty."""
+    inputs, proc = awx_site
+    result = run_job(load(), inputs, tmp_path)
     # the executor ran what the controller's key signed, and never saw a secret in a request
     assert "Awx-pw-7" not in result.stdout + result.stderr + proc.output()
+
+
+def test_a_job_runs_with_an_nkey_credential(tmp_path):
+    """An NKey seed pasted into the credential: AWX writes it to a file, NATS_NKEY names it; user, password and the
+    TLS files are empty."""
+    config, identities = natsauth.nkey(str(tmp_path))
+    server = devenv.NatsServer(extra_config=config)
+    proc = None
+    try:
+        proc = devenv.ExecutorProcess(server.url, ["awx-host"], log_dir=str(tmp_path),
+                                      extra_args=["--nkey", identities["executor"]["nkey"]])
+        with open(identities["client"]["nkey"], encoding="utf-8") as handle:
+            seed = handle.read()
+        os.unlink(identities["client"]["nkey"])  # the job has only what the credential holds
+        run_job(load(), {"servers": server.url, "nkey": seed, "user": "", "password": ""}, tmp_path)
+    finally:
+        if proc is not None:
+            proc.stop()
+        server.stop()
+
+
+def test_without_the_credential_the_secured_server_refuses_the_job(tmp_path):
+    """The same job with the fields left empty fails on the secured server: the credential is what lets it in."""
+    config, _identities = natsauth.nkey(str(tmp_path))
+    server = devenv.NatsServer(extra_config=config)
+    try:
+        with pytest.raises(AssertionError, match="(?i)authoriz"):
+            run_job(load(), {"servers": server.url}, tmp_path)
+    finally:
+        server.stop()
