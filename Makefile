@@ -82,6 +82,8 @@ cores: $(SANITY_ROOT) $(foreach v,$(CORES),$(CORES_DIR)/$(v)/.installed)
 
 lint: venv
 	$(BIN)/ansible-lint
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
 
 build: venv
 	rm -f natsops-fleet-*.tar.gz
