@@ -12,15 +12,15 @@ PYTEST_ARGS ?=
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(BUILD)/collections
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: get-pip-cache venv demo test e2e sanity units lint build bench clean
+.PHONY: get-pip-cache venv demo test e2e sanity units cores lint build bench clean
 .DEFAULT_GOAL := demo
 
 venv: $(VENV)/.installed $(COLL_LINK)
 
-$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-test.txt -e .
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -r requirements-test.txt -e .
 	$(BIN)/natsops-executor --version
 	$(BIN)/python -m compileall -q plugins executor tools
 	$(BIN)/nats-server --version
@@ -35,8 +35,8 @@ demo: venv
 	$(BIN)/python tools/devenv.py demo
 
 ## test: everything - ansible-test units, end-to-end tests, the lab's tests, ansible-test sanity,
-## ansible-lint (tests/e2e includes the build + install into a fresh virtualenv)
-test: venv units e2e lab-test sanity lint
+## the older ansible-core versions (cores), ansible-lint (tests/e2e includes the build + install into a fresh virtualenv)
+test: venv units e2e lab-test sanity cores lint
 
 e2e: venv
 	$(BIN)/python -m pytest -q tests/e2e $(PYTEST_ARGS)
@@ -59,8 +59,31 @@ units: $(SANITY_ROOT) get-pip-cache
 	cd $(SANITY_ROOT) && $(CURDIR)/$(BIN)/ansible-test units --venv --python 3.11 --color no
 	$(BIN)/python -m pytest -q tests/executor
 
+# The older ansible-core versions meta/runtime.yml supports (2.19 is .venv's): each in its own virtualenv, made once
+# under .build/cores (with the collection's requirements.txt); per version the sanity tests that depend on the core
+# version, the unit tests, and tests/cores/smoke.yml through natsops.fleet.nats (tests/cores/test_smoke.py).
+CORES := 2.16 2.17 2.18
+CORES_DIR := $(BUILD)/cores
+CORE_SANITY := --test validate-modules --test import --test compile --test ansible-doc
+
+$(CORES_DIR)/%/.installed: requirements.txt
+	test -x $(CORES_DIR)/$*/bin/python || $(PYTHON) -m venv $(CORES_DIR)/$*
+	$(CORES_DIR)/$*/bin/python -m pip install --quiet "ansible-core==$*.*" -r requirements.txt
+	install -D -m 0644 tools/get_pip_offline.py $(HOME)/.ansible/test/cache/get_pip_$$($(CORES_DIR)/$*/bin/python -c "from ansible_test._internal.python_requirements import get_venv_packages as g; print(g(type('P', (), {'version': '3.11'})())['pip'].replace('.', '_'))").py
+	touch $@
+
+cores: $(SANITY_ROOT) $(foreach v,$(CORES),$(CORES_DIR)/$(v)/.installed)
+	set -e; for v in $(CORES); do \
+	  echo "== ansible-core $$v"; \
+	  (cd $(SANITY_ROOT) && $(CURDIR)/$(CORES_DIR)/$$v/bin/ansible-test sanity --venv --python 3.11 --color no $(CORE_SANITY)); \
+	  (cd $(SANITY_ROOT) && $(CURDIR)/$(CORES_DIR)/$$v/bin/ansible-test units --venv --python 3.11 --color no); \
+	done
+	NATSOPS_CORES="$(CORES)" $(BIN)/python -m pytest -q tests/cores $(PYTEST_ARGS)
+
 lint: venv
 	$(BIN)/ansible-lint
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
 
 build: venv
 	rm -f natsops-fleet-*.tar.gz

@@ -457,8 +457,8 @@ class Executor:
             self.trust.check_fresh(req, signer)
             host = self.host_for(req.target)
             if isinstance(req, ExecRequest) and req.run_as is not None and req.run_as != host.account:
-                raise WireError(E_ACCOUNT, account_mismatch(host.account, req.run_as), {"account": host.account,
-                                                                                       "run_as": req.run_as})
+                raise WireError(E_ACCOUNT, account_mismatch(host.account, req.run_as),
+                                {"account": host.account, "run_as": req.run_as})
             seen = self.recent.get(req)
         except WireError as exc:
             log.warning("%s request on %s rejected: %s", op, msg.subject, exc)

@@ -238,6 +238,7 @@ from ansible.utils.display import Display
 # this file is imported in every task's worker process: the collection code it imports uses the standard library only
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import MuxClient
+from ansible_collections.natsops.fleet.plugins.plugin_utils._options import read_options
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import (
     E_ACCOUNT, E_BECOME, E_BECOME_TIMEOUT, OPTION_NAMES, TRUST_NAMES, WireError, validate_instance_id, validate_namespace,
 )
@@ -375,7 +376,7 @@ class Connection(ConnectionBase):
     def _connect(self) -> "Connection":
         if self._connected:
             return self
-        options = {name: self.get_option(name) for name in OPTION_NAMES + TRUST_NAMES}
+        options = read_options(self.get_option, OPTION_NAMES + TRUST_NAMES)
         instance = self.get_option("executor")
         namespace = self.get_option("namespace")
         timeout = float(self.get_option("connect_timeout"))

@@ -69,6 +69,7 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 from ansible_collections.natsops.fleet.plugins.module_utils._registry import read_registry
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import ResourceError, call
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES, registry_bucket
+from ansible_collections.natsops.fleet.plugins.plugin_utils._options import read_options
 
 GROUP = "natsops_probes"
 STALE_GROUP = "natsops_probes_stale"
@@ -85,7 +86,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     def parse(self, inventory: Any, loader: Any, path: str, cache: bool = True) -> None:
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        options = {name: self.get_option(name) for name in OPTION_NAMES}
+        options = read_options(self.get_option, OPTION_NAMES)
         namespace = self.get_option("namespace")
         bucket = self.get_option("bucket") or registry_bucket(namespace)
         try:

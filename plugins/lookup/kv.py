@@ -80,6 +80,7 @@ from ansible.plugins.lookup import LookupBase
 
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import HAS_NATS, ResourceError, call
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import OPTION_NAMES
+from ansible_collections.natsops.fleet.plugins.plugin_utils._options import read_options
 
 if HAS_NATS:
     import nats.js.errors
@@ -90,7 +91,7 @@ class LookupModule(LookupBase):
 
     def run(self, terms: List[Any], variables: Optional[Dict[str, Any]] = None, **kwargs: Any) -> List[Any]:
         self.set_options(var_options=variables, direct=kwargs)
-        options = {name: self.get_option(name) for name in OPTION_NAMES}
+        options = read_options(self.get_option, OPTION_NAMES)
         keys = [str(t) for t in terms]
         try:
             return call(options, "natsops.fleet kv lookup", self.get_option("connect_timeout"), lambda nc: self._read(nc, keys))

@@ -411,9 +411,9 @@ def read_http(params: Dict[str, Any], endpoints: List[str], arguments: Dict[str,
         except HTTPException as exc:  # a NATS client port answers with INFO {...}
             raise ResourceError("%s did not answer with HTTP (%s); monitor_url must name the monitoring port (http or https "
                                 "in the server's configuration, often 8222), not the NATS client port"
-                                % (url, to_text(exc).strip()[:100] or type(exc).__name__)) from exc
+                                % (url, to_text(exc).strip()[:100] or exc.__class__.__name__)) from exc
         except Exception as exc:  # pylint: disable=broad-except  # timeouts, resets, bad certificates, bad URLs
-            reason = to_text(exc) or type(exc).__name__
+            reason = to_text(exc) or exc.__class__.__name__
             raise ResourceError("cannot read %s: %s%s; check monitor_url and the server's http/https setting"
                                 % (url, reason, _certificate_hint(reason))) from exc
         text = to_text(body, errors="surrogate_or_replace")

@@ -123,9 +123,9 @@ def test_unprivileged_executor_becomes_other_user_with_sudo_password(nats_server
 
 
 @pytest.mark.parametrize("account,password,pipelining", [(NOPW, None, "true"), (NOPW, None, "false"),
-                                                       (PW, PW_SECRET, "true")])
+                                                         (PW, PW_SECRET, "true")])
 def test_become_is_not_skipped_when_remote_user_is_left_at_its_default(nats_server, user_executors, tmp_path, account,
-                                                                      password, pipelining):
+                                                                       password, pipelining):
     """No ansible_user: remote_user is root, so ansible-core leaves become to root out; the executor runs as an
     unprivileged account, says so, and the connection applies become itself: the task runs as root, not silently
     as the executor's account."""

@@ -102,7 +102,7 @@ def test_modules_name_a_refused_login_too(secured, tmp_path):
     play.write_text(json.dumps([{"hosts": "localhost", "connection": "local", "gather_facts": False,
                                  "vars": {"ansible_python_interpreter": devenv.tool("python")},
                                  "tasks": [{"natsops.fleet.server_info": {"servers": secured.url, "user": "ctl",
-                                                                         "password": "Wrong-pw-2"}}]}]))
+                                                                          "password": "Wrong-pw-2"}}]}]))
     result = subprocess.run([devenv.tool("ansible-playbook"), "-i", "localhost,", str(play)], env=devenv.ansible_env(),
                             capture_output=True, text=True, timeout=120, check=False)
     output = result.stdout + result.stderr

@@ -5,17 +5,32 @@ file is read, check mode changes nothing, the seed never appears in a result."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.signing import SigningKey, generate_seed, public_key_problems
 from ansible_collections.natsops.fleet.plugins.modules import signing_key
 from ansible_collections.natsops.fleet.plugins.modules.signing_key import KeyFileError, create_key_file, read_public_key
+
+try:
+    from ansible.module_utils.testing import patch_module_args
+except ImportError:  # ansible-core before 2.19: the arguments are what AnsibleModule reads from basic._ANSIBLE_ARGS
+    from ansible.module_utils import basic
+    from ansible.module_utils.common.text.converters import to_bytes
+
+    @contextlib.contextmanager
+    def patch_module_args(args=None):
+        saved = basic._ANSIBLE_ARGS
+        basic._ANSIBLE_ARGS = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args or {}}))
+        try:
+            yield
+        finally:
+            basic._ANSIBLE_ARGS = saved
+
 
 CREDS = """-----BEGIN NATS USER JWT-----
 eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln
