@@ -93,6 +93,7 @@ build: venv
 bench: venv
 	$(BIN)/python -m pip install --quiet mitogen || echo "mitogen not installable: its scenario is skipped"
 	$(BIN)/python bench/trust_bench.py
+	$(BIN)/python bench/resilience_bench.py
 	$(BIN)/python bench/run_bench.py
 
 clean:

@@ -36,6 +36,7 @@ FLEET_PLAYBOOK = os.path.join(HERE, "playbook-10.yml")
 RESULTS = os.path.join(HERE, "results")
 LAB_RESULTS = os.path.join(RESULTS, "lab.md")
 TRUST_RESULTS = os.path.join(RESULTS, "trust.md")  # written by bench/trust_bench.py
+RESILIENCE_RESULTS = os.path.join(RESULTS, "resilience.md")  # written by bench/resilience_bench.py
 PERFORMANCE = os.path.join(ROOT, "docs", "performance.md")
 BASELINE = {"local": 10.7, "ssh": 11.1, "mitogen": 3.3}  # measured on this machine kind (shared brief)
 
@@ -329,14 +330,21 @@ FINDINGS = """
 """
 
 
+def _section(path, title):
+    """A section of docs/performance.md from another benchmark's results file (its first line is its own title)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as handle:
+        return "\n## %s\n\n" % title + handle.read().split("\n", 1)[1].lstrip()
+
+
 def write_performance(connections):
-    lab = trust = ""
+    lab = ""
     if os.path.exists(LAB_RESULTS):
         with open(LAB_RESULTS, encoding="utf-8") as handle:
             lab = handle.read()
-    if os.path.exists(TRUST_RESULTS):
-        with open(TRUST_RESULTS, encoding="utf-8") as handle:
-            trust = "\n## Request signatures (bench/trust_bench.py)\n\n" + handle.read().split("\n", 1)[1].lstrip()
+    trust = _section(TRUST_RESULTS, "Request signatures (bench/trust_bench.py)")
+    trust += _section(RESILIENCE_RESULTS, "Faults: NATS node kills and executor restarts (bench/resilience_bench.py)")
     text = ("# Performance\n\nFigures from real runs on this project's machine kind (2 cores, Debian 12). "
             "Regenerate with `make bench` (connections) and `make lab-bench` (lab); this file is written by "
             "bench/run_bench.py. Targets are checked here, never in timed tests.\n\n"
@@ -351,7 +359,14 @@ def write_performance(connections):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--keep-connections", action="store_true",
+                        help="do not run the connections benchmark again: write docs/performance.md from the last "
+                             "run's bench/results/connections.md and the other benchmarks' results")
     args = parser.parse_args(argv)
+    if args.keep_connections:
+        with open(os.path.join(RESULTS, "connections.md"), encoding="utf-8") as handle:
+            write_performance(handle.read().split("\n", 2)[2])
+        return 0
     rows, notes = measure(args.runs)
     table = render(rows, notes, args.runs)
     os.makedirs(RESULTS, exist_ok=True)
