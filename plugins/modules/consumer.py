@@ -155,7 +155,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    Outcome, ResourceError, changes, check_name, duration_ns, ensure_absent, ensure_created, ensure_resource, ensure_updated,
+    Outcome, ResourceError, SettingsView, changes, check_name, duration_ns, duration_text, ensure_absent, ensure_created,
+    ensure_resource, ensure_updated,
 )
 
 # option -> the consumer configuration field of the JetStream API
@@ -219,11 +220,25 @@ def _state(info: Any) -> Dict[str, Optional[int]]:
             "ack_floor_stream_seq": info.ack_floor.stream_seq if info.ack_floor else None}
 
 
-def _managed(config: Dict[str, Any], wanted: Dict[str, Any]) -> Dict[str, Any]:
-    shown = {k: config.get(k) for k, v in wanted.items() if v is not None and k not in ("filter_subject", "filter_subjects")}
-    if wanted["filter_subject"] is not None or wanted["filter_subjects"] is not None:
-        shown["filter_subjects"] = _filters(config)
-    return shown
+def _view(params: Dict[str, Any]) -> SettingsView:
+    """The consumer's settings by option name, durations in the units of ``params``."""
+    return SettingsView(dict(_FIELDS, filter_subjects=("filter_subject", "filter_subjects")), params, durations=_DURATIONS,
+                        duration_lists=("backoff",), read={"filter_subjects": _filters})
+
+
+def normalise_ack_wait(params: Dict[str, Any], wanted: Dict[str, Any], before: Optional[Dict[str, Any]]) -> List[str]:
+    """Compare ack_wait as NATS stores it: with a backoff (the one wanted, else the consumer's own) the server
+    waits backoff[0] for the first acknowledgement and stores ack_wait = backoff[0], whatever ack_wait was sent.
+    A wanted ack_wait that differs is replaced by backoff[0] in ``wanted``; returns the warning that says so
+    (empty when there is nothing to say)."""
+    backoff = wanted["backoff"] if wanted["backoff"] is not None else (before or {}).get("backoff")
+    if not backoff or wanted["ack_wait"] is None or wanted["ack_wait"] == backoff[0]:
+        return []
+    first = duration_text(backoff[0], params["ack_wait"])
+    wanted["ack_wait"] = backoff[0]
+    return ["consumer %s: ack_wait %s has no effect with backoff: NATS waits backoff[0] (%s) for the first acknowledgement "
+            "and stores that as ack_wait, so the task compares ack_wait as %s; drop ack_wait or set it to %s"
+            % (params["name"], params["ack_wait"], first, first, first)]
 
 
 async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
@@ -232,18 +247,30 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     from nats.js.api import ConsumerConfig  # pylint: disable=import-outside-toplevel
     js = nc.jetstream()
     stream, name = params["stream"], params["name"]
+    warnings: List[str] = []
     try:
         await js.stream_info(stream)
+        stream_exists = True
     except nats.js.errors.NotFoundError as exc:
-        raise ResourceError("stream %s does not exist; create it first (natsops.fleet.stream)" % stream) from exc
-    try:
-        info = await js.consumer_info(stream, name)
-    except nats.js.errors.NotFoundError:
-        info = None
+        if not check_mode:
+            raise ResourceError("stream %s does not exist; create it first (natsops.fleet.stream)" % stream) from exc
+        stream_exists = False  # an earlier task of the play may create it: shown as a stream without consumers
+        warnings.append("stream %s does not exist (yet): check mode shows consumer %s as on a new stream; without --check "
+                        "the task fails unless an earlier task creates the stream" % (stream, name))
+    info = None
+    if stream_exists:
+        try:
+            info = await js.consumer_info(stream, name)
+        except nats.js.errors.NotFoundError:
+            info = None
     before = info.config.as_dict() if info else None
+    view = _view(params)
     if params["state"] == "absent":
-        return await ensure_absent("consumer", before, check_mode, lambda: js.delete_consumer(stream, name))
+        shown = dict(view.show(before, managed_only=False), stream=stream, name=name) if before else None
+        return _warned(await ensure_absent("consumer", before, check_mode, lambda: js.delete_consumer(stream, name), shown=shown),
+                       warnings)
     wanted = wanted_config(params)
+    warnings += normalise_ack_wait(params, wanted, before)
 
     def put(config: Dict[str, Any]) -> Awaitable[Any]:  # creates and updates alike
         return js.add_consumer(stream, ConsumerConfig.from_response(dict(config)))
@@ -251,10 +278,10 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     if before is None:
         config = {k: v for k, v in wanted.items() if v not in (None, "")}
         config.update(name=name, durable_name=name)
-        return await ensure_created("consumer", config, check_mode, put, lambda c: _managed(c, wanted), _state)
+        return _warned(await ensure_created("consumer", config, check_mode, put, view, _state), warnings)
     _refuse_immutable(name, before, wanted)
     compared = dict(wanted, filter_subject=None, filter_subjects=None)
-    changed = changes(before, compared)
+    changed = changes(dict(before, backoff=before.get("backoff") or []) if wanted["backoff"] == [] else before, compared)
     if (wanted["filter_subject"] is not None or wanted["filter_subjects"] is not None) and _filters(before) != (params["filter_subjects"] or []):
         changed.append("filter_subjects")
     after = dict(before)
@@ -262,7 +289,14 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     if "filter_subjects" in changed:
         after["filter_subject"], after["filter_subjects"] = wanted["filter_subject"] or None, wanted["filter_subjects"]
     after.setdefault("name", name)
-    return await ensure_updated("consumer", info, after, changed, check_mode, put, lambda c: _managed(c, wanted), _state)
+    return _warned(await ensure_updated("consumer", info, after, changed, check_mode, put, view, _state), warnings)
+
+
+def _warned(outcome: Outcome, warnings: List[str]) -> Outcome:
+    changed, result, diff = outcome
+    if warnings:
+        result["warnings"] = warnings
+    return changed, result, diff
 
 
 def main() -> None:

@@ -111,13 +111,14 @@ entry:
 
 import json
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
+    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, bucket_view, check_bucket_task, ensure_bucket,
+    ensure_resource,
 )
 
 _KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
@@ -163,12 +164,17 @@ async def ensure_key(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outco
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     js = nc.jetstream()
     bucket, key, revision = params["bucket"], params["name"], params["revision"]
+    warnings: List[str] = []
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError as exc:
-        raise ResourceError("key-value bucket %s does not exist; create it first (natsops.fleet.kv with bucket: %s and no name)"
-                            % (bucket, bucket)) from exc
-    value, current = await _current(kv, key)
+        if not check_mode:
+            raise ResourceError("key-value bucket %s does not exist; create it first (natsops.fleet.kv with bucket: %s and no "
+                                "name)" % (bucket, bucket)) from exc
+        kv = None  # an earlier task of the play may create it: shown as an empty bucket
+        warnings.append("key-value bucket %s does not exist (yet): check mode shows key %s as in a new, empty bucket; "
+                        "without --check the task fails unless an earlier task creates the bucket" % (bucket, key))
+    value, current = await _current(kv, key) if kv is not None else (None, 0)
     shown = (value or b"").decode("utf-8", "replace")
     if params["state"] == "absent":
         wanted = None
@@ -178,12 +184,12 @@ async def ensure_key(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outco
         changed = value != wanted
     diff = {"before": shown + "\n" if value is not None else "", "after": wanted.decode("utf-8", "replace") + "\n" if wanted is not None else ""}
     if not changed:
-        return False, {"entry": _entry(bucket, key, value, current)}, diff
+        return False, {"entry": _entry(bucket, key, value, current), "warnings": warnings}, diff
     if revision is not None and revision != (current if value is not None else 0) and not (revision == current and value is None):
         raise ResourceError("key %s of bucket %s changed since revision %d: it is at revision %d now; nothing was written" % (
             key, bucket, revision, current), revision=current)
     if check_mode:
-        return True, {"entry": _entry(bucket, key, wanted, current)}, diff
+        return True, {"entry": _entry(bucket, key, wanted, current), "warnings": warnings}, diff
     try:
         if wanted is None and params["purge"]:
             await kv.purge(key)
@@ -216,7 +222,7 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
                                                  max_value_size=params["max_value_size"], **settings))
 
     return await ensure_bucket(js, "KV_%s" % bucket, bucket, bucket_settings(params, _FIELDS), check_mode, create,
-                               lambda: js.delete_key_value(bucket), params["state"] == "absent")
+                               lambda: js.delete_key_value(bucket), params["state"] == "absent", bucket_view(params, _FIELDS))
 
 
 def main() -> None:

@@ -107,7 +107,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
+    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, bucket_view, check_bucket_task, ensure_bucket,
+    ensure_resource,
 )
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import object_digest_hex, sha256_hex, sha256_of
 
@@ -141,9 +142,13 @@ async def ensure_object(module: AnsibleModule, nc: Any, params: Dict[str, Any]) 
     try:
         store = await nc.jetstream().object_store(bucket)
     except nats.js.errors.BucketNotFoundError as exc:
-        raise ResourceError("object store bucket %s does not exist; create it first (natsops.fleet.object with bucket: %s and "
-                            "no name)" % (bucket, bucket)) from exc
-    info = await _info(store, name)
+        if not module.check_mode:
+            raise ResourceError("object store bucket %s does not exist; create it first (natsops.fleet.object with bucket: %s "
+                                "and no name)" % (bucket, bucket)) from exc
+        store = None  # an earlier task of the play may create it: shown as an empty bucket
+        module.warn("object store bucket %s does not exist (yet): check mode shows object %s as in a new, empty bucket; "
+                    "without --check the task fails unless an earlier task creates the bucket" % (bucket, name))
+    info = await _info(store, name) if store is not None else None
     before = _described(bucket, info)
     diff_before = {k: before[k] for k in ("sha256", "size")} if info else {}
     if params["state"] == "absent":
@@ -151,6 +156,13 @@ async def ensure_object(module: AnsibleModule, nc: Any, params: Dict[str, Any]) 
             await store.delete(name)
         return info is not None, {"object": {}}, {"before": diff_before, "after": {}}
     if params["dest"]:
+        if info is None and module.check_mode:
+            if store is not None:
+                module.warn("object %s does not exist in bucket %s (yet): check mode assumes an earlier task puts it; "
+                            "without --check the task fails unless one does" % (name, bucket))
+            current = _sha256_of_file(params["dest"]) if os.path.isfile(params["dest"]) else None
+            return True, {"object": {}, "dest": params["dest"]}, {"before": {"sha256": current} if current else {},
+                                                                   "after": {"bucket": bucket, "name": name}}
         if info is None:
             raise ResourceError("object %s does not exist in bucket %s" % (name, bucket))
         return await _fetch(module, store, info, before)
@@ -215,7 +227,7 @@ async def ensure(module: AnsibleModule, nc: Any) -> Outcome:
         await js.create_object_store(bucket, config=ObjectStoreConfig(bucket=bucket, **settings))
 
     return await ensure_bucket(js, "OBJ_%s" % bucket, bucket, bucket_settings(params), module.check_mode, create,
-                               lambda: js.delete_object_store(bucket), params["state"] == "absent")
+                               lambda: js.delete_object_store(bucket), params["state"] == "absent", bucket_view(params))
 
 
 def main() -> None:
