@@ -14,6 +14,8 @@ description:
   - Only the options that are set are managed; the consumer's other settings stay as they are (on creation they take
     the server's defaults). A setting NATS cannot change on an existing consumer (O(ack_policy), O(deliver_policy) and
     its start, O(replay_policy), pull to push or back) fails with the reason and leaves the consumer as it was.
+  - In check mode a stream that does not exist yet (an earlier task of the play creates it) counts as a stream
+    without consumers; the task reports the consumer it would create and warns.
 version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
@@ -62,13 +64,20 @@ options:
     type: str
     choices: [explicit, all, none]
   ack_wait:
-    description: How long a delivered message waits for its acknowledgement before redelivery; seconds or C(30s), C(2m).
+    description:
+      - How long a delivered message waits for its acknowledgement before redelivery; seconds or C(30s), C(2m).
+      - With a backoff (O(backoff), or the consumer's own when O(backoff) is not given) NATS waits the first backoff
+        value instead and stores it as ack_wait. The task compares ack_wait the same way, so it stays idempotent,
+        and warns when the ack_wait given differs from the first backoff value, since it would have no effect.
     type: str
   max_deliver:
     description: Most deliveries of one message (-1 unlimited).
     type: int
   backoff:
-    description: Waits before each redelivery (seconds or durations), instead of O(ack_wait); needs O(max_deliver) larger than its length.
+    description:
+      - Waits before each redelivery (seconds or durations), instead of O(ack_wait); needs O(max_deliver) larger than
+        its length. The first value is also the wait for the first acknowledgement (NATS stores it as ack_wait).
+      - An empty list removes the backoff; give O(ack_wait) with it, or the consumer keeps the first backoff value as ack_wait.
     type: list
     elements: str
   replay_policy:
@@ -102,13 +111,12 @@ options:
 """
 
 EXAMPLES = r"""
-- name: A work queue reader that retries three times, waiting longer each time
+- name: A work queue reader that retries three times, waiting longer each time (10s for the first acknowledgement)
   natsops.fleet.consumer:
     stream: JOBS
     name: workers
     filter_subjects: [jobs.probe.>]
     ack_policy: explicit
-    ack_wait: 30s
     max_deliver: 4
     backoff: [10s, 1m, 5m]
     max_ack_pending: 100
@@ -125,7 +133,7 @@ EXAMPLES = r"""
 - name: Gone
   natsops.fleet.consumer:
     stream: JOBS
-    name: workers
+    name: old_workers
     state: absent
 """
 
@@ -141,7 +149,7 @@ state:
   type: dict
   sample: {"num_pending": 12, "num_ack_pending": 3, "num_redelivered": 1, "delivered_stream_seq": 40, "ack_floor_stream_seq": 37}
 changed_settings:
-  description: The settings the task changed (or would change).
+  description: The settings the task changed (or would change), by option name.
   returned: always
   type: list
   elements: str

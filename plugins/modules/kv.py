@@ -12,6 +12,8 @@ description:
   - Without O(name), creates, updates or deletes a key-value bucket so that it has the settings given.
   - With O(name), sets or deletes one key of an existing bucket. A key that already holds the value is left
     alone, so the task is idempotent; O(revision) makes the change a compare-and-set.
+  - In check mode a bucket that does not exist yet (an earlier task of the play creates it) counts as an empty
+    bucket; the task reports the key it would set and warns. Without check mode the bucket must exist.
 version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
@@ -57,7 +59,8 @@ options:
     default: false
 attributes:
   diff_mode:
-    description: Shows the bucket settings or the key's value before and after.
+    description: Shows the bucket settings (by option name, O(ttl) and O(max_bytes) in the units given) or the key's
+      value before and after.
 """
 
 EXAMPLES = r"""
@@ -68,6 +71,11 @@ EXAMPLES = r"""
     history: 1
     replicas: 3
   delegate_to: localhost
+
+- name: A bucket for settings, five values kept per key
+  natsops.fleet.kv:
+    bucket: config
+    history: 5
 
 - name: A setting the executors read
   natsops.fleet.kv:
@@ -80,12 +88,12 @@ EXAMPLES = r"""
     bucket: config
     name: maintenance
     json: {enabled: true, until: "2026-12-01T06:00:00Z"}
-    revision: "{{ lookup('natsops.fleet.kv', 'maintenance', bucket='config', details=true).revision }}"
+    revision: "{{ lookup('natsops.fleet.kv', 'maintenance', bucket='config', details=true, default={'revision': 0}).revision }}"
 
 - name: Forget a key and its history
   natsops.fleet.kv:
     bucket: config
-    name: maintenance
+    name: maintenance_2025
     state: absent
     purge: true
 """
@@ -97,11 +105,11 @@ bucket:
   type: dict
   sample: {"name": "KV_config", "max_msgs_per_subject": 1, "max_age": 300000000000, "num_replicas": 3}
 changed_settings:
-  description: The bucket settings the task changed (or would change).
+  description: The bucket settings the task changed (or would change), by option name.
   returned: without O(name)
   type: list
   elements: str
-  sample: [max_age]
+  sample: [ttl, history]
 entry:
   description: The key after the task; C(value) is absent when the key does not exist or is deleted.
   returned: with O(name)

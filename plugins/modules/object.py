@@ -12,6 +12,9 @@ description:
   - Without O(name), creates, updates or deletes an object store bucket so that it has the settings given.
   - With O(name), puts a file or text into the bucket as that object, fetches the object to a file, or deletes it.
     Contents are compared by their SHA-256 digest, so an object or file that already has them is not written again.
+  - In check mode a bucket that does not exist yet (an earlier task of the play creates it) counts as an empty
+    bucket, and an object to fetch that does not exist yet counts as one an earlier task puts; the task reports the
+    change and warns. Without check mode both must exist.
 version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
@@ -47,7 +50,8 @@ options:
 attributes:
   diff_mode:
     support: partial
-    description: Shows the bucket settings, or the object's digest and size, before and after.
+    description: Shows the bucket settings (by option name, O(ttl) and O(max_bytes) in the units given), or the
+      object's digest and size, before and after.
 """
 
 EXAMPLES = r"""
@@ -72,10 +76,10 @@ EXAMPLES = r"""
     dest: /var/cache/natsops/probe.tar.gz
     mode: "0644"
 
-- name: Remove it
+- name: Remove an older one
   natsops.fleet.object:
     bucket: natsops_artifacts
-    name: natsops-probe-0.1.0-linux-amd64.tar.gz
+    name: natsops-probe-0.0.9-linux-amd64.tar.gz
     state: absent
 """
 
@@ -86,11 +90,11 @@ bucket:
   type: dict
   sample: {"name": "OBJ_natsops_artifacts", "num_replicas": 3}
 changed_settings:
-  description: The bucket settings the task changed (or would change).
+  description: The bucket settings the task changed (or would change), by option name.
   returned: without O(name)
   type: list
   elements: str
-  sample: [num_replicas]
+  sample: [replicas]
 object:
   description: The object after the task; empty when it does not exist.
   returned: with O(name)

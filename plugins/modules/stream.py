@@ -111,11 +111,11 @@ state:
   type: dict
   sample: {"messages": 20, "bytes": 1420, "first_seq": 1, "last_seq": 20, "consumer_count": 1}
 changed_settings:
-  description: The settings the task changed (or would change).
+  description: The settings the task changed (or would change), by option name.
   returned: always
   type: list
   elements: str
-  sample: [max_age, num_replicas]
+  sample: [max_age, replicas]
 """
 
 from typing import Any, Dict
