@@ -165,8 +165,8 @@ async def ensure_object(module: AnsibleModule, nc: Any, params: Dict[str, Any]) 
                 module.warn("object %s does not exist in bucket %s (yet): check mode assumes an earlier task puts it; "
                             "without --check the task fails unless one does" % (name, bucket))
             current = _sha256_of_file(params["dest"]) if os.path.isfile(params["dest"]) else None
-            return True, {"object": {}, "dest": params["dest"]}, {"before": {"sha256": current} if current else {},
-                                                                   "after": {"bucket": bucket, "name": name}}
+            diff = {"before": {"sha256": current} if current else {}, "after": {"bucket": bucket, "name": name}}
+            return True, {"object": {}, "dest": params["dest"]}, diff
         if info is None:
             raise ResourceError("object %s does not exist in bucket %s" % (name, bucket))
         return await _fetch(module, store, info, before)

@@ -93,7 +93,9 @@ def test_ack_wait_alone_is_compared_with_the_consumers_own_backoff():
 
 def test_a_real_change_shows_in_the_diff_in_the_users_words():
     js = _FakeJetStream(dict(SERVER_VIEW))
-    changed, result, diff = _ensure(js, _params(**dict(README, backoff=["20s", "2m", "5m"], max_deliver=5)), check_mode=True)
+    given = dict(README)
+    given.update(backoff=["20s", "2m", "5m"], max_deliver=5)
+    changed, result, diff = _ensure(js, _params(**given), check_mode=True)
     assert changed and not js.puts
     assert result["changed_settings"] == ["ack_wait", "backoff", "max_deliver"]
     assert diff == {"before": {"ack_wait": "10s", "max_deliver": 4, "backoff": ["10s", "1m", "5m"]},
