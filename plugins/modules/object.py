@@ -165,7 +165,8 @@ async def ensure_object(module: AnsibleModule, nc: Any, params: Dict[str, Any]) 
                 module.warn("object %s does not exist in bucket %s (yet): check mode assumes an earlier task puts it; "
                             "without --check the task fails unless one does" % (name, bucket))
             current = _sha256_of_file(params["dest"]) if os.path.isfile(params["dest"]) else None
-            diff = {"before": {"sha256": current} if current else {}, "after": {"bucket": bucket, "name": name}}
+            diff = {"before": {"sha256": current, "size": os.path.getsize(params["dest"])} if current else {},
+                    "after": {"bucket": bucket, "name": name}}
             return True, {"object": {}, "dest": params["dest"]}, diff
         if info is None:
             raise ResourceError("object %s does not exist in bucket %s" % (name, bucket))
@@ -194,7 +195,8 @@ async def _fetch(module: AnsibleModule, store: Any, info: Any, described: Dict[s
     """Write the object to dest when the file's digest differs; verified before the file is replaced."""
     dest = module.params["dest"]
     current = _sha256_of_file(dest) if os.path.isfile(dest) else None
-    diff = {"before": {"sha256": current} if current else {}, "after": {"sha256": described["sha256"], "size": info.size}}
+    diff = {"before": {"sha256": current, "size": os.path.getsize(dest)} if current else {},
+            "after": {"sha256": described["sha256"], "size": info.size}}
     if current == described["sha256"]:
         return False, {"object": described, "dest": dest}, diff
     if module.check_mode:

@@ -171,13 +171,16 @@ async def _server_state(url):
 def test_readme_and_examples_in_four_steps(docs_play, fresh_server):
     url = fresh_server.url
 
-    # (1) check mode on a fresh server: every task that makes something reports it, nothing is created, no failure
-    # (the kv key, the consumers and the objects go into a bucket or stream an earlier task would create)
-    results, changed, output = docs_play(check=True)
+    # (1) check mode on a fresh server: every task that makes something reports it, with a diff that shows it, nothing
+    # is created, no failure (the kv key, the consumers and the objects go into a bucket or stream an earlier task
+    # would create)
+    results, changed, output = docs_play(check=True, diff=True)
     makes = [label for label, result in results.items() if "Gone" not in label and "Remove" not in label
              and "Forget" not in label and "server_info" not in label and "debug" not in label]
     assert [label for label in makes if not results[label].get("changed")] == [], results
     assert changed == len(makes)
+    assert [label for label in makes if not results[label].get("diff") or results[label]["diff"]["before"] == results[label][
+        "diff"]["after"]] == [], results
     assert "key-value bucket config does not exist (yet)" in output and "stream JOBS does not exist (yet)" in output
     assert asyncio.run(_server_state(url)) == ({}, {}, {}, {})
 
@@ -206,8 +209,9 @@ def test_readme_and_examples_in_four_steps(docs_play, fresh_server):
         assert hashlib.sha256(got.read()).digest() == hashlib.sha256(sent.read()).digest()
     assert [r["msg"] for label, r in results.items() if label.endswith("README: ansible.builtin.debug")] == ["20"]
 
-    # (3) again: nothing changes; (4) check mode with diff: nothing would change
+    # (3) again: nothing changes; (4) check mode with diff: nothing would change, every diff shows the same before and after
     for check in (False, True):
         results, changed, output = docs_play(check=check, diff=check)
         assert changed == 0, [label for label, result in results.items() if result.get("changed")]
         assert not [label for label, result in results.items() if result.get("failed")]
+    assert [label for label, result in results.items() if result.get("diff") and result["diff"]["before"] != result["diff"]["after"]] == []
