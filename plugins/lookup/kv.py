@@ -53,9 +53,9 @@ EXAMPLES = r"""
   ansible.builtin.set_fact:
     maintenance: "{{ lookup('natsops.fleet.kv', 'maintenance', bucket='config', json=true, default={'enabled': false}) }}"
 
-- name: Compare-and-set, from the revision that was read
+- name: Compare-and-set, from the revision that was read (revision 0 creates the key when it is not there yet)
   vars:
-    current: "{{ lookup('natsops.fleet.kv', 'counter', bucket='config', details=true) }}"
+    current: "{{ lookup('natsops.fleet.kv', 'counter', bucket='config', details=true, default={'value': '0', 'revision': 0}) }}"
   natsops.fleet.kv:
     bucket: config
     name: counter
