@@ -191,6 +191,8 @@ class SettingsView:
             return duration_text(value, like)
         if option in self._sizes:
             return size_text(value, like)
+        if option in self._duration_lists and value is None and like is not None:
+            return []
         if option in self._duration_lists and value is not None:
             likes = list(like or [None])
             return [duration_text(v, likes[min(i, len(likes) - 1)]) for i, v in enumerate(value)]

@@ -106,7 +106,8 @@ options:
     description: Copies of the consumer's state in a cluster (0 follows the stream).
     type: int
   metadata:
-    description: Your own key/value strings stored with the consumer.
+    description: Your own key/value strings stored with the consumer. The keys nats-server adds itself (C(_nats.*))
+      are left out when comparing and showing it.
     type: dict
 """
 
@@ -175,6 +176,7 @@ _FIELDS = {"description": "description", "deliver_subject": "deliver_subject", "
            "headers_only": "headers_only", "inactive_threshold": "inactive_threshold", "idle_heartbeat": "idle_heartbeat",
            "flow_control": "flow_control", "replicas": "num_replicas", "metadata": "metadata"}
 _DURATIONS = ("ack_wait", "inactive_threshold", "idle_heartbeat")
+_SERVER_METADATA = "_nats."  # metadata keys nats-server adds itself (its version, API level)
 _IMMUTABLE = ("deliver_policy", "opt_start_seq", "opt_start_time", "ack_policy", "replay_policy")
 
 
@@ -197,6 +199,12 @@ def wanted_config(params: Dict[str, Any]) -> Dict[str, Any]:
     if params["deliver_group"] and not params["deliver_subject"]:
         raise ResourceError("deliver_group is for push consumers: give deliver_subject as well")
     return wanted
+
+
+def _own_metadata(config: Dict[str, Any]) -> Optional[Dict[str, str]]:
+    """The consumer's metadata without the keys nats-server adds itself (None when it has none)."""
+    metadata = config.get("metadata")
+    return None if metadata is None else {k: v for k, v in metadata.items() if not k.startswith(_SERVER_METADATA)}
 
 
 def _filters(config: Dict[str, Any]) -> List[str]:
@@ -231,7 +239,7 @@ def _state(info: Any) -> Dict[str, Optional[int]]:
 def _view(params: Dict[str, Any]) -> SettingsView:
     """The consumer's settings by option name, durations in the units of ``params``."""
     return SettingsView(dict(_FIELDS, filter_subjects=("filter_subject", "filter_subjects")), params, durations=_DURATIONS,
-                        duration_lists=("backoff",), read={"filter_subjects": _filters})
+                        duration_lists=("backoff",), read={"filter_subjects": _filters, "metadata": _own_metadata})
 
 
 def normalise_ack_wait(params: Dict[str, Any], wanted: Dict[str, Any], before: Optional[Dict[str, Any]]) -> List[str]:
@@ -289,7 +297,10 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
         return _warned(await ensure_created("consumer", config, check_mode, put, view, _state), warnings)
     _refuse_immutable(name, before, wanted)
     compared = dict(wanted, filter_subject=None, filter_subjects=None)
-    changed = changes(dict(before, backoff=before.get("backoff") or []) if wanted["backoff"] == [] else before, compared)
+    compared_before = dict(before, metadata=_own_metadata(before) or {})  # as NATS stores them: see normalise_ack_wait
+    if wanted["backoff"] == []:
+        compared_before["backoff"] = before.get("backoff") or []
+    changed = changes(compared_before, compared)
     if (wanted["filter_subject"] is not None or wanted["filter_subjects"] is not None) and _filters(before) != (params["filter_subjects"] or []):
         changed.append("filter_subjects")
     after = dict(before)

@@ -26,7 +26,8 @@ def _params(**given):
 
 
 class _FakeJetStream:
-    """A stream JOBS (or none) with at most one consumer, stored as nats-server stores it (ack_wait = backoff[0])."""
+    """A stream JOBS (or none) with at most one consumer, stored as nats-server stores it (ack_wait = backoff[0], its
+    own metadata keys added)."""
 
     def __init__(self, stored=None, stream=True):
         self.stored = stored
@@ -49,6 +50,7 @@ class _FakeJetStream:
         stored = config.as_dict()
         if stored.get("backoff"):
             stored["ack_wait"] = stored["backoff"][0]
+        stored["metadata"] = dict(stored.get("metadata") or {}, **{"_nats.ver": "2.15.1", "_nats.level": "5"})
         self.stored = stored
         return await self.consumer_info(stream, config.durable_name)
 
@@ -119,6 +121,16 @@ def test_removing_the_backoff_is_idempotent():
     assert changed and not js.stored.get("backoff") and js.stored["ack_wait"] == 30 * S
     changed, _result, _diff = _ensure(js, given)
     assert not changed
+
+
+def test_metadata_is_compared_without_the_keys_the_server_adds():
+    js = _FakeJetStream()
+    given = _params(stream="JOBS", name="workers", metadata={"team": "ops"})
+    assert _ensure(js, given)[0] and js.stored["metadata"]["_nats.ver"] == "2.15.1"
+    changed, _result, diff = _ensure(js, given, check_mode=True)
+    assert not changed and diff["before"] == diff["after"] == {"metadata": {"team": "ops"}}
+    changed, result, diff = _ensure(js, _params(stream="JOBS", name="workers", metadata={"team": "sre"}), check_mode=True)
+    assert changed and result["changed_settings"] == ["metadata"] and diff["before"] == {"metadata": {"team": "ops"}}
 
 
 def test_check_mode_on_a_stream_the_play_creates_first():
