@@ -116,7 +116,7 @@ def duration_text(ns: Optional[int], like: Any = None) -> Any:
     text = str(like).strip() if like is not None else ""
     if _NUMBER_RE.match(text):
         seconds = ns / 1e9
-        return int(seconds) if seconds == int(seconds) else float(_number_text(seconds))
+        return int(seconds) if seconds == int(seconds) else seconds
     parts = _DURATION_RE.findall(text)
     if len(parts) == 1 and _exact(ns / _UNITS[parts[0][1]]):
         return _number_text(ns / _UNITS[parts[0][1]]) + parts[0][1]

@@ -67,7 +67,7 @@ def test_bad_stream_and_consumer_names_say_which(name):
 # Diffs speak the user's words (issue 19): option names, and durations and sizes in the units the user wrote.
 @pytest.mark.parametrize("ns, like, shown", [
     (7 * 86400 * 10**9, "7d", "7d"), (7 * 86400 * 10**9, "24h", "168h"), (86400 * 10**9, "7d", "1d"),
-    (36 * 3600 * 10**9, "1d", "1.5d"), (604800 * 10**9, "300", 604800), (1_500_000_000, 2, 1.5),
+    (36 * 3600 * 10**9, "1d", "1.5d"), (604800 * 10**9, "300", 604800), (1_500_000_000, 2, 1.5), (100_000, "1", 0.0001),
     (150 * 10**9, "2m30s", "2m30s"), (90 * 10**9, None, "1m30s"), (7 * 86400 * 10**9, None, "7d"),
     (10**9 // 3, "1s", "333ms333us333ns"), (0, "7d", 0), (None, "7d", None)])
 def test_durations_shown_as_written(ns, like, shown):
