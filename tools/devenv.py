@@ -69,14 +69,16 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=10.0):
 class NatsServer:
     """A real nats-server on loopback with JetStream, in its own temp dir."""
 
-    def __init__(self, extra_config="", port=None, max_payload=None, listen="127.0.0.1", jetstream_domain=None):
+    def __init__(self, extra_config="", port=None, max_payload=None, listen="127.0.0.1", jetstream_domain=None,
+                 max_file_store="1GB"):
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="natsops-nats-")
         self.url = "nats://%s:%d" % (listen, self.port)
         self.config = os.path.join(self.dir, "nats.conf")
         domain = ", domain: %s" % jetstream_domain if jetstream_domain else ""
         lines = ["listen: %s:%d" % (listen, self.port),
-                 "jetstream { store_dir: %s, max_memory_store: 64MB, max_file_store: 1GB%s }" % (os.path.join(self.dir, "js"), domain)]
+                 "jetstream { store_dir: %s, max_memory_store: 64MB, max_file_store: %s%s }" % (
+                     os.path.join(self.dir, "js"), max_file_store, domain)]
         if max_payload:
             lines.append("max_payload: %d" % max_payload)
         with open(self.config, "w", encoding="utf-8") as handle:

@@ -18,7 +18,8 @@ attributes:
     description: Reports what would change and changes nothing.
   diff_mode:
     support: full
-    description: Shows the managed settings before and after.
+    description: Shows the managed settings before and after, by option name, durations and sizes in the units the
+      options were given in (a task with C(max_age=24h) shows C(168h) before when it was a week).
 """
 
     INFO_MODULE = r"""

@@ -36,7 +36,9 @@ options:
     type: bool
     default: false
   default:
-    description: The result for a key that does not exist or is deleted. Without it such a key is an error.
+    description:
+      - The result for a key that does not exist or is deleted, or that is in a bucket that does not exist (for example
+        in check mode, when an earlier task of the play would create the bucket). Without it such a key is an error.
     type: raw
 seealso:
   - module: natsops.fleet.kv
@@ -51,12 +53,12 @@ EXAMPLES = r"""
   ansible.builtin.set_fact:
     maintenance: "{{ lookup('natsops.fleet.kv', 'maintenance', bucket='config', json=true, default={'enabled': false}) }}"
 
-- name: Compare-and-set, from the revision that was read
+- name: Compare-and-set, from the revision that was read (revision 0 creates the key when it is not there yet)
   vars:
-    current: "{{ lookup('natsops.fleet.kv', 'counter', bucket='config', details=true) }}"
+    current: "{{ lookup('natsops.fleet.kv', 'counter', bucket='config', details=true, default={'value': '0', 'revision': 0}) }}"
   natsops.fleet.kv:
     bucket: config
-    key: counter
+    name: counter
     value: "{{ current.value | int + 1 }}"
     revision: "{{ current.revision }}"
 
@@ -103,7 +105,10 @@ class LookupModule(LookupBase):
         try:
             kv = await nc.jetstream().key_value(bucket)
         except nats.js.errors.BucketNotFoundError as exc:
-            raise AnsibleLookupError("natsops.fleet.kv: key-value bucket %s does not exist" % bucket) from exc
+            if self.get_option("default") is None:
+                raise AnsibleLookupError("natsops.fleet.kv: key-value bucket %s does not exist (give default= to accept "
+                                         "that)" % bucket) from exc
+            return [self.get_option("default") for key in keys]  # no bucket (yet, in check mode): no key either
         return [await self._value(kv, bucket, key) for key in keys]
 
     async def _value(self, kv: Any, bucket: str, key: str) -> Any:

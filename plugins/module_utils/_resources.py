@@ -5,14 +5,15 @@
 and the kv lookup and probes inventory with them (private to this collection): one NATS connection per run
 (``call``, ``run``), JetStream refusals as clear failures, sizes and durations as users write them, the rules for
 stream and consumer names and for replicas, bucket settings, and the present and absent paths of a stream,
-consumer or bucket (check mode, result, diff of the managed settings)."""
+consumer or bucket (check mode, result, diff of the managed settings), and how those settings read in diffs and
+``changed_settings``: by the module's option names, in the units the user wrote (SettingsView)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.formatters import human_to_bytes
@@ -31,6 +32,10 @@ except ImportError:  # pragma: no cover - reported by call()
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
 _UNITS = {"ns": 1, "us": 1e3, "µs": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9, "d": 86400e9}
+# the units of a duration written in several parts ('1d12h', '2m30s'), largest first
+_PARTS = (("d", 86400 * 10**9), ("h", 3600 * 10**9), ("m", 60 * 10**9), ("s", 10**9), ("ms", 10**6), ("us", 10**3), ("ns", 1))
+_NUMBER_RE = re.compile(r"^-?\d+(?:\.\d+)?$")
+_SIZE_RE = re.compile(r"^\d+(?:\.\d+)?\s*([A-Za-z]+)$")
 # A stream or consumer name is a subject token and a file name on the server.
 _NAME_RE = re.compile(r"^[^\s.*>/\\]+$")
 MAX_REPLICAS = 5  # JetStream keeps at most five copies of a stream
@@ -90,6 +95,110 @@ def size_bytes(value: Any, option: str) -> Optional[int]:
         raise ResourceError("option %s: %r is not a size (%s)" % (option, value, exc)) from exc
 
 
+def _number_text(value: float) -> str:
+    """A number without exponent or trailing zeros: 1.5, 604800."""
+    return ("%.3f" % value).rstrip("0").rstrip(".")
+
+
+def _exact(value: float) -> bool:
+    """True when ``value`` is written exactly with three decimals at most."""
+    return abs(value * 1000 - round(value * 1000)) < 1e-6
+
+
+def duration_text(ns: Optional[int], like: Any = None) -> Any:
+    """A duration in nanoseconds as the user wrote ``like`` (their option value): seconds (a number) when they gave a
+    number, their unit when they gave one ('7d', '168h'), else in parts ('1d12h', '2m30s'); 0 (unlimited) is 0."""
+    if ns is None:
+        return None
+    ns = int(ns)
+    if ns == 0:
+        return 0
+    text = str(like).strip() if like is not None else ""
+    if _NUMBER_RE.match(text):
+        seconds = ns / 1e9
+        return int(seconds) if seconds == int(seconds) else seconds
+    parts = _DURATION_RE.findall(text)
+    if len(parts) == 1 and _exact(ns / _UNITS[parts[0][1]]):
+        return _number_text(ns / _UNITS[parts[0][1]]) + parts[0][1]
+    shown, rest = [], ns
+    for unit, size in _PARTS:
+        count, rest = divmod(rest, size)
+        if count:
+            shown.append("%d%s" % (count, unit))
+    return "".join(shown)
+
+
+def size_text(count: Optional[int], like: Any = None) -> Any:
+    """A byte count as the user wrote ``like``: in their unit when they gave one ('64MB') and it is exact, else the
+    number of bytes; -1 (unlimited) is -1."""
+    if count is None:
+        return None
+    match = _SIZE_RE.match(str(like).strip()) if like is not None else None
+    if match is None or count < 0:
+        return count
+    try:
+        per = human_to_bytes("1" + match.group(1))
+    except ValueError:
+        return count
+    if not _exact(count / per):
+        return count
+    return _number_text(count / per) + match.group(1)
+
+
+# a setting's field (or fields) in the API's configuration
+Field = Union[str, Tuple[str, ...]]
+
+
+class SettingsView:
+    """How the settings of a stream, consumer or bucket read to the user, in diffs and ``changed_settings``: by the
+    module's option names (``fields``: option -> API field or fields) and in the units the user wrote in ``params``
+    (``durations``, ``sizes`` and lists of durations ``duration_lists``; the rest as the API has them, enums as
+    their value). ``read`` gives the value of an option made of several API fields."""
+
+    def __init__(self, fields: Dict[str, Field], params: Dict[str, Any], durations: Sequence[str] = (), sizes: Sequence[str] = (),
+                 duration_lists: Sequence[str] = (), read: Optional[Dict[str, Callable[[Dict[str, Any]], Any]]] = None) -> None:
+        self._fields = fields
+        self._params = params
+        self._durations = set(durations)
+        self._sizes = set(sizes)
+        self._duration_lists = set(duration_lists)
+        self._read = read or {}
+
+    def options(self, api_fields: Iterable[str]) -> List[str]:
+        """The option names of these API fields (those of no option left out), sorted."""
+        given = set(api_fields)
+        return sorted(o for o, api in self._fields.items() if given.intersection((api,) if isinstance(api, str) else api))
+
+    def show(self, config: Dict[str, Any], managed_only: bool = True) -> Dict[str, Any]:
+        """``config`` (API fields and units) by option name: the options the user set, or (``managed_only`` False)
+        every option the configuration has."""
+        shown = {}
+        for option, api in self._fields.items():
+            like = self._params.get(option)
+            if managed_only and like is None:
+                continue
+            if option in self._read:
+                value = self._read[option](config)
+            else:
+                value = config.get(api) if isinstance(api, str) else next((config[f] for f in api if config.get(f) is not None), None)
+            if value is None and not managed_only:
+                continue
+            shown[option] = self._text(option, value, like)
+        return shown
+
+    def _text(self, option: str, value: Any, like: Any) -> Any:
+        if option in self._durations:
+            return duration_text(value, like)
+        if option in self._sizes:
+            return size_text(value, like)
+        if option in self._duration_lists and value is None and like is not None:
+            return []
+        if option in self._duration_lists and value is not None:
+            likes = list(like or [None])
+            return [duration_text(v, likes[min(i, len(likes) - 1)]) for i, v in enumerate(value)]
+        return getattr(value, "value", value)
+
+
 def call(options: Dict[str, Any], name: str, timeout: float, work: Callable[[Any], Awaitable[Any]]) -> Any:
     """Connect with the connection options (the user-facing names), ``await work(nc)``, close; from synchronous
     code: a module run, the kv lookup, the probes inventory. Every failure is a ResourceError, secrets never in
@@ -139,8 +248,10 @@ def run(module: AnsibleModule, work: Callable[[Any], Awaitable[Any]]) -> Any:
 
 def ensure_resource(module: AnsibleModule, ensure: Callable[[Any], Awaitable[Outcome]]) -> None:
     """Run ``ensure(nc)`` (returning changed, result, diff) on one connection and exit the module with its result,
-    the diff in --diff mode."""
+    the diff in --diff mode; the result's ``warnings`` (a list) become the module's warnings."""
     changed, result, diff = run(module, ensure)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     if module._diff:
         result["diff"] = diff
     module.exit_json(changed=changed, **result)
@@ -204,6 +315,12 @@ def bucket_settings(params: Dict[str, Any], fields: Optional[Dict[str, str]] = N
     return wanted
 
 
+def bucket_view(params: Dict[str, Any], fields: Optional[Dict[str, str]] = None) -> SettingsView:
+    """How a bucket's settings (``fields``: option -> stream field) read in diffs: ttl as a duration, max_bytes as
+    a size, in the units of ``params``."""
+    return SettingsView(dict(fields or BUCKET_FIELDS), params, durations=("ttl",), sizes=("max_bytes",))
+
+
 async def ensure_absent(kind: str, before: Optional[Dict[str, Any]], check_mode: bool,
                         delete: Callable[[], Awaitable[Any]], shown: Optional[Dict[str, Any]] = None) -> Outcome:
     """State absent of a stream, consumer or bucket: ``delete()`` it when it exists (``before``, its configuration;
@@ -217,28 +334,31 @@ async def ensure_absent(kind: str, before: Optional[Dict[str, Any]], check_mode:
 
 
 async def ensure_created(kind: str, config: Dict[str, Any], check_mode: bool,
-                         create: Callable[[Dict[str, Any]], Awaitable[Any]],
-                         managed: Callable[[Dict[str, Any]], Dict[str, Any]], state: Callable[[Any], Dict[str, Any]]) -> Outcome:
+                         create: Callable[[Dict[str, Any]], Awaitable[Any]], view: SettingsView,
+                         state: Callable[[Any], Dict[str, Any]]) -> Outcome:
     """State present of a stream or consumer that does not exist: ``create(config)`` (returning its info), not in
-    check mode. The result names it ``kind``, with ``state(info)``; the diff shows its ``managed`` settings."""
+    check mode. The result names it ``kind``, with ``state(info)``; the diff shows the settings the user set as
+    ``view`` reads them."""
+    settings = view.options(config)
     if check_mode:
-        return True, {kind: config, "changed_settings": sorted(config)}, {"before": {}, "after": managed(config)}
+        return True, {kind: config, "changed_settings": settings}, {"before": {}, "after": view.show(config)}
     info = await create(config)
     after = info.config.as_dict()
-    return True, {kind: after, "changed_settings": sorted(config), "state": state(info)}, {"before": {}, "after": managed(after)}
+    return True, {kind: after, "changed_settings": settings, "state": state(info)}, {"before": {}, "after": view.show(after)}
 
 
 async def ensure_updated(kind: str, info: Any, after: Dict[str, Any], changed: List[str], check_mode: bool,
-                         update: Callable[[Dict[str, Any]], Awaitable[Any]],
-                         managed: Callable[[Dict[str, Any]], Dict[str, Any]], state: Callable[[Any], Dict[str, Any]]) -> Outcome:
-    """State present of a stream or consumer that exists (``info``): ``update(after)`` when settings ``changed``, not
-    in check mode. The result names it ``kind``, with ``state(info)``; the diff shows its ``managed`` settings."""
+                         update: Callable[[Dict[str, Any]], Awaitable[Any]], view: SettingsView,
+                         state: Callable[[Any], Dict[str, Any]]) -> Outcome:
+    """State present of a stream or consumer that exists (``info``): ``update(after)`` when the API fields ``changed``,
+    not in check mode. The result names it ``kind``, with ``state(info)``; the diff shows the settings the user set
+    as ``view`` reads them."""
     before = info.config.as_dict()
     if changed and not check_mode:
         info = await update(after)
         after = info.config.as_dict()
-    return bool(changed), {kind: after, "changed_settings": sorted(changed), "state": state(info)}, {
-        "before": managed(before), "after": managed(after)}
+    return bool(changed), {kind: after, "changed_settings": view.options(changed), "state": state(info)}, {
+        "before": view.show(before), "after": view.show(after)}
 
 
 async def stream_config(js: Any, stream: str) -> Optional[Dict[str, Any]]:
@@ -270,12 +390,13 @@ def check_bucket_task(module: AnsibleModule, fields: Dict[str, str], item_option
 
 async def ensure_bucket(js: Any, stream: str, bucket: str, wanted: Dict[str, Any], check_mode: bool,
                         create: Callable[[Dict[str, Any]], Awaitable[Any]], delete: Callable[[], Awaitable[Any]],
-                        absent: bool) -> Outcome:
+                        absent: bool, view: SettingsView) -> Outcome:
     """Make the bucket stored in ``stream`` exist with ``wanted`` settings, or not exist (``absent``).
 
     ``create(settings)`` and ``delete()`` make and remove the bucket with the client's own bucket API (so the stream
     gets every setting a bucket needs); ``settings`` are the common ones as that API takes them (description,
-    replicas, max_bytes, ttl in seconds, storage). Later changes update the stream.
+    replicas, max_bytes, ttl in seconds, storage). Later changes update the stream. ``view`` shows the settings
+    by option name, in the user's units.
     Returns (changed, {"bucket": stream config after, "changed_settings": [...]}, diff)."""
     from nats.js.api import StorageType, StreamConfig  # pylint: disable=import-outside-toplevel
     before = await stream_config(js, stream)
@@ -289,8 +410,8 @@ async def ensure_bucket(js: Any, stream: str, bucket: str, wanted: Dict[str, Any
                           "max_bytes": wanted["max_bytes"], "ttl": wanted["max_age"] / 1e9 if wanted["max_age"] else None,
                           "storage": StorageType(wanted["storage"]) if wanted["storage"] else None})
             after = await stream_config(js, stream)
-        return True, {"bucket": after, "changed_settings": sorted(managed) or ["state"]}, {
-            "before": {}, "after": dict(managed, bucket=bucket)}
+        return True, {"bucket": after, "changed_settings": view.options(managed) or ["state"]}, {
+            "before": {}, "after": dict(view.show(managed), bucket=bucket)}
     if wanted.get("storage") is not None and before.get("storage") != wanted["storage"]:
         raise ResourceError("the storage of bucket %s cannot change (%s -> %s); make a new bucket, or delete this one "
                             "(state: absent) first" % (bucket, before.get("storage"), wanted["storage"]))
@@ -304,5 +425,5 @@ async def ensure_bucket(js: Any, stream: str, bucket: str, wanted: Dict[str, Any
             if update.get("max_age") and (update.get("duplicate_window") or 0) > update["max_age"]:
                 update["duplicate_window"] = update["max_age"]  # NATS requires the dedupe window within the TTL
             after = (await js.update_stream(StreamConfig.from_response(update))).config.as_dict()
-    return bool(changed), {"bucket": after, "changed_settings": changed}, {
-        "before": {k: before.get(k) for k in managed}, "after": managed}
+    return bool(changed), {"bucket": after, "changed_settings": view.options(changed)}, {
+        "before": view.show(before), "after": view.show(managed)}

@@ -14,6 +14,8 @@ description:
   - Only the options that are set are managed; the consumer's other settings stay as they are (on creation they take
     the server's defaults). A setting NATS cannot change on an existing consumer (O(ack_policy), O(deliver_policy) and
     its start, O(replay_policy), pull to push or back) fails with the reason and leaves the consumer as it was.
+  - In check mode a stream that does not exist yet (an earlier task of the play creates it) counts as a stream
+    without consumers; the task reports the consumer it would create and warns.
 version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
@@ -62,13 +64,20 @@ options:
     type: str
     choices: [explicit, all, none]
   ack_wait:
-    description: How long a delivered message waits for its acknowledgement before redelivery; seconds or C(30s), C(2m).
+    description:
+      - How long a delivered message waits for its acknowledgement before redelivery; seconds or C(30s), C(2m).
+      - With a backoff (O(backoff), or the consumer's own when O(backoff) is not given) NATS waits the first backoff
+        value instead and stores it as ack_wait. The task compares ack_wait the same way, so it stays idempotent,
+        and warns when the ack_wait given differs from the first backoff value, since it would have no effect.
     type: str
   max_deliver:
     description: Most deliveries of one message (-1 unlimited).
     type: int
   backoff:
-    description: Waits before each redelivery (seconds or durations), instead of O(ack_wait); needs O(max_deliver) larger than its length.
+    description:
+      - Waits before each redelivery (seconds or durations), instead of O(ack_wait); needs O(max_deliver) larger than
+        its length. The first value is also the wait for the first acknowledgement (NATS stores it as ack_wait).
+      - An empty list removes the backoff; give O(ack_wait) with it, or the consumer keeps the first backoff value as ack_wait.
     type: list
     elements: str
   replay_policy:
@@ -97,18 +106,18 @@ options:
     description: Copies of the consumer's state in a cluster (0 follows the stream).
     type: int
   metadata:
-    description: Your own key/value strings stored with the consumer.
+    description: Your own key/value strings stored with the consumer. The keys nats-server adds itself (C(_nats.*))
+      are left out when comparing and showing it.
     type: dict
 """
 
 EXAMPLES = r"""
-- name: A work queue reader that retries three times, waiting longer each time
+- name: A work queue reader that retries three times, waiting longer each time (10s for the first acknowledgement)
   natsops.fleet.consumer:
     stream: JOBS
     name: workers
     filter_subjects: [jobs.probe.>]
     ack_policy: explicit
-    ack_wait: 30s
     max_deliver: 4
     backoff: [10s, 1m, 5m]
     max_ack_pending: 100
@@ -125,7 +134,7 @@ EXAMPLES = r"""
 - name: Gone
   natsops.fleet.consumer:
     stream: JOBS
-    name: workers
+    name: old_workers
     state: absent
 """
 
@@ -141,7 +150,7 @@ state:
   type: dict
   sample: {"num_pending": 12, "num_ack_pending": 3, "num_redelivered": 1, "delivered_stream_seq": 40, "ack_floor_stream_seq": 37}
 changed_settings:
-  description: The settings the task changed (or would change).
+  description: The settings the task changed (or would change), by option name.
   returned: always
   type: list
   elements: str
@@ -155,7 +164,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    Outcome, ResourceError, changes, check_name, duration_ns, ensure_absent, ensure_created, ensure_resource, ensure_updated,
+    Outcome, ResourceError, SettingsView, changes, check_name, duration_ns, duration_text, ensure_absent, ensure_created,
+    ensure_resource, ensure_updated,
 )
 
 # option -> the consumer configuration field of the JetStream API
@@ -166,6 +176,7 @@ _FIELDS = {"description": "description", "deliver_subject": "deliver_subject", "
            "headers_only": "headers_only", "inactive_threshold": "inactive_threshold", "idle_heartbeat": "idle_heartbeat",
            "flow_control": "flow_control", "replicas": "num_replicas", "metadata": "metadata"}
 _DURATIONS = ("ack_wait", "inactive_threshold", "idle_heartbeat")
+_SERVER_METADATA = "_nats."  # metadata keys nats-server adds itself (its version, API level)
 _IMMUTABLE = ("deliver_policy", "opt_start_seq", "opt_start_time", "ack_policy", "replay_policy")
 
 
@@ -188,6 +199,12 @@ def wanted_config(params: Dict[str, Any]) -> Dict[str, Any]:
     if params["deliver_group"] and not params["deliver_subject"]:
         raise ResourceError("deliver_group is for push consumers: give deliver_subject as well")
     return wanted
+
+
+def _own_metadata(config: Dict[str, Any]) -> Optional[Dict[str, str]]:
+    """The consumer's metadata without the keys nats-server adds itself (None when it has none)."""
+    metadata = config.get("metadata")
+    return None if metadata is None else {k: v for k, v in metadata.items() if not k.startswith(_SERVER_METADATA)}
 
 
 def _filters(config: Dict[str, Any]) -> List[str]:
@@ -219,11 +236,25 @@ def _state(info: Any) -> Dict[str, Optional[int]]:
             "ack_floor_stream_seq": info.ack_floor.stream_seq if info.ack_floor else None}
 
 
-def _managed(config: Dict[str, Any], wanted: Dict[str, Any]) -> Dict[str, Any]:
-    shown = {k: config.get(k) for k, v in wanted.items() if v is not None and k not in ("filter_subject", "filter_subjects")}
-    if wanted["filter_subject"] is not None or wanted["filter_subjects"] is not None:
-        shown["filter_subjects"] = _filters(config)
-    return shown
+def _view(params: Dict[str, Any]) -> SettingsView:
+    """The consumer's settings by option name, durations in the units of ``params``."""
+    return SettingsView(dict(_FIELDS, filter_subjects=("filter_subject", "filter_subjects")), params, durations=_DURATIONS,
+                        duration_lists=("backoff",), read={"filter_subjects": _filters, "metadata": _own_metadata})
+
+
+def normalise_ack_wait(params: Dict[str, Any], wanted: Dict[str, Any], before: Optional[Dict[str, Any]]) -> List[str]:
+    """Compare ack_wait as NATS stores it: with a backoff (the one wanted, else the consumer's own) the server
+    waits backoff[0] for the first acknowledgement and stores ack_wait = backoff[0], whatever ack_wait was sent.
+    A wanted ack_wait that differs is replaced by backoff[0] in ``wanted``; returns the warning that says so
+    (empty when there is nothing to say)."""
+    backoff = wanted["backoff"] if wanted["backoff"] is not None else (before or {}).get("backoff")
+    if not backoff or wanted["ack_wait"] is None or wanted["ack_wait"] == backoff[0]:
+        return []
+    first = duration_text(backoff[0], params["ack_wait"])
+    wanted["ack_wait"] = backoff[0]
+    return ["consumer %s: ack_wait %s has no effect with backoff: NATS waits backoff[0] (%s) for the first acknowledgement "
+            "and stores that as ack_wait, so the task compares ack_wait as %s; drop ack_wait or set it to %s"
+            % (params["name"], params["ack_wait"], first, first, first)]
 
 
 async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
@@ -232,18 +263,30 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     from nats.js.api import ConsumerConfig  # pylint: disable=import-outside-toplevel
     js = nc.jetstream()
     stream, name = params["stream"], params["name"]
+    warnings: List[str] = []
     try:
         await js.stream_info(stream)
+        stream_exists = True
     except nats.js.errors.NotFoundError as exc:
-        raise ResourceError("stream %s does not exist; create it first (natsops.fleet.stream)" % stream) from exc
-    try:
-        info = await js.consumer_info(stream, name)
-    except nats.js.errors.NotFoundError:
-        info = None
+        if not check_mode:
+            raise ResourceError("stream %s does not exist; create it first (natsops.fleet.stream)" % stream) from exc
+        stream_exists = False  # an earlier task of the play may create it: shown as a stream without consumers
+        warnings.append("stream %s does not exist (yet): check mode shows consumer %s as on a new stream; without --check "
+                        "the task fails unless an earlier task creates the stream" % (stream, name))
+    info = None
+    if stream_exists:
+        try:
+            info = await js.consumer_info(stream, name)
+        except nats.js.errors.NotFoundError:
+            info = None
     before = info.config.as_dict() if info else None
+    view = _view(params)
     if params["state"] == "absent":
-        return await ensure_absent("consumer", before, check_mode, lambda: js.delete_consumer(stream, name))
+        shown = dict(view.show(before, managed_only=False), stream=stream, name=name) if before else None
+        return _warned(await ensure_absent("consumer", before, check_mode, lambda: js.delete_consumer(stream, name), shown=shown),
+                       warnings)
     wanted = wanted_config(params)
+    warnings += normalise_ack_wait(params, wanted, before)
 
     def put(config: Dict[str, Any]) -> Awaitable[Any]:  # creates and updates alike
         return js.add_consumer(stream, ConsumerConfig.from_response(dict(config)))
@@ -251,10 +294,13 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     if before is None:
         config = {k: v for k, v in wanted.items() if v not in (None, "")}
         config.update(name=name, durable_name=name)
-        return await ensure_created("consumer", config, check_mode, put, lambda c: _managed(c, wanted), _state)
+        return _warned(await ensure_created("consumer", config, check_mode, put, view, _state), warnings)
     _refuse_immutable(name, before, wanted)
     compared = dict(wanted, filter_subject=None, filter_subjects=None)
-    changed = changes(before, compared)
+    compared_before = dict(before, metadata=_own_metadata(before) or {})  # as NATS stores them: see normalise_ack_wait
+    if wanted["backoff"] == []:
+        compared_before["backoff"] = before.get("backoff") or []
+    changed = changes(compared_before, compared)
     if (wanted["filter_subject"] is not None or wanted["filter_subjects"] is not None) and _filters(before) != (params["filter_subjects"] or []):
         changed.append("filter_subjects")
     after = dict(before)
@@ -262,7 +308,14 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     if "filter_subjects" in changed:
         after["filter_subject"], after["filter_subjects"] = wanted["filter_subject"] or None, wanted["filter_subjects"]
     after.setdefault("name", name)
-    return await ensure_updated("consumer", info, after, changed, check_mode, put, lambda c: _managed(c, wanted), _state)
+    return _warned(await ensure_updated("consumer", info, after, changed, check_mode, put, view, _state), warnings)
+
+
+def _warned(outcome: Outcome, warnings: List[str]) -> Outcome:
+    changed, result, diff = outcome
+    if warnings:
+        result["warnings"] = warnings
+    return changed, result, diff
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ description:
   - Without O(name), creates, updates or deletes a key-value bucket so that it has the settings given.
   - With O(name), sets or deletes one key of an existing bucket. A key that already holds the value is left
     alone, so the task is idempotent; O(revision) makes the change a compare-and-set.
+  - In check mode a bucket that does not exist yet (an earlier task of the play creates it) counts as an empty
+    bucket; the task reports the key it would set and warns. Without check mode the bucket must exist.
 version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
@@ -57,7 +59,8 @@ options:
     default: false
 attributes:
   diff_mode:
-    description: Shows the bucket settings or the key's value before and after.
+    description: Shows the bucket settings (by option name, O(ttl) and O(max_bytes) in the units given) or the key's
+      value before and after.
 """
 
 EXAMPLES = r"""
@@ -68,6 +71,11 @@ EXAMPLES = r"""
     history: 1
     replicas: 3
   delegate_to: localhost
+
+- name: A bucket for settings, five values kept per key
+  natsops.fleet.kv:
+    bucket: config
+    history: 5
 
 - name: A setting the executors read
   natsops.fleet.kv:
@@ -80,12 +88,12 @@ EXAMPLES = r"""
     bucket: config
     name: maintenance
     json: {enabled: true, until: "2026-12-01T06:00:00Z"}
-    revision: "{{ lookup('natsops.fleet.kv', 'maintenance', bucket='config', details=true).revision }}"
+    revision: "{{ lookup('natsops.fleet.kv', 'maintenance', bucket='config', details=true, default={'revision': 0}).revision }}"
 
 - name: Forget a key and its history
   natsops.fleet.kv:
     bucket: config
-    name: maintenance
+    name: maintenance_2025
     state: absent
     purge: true
 """
@@ -97,11 +105,11 @@ bucket:
   type: dict
   sample: {"name": "KV_config", "max_msgs_per_subject": 1, "max_age": 300000000000, "num_replicas": 3}
 changed_settings:
-  description: The bucket settings the task changed (or would change).
+  description: The bucket settings the task changed (or would change), by option name.
   returned: without O(name)
   type: list
   elements: str
-  sample: [max_age]
+  sample: [ttl, history]
 entry:
   description: The key after the task; C(value) is absent when the key does not exist or is deleted.
   returned: with O(name)
@@ -111,13 +119,14 @@ entry:
 
 import json
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
+    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, bucket_view, check_bucket_task, ensure_bucket,
+    ensure_resource,
 )
 
 _KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
@@ -163,12 +172,17 @@ async def ensure_key(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outco
     import nats.js.errors  # pylint: disable=import-outside-toplevel
     js = nc.jetstream()
     bucket, key, revision = params["bucket"], params["name"], params["revision"]
+    warnings: List[str] = []
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError as exc:
-        raise ResourceError("key-value bucket %s does not exist; create it first (natsops.fleet.kv with bucket: %s and no name)"
-                            % (bucket, bucket)) from exc
-    value, current = await _current(kv, key)
+        if not check_mode:
+            raise ResourceError("key-value bucket %s does not exist; create it first (natsops.fleet.kv with bucket: %s and no "
+                                "name)" % (bucket, bucket)) from exc
+        kv = None  # an earlier task of the play may create it: shown as an empty bucket
+        warnings.append("key-value bucket %s does not exist (yet): check mode shows key %s as in a new, empty bucket; "
+                        "without --check the task fails unless an earlier task creates the bucket" % (bucket, key))
+    value, current = await _current(kv, key) if kv is not None else (None, 0)
     shown = (value or b"").decode("utf-8", "replace")
     if params["state"] == "absent":
         wanted = None
@@ -178,12 +192,12 @@ async def ensure_key(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outco
         changed = value != wanted
     diff = {"before": shown + "\n" if value is not None else "", "after": wanted.decode("utf-8", "replace") + "\n" if wanted is not None else ""}
     if not changed:
-        return False, {"entry": _entry(bucket, key, value, current)}, diff
+        return False, {"entry": _entry(bucket, key, value, current), "warnings": warnings}, diff
     if revision is not None and revision != (current if value is not None else 0) and not (revision == current and value is None):
         raise ResourceError("key %s of bucket %s changed since revision %d: it is at revision %d now; nothing was written" % (
             key, bucket, revision, current), revision=current)
     if check_mode:
-        return True, {"entry": _entry(bucket, key, wanted, current)}, diff
+        return True, {"entry": _entry(bucket, key, wanted, current), "warnings": warnings}, diff
     try:
         if wanted is None and params["purge"]:
             await kv.purge(key)
@@ -216,7 +230,7 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
                                                  max_value_size=params["max_value_size"], **settings))
 
     return await ensure_bucket(js, "KV_%s" % bucket, bucket, bucket_settings(params, _FIELDS), check_mode, create,
-                               lambda: js.delete_key_value(bucket), params["state"] == "absent")
+                               lambda: js.delete_key_value(bucket), params["state"] == "absent", bucket_view(params, _FIELDS))
 
 
 def main() -> None:

@@ -12,6 +12,9 @@ description:
   - Without O(name), creates, updates or deletes an object store bucket so that it has the settings given.
   - With O(name), puts a file or text into the bucket as that object, fetches the object to a file, or deletes it.
     Contents are compared by their SHA-256 digest, so an object or file that already has them is not written again.
+  - In check mode a bucket that does not exist yet (an earlier task of the play creates it) counts as an empty
+    bucket, and an object to fetch that does not exist yet counts as one an earlier task puts; the task reports the
+    change and warns. Without check mode both must exist.
 version_added: 0.1.0
 author:
   - natsops.fleet contributors (@natsops)
@@ -47,7 +50,8 @@ options:
 attributes:
   diff_mode:
     support: partial
-    description: Shows the bucket settings, or the object's digest and size, before and after.
+    description: Shows the bucket settings (by option name, O(ttl) and O(max_bytes) in the units given), or the
+      object's digest and size, before and after.
 """
 
 EXAMPLES = r"""
@@ -72,10 +76,10 @@ EXAMPLES = r"""
     dest: /var/cache/natsops/probe.tar.gz
     mode: "0644"
 
-- name: Remove it
+- name: Remove an older one
   natsops.fleet.object:
     bucket: natsops_artifacts
-    name: natsops-probe-0.1.0-linux-amd64.tar.gz
+    name: natsops-probe-0.0.9-linux-amd64.tar.gz
     state: absent
 """
 
@@ -86,11 +90,11 @@ bucket:
   type: dict
   sample: {"name": "OBJ_natsops_artifacts", "num_replicas": 3}
 changed_settings:
-  description: The bucket settings the task changed (or would change).
+  description: The bucket settings the task changed (or would change), by option name.
   returned: without O(name)
   type: list
   elements: str
-  sample: [num_replicas]
+  sample: [replicas]
 object:
   description: The object after the task; empty when it does not exist.
   returned: with O(name)
@@ -107,7 +111,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, check_bucket_task, ensure_bucket, ensure_resource,
+    BUCKET_FIELDS, Outcome, ResourceError, bucket_options, bucket_settings, bucket_view, check_bucket_task, ensure_bucket,
+    ensure_resource,
 )
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import object_digest_hex, sha256_hex, sha256_of
 
@@ -141,9 +146,13 @@ async def ensure_object(module: AnsibleModule, nc: Any, params: Dict[str, Any]) 
     try:
         store = await nc.jetstream().object_store(bucket)
     except nats.js.errors.BucketNotFoundError as exc:
-        raise ResourceError("object store bucket %s does not exist; create it first (natsops.fleet.object with bucket: %s and "
-                            "no name)" % (bucket, bucket)) from exc
-    info = await _info(store, name)
+        if not module.check_mode:
+            raise ResourceError("object store bucket %s does not exist; create it first (natsops.fleet.object with bucket: %s "
+                                "and no name)" % (bucket, bucket)) from exc
+        store = None  # an earlier task of the play may create it: shown as an empty bucket
+        module.warn("object store bucket %s does not exist (yet): check mode shows object %s as in a new, empty bucket; "
+                    "without --check the task fails unless an earlier task creates the bucket" % (bucket, name))
+    info = await _info(store, name) if store is not None else None
     before = _described(bucket, info)
     diff_before = {k: before[k] for k in ("sha256", "size")} if info else {}
     if params["state"] == "absent":
@@ -151,6 +160,14 @@ async def ensure_object(module: AnsibleModule, nc: Any, params: Dict[str, Any]) 
             await store.delete(name)
         return info is not None, {"object": {}}, {"before": diff_before, "after": {}}
     if params["dest"]:
+        if info is None and module.check_mode:
+            if store is not None:
+                module.warn("object %s does not exist in bucket %s (yet): check mode assumes an earlier task puts it; "
+                            "without --check the task fails unless one does" % (name, bucket))
+            current = _sha256_of_file(params["dest"]) if os.path.isfile(params["dest"]) else None
+            diff = {"before": {"sha256": current, "size": os.path.getsize(params["dest"])} if current else {},
+                    "after": {"bucket": bucket, "name": name}}
+            return True, {"object": {}, "dest": params["dest"]}, diff
         if info is None:
             raise ResourceError("object %s does not exist in bucket %s" % (name, bucket))
         return await _fetch(module, store, info, before)
@@ -178,7 +195,8 @@ async def _fetch(module: AnsibleModule, store: Any, info: Any, described: Dict[s
     """Write the object to dest when the file's digest differs; verified before the file is replaced."""
     dest = module.params["dest"]
     current = _sha256_of_file(dest) if os.path.isfile(dest) else None
-    diff = {"before": {"sha256": current} if current else {}, "after": {"sha256": described["sha256"], "size": info.size}}
+    diff = {"before": {"sha256": current, "size": os.path.getsize(dest)} if current else {},
+            "after": {"sha256": described["sha256"], "size": info.size}}
     if current == described["sha256"]:
         return False, {"object": described, "dest": dest}, diff
     if module.check_mode:
@@ -215,7 +233,7 @@ async def ensure(module: AnsibleModule, nc: Any) -> Outcome:
         await js.create_object_store(bucket, config=ObjectStoreConfig(bucket=bucket, **settings))
 
     return await ensure_bucket(js, "OBJ_%s" % bucket, bucket, bucket_settings(params), module.check_mode, create,
-                               lambda: js.delete_object_store(bucket), params["state"] == "absent")
+                               lambda: js.delete_object_store(bucket), params["state"] == "absent", bucket_view(params))
 
 
 def main() -> None:

@@ -111,11 +111,11 @@ state:
   type: dict
   sample: {"messages": 20, "bytes": 1420, "first_seq": 1, "last_seq": 20, "consumer_count": 1}
 changed_settings:
-  description: The settings the task changed (or would change).
+  description: The settings the task changed (or would change), by option name.
   returned: always
   type: list
   elements: str
-  sample: [max_age, num_replicas]
+  sample: [max_age, replicas]
 """
 
 from typing import Any, Dict
@@ -124,8 +124,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.natsops.fleet.plugins.module_utils._common import argument_spec
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    STORAGE_OPTIONS, Outcome, ResourceError, changes, check_name, duration_ns, ensure_absent, ensure_created, ensure_resource,
-    ensure_updated, replicas, size_bytes,
+    STORAGE_OPTIONS, Outcome, ResourceError, SettingsView, changes, check_name, duration_ns, ensure_absent, ensure_created,
+    ensure_resource, ensure_updated, replicas, size_bytes,
 )
 
 # option -> the stream configuration field of the JetStream API
@@ -161,8 +161,9 @@ def _state(info: Any) -> Dict[str, Any]:
             "consumer_count": state.consumer_count}
 
 
-def _managed(config: Dict[str, Any], wanted: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: config.get(k) for k, v in wanted.items() if v is not None}
+def _view(params: Dict[str, Any]) -> SettingsView:
+    """The stream's settings by option name, durations and sizes in the units of ``params``."""
+    return SettingsView(_FIELDS, params, durations=("max_age", "duplicate_window"), sizes=("max_bytes",))
 
 
 async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
@@ -176,8 +177,10 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
     except nats.js.errors.NotFoundError:
         info = None
     before = info.config.as_dict() if info else None
+    view = _view(params)
     if params["state"] == "absent":
-        return await ensure_absent("stream", before, check_mode, lambda: js.delete_stream(name))
+        shown = dict(view.show(before, managed_only=False), name=name) if before else None
+        return await ensure_absent("stream", before, check_mode, lambda: js.delete_stream(name), shown=shown)
     wanted = wanted_config(params)
     if before is None:
         if not wanted["subjects"]:
@@ -185,13 +188,13 @@ async def ensure(nc: Any, params: Dict[str, Any], check_mode: bool) -> Outcome:
         config = {k: v for k, v in wanted.items() if v is not None}
         config["name"] = name
         return await ensure_created("stream", config, check_mode, lambda c: js.add_stream(StreamConfig.from_response(dict(c))),
-                                    lambda c: _managed(c, wanted), _state)
+                                    view, _state)
     _refuse_immutable(name, before, wanted)
     changed = changes(before, wanted)
     after = dict(before)
     after.update((k, wanted[k]) for k in changed)
     return await ensure_updated("stream", info, after, changed, check_mode, lambda c: js.update_stream(StreamConfig.from_response(c)),
-                                lambda c: _managed(c, wanted), _state)
+                                view, _state)
 
 
 def main() -> None:

@@ -86,6 +86,25 @@ def test_pull_and_push_consumers(module_task, nats_server, four_steps):
     module_task("stream", {"name": "JOBS", "state": "absent"})
 
 
+def test_ack_wait_with_backoff_is_compared_as_nats_stores_it(module_task, nats_server, four_steps):
+    """The README's consumer of issue 19 (ack_wait 30s, backoff 10s, 1m, 5m) reported changed on every run with an
+    empty diff: NATS stores ack_wait = backoff[0]. Now idempotent, with a warning that ack_wait has no effect."""
+    assert not module_task("stream", {"name": "RETRY", "subjects": ["retry.>"]}).get("failed")
+    args = {"stream": "RETRY", "name": "workers", "ack_wait": "30s", "max_deliver": 4, "backoff": ["10s", "1m", "5m"]}
+    first, second = four_steps("consumer", args)
+    info = asyncio.run(_info(nats_server.url, "RETRY", "workers"))
+    assert info.config.ack_wait == 10 and info.config.backoff == [10, 60, 300]
+    again = module_task("consumer", args, diff=True)
+    assert not again["changed"] and again["diff"]["before"] == again["diff"]["after"]
+    assert any("ack_wait 30s has no effect with backoff" in w and "set it to 10s" in w for w in again.get("warnings", [])), again
+    # a change shows in the diff, in the task's words and units
+    checked = module_task("consumer", dict(args, max_deliver=5, backoff=["20s", "2m", "5m"]), check=True, diff=True)
+    assert checked["changed"] and checked["changed_settings"] == ["ack_wait", "backoff", "max_deliver"]
+    assert checked["diff"] == {"before": {"ack_wait": "10s", "max_deliver": 4, "backoff": ["10s", "1m", "5m"]},
+                               "after": {"ack_wait": "20s", "max_deliver": 5, "backoff": ["20s", "2m", "5m"]}}
+    module_task("stream", {"name": "RETRY", "state": "absent"})
+
+
 def test_bad_input_fails_clearly(module_task):
     bad = module_task("consumer", {"stream": "JOBS", "name": "bad.name"})
     assert bad["failed"] and "name 'bad.name' is invalid" in bad["msg"]
@@ -95,3 +114,5 @@ def test_bad_input_fails_clearly(module_task):
     assert bad["failed"] and "not a duration" in bad["msg"]
     bad = module_task("consumer", {"stream": "NOPE", "name": "c"})
     assert bad["failed"] and "stream NOPE does not exist" in bad["msg"]
+    checked = module_task("consumer", {"stream": "NOPE", "name": "c", "max_deliver": 2}, check=True, diff=True)  # made earlier in a play
+    assert checked["changed"] and not checked.get("failed") and checked["diff"]["after"] == {"max_deliver": 2}, checked

@@ -51,11 +51,13 @@ def test_bucket_lifecycle(module_task, nats_server, four_steps):
     assert first["bucket"] == {} and second["bucket"]["name"] == "KV_registry"
     config = asyncio.run(_kv(url, "registry"))[0]
     assert config.max_age == 300 and config.max_msgs_per_subject == 3 and config.max_bytes == 16 * 1024 * 1024
-    assert second["bucket"]["max_msgs_per_subject"] == 3 and "max_age" in second["changed_settings"]
+    assert second["bucket"]["max_msgs_per_subject"] == 3 and "ttl" in second["changed_settings"]
 
     # a change of one setting: check shows it and changes nothing, then it is applied once
     checked = module_task("kv", dict(args, ttl="1m"), check=True, diff=True)
-    assert checked["changed_settings"] == ["max_age"] and checked["diff"]["after"]["max_age"] == 60 * 10**9
+    assert checked["changed_settings"] == ["ttl"], checked  # the option, in the units the task uses
+    assert checked["diff"] == {"before": {"ttl": "5m", "history": 3, "max_bytes": "16MB", "description": "probes"},
+                               "after": {"ttl": "1m", "history": 3, "max_bytes": "16MB", "description": "probes"}}
     assert asyncio.run(_kv(url, "registry"))[0].max_age == 300
     assert [module_task("kv", dict(args, ttl="1m"))["changed"] for attempt in range(2)] == [True, False]
     config = asyncio.run(_kv(url, "registry"))[0]
@@ -139,3 +141,17 @@ def test_bad_input_fails_clearly(module_task):
     assert bad["failed"] and "between 1 and 64" in bad["msg"]
     missing = module_task("kv", {"bucket": "never", "name": "x", "value": "1"})
     assert missing["failed"] and "bucket never does not exist" in missing["msg"]
+
+
+def test_check_mode_on_a_bucket_the_play_creates(module_task, local_play, nats_server, tmp_path):
+    """--check on a fresh server: a key of a bucket an earlier task would create reports changed with its diff and a
+    warning instead of failing (issue 19); the lookup's default covers the missing bucket."""
+    checked = module_task("kv", {"bucket": "fresh", "name": "x", "value": "1"}, check=True, diff=True)
+    assert checked["changed"] and not checked.get("failed") and checked["diff"] == {"before": "", "after": "1\n"}, checked
+    assert any("bucket fresh does not exist (yet)" in w for w in checked.get("warnings", [])), checked
+    assert checked["entry"] == {"bucket": "fresh", "key": "x", "value": "1", "revision": 0}
+    assert not module_task("kv", {"bucket": "fresh", "name": "x", "state": "absent"}, check=True)["changed"]
+    assert asyncio.run(_kv(nats_server.url, "fresh")) == (None, None)
+    out = local_play([{"ansible.builtin.copy": {"dest": str(tmp_path / "default.json"), "content": "{{ lookup('natsops.fleet.kv', "
+                       "'x', bucket='fresh', details=true, default={'revision': 0}, servers='%s') | to_json }}" % nats_server.url}}])
+    assert out.returncode == 0 and json.loads((tmp_path / "default.json").read_text()) == {"revision": 0}, out.stdout[-3000:]

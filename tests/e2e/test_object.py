@@ -78,3 +78,9 @@ def test_bad_input_fails_clearly(module_task, tmp_path):
     assert bad["failed"] and "mutually exclusive" in bad["msg"]
     missing = module_task("object", {"bucket": "never", "name": "x", "content": "a"})
     assert missing["failed"] and "bucket never does not exist" in missing["msg"]
+    # --check on a fresh server: the bucket an earlier task of the play would create counts as empty (issue 19)
+    checked = module_task("object", {"bucket": "never", "name": "x", "content": "a"}, check=True, diff=True)
+    assert checked["changed"] and not checked.get("failed") and checked["diff"]["after"]["size"] == 1, checked
+    assert any("bucket never does not exist (yet)" in w for w in checked.get("warnings", [])), checked
+    fetch = module_task("object", {"bucket": "never", "name": "x", "dest": str(tmp_path / "x")}, check=True, diff=True)
+    assert fetch["changed"] and not fetch.get("failed") and not (tmp_path / "x").exists(), fetch

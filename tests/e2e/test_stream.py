@@ -32,11 +32,14 @@ def test_create_update_delete(module_task, nats_server, four_steps):
     assert info.config.duplicate_window == 120 and info.config.max_bytes == 64 * 1024 * 1024
     assert second["state"]["messages"] == 0
 
-    # an update: only the changed setting, shown in the diff; check mode first changes nothing
+    # an update: only the changed setting, shown in the diff by option name in the units the task uses (24h: a week is
+    # 168h; 64MB stays 64MB); check mode first changes nothing
     update = dict(args, max_age="24h")
     checked = module_task("stream", update, check=True, diff=True)
     assert checked["changed"] and checked["changed_settings"] == ["max_age"]
-    assert checked["diff"]["before"]["max_age"] == 7 * 86400 * 10**9 and checked["diff"]["after"]["max_age"] == 86400 * 10**9
+    assert checked["diff"]["before"] == dict(checked["diff"]["after"], max_age="168h")
+    assert checked["diff"]["after"] == {"subjects": ["natsops.probe.heartbeat.*"], "max_msgs_per_subject": 1, "max_age": "24h",
+                                        "duplicate_window": "2m", "max_bytes": "64MB", "storage": "file"}, checked["diff"]
     assert asyncio.run(_info(url, "HEARTBEATS")).config.max_age == 7 * 86400
     assert [module_task("stream", update)["changed"] for attempt in range(2)] == [True, False]
     assert asyncio.run(_info(url, "HEARTBEATS")).config.max_age == 86400
@@ -49,6 +52,8 @@ def test_create_update_delete(module_task, nats_server, four_steps):
     storage = asyncio.run(_info(url, "HEARTBEATS")).config.storage
     assert getattr(storage, "value", storage) == "file"
 
+    gone = module_task("stream", {"name": "HEARTBEATS", "state": "absent"}, check=True, diff=True)
+    assert gone["diff"]["before"]["max_age"] == "1d" and gone["diff"]["before"]["replicas"] == 1 and gone["diff"]["after"] == {}
     four_steps("stream", {"name": "HEARTBEATS", "state": "absent"})
     assert asyncio.run(_info(url, "HEARTBEATS")) is None
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.natsops.fleet.plugins.module_utils._resources import (
-    ResourceError, changes, check_name, duration_ns, replicas, size_bytes,
+    ResourceError, SettingsView, changes, check_name, duration_ns, duration_text, replicas, size_bytes, size_text,
 )
 
 
@@ -62,3 +62,37 @@ def test_bad_stream_and_consumer_names_say_which(name):
     with pytest.raises(ResourceError) as caught:
         check_name(name, "stream name")
     assert caught.value.message.startswith("stream name %r is invalid" % name)
+
+
+# Diffs speak the user's words (issue 19): option names, and durations and sizes in the units the user wrote.
+@pytest.mark.parametrize("ns, like, shown", [
+    (7 * 86400 * 10**9, "7d", "7d"), (7 * 86400 * 10**9, "24h", "168h"), (86400 * 10**9, "7d", "1d"),
+    (36 * 3600 * 10**9, "1d", "1.5d"), (604800 * 10**9, "300", 604800), (1_500_000_000, 2, 1.5), (100_000, "1", 0.0001),
+    (150 * 10**9, "2m30s", "2m30s"), (90 * 10**9, None, "1m30s"), (7 * 86400 * 10**9, None, "7d"),
+    (10**9 // 3, "1s", "333ms333us333ns"), (0, "7d", 0), (None, "7d", None)])
+def test_durations_shown_as_written(ns, like, shown):
+    assert duration_text(ns, like) == shown
+
+
+@pytest.mark.parametrize("count, like, shown", [
+    (64 * 1024**2, "64MB", "64MB"), (1024**3, "64MB", "1024MB"), (10 * 1024**3, "10G", "10G"),
+    (1000, "64MB", 1000), (-1, "1G", -1), (2048, "1024", 2048), (2048, None, 2048), (None, "1G", None)])
+def test_sizes_shown_as_written(count, like, shown):
+    assert size_text(count, like) == shown
+
+
+def test_settings_view_speaks_option_names_and_units():
+    fields = {"max_age": "max_age", "history": "max_msgs_per_subject", "replicas": "num_replicas", "max_bytes": "max_bytes",
+              "storage": "storage", "filters": ("filter_subject", "filter_subjects")}
+    params = {"max_age": "24h", "history": 5, "replicas": None, "max_bytes": "1G", "storage": "file", "filters": ["a"]}
+    view = SettingsView(fields, params, durations=["max_age"], sizes=["max_bytes"])
+    config = {"max_age": 7 * 86400 * 10**9, "max_msgs_per_subject": 1, "num_replicas": 3, "max_bytes": 512 * 1024**2,
+              "storage": _Enum("file"), "filter_subject": "a"}
+    assert view.show(config) == {"max_age": "168h", "history": 1, "max_bytes": "0.5G", "storage": "file", "filters": "a"}
+    assert view.show(config, managed_only=False)["replicas"] == 3
+    assert view.options(["max_msgs_per_subject", "max_age", "filter_subjects", "name"]) == ["filters", "history", "max_age"]
+
+
+class _Enum:  # pylint: disable=too-few-public-methods
+    def __init__(self, value):
+        self.value = value
