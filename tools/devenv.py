@@ -232,8 +232,8 @@ SSH_PACKAGES = ("paramiko", "cryptography", "bcrypt", "nacl", "_cffi_backend")
 
 
 def portable_site(directory):
-    """Copy the executor, the wire contract and the packages it needs (nats-py, PyYAML, and paramiko with
-    its binary dependencies) into ``directory``, world-readable, so that ``python3 -m natsops_executor`` runs
+    """Copy the executor, the wire contract and the packages it needs (nats-py, PyYAML, nkeys for signatures, and
+    paramiko with its binary dependencies, PyNaCl among them) into ``directory``, world-readable, so that ``python3 -m natsops_executor`` runs
     with PYTHONPATH=directory: as another account on this machine, or on a lab host (same CPython version:
     both are Debian 12's 3.11 here). The copies shadow a distribution's older paramiko."""
     import importlib  # pylint: disable=import-outside-toplevel
@@ -241,7 +241,7 @@ def portable_site(directory):
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(os.path.join(ROOT, "plugins", "module_utils", "wire"), os.path.join(directory, "natsops_executor", "_wire"),
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for package in ("nats", "yaml"):
+    for package in ("nats", "yaml", "nkeys"):
         shutil.copytree(os.path.dirname(importlib.import_module(package).__file__), os.path.join(directory, package),
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     for package in SSH_PACKAGES:

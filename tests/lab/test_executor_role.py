@@ -7,6 +7,8 @@ through discovery after every run. Trust is the role's default: each executor re
 controller's key (which the role makes, in a file of this test's own) and has its own reply key, pinned in this
 test's known_executors once per instance id."""
 
+import re
+
 import pytest
 
 import devenv
@@ -104,3 +106,50 @@ def test_a_config_change_restarts_and_is_verified(lab, fleet):
     key = _executor_key(lab, fleet["zone_gw"])
     assert [p[:2] for p in fleetkit.pins(fleet["known"]) if p[1] == key] == [("管理网", key), ("管理网-备", key)]
     assert [p[0] for p in fleetkit.pins(fleet["known"])].count("业务网") == 1
+
+
+def test_the_role_restarts_the_executor_while_a_playbook_runs_through_it(lab, fleet, tmp_path):
+    """Issue 17: a configuration change makes the role's handler restart the zone executor while a playbook runs
+    through it; the executor drains, the connection plugin waits for it (executor_wait, default 30 s): no task fails
+    and each runs exactly once (one line per task in a file on the zone host)."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import time  # pylint: disable=import-outside-toplevel
+    count = 300
+    zone_host = fleet["zone_hosts"][1]
+    ledger = "/root/natsops-restart-ledger"
+    lab.ssh(zone_host["name"], "rm -f %s" % ledger)
+    inventory = fleetkit.write_inventory(lab, tmp_path / "ledger.json", {"zone": {"hosts": {zone_host["name"]: {
+        "ansible_host": zone_host["addresses"]["zone"], "ansible_connection": "natsops.fleet.nats", "ansible_nats_mode": "ssh",
+        "ansible_nats_executor": "管理网", "ansible_nats_servers": fleet["nats"].url,
+        "ansible_nats_signing_key": fleet["controller_key"], "ansible_nats_known_executors": fleet["known"]}}}})
+    playbook = tmp_path / "ledger.yml"
+    playbook.write_text(
+        "- name: One line per task\n  hosts: zone\n  gather_facts: false\n  tasks:\n"
+        "    - name: One line\n      ansible.builtin.shell: \"sleep 0.05; echo {{ item }} >> %s\"\n"
+        "      loop: \"{{ range(%d) | list }}\"\n      changed_when: true\n" % (ledger, count), encoding="utf-8")
+    host = fleet["zone_gw"]["name"]
+    pid = lab.ssh(host, "systemctl show -p MainPID --value natsops-executor").stdout.strip()
+    running = subprocess.Popen([devenv.tool("ansible-playbook"), "-i", inventory, str(playbook)],  # pylint: disable=consider-using-with
+                               env=devenv.ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while int(lab.ssh(zone_host["name"], "cat %s 2>/dev/null | wc -l" % ledger).stdout.strip() or 0) < 10:
+            assert running.poll() is None and time.monotonic() < deadline, "the playbook did not start its tasks"
+            time.sleep(0.5)
+        # a changed max_jobs: the configuration changes and the handler restarts the executor
+        inventory_roles = fleet["write"](zone_instances=("管理网", "管理网-备"), max_jobs=20)
+        restarted = fleetkit.play("executors.yml", inventory_roles, "--limit", host)
+        assert max(fleetkit.changed_counts(restarted)) > 0
+        assert "RUNNING HANDLER [natsops.fleet.executor : Restart the executor]" in restarted.stdout, restarted.stdout[-3000:]
+        assert lab.ssh(host, "systemctl show -p MainPID --value natsops-executor").stdout.strip() != pid
+        done_before = int(lab.ssh(zone_host["name"], "wc -l < %s" % ledger).stdout.strip())
+        assert running.poll() is None and done_before < count, "the playbook ended before the restart: make it longer"
+        output = running.communicate(timeout=600)[0]
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    assert running.returncode == 0, output[-4000:]
+    assert re.search(r"changed=1\s+unreachable=0\s+failed=0", output), output[-3000:]
+    lines = lab.ssh(zone_host["name"], "cat %s" % ledger).stdout.split()
+    assert sorted(int(line) for line in lines) == list(range(count)), "each task ran exactly once"

@@ -181,14 +181,60 @@ def test_tls_for_clients_and_certificate_rotation_by_reload(lab, hosts, tmp_path
     assert state == ["root:nats", "640"]
 
 
+def _openssl_certificates(directory, addresses, usages):
+    """A CA made with openssl and, per name in ``usages`` ({name: extendedKeyUsage value}), a certificate for the IP
+    ``addresses`` signed by it; returns {"ca": path, name: (cert, key)}."""
+    def openssl(*args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True, timeout=60)
+    ca_key, ca = os.path.join(directory, "ca.key"), os.path.join(directory, "ca.pem")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-subj", "/CN=natsops lab openssl CA", "-keyout", ca_key, "-out", ca)
+    made = {"ca": ca}
+    for name, usage in usages.items():
+        key, csr, cert, ext = (os.path.join(directory, "%s.%s" % (name, suffix)) for suffix in ("key", "csr", "pem", "ext"))
+        with open(ext, "w", encoding="utf-8") as handle:
+            handle.write("subjectAltName=%s\nextendedKeyUsage=%s\n" % (",".join("IP:" + a for a in addresses), usage))
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=%s" % name,
+                "-keyout", key, "-out", csr)
+        openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2", "-extfile", ext,
+                "-out", cert)
+        made[name] = (cert, key)
+    return made
+
+
+def test_a_route_certificate_without_client_auth_is_refused_before_anything_changes(lab, hosts, tmp_path):
+    # a certificate issued for serverAuth only: routes dial each other with it, the other members refuse it, and the
+    # cluster would never form
+    certs = _openssl_certificates(str(tmp_path), [h["addresses"]["mgmt"] for h in hosts], {"server": "serverAuth"})
+    cert, key = certs["server"]
+    before = [lab.ssh(h["name"], "sha256sum /etc/nats-server/nats-server.conf 2>&1").stdout for h in hosts]
+    inventory = _inventory(lab, str(tmp_path / "server-auth-only.json"), hosts, nats_server_install_method="local",
+                           nats_server_local_file=devenv.tool("nats-server"), nats_server_cluster_name="natsops-lab",
+                           nats_server_tls_cert_file=cert, nats_server_tls_key_file=key, nats_server_tls_ca_file=certs["ca"])
+    result = _play(inventory)
+    assert result.returncode != 0, result.stdout[-3000:]
+    failures = [line for line in result.stdout.splitlines() if line.startswith("fatal:")]
+    assert len(failures) == 3, result.stdout[-4000:]
+    for line in failures:
+        for part in ("the certificate %s (nats_server_tls_cert_file)" % cert, "allows only 'TLS Web Server Authentication'",
+                     "routes also act as TLS clients", "extendedKeyUsage = serverAuth, clientAuth",
+                     "nats_server_cluster_tls_cert_file"):
+            assert part in line, (part, line)
+    assert [lab.ssh(h["name"], "sha256sum /etc/nats-server/nats-server.conf 2>&1").stdout for h in hosts] == before
+
+
 def test_three_node_cluster_keeps_an_r3_stream_with_one_node_down(lab, hosts, tmp_path):
     import ssl  # pylint: disable=import-outside-toplevel
-    # TLS for clients and for the routes between the nodes (one certificate naming all three addresses)
-    ca, cert, key = _tls_files(str(tmp_path), [h["addresses"]["mgmt"] for h in hosts], 500)
+    # TLS for clients and for the routes between the nodes: the clients' certificate is for serverAuth only, the routes
+    # have one of their own with clientAuth too (nats_server_cluster_tls_cert_file); each names all three addresses
+    certs = _openssl_certificates(str(tmp_path), [h["addresses"]["mgmt"] for h in hosts],
+                                  {"server": "serverAuth", "route": "serverAuth,clientAuth"})
+    ca, (cert, key), (route_cert, route_key) = certs["ca"], certs["server"], certs["route"]
     inventory = _inventory(lab, str(tmp_path / "cluster.json"), hosts, nats_server_install_method="local",
                            nats_server_local_file=devenv.tool("nats-server"), nats_server_cluster_name="natsops-lab",
                            nats_server_jetstream_store_dir="/var/lib/nats-cluster/jetstream",
-                           nats_server_tls_cert_file=cert, nats_server_tls_key_file=key, nats_server_tls_ca_file=ca)
+                           nats_server_tls_cert_file=cert, nats_server_tls_key_file=key, nats_server_tls_ca_file=ca,
+                           nats_server_cluster_tls_cert_file=route_cert, nats_server_cluster_tls_key_file=route_key)
     _recap(_play(inventory), changed=1)
     _recap(_play(inventory), changed=0)
     urls = ["tls://%s:4222" % h["addresses"]["mgmt"] for h in hosts]

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import ssl
+import subprocess
 
 import nats
 import pytest
@@ -191,6 +192,64 @@ def test_trust_set_up_by_the_roles(lab, site, tmp_path):
         assert any(r["verdict"] == "refused" and r["code"] == signing.E_UNSIGNED for r in mine), mine
     assert any(r.get("target") == "root@%s:22" % zone_host["addresses"]["zone"] for _s, r in records), records
     assert PASSWORDS["controller"] not in json.dumps(records)
+
+
+PROBE_RESET = ("systemctl disable --now natsops-probe 2>/dev/null; rm -rf /etc/systemd/system/natsops-probe.service "
+               "/opt/natsops-probe /opt/natsops-probe-wheelhouse /opt/natsops-probe-wheelhouse.tar /etc/natsops-probe; "
+               "systemctl reset-failed natsops-probe 2>/dev/null; systemctl daemon-reload")
+
+
+def test_a_probe_on_the_secured_server(lab, site, wheelhouse, tmp_path):
+    """The probe role as the README shows it for a secured server: the controller's identity (ansible_nats_*) for the
+    Object Store and registry tasks, the probe's own (probe_nats_*, a user with the probe role) on the host. A wrong
+    password fails the host with the server's refusal as the probe logged it (not the broken pipe that follows it);
+    the right one registers; the inventory plugin reads the registry over TLS without asyncio's SSL warning; removal
+    prints no warning."""
+    agent = site["agent"]
+    known = str(tmp_path / "known_executors")
+
+    def inventory(password, name):
+        return fleetkit.write_inventory(lab, tmp_path / name, {"probes": {"hosts": {agent["name"]: {
+            "ansible_host": agent["addresses"]["mgmt"], "ansible_nats_servers": site["url"], "ansible_nats_ca": site["ca"],
+            "ansible_nats_user": "controller", "ansible_nats_password": PASSWORDS["controller"],
+            "ansible_nats_signing_key": site["controller_key"], "ansible_nats_known_executors": known,
+            "probe_servers": [site["url"]], "probe_nats_ca_file": site["ca"], "probe_nats_user": "probe-1",
+            "probe_nats_password": password, "probe_wheelhouse": wheelhouse, "probe_register_timeout": 14,
+            "probe_artifact_dir": str(tmp_path / "artifacts")}}}})
+
+    lab.ssh(agent["name"], PROBE_RESET)
+    try:
+        refused = fleetkit.play("install_probes.yml", inventory("Wrong-password-9", "wrong.json"))
+        assert refused.returncode != 0, refused.stdout[-3000:]
+        message = next(line for line in refused.stdout.splitlines() if "not registered" in line)
+        assert re.search(r"last error: cannot connect to NATS \(servers=%s auth=user probe-1 tls=on\): the server refused "
+                         r"the credentials \(Authorization Violation\)" % re.escape(site["url"]), message), message
+        for noise in ("Broken pipe", "eof_received", "Wrong-password-9"):
+            assert noise not in refused.stdout + refused.stderr, (noise, message)
+
+        good = inventory(PASSWORDS["probe-1"], "probe.json")
+        fleetkit.recap(fleetkit.play("install_probes.yml", good), changed=1)
+        assert lab.ssh(agent["name"], "systemctl is-active natsops-probe").stdout.strip() == "active"
+        fleetkit.recap(fleetkit.play("install_probes.yml", good), changed=0)
+
+        # the inventory plugin over TLS as the README says: options in its file, the password from the environment
+        registry = tmp_path / "fleet.probes.yml"
+        registry.write_text("plugin: natsops.fleet.probes\nservers: %s\nca: %s\nuser: controller\n" % (site["url"], site["ca"]),
+                            encoding="utf-8")
+        listed = subprocess.run([devenv.tool("ansible-inventory"), "-i", str(registry), "--list"], capture_output=True,
+                                text=True, timeout=120, check=False,
+                                env=devenv.ansible_env({"NATS_PASSWORD": PASSWORDS["controller"]}))
+        assert listed.returncode == 0, listed.stderr[-3000:]
+        # ansible-core 2.19 marks strings that are not templates ({"__ansible_unsafe": ...}); the values are what count
+        data = json.loads(listed.stdout, object_hook=lambda d: d["__ansible_unsafe"] if list(d) == ["__ansible_unsafe"] else d)
+        assert data["natsops_probes"]["hosts"] == [agent["name"]], listed.stdout[-2000:]
+        assert "eof_received" not in listed.stderr and "[WARNING]" not in listed.stderr, listed.stderr[-2000:]
+
+        removed = fleetkit.play("install_probes.yml", good, "-e", "probe_state=absent")
+        fleetkit.recap(removed, changed=1)
+        assert "[WARNING]" not in removed.stdout + removed.stderr, (removed.stdout + removed.stderr)[-3000:]
+    finally:
+        lab.ssh(agent["name"], PROBE_RESET)
 
 
 async def _impostor_answers(site, instance, nats_user, impostor_key):

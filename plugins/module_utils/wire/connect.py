@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -40,6 +41,30 @@ POLICIES: Dict[str, Dict[str, Any]] = {
     SERVICE: {"allow_reconnect": True, "max_reconnect_attempts": 2, "reconnect_time_wait": 1.0},
 }
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
+
+
+# asyncio's SSL transport (sslproto) logs this warning on the "asyncio" logger whenever the protocol under it returns
+# true from eof_received(). nats-py opens every TLS connection plain and upgrades it with loop.start_tls, so the
+# StreamReaderProtocol under it believes it is not over SSL and returns true each time a server closes a TLS
+# connection (a refused login, a closed client): noise with nothing to act on, printed by every ansible-inventory,
+# ansible-playbook and executor run over TLS. Exactly this message is filtered, nothing else of asyncio's.
+SSL_EOF_WARNING = "returning true from eof_received() has no effect when using ssl"
+
+
+class _SslEofWarningFilter(logging.Filter):
+    """Drops asyncio's SSL_EOF_WARNING; every other record passes."""
+
+    natsops_ssl_eof = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == SSL_EOF_WARNING and not record.args)
+
+
+def quiet_ssl_eof_warning() -> None:
+    """Filter asyncio's SSL_EOF_WARNING in this process (once; called by ``connect``)."""
+    logger = logging.getLogger("asyncio")
+    if not any(getattr(f, "natsops_ssl_eof", False) for f in logger.filters):
+        logger.addFilter(_SslEofWarningFilter())
 
 
 class ConnectOptionsError(ValueError):
@@ -256,9 +281,10 @@ async def connect(options: Mapping[str, Any], name: str, connect_timeout: float,
 
     Its ``jetstream()`` uses the ``jetstream_domain`` option unless a caller names a domain or prefix itself.
     Raises ConnectOptionsError for bad options and NatsConnectError when no server could be connected to, naming
-    the cause the servers gave (a refused login says so). Except for a SERVICE, the whole attempt is bounded by a
+    the cause the servers gave (a refused login says so). Filters asyncio's SSL_EOF_WARNING. Except for a SERVICE, the whole attempt is bounded by a
     connect timeout per server plus one (nats-py alone may retry a list of dead servers for minutes)."""
     kwargs = connect_kwargs(options, name, connect_timeout, policy)
+    quiet_ssl_eof_warning()  # also when a nats:// URL is upgraded because the server requires TLS
     domain = kwargs.pop("jetstream_domain", None)
     errors: List[BaseException] = []
     user_error_cb = callbacks.pop("error_cb", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 
 import pytest
@@ -139,3 +140,21 @@ def test_a_refused_login_is_named_with_the_user_never_the_secret():
     text = c.connect_failure({}, c.SESSION, Exception("nats: no servers available for connection"),
                              [ConnectionRefusedError(111, "Connect call failed")])
     assert text.endswith("Connect call failed") or "Connect call failed" in text
+
+
+def test_asyncio_ssl_eof_warning_is_filtered_and_nothing_else(caplog):
+    """asyncio's sslproto logs SSL_EOF_WARNING whenever nats-py's stream protocol (upgraded to TLS by start_tls) sees
+    a server close a TLS connection; connect() installs a filter for exactly that message, once."""
+    logger = logging.getLogger("asyncio")
+    before = list(logger.filters)
+    try:
+        c.quiet_ssl_eof_warning()
+        c.quiet_ssl_eof_warning()
+        assert len(logger.filters) == len(before) + 1
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            logger.warning("returning true from eof_received() has no effect when using ssl")
+            logger.warning("Fatal error on SSL transport")
+            logger.warning("%s", "something else %d" % 1)
+        assert [r.getMessage() for r in caplog.records] == ["Fatal error on SSL transport", "something else 1"]
+    finally:
+        logger.filters[:] = before
