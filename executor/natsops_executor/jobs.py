@@ -128,7 +128,7 @@ class _Become:
 async def run_command(host: Host, req: ExecRequest, stdin_data: bytes, sender: StreamSender, chunk: int) -> ExecResult:
     """Run the request's command on ``host``: output and keepalives stream to ``sender``, then the result."""
     started = time.monotonic()
-    process = await host.spawn(req)
+    process = await host.spawn(req, stdin_data)
     try:
         return await supervise(req, process, stdin_data, sender, chunk, started)
     finally:

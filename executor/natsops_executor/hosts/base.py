@@ -113,8 +113,9 @@ class Host(abc.ABC):
     account: str  # the account commands start as there (before any become)
 
     @abc.abstractmethod
-    async def spawn(self, req: ExecRequest) -> Process:
-        """Start the request's command (cwd, env, pty applied); WireError(spawn_failed) when it cannot start."""
+    async def spawn(self, req: ExecRequest, stdin: bytes = b"") -> Process:
+        """Start the request's command (cwd, env, pty applied); WireError(spawn_failed) when it cannot start.
+        ``stdin`` is what will be fed to it (a host may look at it to choose how to run it, never change it)."""
 
     @abc.abstractmethod
     async def landing(self, path: str) -> Landing:

@@ -14,7 +14,7 @@ import pwd
 import signal
 import stat
 import termios
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from natsops_executor._wire.atomic import AtomicFile
 from natsops_executor._wire.contract import E_BAD_PATH, E_NOT_FOUND, E_SPAWN, WireError, sha256_of
@@ -23,6 +23,9 @@ from natsops_executor.guard import JobGuard
 from natsops_executor.hosts.base import (
     DRAIN_AFTER_KILL, KILL_GRACE, Host, Landing, Process, SourceFile, os_error, run_blocking,
 )
+
+if TYPE_CHECKING:
+    from natsops_executor.warm import WarmPool
 
 log = logging.getLogger("natsops_executor")
 
@@ -187,15 +190,24 @@ def _file_state(path: str) -> Optional[FileState]:
 
 
 class LocalHost(Host):
-    """The executor's own host; with a ``guard``, its commands die with the executor."""
+    """The executor's own host; with a ``guard``, its commands die with the executor; with a ``warm`` pool,
+    pipelined module runs it recognises fork from a warm parent (warm.py), everything else runs cold."""
 
     where = ""
 
-    def __init__(self, guard: Optional[JobGuard] = None) -> None:
+    def __init__(self, guard: Optional[JobGuard] = None, warm: Optional["WarmPool"] = None) -> None:
         self.guard = guard
+        self.warm = warm
         self.account = account_name()
 
-    async def spawn(self, req: ExecRequest) -> Process:
+    async def spawn(self, req: ExecRequest, stdin: bytes = b"") -> Process:
+        if self.warm is not None:
+            process = await self.warm.spawn(req, stdin)
+            if process is not None:
+                return process
+        return await self._spawn_cold(req)
+
+    async def _spawn_cold(self, req: ExecRequest) -> Process:
         argv = req.argv_or_shell()
         env = dict(os.environ)
         env.update(req.env or {})

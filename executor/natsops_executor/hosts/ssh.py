@@ -398,7 +398,7 @@ class SSHHost(Host):
         async with self.pool.sftp_client(self.target) as sftp:
             return await self.pool.run(func, sftp, *args)
 
-    async def spawn(self, req: ExecRequest) -> Process:
+    async def spawn(self, req: ExecRequest, stdin: bytes = b"") -> Process:
         command = remote_command(req)
         key, entry, chan = await self.pool.session(self.target)
         try:

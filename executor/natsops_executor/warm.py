@@ -1,0 +1,735 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Warm module runs (agent mode): a pipelined AnsiballZ module run forks from a warm parent instead of starting
+an interpreter that imports ``ansible.module_utils.basic`` from scratch.
+
+- ``recognise`` says whether a request is, unambiguously, a pipelined AnsiballZ run of a wrapper this executor
+  knows (``warm_allowlist.json``: the wrapper's sha256 per ansible-core version), and why not when it is not.
+- ``WarmPool`` keeps a few warm parents (``_warm_parent.py``), one per interpreter / environment / module_utils,
+  and hands ``LocalHost`` a ``WarmProcess`` that ``jobs.supervise`` drives exactly like a cold process (its own
+  session and process group, killed by group on timeout), or None: then the request runs cold, unchanged.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import base64
+import binascii
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import resource
+import shlex
+import signal
+import socket
+import struct
+import time
+import zipfile
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
+
+from natsops_executor._wire.contract import E_INTERRUPTED, WireError
+from natsops_executor._wire.messages import ExecRequest
+from natsops_executor.guard import JobGuard
+from natsops_executor.hosts.base import DRAIN_AFTER_KILL, KILL_GRACE, Process, run_blocking
+
+log = logging.getLogger("natsops_executor")
+
+MAX_PARENTS = 4           # warm parents kept at once (one per key)
+IDLE_TIMEOUT = 300.0      # seconds a warm parent without work is kept
+MAX_AGE = 3600.0          # seconds after which a warm parent is replaced (installed packages may have changed)
+MAX_FORKS = 1000          # module runs after which a warm parent is replaced
+START_TIMEOUT = 60.0      # seconds a warm parent may take to import module_utils
+FORK_TIMEOUT = 10.0       # seconds a warm parent may take to report a forked child
+RETRY_AFTER = 60.0        # seconds before a warm parent that failed to start is tried again for its key
+_VERDICTS_KEPT = 64       # payload zips whose module_utils check is remembered, per parent
+
+SHELL = "/bin/sh"
+_TAIL = '\n\n\nif __name__ == "__main__":\n    _ansiballz_main(\n'
+_KEYWORDS = frozenset(("zip_data", "ansible_module", "module_fqn", "params", "profile", "date_time", "extensions",
+                       "rlimit_nofile"))
+_STRINGS = ("zip_data", "ansible_module", "module_fqn", "params", "profile")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_FRAME = struct.Struct(">II")
+_PARENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_warm_parent.py")
+_ALLOWLIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_allowlist.json")
+
+# why a run went cold: the reasons counted in stats (details go to the debug log)
+COLD_NOT_MODULE = "not_a_pipelined_module"
+COLD_BECOME = "become"
+COLD_PTY = "pty"
+COLD_INTERPRETER = "interpreter"
+COLD_WRAPPER = "unknown_wrapper"
+COLD_TAIL = "unexpected_call"
+COLD_EXTENSIONS = "extensions"
+COLD_MODULE_UTILS = "module_utils_differ"
+COLD_CWD = "cwd"
+COLD_WARMING = "warming_up"
+COLD_LIMIT = "parents_at_limit"
+COLD_PARENT_FAILED = "parent_failed"
+COLD_PARENT_LOST = "parent_lost"
+
+
+class _ParentGone(Exception):
+    """The warm parent ended (or failed) before the child started: the run goes cold."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cold:
+    """A run that is not warm: ``reason`` (one of COLD_*) and a one-line ``detail``."""
+
+    reason: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Recognised:
+    """A pipelined AnsiballZ run this executor may run warm."""
+
+    interpreter: str             # as the command names it (argv[0] of the parent)
+    key: str                     # which warm parent runs it
+    env: Dict[str, str]          # the interpreter's environment, as the shell would give it
+    cwd: str
+    source: bytes                # the module's stdin: what the child runs as __main__
+    zip_data: str                # base64 payload zip
+    ansible_core: str            # the version whose wrapper this is
+
+
+def load_allowlist(path: str = _ALLOWLIST) -> Dict[str, str]:
+    """{sha256 of the comment-stripped AnsiballZ wrapper: ansible-core version}."""
+    with open(path, "rb") as handle:
+        data = json.load(handle)
+    return {str(digest): str(version) for digest, version in data["wrappers"].items()}
+
+
+def _shell_pwd(env: Mapping[str, str], cwd: str) -> str:
+    """PWD as /bin/sh exports it to the commands it starts: the inherited one when it names the working directory,
+    else the physical path."""
+    inherited = env.get("PWD", "")
+    if inherited.startswith("/"):
+        try:
+            here, there = os.stat(cwd), os.stat(inherited)
+            if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino) and "/./" not in inherited + "/" \
+                    and "/../" not in inherited + "/":
+                return inherited
+        except OSError:
+            pass
+    return os.path.realpath(cwd)
+
+
+def _which(name: str, env: Mapping[str, str]) -> Optional[str]:
+    if "/" in name:
+        return name if os.access(name, os.X_OK) else None
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _split_command(command: str) -> Union[Tuple[List[str], str], Cold]:
+    """``/bin/sh -c '[VAR=val ...] PYTHON && sleep 0'`` -> (assignments, python), only when the command is exactly
+    what ansible-core builds (re-quoting the parts gives back the same text)."""
+    not_module = Cold(COLD_NOT_MODULE, "the command is not /bin/sh -c '[VAR=val ...] PYTHON && sleep 0'")
+    try:
+        outer = shlex.split(command)
+    except ValueError:
+        return not_module
+    if len(outer) != 3 or outer[:2] != [SHELL, "-c"] or command != "%s -c %s" % (SHELL, shlex.quote(outer[2])):
+        return not_module
+    inner = outer[2]
+    try:
+        words = shlex.split(inner)
+    except ValueError:
+        return not_module
+    if len(words) < 4 or words[-3:] != ["&&", "sleep", "0"]:
+        return not_module
+    *assignments, python = words[:-3]
+    if not python or _ASSIGNMENT.match(python) or not all(_ASSIGNMENT.match(a) for a in assignments):
+        return not_module
+    quoted = ["%s=%s" % (a.split("=", 1)[0], shlex.quote(a.split("=", 1)[1])) for a in assignments]
+    if inner != " ".join(quoted + [shlex.quote(python), "&& sleep 0"]):
+        return not_module
+    return assignments, python
+
+
+def _is_datetime_call(node: ast.AST) -> bool:
+    """``datetime.datetime(<ints>[, tzinfo=datetime.timezone.utc])``, checked, never evaluated."""
+    def named(expr: ast.AST, *dotted: str) -> bool:
+        for part in reversed(dotted[1:]):
+            if not (isinstance(expr, ast.Attribute) and expr.attr == part):
+                return False
+            expr = expr.value
+        return isinstance(expr, ast.Name) and expr.id == dotted[0]
+
+    return (isinstance(node, ast.Call) and named(node.func, "datetime", "datetime") and 3 <= len(node.args) <= 7
+            and all(isinstance(a, ast.Constant) and type(a.value) is int for a in node.args)  # pylint: disable=unidiomatic-typecheck
+            and all(k.arg == "tzinfo" and named(k.value, "datetime", "timezone", "utc") for k in node.keywords))
+
+
+def _parse_tail(tail: str) -> Union[Dict[str, Any], Cold]:
+    """The one ``_ansiballz_main(...)`` call after the wrapper: its arguments, literals only."""
+    unexpected = Cold(COLD_TAIL, "the wrapper is not followed by exactly one _ansiballz_main(...) call with literal "
+                                 "arguments")
+    try:
+        tree = ast.parse(tail)
+    except (SyntaxError, ValueError):
+        return unexpected
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.If):
+        return unexpected
+    branch = tree.body[0]
+    test = branch.test
+    if branch.orelse or len(branch.body) != 1 or not (
+            isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq) and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__"):
+        return unexpected
+    stmt = branch.body[0]
+    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
+        return unexpected
+    call = stmt.value
+    if not (isinstance(call.func, ast.Name) and call.func.id == "_ansiballz_main") or call.args:
+        return unexpected
+    names = [k.arg for k in call.keywords]
+    if len(names) != len(set(names)) or set(names) != _KEYWORDS:
+        return unexpected
+    args: Dict[str, Any] = {}
+    for keyword in call.keywords:
+        if keyword.arg == "date_time":
+            if not _is_datetime_call(keyword.value):
+                return unexpected
+            continue
+        try:
+            args[str(keyword.arg)] = ast.literal_eval(keyword.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return unexpected
+    if not all(isinstance(args[name], str) for name in _STRINGS) or type(args["rlimit_nofile"]) is not int:  # pylint: disable=unidiomatic-typecheck
+        return unexpected
+    if args["extensions"] != {}:
+        return Cold(COLD_EXTENSIONS, "AnsiballZ extensions are in use (%s)" % ", ".join(sorted(map(str, args["extensions"])))
+                    if isinstance(args["extensions"], dict) else "AnsiballZ extensions are not a mapping")
+    return args
+
+
+def _identity(path: str) -> str:
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return "%s:%d:%d:%d" % (real, st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def _limits() -> List[Tuple[int, int]]:
+    return [resource.getrlimit(getattr(resource, name)) for name in sorted(dir(resource)) if name.startswith("RLIMIT_")]
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (Linux); 0o022 when it cannot be read."""
+    try:
+        with open("/proc/self/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
+              base_env: Optional[Mapping[str, str]] = None) -> Union[Recognised, Cold]:
+    """A pipelined AnsiballZ run, only when every part is the shape ansible-core sends; else Cold(why)."""
+    if req.become is not None:
+        return Cold(COLD_BECOME, "privilege escalation runs cold")
+    if req.pty:
+        return Cold(COLD_PTY, "a pty was requested")
+    if req.argv is not None or req.command is None or req.shell != SHELL:
+        return Cold(COLD_NOT_MODULE, "not a shell command run by %s" % SHELL)
+    split = _split_command(req.command)
+    if isinstance(split, Cold):
+        return split
+    assignments, python = split
+    env = dict(os.environ if base_env is None else base_env)
+    env.update(req.env or {})
+    cwd = req.cwd or os.getcwd()
+    if not os.path.isdir(cwd):
+        return Cold(COLD_CWD, "the working directory %s is not a directory" % cwd)
+    env["PWD"] = _shell_pwd(env, cwd)
+    for assignment in assignments:
+        name, value = assignment.split("=", 1)
+        env[name] = value
+    resolved = _which(python, env)
+    if resolved is None:
+        return Cold(COLD_INTERPRETER, "interpreter %s not found" % python)
+    try:
+        text = stdin.decode("utf-8")
+    except UnicodeDecodeError:
+        return Cold(COLD_NOT_MODULE, "stdin is not UTF-8 text")
+    first, newline, rest = text.partition("\n")
+    if not newline or first != "#!" + python:
+        return Cold(COLD_NOT_MODULE if not first.startswith("#!") else COLD_INTERPRETER,
+                    "stdin does not start with the shebang #!%s" % python)
+    end = rest.find(_TAIL)
+    if end < 0:
+        return Cold(COLD_NOT_MODULE, "stdin is not an AnsiballZ payload")
+    wrapper_digest = hashlib.sha256(rest[:end].encode("utf-8")).hexdigest()
+    version = allowlist.get(wrapper_digest)
+    if version is None:
+        return Cold(COLD_WRAPPER, "AnsiballZ wrapper sha256 %s is not on the allowlist" % wrapper_digest)
+    args = _parse_tail(rest[end:])
+    if isinstance(args, Cold):
+        return args
+    try:
+        identity = _identity(resolved)
+    except OSError as exc:
+        return Cold(COLD_INTERPRETER, "interpreter %s: %s" % (python, exc.strerror or exc))
+    basic = _member_digests(args["zip_data"], ["ansible/module_utils/basic.py"])
+    if basic is None:
+        return Cold(COLD_MODULE_UTILS, "the payload zip has no ansible/module_utils/basic.py")
+    key_parts = [identity, python, wrapper_digest, basic["ansible/module_utils/basic.py"],
+                 json.dumps(sorted(env.items())), repr(_limits())]
+    key = hashlib.sha256("\0".join(key_parts).encode("utf-8", "surrogateescape")).hexdigest()
+    return Recognised(interpreter=python, key=key, env=env, cwd=cwd, source=stdin, zip_data=args["zip_data"],
+                      ansible_core=version)
+
+
+def _zip_bytes(zip_data: str) -> Optional[bytes]:
+    try:
+        return base64.b64decode(zip_data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _member_digests(zip_data: str, members: Iterable[str]) -> Optional[Dict[str, str]]:
+    """sha256 of each member of the base64 payload zip; None when one is missing or the zip is unreadable."""
+    raw = _zip_bytes(zip_data)
+    if raw is None:
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            return {name: hashlib.sha256(archive.read(name)).hexdigest() for name in members}
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError):
+        return None
+
+
+# ---------------------------------------------------------------- one warm parent (executor side)
+
+class _Parent:
+    """A warm parent process: started with the interpreter and environment of its key, warmed with one payload's
+    module_utils, then asked to fork one child per run."""
+
+    def __init__(self, key: str, recognised: Recognised, guard: Optional[JobGuard]) -> None:
+        self.key = key
+        self.interpreter = recognised.interpreter
+        self.env = recognised.env
+        self.guard = guard
+        self.proc: Optional[asyncio.subprocess.Process] = None
+        self.sock: Optional[socket.socket] = None
+        self.reference: Dict[str, str] = {}   # zip member -> sha256, of every module_utils file imported
+        self.verdicts: "collections.OrderedDict[str, bool]" = collections.OrderedDict()
+        self.ready = asyncio.get_running_loop().create_future()
+        self.started = time.monotonic()
+        self.last_used = self.started
+        self.forks = 0
+        self.running: Dict[int, "WarmProcess"] = {}
+        self.pending: Dict[int, "asyncio.Future[int]"] = {}
+        self.next_job = 0
+        self.alive = True
+        self.send_lock = asyncio.Lock()
+        self.tasks: List["asyncio.Task[None]"] = []
+
+    @property
+    def usable(self) -> bool:
+        return self.alive and self.ready.done() and not self.ready.exception() and self.forks < MAX_FORKS \
+            and time.monotonic() - self.started < MAX_AGE
+
+    async def start(self, zip_data: str) -> None:
+        """Start the interpreter with the parent program and warm it with this payload's module_utils."""
+        try:
+            raw = _zip_bytes(zip_data)
+            if raw is None:
+                raise _ParentGone("the payload zip is not base64")
+            with open(_PARENT_SOURCE, "r", encoding="utf-8") as handle:
+                program = handle.read()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock = ours
+            boot = "exec(compile(%r, 'natsops-warm-parent', 'exec', dont_inherit=True), {'__name__': " \
+                   "'_natsops_warm_parent'})" % program
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    self.interpreter, "-c", boot, str(theirs.fileno()), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, cwd="/",
+                    pass_fds=(theirs.fileno(),), start_new_session=True)
+            finally:
+                theirs.close()
+            if self.guard is not None:
+                self.guard.watch(self.proc.pid)
+            self.tasks = [asyncio.ensure_future(self._events()), asyncio.ensure_future(self._log_stderr())]
+            await self._send({"op": "init"}, raw, [])
+            members = await asyncio.wait_for(asyncio.shield(self.ready), START_TIMEOUT)
+            digests = _member_digests(zip_data, members)
+            if digests is None:
+                raise _ParentGone("the warm parent imported files that are not in its payload")
+            self.reference = digests
+            log.info("warm parent %d ready (%s): %d module_utils files imported", self.proc.pid, self.interpreter,
+                     len(digests))
+        except (OSError, asyncio.TimeoutError, _ParentGone) as exc:
+            log.warning("warm parent for %s could not start: %s", self.interpreter, exc or type(exc).__name__)
+            if not self.ready.done():
+                self.ready.set_exception(_ParentGone(str(exc)))
+            await self.stop()
+
+    def matches(self, zip_data: str) -> bool:
+        """Every module_utils file this parent imported is in the payload with identical bytes."""
+        token = hashlib.sha256(zip_data.encode("ascii", "replace")).hexdigest()
+        verdict = self.verdicts.get(token)
+        if verdict is None:
+            digests = _member_digests(zip_data, self.reference)
+            verdict = digests == self.reference
+            self.verdicts[token] = verdict
+            while len(self.verdicts) > _VERDICTS_KEPT:
+                self.verdicts.popitem(last=False)
+        else:
+            self.verdicts.move_to_end(token)
+        return verdict
+
+    async def run(self, recognised: Recognised) -> "WarmProcess":
+        """Fork a child that runs the module; returns once it runs (its pid known), or raises _ParentGone."""
+        self.next_job += 1
+        job = self.next_job
+        started: "asyncio.Future[int]" = asyncio.get_running_loop().create_future()
+        self.pending[job] = started
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        os.close(stdin_w)  # the cold interpreter has read all of stdin as its program
+        self.forks += 1
+        self.last_used = time.monotonic()
+        try:
+            await self._send({"op": "run", "job": job, "cwd": recognised.cwd, "umask": current_umask()},
+                             recognised.source, [stdin_r, out_w, err_w])
+        except OSError as exc:
+            self.pending.pop(job, None)
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise _ParentGone("cannot reach the warm parent: %s" % exc) from exc
+        finally:
+            for fd in (stdin_r, out_w, err_w):
+                os.close(fd)
+        try:
+            pid = await asyncio.wait_for(started, FORK_TIMEOUT)
+        except (asyncio.TimeoutError, _ParentGone) as exc:
+            self.pending.pop(job, None)
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise _ParentGone(str(exc) or "the warm parent did not fork in time") from exc
+        process = WarmProcess(self, job, pid, out_r, err_r)
+        await process.connect()
+        self.running[job] = process
+        return process
+
+    async def _send(self, header: Dict[str, Any], body: bytes, fds: List[int]) -> None:
+        sock = self.sock
+        if sock is None or not self.alive:
+            raise OSError("the warm parent is gone")
+        head = json.dumps(header).encode("utf-8")
+        frame = _FRAME.pack(len(head), len(body)) + head + body
+
+        def send() -> None:
+            sent = sock.sendmsg([frame[:65536]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))]
+                               if fds else [])
+            sock.sendall(frame[sent:])
+
+        async with self.send_lock:
+            await run_blocking(send)
+
+    async def _events(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            while True:
+                line = await self.proc.stdout.readline()
+                if not line:
+                    break
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    log.warning("warm parent %d said something unexpected: %r", self.proc.pid, line[:200])
+                    continue
+                self._dispatch(event)
+        finally:
+            self._lost()
+
+    def _dispatch(self, event: Dict[str, Any]) -> None:
+        if "ready" in event:
+            if not self.ready.done():
+                self.ready.set_result([str(m) for m in event["ready"]])
+        elif "failed" in event:
+            if not self.ready.done():
+                self.ready.set_exception(_ParentGone("the warm parent could not import module_utils: %s" % event["failed"]))
+        elif "pid" in event:
+            future = self.pending.pop(event["job"], None)
+            if future is not None and not future.done():
+                future.set_result(int(event["pid"]))
+        elif "status" in event:
+            process = self.running.pop(event["job"], None)
+            if process is not None:
+                process.exited(int(event["status"]))
+        elif "error" in event:
+            future = self.pending.pop(event["job"], None)
+            if future is not None and not future.done():
+                future.set_exception(_ParentGone("the warm parent could not fork: %s" % event["error"]))
+
+    async def _log_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while True:
+            line = await self.proc.stderr.readline()
+            if not line:
+                return
+            log.warning("warm parent %d: %s", self.proc.pid, line.decode("utf-8", "replace").rstrip())
+
+    def _lost(self) -> None:
+        """The parent's stdout ended: it is gone. Runs not started yet go cold; running ones are lost."""
+        was_alive, self.alive = self.alive, False
+        if not self.ready.done():
+            self.ready.set_exception(_ParentGone("the warm parent exited while it warmed up"))
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(_ParentGone("the warm parent exited"))
+        self.pending.clear()
+        for process in list(self.running.values()):
+            process.lost()
+        self.running.clear()
+        if was_alive and self.proc is not None:
+            log.info("warm parent %d ended", self.proc.pid)
+
+    async def stop(self) -> None:
+        """Close the control socket (the parent kills its children and exits), then make sure it is gone."""
+        self.alive = False
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), KILL_GRACE)
+            except asyncio.TimeoutError:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                await self.proc.wait()
+            if self.guard is not None:
+                self.guard.forget(self.proc.pid)
+        for task in self.tasks:
+            try:
+                await asyncio.wait_for(task, DRAIN_AFTER_KILL)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                task.cancel()
+        self._lost()
+
+
+class WarmProcess(Process):
+    """A module run forked by a warm parent: its own session (process group = its pid) as a cold run's shell,
+    stdio on the executor's pipes; the exit status comes from the parent (a signal death reads as the shell
+    reports it: 128 + the signal)."""
+
+    def __init__(self, parent: _Parent, job: int, pid: int, out_fd: int, err_fd: int) -> None:
+        self.parent = parent
+        self.job = job
+        self.pid = pid
+        self.guard = parent.guard
+        if self.guard is not None:
+            self.guard.watch(pid)
+        self._fds = [out_fd, err_fd]
+        self._transports: List[asyncio.BaseTransport] = []
+        self.status: "asyncio.Future[int]" = asyncio.get_running_loop().create_future()
+        self.label = "process group %d" % pid
+        self.details = {"pgid": pid, "warm": True}
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        readers = []
+        for fd in self._fds:
+            reader = asyncio.StreamReader(limit=1 << 20)
+            transport, _protocol = await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r),
+                                                                os.fdopen(fd, "rb", buffering=0))
+            self._transports.append(transport)
+            readers.append(reader)
+        self._fds = []
+        self.stdout, self.stderr = readers
+
+    def exited(self, raw: int) -> None:
+        if not self.status.done():
+            code = os.waitstatus_to_exitcode(raw)
+            self.status.set_result(code if code >= 0 else 128 - code)
+
+    def lost(self) -> None:
+        self._kill(signal.SIGKILL)
+        if not self.status.done():
+            self.status.set_exception(WireError(
+                E_INTERRUPTED, "the warm runner of this module died while it ran; the module's process group %d was "
+                               "killed and its outcome is unknown" % self.pid, {"pgid": self.pid, "warm": True}))
+
+    def _kill(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self.status)
+
+    def write_password(self, data: bytes) -> None:
+        raise RuntimeError("a warm run never escalates privileges")  # recognise() sends become requests cold
+
+    async def feed(self, data: bytes) -> None:
+        """The child already has its program (the cold interpreter reads all of stdin as its program)."""
+
+    async def terminate(self) -> None:
+        self._kill(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.status), KILL_GRACE)
+        except asyncio.TimeoutError:
+            self._kill(signal.SIGKILL)
+            await asyncio.wait_for(asyncio.shield(self.status), DRAIN_AFTER_KILL)
+        except WireError:
+            pass
+
+    async def cleanup(self) -> None:
+        if not self.status.done():
+            self._kill(signal.SIGKILL)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.status), DRAIN_AFTER_KILL)
+            except asyncio.TimeoutError:
+                log.warning("warm process group %d did not exit after SIGKILL", self.pid)
+            except WireError:
+                pass
+        if self.status.done() and not self.status.cancelled():
+            self.status.exception()  # retrieved: a lost run already failed its job
+        for transport in self._transports:
+            transport.close()
+        self._transports = []
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        self.parent.running.pop(self.job, None)
+        self.parent.last_used = time.monotonic()
+        if self.guard is not None:
+            self.guard.forget(self.pid)
+            self.guard = None
+
+
+# ---------------------------------------------------------------- the pool
+
+class WarmPool:
+    """The executor's warm parents, at most ``max_parents``; counts warm hits, misses and each cold reason."""
+
+    def __init__(self, guard: Optional[JobGuard] = None, max_parents: int = MAX_PARENTS,
+                 allowlist: Optional[Mapping[str, str]] = None) -> None:
+        self.guard = guard
+        self.max_parents = max_parents
+        self.allowlist = dict(load_allowlist() if allowlist is None else allowlist)
+        self.parents: Dict[str, _Parent] = {}
+        self.retiring: Set[_Parent] = set()
+        self.hits = 0
+        self.reasons: "collections.Counter[str]" = collections.Counter()
+        self.parents_started = 0
+        self._failed: Dict[str, float] = {}  # key -> when its warm parent failed to start
+        self._reaper: Optional["asyncio.Task[None]"] = None
+        self._starting: Set["asyncio.Task[None]"] = set()
+
+    def stats(self) -> Dict[str, Any]:
+        """For the executor's $SRV STATS: warm hits, cold runs (misses) and how many for each reason."""
+        return {"warm_hits": self.hits, "warm_misses": sum(self.reasons.values()),
+                "warm_cold_reasons": dict(self.reasons), "warm_parents": len(self.parents),
+                "warm_parents_started": self.parents_started}
+
+    def _cold(self, cold: Cold) -> None:
+        self.reasons[cold.reason] += 1
+        log.debug("cold run: %s (%s)", cold.reason, cold.detail)
+
+    async def spawn(self, req: ExecRequest, stdin: bytes) -> Optional[Process]:
+        """A WarmProcess for a recognised module run, or None (counted, with its reason): run it cold."""
+        if self._reaper is None:
+            self._reaper = asyncio.ensure_future(self._reap())
+        verdict = recognise(req, stdin, self.allowlist)
+        if isinstance(verdict, Cold):
+            self._cold(verdict)
+            return None
+        parent = self.parents.get(verdict.key)
+        if parent is not None and not parent.usable and parent.ready.done():
+            if parent.ready.exception() is not None:
+                self._failed[parent.key] = time.monotonic()
+            self._retire(parent)
+            parent = None
+        if parent is None:
+            failed = self._failed.get(verdict.key)
+            if failed is not None and time.monotonic() - failed < RETRY_AFTER:
+                self._cold(Cold(COLD_PARENT_FAILED, "the warm parent for this interpreter failed to start recently"))
+                return None
+            self._cold(self._start(verdict))
+            return None
+        if not parent.ready.done():
+            self._cold(Cold(COLD_WARMING, "the warm parent is still importing module_utils"))
+            return None
+        if not parent.matches(verdict.zip_data):
+            self._cold(Cold(COLD_MODULE_UTILS, "module_utils files the warm parent imported differ in this payload"))
+            return None
+        try:
+            process = await parent.run(verdict)
+        except _ParentGone as exc:
+            self._retire(parent)
+            self._cold(Cold(COLD_PARENT_LOST, str(exc)))
+            return None
+        self.hits += 1
+        return process
+
+    def _start(self, verdict: Recognised) -> Cold:
+        """Start a warm parent for this key in the background (this run goes cold)."""
+        if len(self.parents) >= self.max_parents:
+            idle = [p for p in self.parents.values() if not p.running and p.ready.done()]
+            if not idle:
+                return Cold(COLD_LIMIT, "%d warm parents run already" % self.max_parents)
+            self._retire(min(idle, key=lambda p: p.last_used))
+        parent = _Parent(verdict.key, verdict, self.guard)
+        self.parents[verdict.key] = parent
+        self.parents_started += 1
+        task = asyncio.ensure_future(parent.start(verdict.zip_data))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+        return Cold(COLD_WARMING, "a warm parent for this interpreter and environment is starting")
+
+    def _retire(self, parent: _Parent) -> None:
+        if self.parents.get(parent.key) is parent:
+            del self.parents[parent.key]
+        self.retiring.add(parent)
+        if parent.ready.done() and not parent.ready.cancelled():
+            parent.ready.exception()
+
+    async def _reap(self) -> None:
+        """Stop parents that are idle too long, too old or used up, once nothing runs on them."""
+        while True:
+            await asyncio.sleep(min(IDLE_TIMEOUT, 10.0))
+            now = time.monotonic()
+            for parent in list(self.parents.values()):
+                if parent.ready.done() and (not parent.usable or (not parent.running
+                                                                   and now - parent.last_used > IDLE_TIMEOUT)):
+                    self._retire(parent)
+            for parent in list(self.retiring):
+                if not parent.running:
+                    self.retiring.discard(parent)
+                    await parent.stop()
+
+    async def close(self) -> None:
+        """Stop every warm parent (their children die with them)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        for task in list(self._starting):
+            await asyncio.wait([task], timeout=START_TIMEOUT)
+        for parent in list(self.parents.values()) + list(self.retiring):
+            await parent.stop()
+        self.parents.clear()
+        self.retiring.clear()
+
