@@ -61,6 +61,7 @@ class Config:
     trusted_signers: Optional[Dict[str, List[str]]] = None
     require_signatures: Optional[bool] = None
     signing_key: Optional[str] = None
+    warm: bool = False
 
     def nats_options(self) -> Dict[str, Any]:
         """The NATS connection options, by their names in the wire contract."""
@@ -111,6 +112,7 @@ ENVIRONMENT = dict({name: env for name, (_context_field, env) in OPTION_SOURCES.
     "trusted_signers": "NATSOPS_TRUSTED_SIGNERS",
     "require_signatures": "NATSOPS_REQUIRE_SIGNATURES",
     "signing_key": "NATSOPS_SIGNING_KEY",
+    "warm": "NATSOPS_WARM",
 })
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # the scalar type each option is coerced to (lists and maps: _PARSERS)
@@ -180,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--signing-key", dest="signing_key", metavar="FILE",
         help="NKey seed this executor signs its replies with, so callers can pin it (default: the seed of --nkey "
              "or --creds)")
+    add("--warm", dest="warm", action=argparse.BooleanOptionalAction, default=None,
+        help="run pipelined Ansible module runs on this host (agent mode, no become, no pty) from warm interpreters "
+             "that imported module_utils once (default off); anything not recognised exactly runs cold")
     add("--check-config", dest="check_config", action="store_true",
         help="validate the configuration (flags, environment, --config file) and exit: 0 if usable, 2 if not")
     add("--version", action="store_true", help="print the version and exit")

@@ -32,6 +32,7 @@ from natsops_executor.hosts.local import LocalHost
 from natsops_executor.audit import AuditTrail
 from natsops_executor.guard import JobGuard
 from natsops_executor.trust import ReplySigner, RequestTrust, binding_of
+from natsops_executor.warm import WarmPool
 
 try:
     from natsops_executor import sshpool
@@ -307,7 +308,8 @@ class Executor:
         self.reply_key = cfg.result_key()
         self.audit: Any = None
         self.guard = JobGuard()
-        self.local = LocalHost(self.guard)
+        self.warm = WarmPool(self.guard) if cfg.warm else None
+        self.local = LocalHost(self.guard, self.warm)
         self.ssh: Any = None  # SSH mode: the connection pool, created at start
         self._handlers: Dict[str, Callable[[_Job, Host], Awaitable[None]]] = {
             OP_EXEC: self._exec, OP_PUT: self._put, OP_FETCH: self._fetch, OP_TRANSFER: self._transfer}
@@ -346,7 +348,7 @@ class Executor:
             self.nc, name=SERVICE_NAME, version=service_version(__version__), queue_group=QUEUE_GROUP,
             description="natsops.fleet executor on %s" % cfg.name,
             metadata=executor_metadata(cfg.namespace, cfg.instances, cfg.name, __version__, ssh=self.ssh is not None,
-                                       bklite=cfg.bklite_compat, account=self.local.account),
+                                       bklite=cfg.bklite_compat, account=self.local.account, warm=cfg.warm),
             stats_handler=self._stats)
         self.audit = AuditTrail(self.nc, cfg.namespace, cfg.name)
         self.audit.start()
@@ -388,6 +390,8 @@ class Executor:
             with contextlib.suppress(Exception):
                 await self.service.stop()
         await self.book.finish(self.cfg.shutdown_grace)
+        if self.warm is not None:
+            await self.warm.close()
         if self.audit is not None:
             await self.audit.stop()
         if self.ssh is not None:
@@ -412,6 +416,8 @@ class Executor:
             stats.update(self.ssh.stats())
         if self.audit is not None:
             stats.update(self.audit.stats())
+        if self.warm is not None:
+            stats.update(self.warm.stats())
         return stats
 
     # ------------------------------------------------------------ requests

@@ -111,6 +111,10 @@ executors:
     bklite:
       description: Whether it also serves the BK-Lite subjects (C(--bklite-compat)).
       type: bool
+    warm:
+      description: Whether it runs pipelined module runs on its own host from warm interpreters (C(--warm)); its
+        RV(executors[].load) then counts C(warm_hits), C(warm_misses) and C(warm_cold_reasons).
+      type: bool
     subjects:
       description: The subjects it serves.
       type: list

@@ -180,7 +180,7 @@ def error_message(code: str, message: str, details: Optional[Dict[str, Any]] = N
 # ---------------------------------------------------------------- discovery
 
 def executor_metadata(namespace: str, instances: List[str], hostname: str, version: str, mode: str = "agent",
-                      ssh: bool = False, bklite: bool = False, account: str = "") -> Dict[str, str]:
+                      ssh: bool = False, bklite: bool = False, account: str = "", warm: bool = False) -> Dict[str, str]:
     """The metadata an executor publishes in its $SRV INFO (values must be strings)."""
     return {
         "account": account,                  # the account commands start as on its own host (before any become)
@@ -192,6 +192,7 @@ def executor_metadata(namespace: str, instances: List[str], hostname: str, versi
         "mode": mode,
         "ssh": "true" if ssh else "false",   # can run requests that carry a target (SSH mode)
         "bklite": "true" if bklite else "false",  # also serves the BK-Lite subjects (wire/bklite.py)
+        "warm": "true" if warm else "false",  # runs pipelined module runs from warm interpreters (its stats count them)
     }
 
 
@@ -215,6 +216,7 @@ def parse_executor_info(info: Any) -> Optional[Dict[str, Any]]:
         "mode": meta.get("mode", ""),
         "ssh": meta.get("ssh") == "true",
         "bklite": meta.get("bklite") == "true",
+        "warm": meta.get("warm") == "true",
         "subjects": [e.get("subject") for e in info.get("endpoints") or [] if isinstance(e, dict)],
     }
 
