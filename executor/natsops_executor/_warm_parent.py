@@ -181,9 +181,9 @@ class _Parent:
             return
         if pid == 0:
             self.child(fds, header, body)  # never returns
-        for fd in fds:
-            os.close(fd)
-        self.children[pid] = job
+        os.close(fds[0])
+        # stdout and stderr stay open here until the child is reaped, as the cold run's shell keeps them
+        self.children[pid] = (job, fds[1], fds[2])
         _emit({"job": job, "pid": pid})
 
     def reap(self):
@@ -194,9 +194,15 @@ class _Parent:
                 return
             if pid == 0:
                 return
-            job = self.children.pop(pid, None)
-            if job is not None:
-                _emit({"job": job, "status": status})
+            entry = self.children.pop(pid, None)
+            if entry is None:
+                continue
+            job, out_fd, err_fd = entry
+            if os.WIFSIGNALED(status):
+                _shell_says(err_fd, status)
+            os.close(out_fd)
+            os.close(err_fd)
+            _emit({"job": job, "status": status})
 
     def stop(self):
         for pid in list(self.children):
@@ -221,6 +227,7 @@ class _Parent:
             for signum in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_DFL)
             os.chdir(header["cwd"])
+            os.environ["PWD"] = header["pwd"]  # as the shell exports it; everything else is the parent's
             os.umask(header["umask"])
             sys.argv[:] = [""]
             sys.orig_argv[:] = [sys.orig_argv[0]] if getattr(sys, "orig_argv", None) else []
@@ -243,6 +250,21 @@ class _Parent:
             sys.excepthook(*sys.exc_info())
             status = 1
         os._exit(_finalize(status))  # pylint: disable=protected-access
+
+
+def _shell_says(fd, status):
+    """What /bin/sh (dash) prints when the command it waits for dies by a signal: its description, except for
+    SIGINT and SIGPIPE."""
+    signum = os.WTERMSIG(status)
+    if signum in (signal.SIGINT, signal.SIGPIPE):
+        return
+    text = signal.strsignal(signum) or "Signal %d" % signum
+    if os.WCOREDUMP(status):
+        text += " (core dumped)"
+    try:
+        os.write(fd, (text + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def _exit_status(exc):

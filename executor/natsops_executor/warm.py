@@ -95,6 +95,7 @@ class Recognised:
     key: str                     # which warm parent runs it
     env: Dict[str, str]          # the interpreter's environment, as the shell would give it
     cwd: str
+    pwd: str                     # PWD as the shell exports it (not part of the key: the child sets it)
     source: bytes                # the module's stdin: what the child runs as __main__
     zip_data: str                # base64 payload zip
     ansible_core: str            # the version whose wrapper this is
@@ -256,7 +257,7 @@ def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
     cwd = req.cwd or os.getcwd()
     if not os.path.isdir(cwd):
         return Cold(COLD_CWD, "the working directory %s is not a directory" % cwd)
-    env["PWD"] = _shell_pwd(env, cwd)
+    pwd = env["PWD"] = _shell_pwd(env, cwd)
     for assignment in assignments:
         name, value = assignment.split("=", 1)
         env[name] = value
@@ -288,10 +289,11 @@ def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
     basic = _member_digests(args["zip_data"], ["ansible/module_utils/basic.py"])
     if basic is None:
         return Cold(COLD_MODULE_UTILS, "the payload zip has no ansible/module_utils/basic.py")
-    key_parts = [identity, python, wrapper_digest, basic["ansible/module_utils/basic.py"],
-                 json.dumps(sorted(env.items())), repr(_limits())]
+    keyed_env = sorted((k, v) for k, v in env.items() if k != "PWD")
+    key_parts = [identity, python, wrapper_digest, basic["ansible/module_utils/basic.py"], json.dumps(keyed_env),
+                 repr(_limits())]
     key = hashlib.sha256("\0".join(key_parts).encode("utf-8", "surrogateescape")).hexdigest()
-    return Recognised(interpreter=python, key=key, env=env, cwd=cwd, source=stdin, zip_data=args["zip_data"],
+    return Recognised(interpreter=python, key=key, env=env, cwd=cwd, pwd=pwd, source=stdin, zip_data=args["zip_data"],
                       ansible_core=version)
 
 
@@ -408,7 +410,8 @@ class _Parent:
         self.forks += 1
         self.last_used = time.monotonic()
         try:
-            await self._send({"op": "run", "job": job, "cwd": recognised.cwd, "umask": current_umask()},
+            await self._send({"op": "run", "job": job, "cwd": recognised.cwd, "pwd": recognised.pwd,
+                              "umask": current_umask()},
                              recognised.source, [stdin_r, out_w, err_w])
         except OSError as exc:
             self.pending.pop(job, None)

@@ -1,0 +1,437 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Warm module runs (natsops_executor.warm) on real AnsiballZ payloads: what is recognised and what runs cold (and
+why), and that a warm run gives what a cold one gives - rc, stderr, the module's JSON - for builtin modules and for
+a test module that fails, raises, exits with a code, kills itself, runs into a timeout, registers atexit handlers
+or starts a thread.
+
+The payloads are made at test time by the installed ansible-core: a playbook runs each module once through
+``connection: local`` with pipelining, with an interpreter that records its stdin (nothing large is stored in the
+repository)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from typing import Any, Dict, Optional, Tuple
+
+import pytest
+import pytest_asyncio
+
+from natsops_executor import jobs, warm
+from natsops_executor._wire.contract import E_INTERRUPTED, E_TIMEOUT, WireError
+from natsops_executor._wire.messages import ExecRequest
+from natsops_executor.hosts.local import LocalHost
+
+from conftest import RecordingSender
+
+ASYNC = pytest.mark.asyncio(loop_scope="module")  # one event loop: the warm pool fixture lives across tests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+ANSIBLE_BIN = pathlib.Path(sys.executable).parent
+CHUNK = 64 * 1024
+COLD = LocalHost()
+
+_BEHAVE = '''#!/usr/bin/python
+from __future__ import annotations
+import atexit, os, signal, sys, threading, time
+from ansible.module_utils.basic import AnsibleModule
+
+def main():
+    module = AnsibleModule(argument_spec=dict(action=dict(type="str", required=True), marker=dict(type="str")))
+    action = module.params["action"]
+    if action == "fail":
+        module.fail_json(msg="it failed", rc=7)
+    if action == "raise":
+        raise ValueError("the module raised")
+    if action == "exit3":
+        sys.stderr.write("exiting with 3\\n")
+        sys.exit(3)
+    if action == "signal":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "sleep":
+        while module.params["marker"] and os.path.exists(module.params["marker"]):
+            time.sleep(0.05)
+    if action == "atexit":
+        atexit.register(lambda: sys.stderr.write("atexit ran\\n"))
+    if action == "thread":
+        def later():
+            time.sleep(0.3)
+            with open(module.params["marker"], "w") as handle:
+                handle.write("thread ran")
+        threading.Thread(target=later).start()
+    module.exit_json(changed=False, action=action, pid_is_pgid=os.getpgid(0) == os.getpid(),
+                     argv=sys.argv, cwd=os.getcwd(), umask=os.umask(0o022), path0=sys.path[0] if sys.path else None,
+                     stdin_at_eof=sys.stdin.read() == "")
+
+if __name__ == "__main__":
+    main()
+'''
+
+_RECORDER = '''#!/bin/sh
+# records the pipelined module source it is given, then runs it
+n=$(ls "{out}" | wc -l)
+cat > "{out}/$n.py"
+exec {python} < "{out}/$n.py"
+'''
+
+
+def _playbook(work: pathlib.Path) -> str:
+    copy_src = work / "copy-src"
+    copy_src.write_text("copied\n")
+    (work / "stat-me").write_text("stat\n")
+    tasks = [
+        {"ping": {}},
+        {"command": "/bin/true"},
+        {"stat": {"path": str(work / "stat-me"), "get_checksum": True}},
+        {"file": {"path": str(work / "dir"), "state": "directory", "mode": "0755"}},
+        {"copy": {"src": str(copy_src), "dest": str(work / "copy-dest"), "remote_src": True}},
+        {"setup": {"gather_subset": ["min"]}},
+    ] + [{"natsops_test_behave": {"action": a, "marker": str(work / ("marker-" + a))}}
+         for a in ("fail", "raise", "exit3", "signal", "sleep", "atexit", "thread", "ok")]
+    play = [{"hosts": "all", "gather_facts": False,
+             "tasks": [dict(t, ignore_errors=True) for t in tasks]}]
+    path = work / "capture.yml"
+    path.write_text(json.dumps(play))
+    return str(path)
+
+
+def _tail_args(source: bytes) -> Dict[str, Any]:
+    text = source.decode("utf-8")
+    args = warm._parse_tail(text[text.index(warm._TAIL):])  # pylint: disable=protected-access
+    assert isinstance(args, dict), args
+    return args
+
+
+@pytest.fixture(scope="module")
+def payloads(tmp_path_factory) -> Dict[str, bytes]:
+    """{name: pipelined stdin} for each module run of the capture playbook (shebang = PYTHON)."""
+    work = tmp_path_factory.mktemp("warm-payloads")
+    out = work / "captured"
+    out.mkdir()
+    (work / "library").mkdir()
+    (work / "library" / "natsops_test_behave.py").write_text(_BEHAVE)
+    recorder = work / "recorder.sh"
+    recorder.write_text(_RECORDER.format(out=out, python=PYTHON))
+    recorder.chmod(0o755)
+    (work / "ansible.cfg").write_text("[defaults]\n")
+    env = dict(os.environ, ANSIBLE_PIPELINING="1", ANSIBLE_LIBRARY=str(work / "library"), ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_CONFIG=str(work / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
+    result = subprocess.run(
+        [str(ANSIBLE_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", "ansible_python_interpreter=%s" % recorder, _playbook(work)],
+        env=env, cwd=str(work), capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    found: Dict[str, bytes] = {}
+    for path in sorted(out.iterdir(), key=lambda p: int(p.stem)):
+        source = path.read_bytes()
+        first, _, rest = source.partition(b"\n")
+        assert first == b"#!" + str(recorder).encode()
+        source = b"#!" + PYTHON.encode() + b"\n" + rest
+        args = _tail_args(source)
+        name = args["ansible_module"].rpartition(".")[2]  # ping, ansible.legacy.command, ...
+        if name == "natsops_test_behave":
+            name = "behave-" + json.loads(args["params"])["ANSIBLE_MODULE_ARGS"]["action"]
+        found.setdefault(name, source)
+    found["_work"] = str(work).encode()
+    return found
+
+
+def _req(**fields: Any) -> ExecRequest:
+    # warm parents are keyed by the whole environment; pytest changes this variable for every test phase
+    os.environ["PYTEST_CURRENT_TEST"] = __name__
+    fields.setdefault("command", "/bin/sh -c '%s && sleep 0'" % PYTHON)
+    return ExecRequest.new("_INBOX.test", **fields)
+
+
+async def _run(host: LocalHost, source: bytes, **fields: Any) -> Tuple[int, bytes, bytes]:
+    sender = RecordingSender()
+    result = await jobs.run_command(host, _req(**fields), source, sender, CHUNK)
+    return result.rc, sender.data("stdout"), sender.data("stderr")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def pool(payloads):
+    """A warm pool whose parent for PYTHON is ready."""
+    pool = warm.WarmPool()
+    host = LocalHost(warm=pool)
+    await _run(host, payloads["ping"])  # cold, starts the parent
+    for _attempt in range(300):
+        parents = list(pool.parents.values())
+        if parents and parents[0].ready.done():
+            break
+        await asyncio.sleep(0.05)
+    assert pool.stats()["warm_parents"] == 1 and not parents[0].ready.exception()
+    yield pool
+    await pool.close()
+
+
+async def _warm(pool: warm.WarmPool, source: bytes, **fields: Any) -> Tuple[int, bytes, bytes]:
+    hits = pool.hits
+    outcome = await _run(LocalHost(warm=pool), source, **fields)
+    assert pool.hits == hits + 1, pool.stats()
+    return outcome
+
+
+# ---------------------------------------------------------------- recognition
+
+def test_the_installed_ansible_core_wrapper_is_on_the_allowlist(payloads):
+    from ansible.release import __version__ as core_version  # pylint: disable=import-outside-toplevel
+    text = payloads["ping"].decode()
+    body = text.partition("\n")[2]
+    digest = hashlib.sha256(body[:body.index(warm._TAIL)].encode()).hexdigest()  # pylint: disable=protected-access
+    allowlist = warm.load_allowlist()
+    assert digest in allowlist, "ansible-core %s: add %s to warm_allowlist.json" % (core_version, digest)
+    assert core_version.startswith(allowlist[digest])
+
+
+@pytest.mark.parametrize("name", ["ping", "command", "stat", "file", "copy", "setup", "behave-ok"])
+def test_real_payloads_are_recognised(payloads, name):
+    verdict = warm.recognise(_req(), payloads[name], warm.load_allowlist())
+    assert isinstance(verdict, warm.Recognised), verdict
+    assert verdict.interpreter == PYTHON and verdict.ansible_core == "2.19"
+
+
+def test_one_key_for_every_module_of_one_interpreter_and_environment(payloads):
+    keys = {warm.recognise(_req(), payloads[n], warm.load_allowlist()).key for n in ("ping", "command", "setup")}
+    assert len(keys) == 1
+    other = warm.recognise(_req(env={"NATSOPS_TEST": "1"}), payloads["ping"], warm.load_allowlist())
+    assert other.key not in keys
+
+
+def _cold_reason(req: ExecRequest, source: bytes, allowlist: Optional[Dict[str, str]] = None) -> str:
+    verdict = warm.recognise(req, source, warm.load_allowlist() if allowlist is None else allowlist)
+    assert isinstance(verdict, warm.Cold)
+    assert verdict.detail and "\n" not in verdict.detail
+    return verdict.reason
+
+
+def _edit(source: bytes, old: bytes, new: bytes) -> bytes:
+    assert old in source
+    return source.replace(old, new, 1)
+
+
+@pytest.mark.parametrize("command", [
+    "%s" % PYTHON,
+    "/bin/sh -c '%s'" % PYTHON,
+    "/bin/sh -c '%s && sleep 1'" % PYTHON,
+    "/bin/sh -c '%s; rm -rf /tmp/x && sleep 0'" % PYTHON,
+    "/bin/sh -c 'X=$(id) %s && sleep 0'" % PYTHON,
+    "/bin/sh -c \"%s && sleep 0\"" % PYTHON,
+    "/bin/bash -c '%s && sleep 0'" % PYTHON,
+    "/bin/sh -c '%s -u && sleep 0'" % PYTHON,
+    "sudo -H -S -n -u root /bin/sh -c 'echo BECOME-SUCCESS-x ; %s' && sleep 0" % PYTHON,
+])
+def test_other_commands_run_cold(payloads, command):
+    assert _cold_reason(_req(command=command), payloads["ping"]) in (warm.COLD_NOT_MODULE, warm.COLD_INTERPRETER)
+
+
+def test_env_assignments_in_the_command_are_accepted_and_keyed(payloads):
+    plain = warm.recognise(_req(), payloads["ping"], warm.load_allowlist())
+    assigned = warm.recognise(_req(command="/bin/sh -c 'LANG=C.UTF-8 X='\"'\"'a b'\"'\"' %s && sleep 0'" % PYTHON),
+                              payloads["ping"], warm.load_allowlist())
+    assert isinstance(assigned, warm.Recognised), assigned
+    assert assigned.env["X"] == "a b" and assigned.key != plain.key
+
+
+def test_become_pty_and_argv_run_cold(payloads):
+    source = payloads["ping"]
+    assert _cold_reason(_req(become={"success": "BECOME-OK", "timeout": 5}), source) == warm.COLD_BECOME
+    assert _cold_reason(_req(pty=True), source) == warm.COLD_PTY
+    assert _cold_reason(_req(command=None, argv=[PYTHON]), source) == warm.COLD_NOT_MODULE
+
+
+def test_an_unknown_wrapper_runs_cold_with_a_reason(payloads):
+    assert _cold_reason(_req(), payloads["ping"], allowlist={}) == warm.COLD_WRAPPER
+    edited = _edit(payloads["ping"], b"import datetime\n", b"import datetime, os\n")
+    assert _cold_reason(_req(), edited) == warm.COLD_WRAPPER
+
+
+def test_a_tail_other_than_one_literal_call_runs_cold(payloads):
+    source = payloads["ping"]
+    assert _cold_reason(_req(), _edit(source, b"profile='legacy'", b"profile=__import__('os').getcwd()")) == warm.COLD_TAIL
+    assert _cold_reason(_req(), source + b"print('more')\n") == warm.COLD_TAIL
+    assert _cold_reason(_req(), _edit(source, b"datetime.timezone.utc", b"open('/etc/passwd')")) == warm.COLD_TAIL
+    assert _cold_reason(_req(), _edit(source, b"extensions={}", b"extensions={'debugpy': {}}")) == warm.COLD_EXTENSIONS
+
+
+def test_a_shebang_for_another_interpreter_runs_cold(payloads):
+    edited = b"#!/usr/bin/python9\n" + payloads["ping"].partition(b"\n")[2]
+    assert _cold_reason(_req(), edited) == warm.COLD_INTERPRETER
+
+
+# ---------------------------------------------------------------- cold vs warm
+
+# fields that differ between any two runs of the same module, cold or warm (clock, counters of the host), and
+# pid_is_pgid: a cold run's process group leader is the shell, a warm run's is the module's own process
+_VOLATILE = {"start", "end", "delta", "ansible_date_time", "atime", "ansible_uptime_seconds", "pid_is_pgid"}
+# the wrapper's temporary directory has a random name in every run
+_PAYLOAD_DIR = re.compile(r"/ansible_([A-Za-z0-9_.]+)_payload_[A-Za-z0-9_]+/")
+
+
+def _result(stdout: bytes) -> Any:
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in _VOLATILE}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, str):
+            return _PAYLOAD_DIR.sub(r"/ansible_\1_payload_X/", value)
+        return value
+    try:
+        return strip(json.loads(stdout))
+    except ValueError:
+        return stdout
+
+
+@ASYNC
+@pytest.mark.parametrize("name", ["ping", "command", "stat", "file", "copy", "setup", "behave-ok", "behave-fail",
+                                  "behave-exit3", "behave-atexit"])
+async def test_warm_equals_cold(pool, payloads, name):
+    cold = await _run(COLD, payloads[name])
+    hot = await _warm(pool, payloads[name])
+    assert hot[0] == cold[0]
+    assert hot[2] == cold[2]
+    assert _result(hot[1]) == _result(cold[1])
+
+
+@ASYNC
+async def test_the_child_mirrors_a_cold_interpreter(pool, payloads, tmp_path):
+    cold = await _run(COLD, payloads["behave-ok"], cwd=str(tmp_path))
+    hot = await _warm(pool, payloads["behave-ok"], cwd=str(tmp_path))
+    assert hot[0] == cold[0] == 0 and hot[2] == cold[2]
+    result = json.loads(hot[1])
+    assert result["cwd"] == str(tmp_path) and result["stdin_at_eof"] and result["argv"][0].endswith(".py")
+    assert result["path0"].endswith("_payload.zip")
+    assert result["pid_is_pgid"]  # its own session and process group, as the cold run's shell
+    assert _result(hot[1]) == _result(cold[1])
+
+
+@ASYNC
+async def test_a_raising_module(pool, payloads):
+    cold = await _run(COLD, payloads["behave-raise"])
+    hot = await _warm(pool, payloads["behave-raise"])
+    assert hot[0] == cold[0] == 1 and hot[2] == cold[2]
+    assert _result(hot[1]) == _result(cold[1]) and "the module raised" in hot[1].decode()
+
+
+@ASYNC
+async def test_a_module_killed_by_a_signal(pool, payloads):
+    cold = await _run(COLD, payloads["behave-signal"])
+    hot = await _warm(pool, payloads["behave-signal"])
+    assert hot == cold and hot[0] == 128 + signal.SIGKILL and hot[2] == b"Killed\n"  # as /bin/sh says it
+
+
+@ASYNC
+async def test_a_thread_started_by_the_module_runs_to_its_end(pool, payloads):
+    marker = pathlib.Path(payloads["_work"].decode()) / "marker-thread"
+    for host in (COLD, None):
+        if marker.exists():
+            marker.unlink()
+        outcome = await (_run(COLD, payloads["behave-thread"]) if host is COLD else _warm(pool, payloads["behave-thread"]))
+        assert outcome[0] == 0 and marker.read_text() == "thread ran"
+
+
+@ASYNC
+async def test_a_timeout_kills_the_warm_child_by_process_group(pool, payloads):
+    marker = pathlib.Path(payloads["_work"].decode()) / "marker-sleep"
+    marker.write_text("")
+    hits = pool.hits
+    started = time.monotonic()
+    with pytest.raises(WireError) as info:
+        await _run(LocalHost(warm=pool), payloads["behave-sleep"], timeout=1.0)
+    assert info.value.code == E_TIMEOUT and info.value.details.get("warm") and pool.hits == hits + 1
+    assert time.monotonic() - started < 5
+    pgid = info.value.details["pgid"]
+    for _attempt in range(50):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("process group %d survived the timeout" % pgid)
+    marker.unlink()
+
+
+def _override(source: bytes, member: str) -> bytes:
+    """The payload with one module_utils file changed, as a playbook-local module_utils override ships it."""
+    text = source.decode()
+    args = _tail_args(source)
+    raw = base64.b64decode(args["zip_data"])
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as old, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            data = old.read(info.filename)
+            if info.filename == member:
+                data += b"\n# overridden\n"
+            new.writestr(info, data)
+    return text.replace(args["zip_data"], base64.b64encode(out.getvalue()).decode(), 1).encode()
+
+
+@ASYNC
+async def test_a_module_utils_override_runs_cold(pool, payloads):
+    edited = _override(payloads["ping"], "ansible/module_utils/common/text/converters.py")
+    before = dict(pool.reasons)
+    rc, stdout, _stderr = await _run(LocalHost(warm=pool), edited)
+    assert rc == 0 and json.loads(stdout)["ping"] == "pong"
+    assert pool.reasons[warm.COLD_MODULE_UTILS] == before.get(warm.COLD_MODULE_UTILS, 0) + 1
+
+
+@ASYNC
+async def test_an_unknown_wrapper_runs_cold_never_fails(payloads):
+    pool = warm.WarmPool(allowlist={})
+    rc, stdout, _stderr = await _run(LocalHost(warm=pool), payloads["ping"])
+    assert rc == 0 and json.loads(stdout)["ping"] == "pong"
+    assert pool.stats()["warm_cold_reasons"] == {warm.COLD_WRAPPER: 1} and pool.stats()["warm_parents"] == 0
+    await pool.close()
+
+
+@ASYNC
+async def test_a_warm_parent_that_dies_mid_run_loses_the_run_and_the_next_one_runs_cold(payloads):
+    pool = warm.WarmPool()
+    host = LocalHost(warm=pool)
+    await _run(host, payloads["ping"])
+    for _attempt in range(300):
+        parent = next(iter(pool.parents.values()))
+        if parent.ready.done():
+            break
+        await asyncio.sleep(0.05)
+    marker = pathlib.Path(payloads["_work"].decode()) / "marker-sleep"
+    marker.write_text("")
+    job = asyncio.ensure_future(_run(host, payloads["behave-sleep"], timeout=30))
+    for _attempt in range(100):
+        if parent.running:
+            break
+        await asyncio.sleep(0.05)
+    child = next(iter(parent.running.values())).pid
+    os.kill(parent.proc.pid, signal.SIGKILL)
+    with pytest.raises(WireError) as info:
+        await asyncio.wait_for(job, 10)
+    assert info.value.code == E_INTERRUPTED
+    for _attempt in range(50):
+        try:
+            os.killpg(child, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the lost run's process group %d survived" % child)
+    marker.unlink()
+    rc, stdout, _stderr = await _run(host, payloads["ping"])
+    assert rc == 0 and json.loads(stdout)["ping"] == "pong"
+    assert pool.stats()["warm_cold_reasons"].get(warm.COLD_WARMING) == 2  # cold, and a new parent warms up
+    await pool.close()
