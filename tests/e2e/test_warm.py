@@ -1,0 +1,52 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A playbook through natsops.fleet.nats against an executor started with --warm: the results are right and the
+executor's stats show the module runs it served warm."""
+
+from __future__ import annotations
+
+import pytest
+
+import devenv
+
+INSTANCE = "e2e-warm"
+
+
+@pytest.fixture(scope="module")
+def warm_executor(nats_server, tmp_path_factory):
+    proc = devenv.ExecutorProcess(nats_server.url, [INSTANCE], extra_args=["--warm", "--log-level", "DEBUG"],
+                                  log_dir=str(tmp_path_factory.mktemp("warm-logs")))
+    yield proc
+    proc.stop()
+
+
+def _record(nats_server):
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    client = ExecutorClient({"servers": nats_server.url}, INSTANCE).connect()
+    try:
+        return [r for r in client.discover(stats=True) if INSTANCE in r["instances"]][0]
+    finally:
+        client.close()
+
+
+def test_a_playbook_runs_warm(playbook, nats_server, warm_executor, tmp_path):
+    work = tmp_path / "work"
+    playbook.run("warm.yml", host=INSTANCE, extra_vars={"work": str(work)})
+    assert (work / "copy-3.txt").read_text() == "warm 3\n"
+    record = _record(nats_server)
+    load = record["load"]
+    assert record["warm"] is True
+    # the first module run starts the warm parent (cold, warming_up); the others are served warm
+    assert load["warm_hits"] >= 8, (load, warm_executor.output()[-5000:])
+    assert load["warm_cold_reasons"].get("warming_up", 0) >= 1
+    assert "warm parent" in warm_executor.output()
+
+
+def test_the_default_executor_runs_cold(nats_server, executor):  # pylint: disable=unused-argument
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    client = ExecutorClient({"servers": nats_server.url}, "e2e-host").connect()
+    try:
+        record = [r for r in client.discover(stats=True) if "e2e-host" in r["instances"]][0]
+    finally:
+        client.close()
+    assert record["warm"] is False and "warm_hits" not in record["load"]
