@@ -5,6 +5,7 @@
 ``make bench`` runs it. Scenarios, each timed ``--runs`` times (median reported):
   local        connection: local on this machine
   nats-local   natsops.fleet.nats to an executor on this machine (agent mode)
+  nats-warm    the same with the executor's warm module runs (--warm)
   ssh-lab      ssh with pipelining + ControlPersist to a lab host       (root + lab only)
   nats-lab     natsops.fleet.nats to an executor on that same lab host  (root + lab only)
   mitogen      mitogen_linear strategy with ssh to the lab host (or local), when mitogen is installed
@@ -90,7 +91,7 @@ def measure(runs):
     notes = []
     scratch = tempfile.mkdtemp(prefix="natsops-bench-")
     lab_ok, lab_reason = lab_available()
-    lab = nats = executor = lab_executor = None
+    lab = nats = executor = warm_executor = lab_executor = None
     try:
         if lab_ok:
             import labctl  # pylint: disable=import-outside-toplevel
@@ -100,12 +101,17 @@ def measure(runs):
         # like a systemd service: without this shell's PYTHONUNBUFFERED (see FINDINGS)
         clean_env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONUNBUFFERED")
         executor = devenv.ExecutorProcess(nats.url, ["bench-host"], log_dir=scratch, env=clean_env, inherit_env=False)
+        warm_executor = devenv.ExecutorProcess(nats.url, ["bench-warm"], extra_args=["--warm"], log_dir=scratch,
+                                               env=clean_env, inherit_env=False)
         python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
         nats_vars = {"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": nats.url}
         scenarios.append(("local", "connection: local, this machine", write_inventory(
             scratch, "local", {"ansible_connection": "local", "ansible_python_interpreter": python}), None))
         scenarios.append(("nats-local", "natsops.fleet.nats, executor on this machine", write_inventory(
             scratch, "nats-local", dict(nats_vars, ansible_python_interpreter=python)), None))
+        scenarios.append(("nats-warm", "natsops.fleet.nats, executor on this machine with --warm", write_inventory(
+            scratch, "nats-warm", dict(nats_vars, ansible_python_interpreter=python, ansible_nats_executor="bench-warm")),
+            None))
         mitogen = mitogen_strategy_dir()
         if lab:
             host = lab["hosts"][0]
@@ -140,9 +146,10 @@ def measure(runs):
             notes.append(zone_round_trip(lab, nats.url, scratch))
             notes.append(fleet_through_zone_executor(lab, nats.url, scratch))
     finally:
-        if executor is not None:
-            executor.stop()
-            executor.remove_log()
+        for started in (executor, warm_executor):
+            if started is not None:
+                started.stop()
+                started.remove_log()
         if lab_executor is not None:
             lab_executor.stop()
         if nats is not None:
