@@ -31,7 +31,7 @@ import socket
 import struct
 import time
 import zipfile
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
 from natsops_executor._wire.contract import E_INTERRUPTED, WireError
 from natsops_executor._wire.messages import ExecRequest
@@ -55,6 +55,7 @@ _KEYWORDS = frozenset(("zip_data", "ansible_module", "module_fqn", "params", "pr
                        "rlimit_nofile"))
 _STRINGS = ("zip_data", "ansible_module", "module_fqn", "params", "profile")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_ZIP_LINE = re.compile(r"^zip_data='([A-Za-z0-9+/=]*)',$", re.MULTILINE)
 _FRAME = struct.Struct(">II")
 _PARENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_warm_parent.py")
 _ALLOWLIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_allowlist.json")
@@ -98,6 +99,7 @@ class Recognised:
     pwd: str                     # PWD as the shell exports it (not part of the key: the child sets it)
     source: bytes                # the module's stdin: what the child runs as __main__
     zip_data: str                # base64 payload zip
+    zip_token: str               # its sha256
     ansible_core: str            # the version whose wrapper this is
 
 
@@ -177,6 +179,13 @@ def _parse_tail(tail: str) -> Union[Dict[str, Any], Cold]:
     """The one ``_ansiballz_main(...)`` call after the wrapper: its arguments, literals only."""
     unexpected = Cold(COLD_TAIL, "the wrapper is not followed by exactly one _ansiballz_main(...) call with literal "
                                  "arguments")
+    # the zip (~170 KB of base64 on a line of its own, as ansible-core writes it) is taken out before parsing:
+    # a base64 literal needs no parser, and parsing it would be most of the work
+    zip_data = None
+    match = _ZIP_LINE.search(tail)
+    if match is not None:
+        zip_data = match.group(1)
+        tail = tail[:match.start(1)] + tail[match.end(1):]
     try:
         tree = ast.parse(tail)
     except (SyntaxError, ValueError):
@@ -209,6 +218,10 @@ def _parse_tail(tail: str) -> Union[Dict[str, Any], Cold]:
             args[str(keyword.arg)] = ast.literal_eval(keyword.value)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             return unexpected
+    if zip_data is not None:
+        if args["zip_data"] != "":
+            return unexpected
+        args["zip_data"] = zip_data
     if not all(isinstance(args[name], str) for name in _STRINGS) or type(args["rlimit_nofile"]) is not int:  # pylint: disable=unidiomatic-typecheck
         return unexpected
     if args["extensions"] != {}:
@@ -286,15 +299,32 @@ def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
         identity = _identity(resolved)
     except OSError as exc:
         return Cold(COLD_INTERPRETER, "interpreter %s: %s" % (python, exc.strerror or exc))
-    basic = _member_digests(args["zip_data"], ["ansible/module_utils/basic.py"])
+    zip_token = hashlib.sha256(args["zip_data"].encode("ascii", "replace")).hexdigest()
+    basic = _basic_digest(zip_token, args["zip_data"])
     if basic is None:
         return Cold(COLD_MODULE_UTILS, "the payload zip has no ansible/module_utils/basic.py")
     keyed_env = sorted((k, v) for k, v in env.items() if k != "PWD")
-    key_parts = [identity, python, wrapper_digest, basic["ansible/module_utils/basic.py"], json.dumps(keyed_env),
-                 repr(_limits())]
+    key_parts = [identity, python, wrapper_digest, basic, json.dumps(keyed_env), repr(_limits())]
     key = hashlib.sha256("\0".join(key_parts).encode("utf-8", "surrogateescape")).hexdigest()
     return Recognised(interpreter=python, key=key, env=env, cwd=cwd, pwd=pwd, source=stdin, zip_data=args["zip_data"],
+                      zip_token=zip_token,
                       ansible_core=version)
+
+
+_BASIC_DIGESTS: "collections.OrderedDict[str, Optional[str]]" = collections.OrderedDict()
+
+
+def _basic_digest(zip_token: str, zip_data: str) -> Optional[str]:
+    """sha256 of the payload's ansible/module_utils/basic.py (remembered for the last few payloads)."""
+    if zip_token in _BASIC_DIGESTS:
+        _BASIC_DIGESTS.move_to_end(zip_token)
+        return _BASIC_DIGESTS[zip_token]
+    digests = _member_digests(zip_data, ["ansible/module_utils/basic.py"])
+    digest = digests["ansible/module_utils/basic.py"] if digests else None
+    _BASIC_DIGESTS[zip_token] = digest
+    while len(_BASIC_DIGESTS) > _VERDICTS_KEPT:
+        _BASIC_DIGESTS.popitem(last=False)
+    return digest
 
 
 def _zip_bytes(zip_data: str) -> Optional[bytes]:
@@ -368,7 +398,7 @@ class _Parent:
                 theirs.close()
             if self.guard is not None:
                 self.guard.watch(self.proc.pid)
-            self.tasks = [asyncio.ensure_future(self._events()), asyncio.ensure_future(self._log_stderr())]
+            self.tasks = [asyncio.ensure_future(self._events(self.proc)), asyncio.ensure_future(self._log_stderr(self.proc))]
             await self._send({"op": "init"}, raw, [])
             members = await asyncio.wait_for(asyncio.shield(self.ready), START_TIMEOUT)
             digests = _member_digests(zip_data, members)
@@ -377,15 +407,15 @@ class _Parent:
             self.reference = digests
             log.info("warm parent %d ready (%s): %d module_utils files imported", self.proc.pid, self.interpreter,
                      len(digests))
-        except (OSError, asyncio.TimeoutError, _ParentGone) as exc:
+        except (OSError, ValueError, asyncio.TimeoutError, _ParentGone) as exc:
             log.warning("warm parent for %s could not start: %s", self.interpreter, exc or type(exc).__name__)
             if not self.ready.done():
                 self.ready.set_exception(_ParentGone(str(exc)))
             await self.stop()
 
-    def matches(self, zip_data: str) -> bool:
-        """Every module_utils file this parent imported is in the payload with identical bytes."""
-        token = hashlib.sha256(zip_data.encode("ascii", "replace")).hexdigest()
+    def matches(self, token: str, zip_data: str) -> bool:
+        """Every module_utils file this parent imported is in the payload (``token``: its sha256) with identical
+        bytes."""
         verdict = self.verdicts.get(token)
         if verdict is None:
             digests = _member_digests(zip_data, self.reference)
@@ -448,17 +478,17 @@ class _Parent:
         async with self.send_lock:
             await run_blocking(send)
 
-    async def _events(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+    async def _events(self, proc: asyncio.subprocess.Process) -> None:
+        stdout = cast(asyncio.StreamReader, proc.stdout)
         try:
             while True:
-                line = await self.proc.stdout.readline()
+                line = await stdout.readline()
                 if not line:
                     break
                 try:
                     event = json.loads(line)
                 except ValueError:
-                    log.warning("warm parent %d said something unexpected: %r", self.proc.pid, line[:200])
+                    log.warning("warm parent %d said something unexpected: %r", proc.pid, line[:200])
                     continue
                 self._dispatch(event)
         finally:
@@ -484,13 +514,14 @@ class _Parent:
             if future is not None and not future.done():
                 future.set_exception(_ParentGone("the warm parent could not fork: %s" % event["error"]))
 
-    async def _log_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+    @staticmethod
+    async def _log_stderr(proc: asyncio.subprocess.Process) -> None:
+        stderr = cast(asyncio.StreamReader, proc.stderr)
         while True:
-            line = await self.proc.stderr.readline()
+            line = await stderr.readline()
             if not line:
                 return
-            log.warning("warm parent %d: %s", self.proc.pid, line.decode("utf-8", "replace").rstrip())
+            log.warning("warm parent %d: %s", proc.pid, line.decode("utf-8", "replace").rstrip())
 
     def _lost(self) -> None:
         """The parent's stdout ended: it is gone. Runs not started yet go cold; running ones are lost."""
@@ -676,7 +707,7 @@ class WarmPool:
         if not parent.ready.done():
             self._cold(Cold(COLD_WARMING, "the warm parent is still importing module_utils"))
             return None
-        if not parent.matches(verdict.zip_data):
+        if not parent.matches(verdict.zip_token, verdict.zip_data):
             self._cold(Cold(COLD_MODULE_UTILS, "module_utils files the warm parent imported differ in this payload"))
             return None
         try:

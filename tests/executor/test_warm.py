@@ -266,6 +266,8 @@ def test_a_tail_other_than_one_literal_call_runs_cold(payloads):
     assert _cold_reason(_req(), source + b"print('more')\n") == warm.COLD_TAIL
     assert _cold_reason(_req(), _edit(source, b"datetime.timezone.utc", b"open('/etc/passwd')")) == warm.COLD_TAIL
     assert _cold_reason(_req(), _edit(source, b"extensions={}", b"extensions={'debugpy': {}}")) == warm.COLD_EXTENSIONS
+    assert _cold_reason(_req(), _edit(source, b"zip_data='", b"zip_data=str(1/0) + '")) == warm.COLD_TAIL
+    assert _cold_reason(_req(), _edit(source, b"zip_data='", b"zip_data=''\n,zip_data='")) == warm.COLD_TAIL
 
 
 def test_a_shebang_for_another_interpreter_runs_cold(payloads):
