@@ -361,7 +361,9 @@ class _Parent:
         self.sock: Optional[socket.socket] = None
         self.reference: Dict[str, str] = {}   # zip member -> sha256, of every module_utils file imported
         self.verdicts: "collections.OrderedDict[str, bool]" = collections.OrderedDict()
-        self.ready = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.reported: "asyncio.Future[List[str]]" = loop.create_future()  # the parent's own report of its imports
+        self.ready: "asyncio.Future[None]" = loop.create_future()  # done once ``reference`` is known, or failed
         self.started = time.monotonic()
         self.last_used = self.started
         self.forks = 0
@@ -400,11 +402,14 @@ class _Parent:
                 self.guard.watch(self.proc.pid)
             self.tasks = [asyncio.ensure_future(self._events(self.proc)), asyncio.ensure_future(self._log_stderr(self.proc))]
             await self._send({"op": "init"}, raw, [])
-            members = await asyncio.wait_for(asyncio.shield(self.ready), START_TIMEOUT)
+            members = await asyncio.wait_for(asyncio.shield(self.reported), START_TIMEOUT)
             digests = _member_digests(zip_data, members)
-            if digests is None:
-                raise _ParentGone("the warm parent imported files that are not in its payload")
+            if not digests:
+                raise _ParentGone("the warm parent imported nothing from its payload, or files that are not in it")
             self.reference = digests
+            if not self.alive:
+                raise _ParentGone("the warm parent exited while it warmed up")
+            self.ready.set_result(None)
             log.info("warm parent %d ready (%s): %d module_utils files imported", self.proc.pid, self.interpreter,
                      len(digests))
         except (OSError, ValueError, asyncio.TimeoutError, _ParentGone) as exc:
@@ -471,8 +476,8 @@ class _Parent:
         frame = _FRAME.pack(len(head), len(body)) + head + body
 
         def send() -> None:
-            sent = sock.sendmsg([frame[:65536]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))]
-                               if fds else [])
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))] if fds else []
+            sent = sock.sendmsg([frame[:65536]], rights)
             sock.sendall(frame[sent:])
 
         async with self.send_lock:
@@ -496,11 +501,12 @@ class _Parent:
 
     def _dispatch(self, event: Dict[str, Any]) -> None:
         if "ready" in event:
-            if not self.ready.done():
-                self.ready.set_result([str(m) for m in event["ready"]])
+            if not self.reported.done():
+                self.reported.set_result([str(m) for m in event["ready"]])
         elif "failed" in event:
-            if not self.ready.done():
-                self.ready.set_exception(_ParentGone("the warm parent could not import module_utils: %s" % event["failed"]))
+            if not self.reported.done():
+                self.reported.set_exception(_ParentGone("the warm parent could not import module_utils: %s"
+                                                        % event["failed"]))
         elif "pid" in event:
             future = self.pending.pop(event["job"], None)
             if future is not None and not future.done():
@@ -526,8 +532,10 @@ class _Parent:
     def _lost(self) -> None:
         """The parent's stdout ended: it is gone. Runs not started yet go cold; running ones are lost."""
         was_alive, self.alive = self.alive, False
-        if not self.ready.done():
-            self.ready.set_exception(_ParentGone("the warm parent exited while it warmed up"))
+        for future in (self.reported, self.ready):
+            if not future.done():
+                future.set_exception(_ParentGone("the warm parent exited while it warmed up"))
+                future.exception()  # retrieved: start() reports it
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(_ParentGone("the warm parent exited"))
@@ -747,8 +755,8 @@ class WarmPool:
             await asyncio.sleep(min(IDLE_TIMEOUT, 10.0))
             now = time.monotonic()
             for parent in list(self.parents.values()):
-                if parent.ready.done() and (not parent.usable or (not parent.running
-                                                                   and now - parent.last_used > IDLE_TIMEOUT)):
+                idle = not parent.running and now - parent.last_used > IDLE_TIMEOUT
+                if parent.ready.done() and (not parent.usable or idle):
                     self._retire(parent)
             for parent in list(self.retiring):
                 if not parent.running:
@@ -766,4 +774,3 @@ class WarmPool:
             await parent.stop()
         self.parents.clear()
         self.retiring.clear()
-

@@ -22,7 +22,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import zipfile
 from typing import Any, Dict, Optional, Tuple
@@ -138,7 +137,7 @@ def payloads(tmp_path_factory) -> Dict[str, bytes]:
     found: Dict[str, bytes] = {}
     for path in sorted(out.iterdir(), key=lambda p: int(p.stem)):
         source = path.read_bytes()
-        first, _, rest = source.partition(b"\n")
+        first, _newline, rest = source.partition(b"\n")
         assert first == b"#!" + str(recorder).encode()
         source = b"#!" + PYTHON.encode() + b"\n" + rest
         args = _tail_args(source)
