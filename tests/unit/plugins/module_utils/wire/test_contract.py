@@ -158,6 +158,9 @@ def test_executor_info_round_trip():
     assert c.serves(record, "管理网") and not c.serves(record, "other")
     assert c.serves(dict(record, instances=["*"]), "other")
     assert c.parse_executor_info({"name": "someone-else"}) is None
+    assert record["warm"] is False
+    warm = c.executor_metadata("natsops", ["default"], "host1", "0.1.0", warm=True)
+    assert c.parse_executor_info({"name": c.SERVICE_NAME, "id": "Y", "metadata": warm})["warm"] is True
 
 
 def test_error_dict_round_trip():
