@@ -5,6 +5,10 @@ executor's stats show the module runs it served warm."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 import devenv
@@ -50,3 +54,43 @@ def test_the_default_executor_runs_cold(nats_server, executor):  # pylint: disab
     finally:
         client.close()
     assert record["warm"] is False and "warm_hits" not in record["load"]
+
+
+def _warm_parents_of(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as handle:
+                ppid = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                cmdline = handle.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"_natsops_warm_parent" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _gone(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def test_warm_parents_die_with_a_killed_executor(playbook, nats_server, tmp_path):
+    proc = devenv.ExecutorProcess(nats_server.url, [INSTANCE + "-kill"], extra_args=["--warm"],
+                                  log_dir=str(tmp_path))
+    try:
+        playbook.run("warm.yml", host=INSTANCE + "-kill", extra_vars={"work": str(tmp_path / "work")})
+        parents = _warm_parents_of(proc.proc.pid)
+        assert len(parents) == 1, proc.output()[-3000:]
+    finally:
+        proc.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not _gone(parents[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(parents[0])

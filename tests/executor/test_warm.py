@@ -436,3 +436,55 @@ async def test_a_warm_parent_that_dies_mid_run_loses_the_run_and_the_next_one_ru
     assert rc == 0 and json.loads(stdout)["ping"] == "pong"
     assert pool.stats()["warm_cold_reasons"].get(warm.COLD_WARMING) == 2  # cold, and a new parent warms up
     await pool.close()
+
+
+async def _warmed(pool: warm.WarmPool, host: LocalHost, source: bytes, **fields: Any) -> warm._Parent:  # pylint: disable=protected-access
+    """Run ``source`` cold once (it starts a parent for its key) and wait until that parent is ready."""
+    before = set(map(id, pool.parents.values()))
+    await _run(host, source, **fields)
+    started = [p for p in pool.parents.values() if id(p) not in before]
+    assert started, pool.stats()
+    for _attempt in range(300):
+        if started[0].ready.done():
+            return started[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("the warm parent did not become ready")
+
+
+@ASYNC
+async def test_a_parent_is_replaced_after_its_fork_limit(payloads, monkeypatch):
+    monkeypatch.setattr(warm, "MAX_FORKS", 2)
+    pool = warm.WarmPool()
+    host = LocalHost(warm=pool)
+    first = await _warmed(pool, host, payloads["ping"])
+    for _run_number in range(2):
+        await _warm(pool, payloads["ping"])
+    assert first.forks == 2 and not first.usable
+    second = await _warmed(pool, host, payloads["ping"])  # cold: warming_up again
+    assert second is not first and pool.stats()["warm_parents_started"] == 2
+    await _warm(pool, payloads["ping"])
+    await pool.close()
+    assert first.proc.returncode is not None and second.proc.returncode is not None
+
+
+@ASYNC
+async def test_the_number_of_parents_is_bounded(payloads):
+    pool = warm.WarmPool(max_parents=1)
+    host = LocalHost(warm=pool)
+    first = await _warmed(pool, host, payloads["ping"])
+    second = await _warmed(pool, host, payloads["ping"], env={"NATSOPS_TEST_KEY": "2"})  # another environment
+    assert list(pool.parents.values()) == [second] and first in pool.retiring
+    await _warm(pool, payloads["ping"], env={"NATSOPS_TEST_KEY": "2"})
+    await pool.close()
+    assert first.proc.returncode is not None
+
+
+@ASYNC
+async def test_a_parent_exits_when_its_executor_side_goes_away(payloads):
+    pool = warm.WarmPool()
+    host = LocalHost(warm=pool)
+    parent = await _warmed(pool, host, payloads["ping"])
+    parent.sock.close()  # what the executor's death does to the socket pair
+    parent.sock = None
+    await asyncio.wait_for(parent.proc.wait(), 5)
+    await pool.close()
