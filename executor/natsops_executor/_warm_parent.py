@@ -173,6 +173,7 @@ class _Parent:
                 raise RuntimeError("the job's stdio descriptors did not arrive")
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
+            gate_r, gate_w = os.pipe()
             pid = os.fork()
         except (OSError, RuntimeError) as exc:
             for fd in fds:
@@ -180,11 +181,17 @@ class _Parent:
             _emit({"job": job, "error": str(exc)})
             return
         if pid == 0:
-            self.child(fds, header, body)  # never returns
+            os.close(gate_w)
+            self.child(fds, header, body, gate_r)  # never returns
+        os.close(gate_r)
         os.close(fds[0])
         # stdout and stderr stay open here until the child is reaped, as the cold run's shell keeps them
         self.children[pid] = (job, fds[1], fds[2])
         _emit({"job": job, "pid": pid})
+        # the child starts the module only now: had this process died before the executor learnt the pid (so
+        # that it can supervise, or fall back to a cold run), the child would find the gate closed and give up
+        os.write(gate_w, b"g")
+        os.close(gate_w)
 
     def reap(self):
         while self.children:
@@ -215,10 +222,13 @@ class _Parent:
 
     # ------------------------------------------------------------ the child: a cold interpreter's twin
 
-    def child(self, fds, header, body):
+    def child(self, fds, header, body, gate):
         status = 1
         try:
             os.setsid()
+            if os.read(gate, 1) != b"g":
+                os._exit(127)  # pylint: disable=protected-access
+            os.close(gate)
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
             self.ctl.detach()

@@ -33,7 +33,7 @@ import time
 import zipfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
-from natsops_executor._wire.contract import E_INTERRUPTED, WireError
+from natsops_executor._wire.contract import E_INTERRUPTED, E_SPAWN, WireError
 from natsops_executor._wire.messages import ExecRequest
 from natsops_executor.guard import JobGuard
 from natsops_executor.hosts.base import DRAIN_AFTER_KILL, KILL_GRACE, Process, run_blocking
@@ -369,6 +369,7 @@ class _Parent:
         self.forks = 0
         self.running: Dict[int, "WarmProcess"] = {}
         self.pending: Dict[int, "asyncio.Future[int]"] = {}
+        self.exits: Dict[int, int] = {}  # wait statuses of runs that ended before run() registered them
         self.next_job = 0
         self.alive = True
         self.send_lock = asyncio.Lock()
@@ -458,14 +459,36 @@ class _Parent:
                 os.close(fd)
         try:
             pid = await asyncio.wait_for(started, FORK_TIMEOUT)
-        except (asyncio.TimeoutError, _ParentGone) as exc:
+        except _ParentGone:  # it ended before it started the module: nothing ran
             self.pending.pop(job, None)
             for fd in (out_r, err_r):
                 os.close(fd)
-            raise _ParentGone(str(exc) or "the warm parent did not fork in time") from exc
+            raise
+        except asyncio.CancelledError:  # the job was ended while it waited; a late pid is killed (_dispatch)
+            self.pending.pop(job, None)
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        except asyncio.TimeoutError as exc:
+            # it may still start it: never run it cold as well; a late pid is killed (_dispatch)
+            self.pending.pop(job, None)
+            self.alive = False  # retired by the pool
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise WireError(E_INTERRUPTED, "the warm runner did not start the module within %.0f s; it was "
+                                           "retired and the module's outcome is unknown" % FORK_TIMEOUT,
+                            {"warm": True}) from exc
         process = WarmProcess(self, job, pid, out_r, err_r)
-        await process.connect()
         self.running[job] = process
+        if job in self.exits:  # it ended before this coroutine went on
+            process.exited(self.exits.pop(job))
+        elif not self.alive:
+            process.lost()
+        try:
+            await process.connect()
+        except OSError as exc:
+            await process.cleanup()
+            raise WireError(E_SPAWN, "cannot read the output of a warm run: %s" % (exc.strerror or exc)) from exc
         return process
 
     async def _send(self, header: Dict[str, Any], body: bytes, fds: List[int]) -> None:
@@ -511,10 +534,17 @@ class _Parent:
             future = self.pending.pop(event["job"], None)
             if future is not None and not future.done():
                 future.set_result(int(event["pid"]))
+            else:  # its run gave up waiting (FORK_TIMEOUT): it must not run unsupervised
+                try:
+                    os.killpg(int(event["pid"]), signal.SIGKILL)
+                except OSError:
+                    pass
         elif "status" in event:
             process = self.running.pop(event["job"], None)
             if process is not None:
                 process.exited(int(event["status"]))
+            else:
+                self.exits[int(event["job"])] = int(event["status"])
         elif "error" in event:
             future = self.pending.pop(event["job"], None)
             if future is not None and not future.done():

@@ -488,3 +488,20 @@ async def test_a_parent_exits_when_its_executor_side_goes_away(payloads):
     parent.sock = None
     await asyncio.wait_for(parent.proc.wait(), 5)
     await pool.close()
+
+
+@ASYNC
+async def test_a_run_the_parent_is_slow_to_start_is_lost_never_run_twice(payloads, monkeypatch):
+    pool = warm.WarmPool()
+    host = LocalHost(warm=pool)
+    parent = await _warmed(pool, host, payloads["ping"])
+    marker = pathlib.Path(payloads["_work"].decode()) / "marker-thread"
+    if marker.exists():
+        marker.unlink()
+    monkeypatch.setattr(warm, "FORK_TIMEOUT", 0)
+    with pytest.raises(WireError) as info:
+        await _run(host, payloads["behave-thread"])
+    assert info.value.code == E_INTERRUPTED and not parent.usable
+    await asyncio.sleep(1.0)
+    assert not marker.exists()  # the late child was killed, and nothing ran it cold
+    await pool.close()
