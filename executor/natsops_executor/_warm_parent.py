@@ -174,6 +174,7 @@ class _Parent:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             gate_r, gate_w = os.pipe()
+            ready_r, ready_w = os.pipe()
             pid = os.fork()
         except (OSError, RuntimeError) as exc:
             for fd in fds:
@@ -182,8 +183,12 @@ class _Parent:
             return
         if pid == 0:
             os.close(gate_w)
-            self.child(fds, header, body, gate_r)  # never returns
+            os.close(ready_r)
+            self.child(fds, header, body, gate_r, ready_w)  # never returns
         os.close(gate_r)
+        os.close(ready_w)
+        os.read(ready_r, 1)  # its own session and process group exist (or it is gone): the pid can be reported
+        os.close(ready_r)
         os.close(fds[0])
         # stdout and stderr stay open here until the child is reaped, as the cold run's shell keeps them
         self.children[pid] = (job, fds[1], fds[2])
@@ -222,10 +227,12 @@ class _Parent:
 
     # ------------------------------------------------------------ the child: a cold interpreter's twin
 
-    def child(self, fds, header, body, gate):
+    def child(self, fds, header, body, gate, ready):
         status = 1
         try:
             os.setsid()
+            os.write(ready, b"r")
+            os.close(ready)
             if os.read(gate, 1) != b"g":
                 os._exit(127)  # pylint: disable=protected-access
             os.close(gate)

@@ -34,8 +34,6 @@ from natsops_executor._wire.contract import E_INTERRUPTED, E_TIMEOUT, WireError
 from natsops_executor._wire.messages import ExecRequest
 from natsops_executor.hosts.local import LocalHost
 
-from conftest import RecordingSender
-
 ASYNC = pytest.mark.asyncio(loop_scope="module")  # one event loop: the warm pool fixture lives across tests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -156,10 +154,22 @@ def _req(**fields: Any) -> ExecRequest:
     return ExecRequest.new("_INBOX.test", **fields)
 
 
+class _Output:
+    """Stands in for a StreamSender: keeps what the job streams."""
+
+    def __init__(self) -> None:
+        self.streams: Dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    async def send(self, kind: str, document: Any = None, attachment: bytes = b"", stream: Optional[str] = None) -> None:
+        del document
+        if kind == "data" and stream in self.streams:
+            self.streams[stream].extend(attachment)
+
+
 async def _run(host: LocalHost, source: bytes, **fields: Any) -> Tuple[int, bytes, bytes]:
-    sender = RecordingSender()
-    result = await jobs.run_command(host, _req(**fields), source, sender, CHUNK)
-    return result.rc, sender.data("stdout"), sender.data("stderr")
+    output = _Output()
+    result = await jobs.run_command(host, _req(**fields), source, output, CHUNK)  # type: ignore[arg-type]
+    return result.rc, bytes(output.streams["stdout"]), bytes(output.streams["stderr"])
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
