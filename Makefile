@@ -89,12 +89,14 @@ build: venv
 	rm -f natsops-fleet-*.tar.gz
 	$(BIN)/ansible-galaxy collection build --force .
 
-## bench: the 30-task benchmark through each connection (+ Mitogen); writes docs/performance.md
+## bench: the 30-task benchmark through each connection (+ Mitogen); writes docs/performance.md; CPU per module
+## run cold vs warm (bench/results/warm_cpu.md)
 bench: venv
 	$(BIN)/python -m pip install --quiet mitogen || echo "mitogen not installable: its scenario is skipped"
 	$(BIN)/python bench/trust_bench.py
 	$(BIN)/python bench/resilience_bench.py
 	$(BIN)/python bench/run_bench.py
+	env -u PYTHONUNBUFFERED $(BIN)/python bench/warm_cpu.py
 
 clean:
 	rm -rf $(BUILD) natsops-fleet-*.tar.gz tests/output

@@ -5,9 +5,7 @@ why), and that a warm run gives what a cold one gives - rc, stderr, the module's
 a test module that fails, raises, exits with a code, kills itself, runs into a timeout, registers atexit handlers
 or starts a thread.
 
-The payloads are made at test time by the installed ansible-core: a playbook runs each module once through
-``connection: local`` with pipelining, with an interpreter that records its stdin (nothing large is stored in the
-repository)."""
+The payloads are made at test time by the installed ansible-core (ansiballz_payloads.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +18,6 @@ import os
 import pathlib
 import re
 import signal
-import subprocess
-import sys
 import time
 import zipfile
 from typing import Any, Dict, Optional, Tuple
@@ -34,117 +30,20 @@ from natsops_executor._wire.contract import E_INTERRUPTED, E_TIMEOUT, WireError
 from natsops_executor._wire.messages import ExecRequest
 from natsops_executor.hosts.local import LocalHost
 
+import ansiballz_payloads
+
 ASYNC = pytest.mark.asyncio(loop_scope="module")  # one event loop: the warm pool fixture lives across tests
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-ANSIBLE_BIN = pathlib.Path(sys.executable).parent
+PYTHON = ansiballz_payloads.PYTHON
 CHUNK = 64 * 1024
 COLD = LocalHost()
-
-_BEHAVE = '''#!/usr/bin/python
-from __future__ import annotations
-import atexit, os, signal, sys, threading, time
-from ansible.module_utils.basic import AnsibleModule
-
-def main():
-    module = AnsibleModule(argument_spec=dict(action=dict(type="str", required=True), marker=dict(type="str")))
-    action = module.params["action"]
-    if action == "fail":
-        module.fail_json(msg="it failed", rc=7)
-    if action == "raise":
-        raise ValueError("the module raised")
-    if action == "exit3":
-        sys.stderr.write("exiting with 3\\n")
-        sys.exit(3)
-    if action == "signal":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if action == "sleep":
-        while module.params["marker"] and os.path.exists(module.params["marker"]):
-            time.sleep(0.05)
-    if action == "atexit":
-        atexit.register(lambda: sys.stderr.write("atexit ran\\n"))
-    if action == "thread":
-        def later():
-            time.sleep(0.3)
-            with open(module.params["marker"], "w") as handle:
-                handle.write("thread ran")
-        threading.Thread(target=later).start()
-    module.exit_json(changed=False, action=action, pid_is_pgid=os.getpgid(0) == os.getpid(),
-                     argv=sys.argv, cwd=os.getcwd(), umask=os.umask(0o022), path0=sys.path[0] if sys.path else None,
-                     stdin_at_eof=sys.stdin.read() == "")
-
-if __name__ == "__main__":
-    main()
-'''
-
-_RECORDER = '''#!/bin/sh
-# records the pipelined module source it is given, then runs it
-n=$(ls "{out}" | wc -l)
-cat > "{out}/$n.py"
-exec {python} < "{out}/$n.py"
-'''
-
-
-def _playbook(work: pathlib.Path) -> str:
-    copy_src = work / "copy-src"
-    copy_src.write_text("copied\n")
-    (work / "stat-me").write_text("stat\n")
-    tasks = [
-        {"ping": {}},
-        {"command": "/bin/true"},
-        {"stat": {"path": str(work / "stat-me"), "get_checksum": True}},
-        {"file": {"path": str(work / "dir"), "state": "directory", "mode": "0755"}},
-        {"copy": {"src": str(copy_src), "dest": str(work / "copy-dest"), "remote_src": True}},
-        {"setup": {"gather_subset": ["min"]}},
-    ] + [{"natsops_test_behave": {"action": a, "marker": str(work / ("marker-" + a))}}
-         for a in ("fail", "raise", "exit3", "signal", "sleep", "atexit", "thread", "ok")]
-    play = [{"hosts": "all", "gather_facts": False,
-             "tasks": [dict(t, ignore_errors=True) for t in tasks]}]
-    path = work / "capture.yml"
-    path.write_text(json.dumps(play))
-    return str(path)
-
-
-def _tail_args(source: bytes) -> Dict[str, Any]:
-    text = source.decode("utf-8")
-    args = warm._parse_tail(text[text.index(warm._TAIL):])  # pylint: disable=protected-access
-    assert isinstance(args, dict), args
-    return args
+_tail_args = ansiballz_payloads.tail_args
 
 
 @pytest.fixture(scope="module")
 def payloads(tmp_path_factory) -> Dict[str, bytes]:
     """{name: pipelined stdin} for each module run of the capture playbook (shebang = PYTHON)."""
-    work = tmp_path_factory.mktemp("warm-payloads")
-    out = work / "captured"
-    out.mkdir()
-    (work / "library").mkdir()
-    (work / "library" / "natsops_test_behave.py").write_text(_BEHAVE)
-    recorder = work / "recorder.sh"
-    recorder.write_text(_RECORDER.format(out=out, python=PYTHON))
-    recorder.chmod(0o755)
-    (work / "ansible.cfg").write_text("[defaults]\n")
-    env = dict(os.environ, ANSIBLE_PIPELINING="1", ANSIBLE_LIBRARY=str(work / "library"), ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_CONFIG=str(work / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    result = subprocess.run(
-        [str(ANSIBLE_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", "ansible_python_interpreter=%s" % recorder, _playbook(work)],
-        env=env, cwd=str(work), capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
-    found: Dict[str, bytes] = {}
-    for path in sorted(out.iterdir(), key=lambda p: int(p.stem)):
-        source = path.read_bytes()
-        first, _newline, rest = source.partition(b"\n")
-        assert first == b"#!" + str(recorder).encode()
-        source = b"#!" + PYTHON.encode() + b"\n" + rest
-        args = _tail_args(source)
-        name = args["ansible_module"].rpartition(".")[2]  # ping, ansible.legacy.command, ...
-        if name == "natsops_test_behave":
-            name = "behave-" + json.loads(args["params"])["ANSIBLE_MODULE_ARGS"]["action"]
-        found.setdefault(name, source)
-    found["_work"] = str(work).encode()
-    return found
+    return ansiballz_payloads.capture(tmp_path_factory.mktemp("warm-payloads"))
 
 
 def _req(**fields: Any) -> ExecRequest:
