@@ -410,6 +410,7 @@ class _Parent:
             self.reference = digests
             if not self.alive:
                 raise _ParentGone("the warm parent exited while it warmed up")
+            self.last_used = time.monotonic()
             self.ready.set_result(None)
             log.info("warm parent %d ready (%s): %d module_utils files imported", self.proc.pid, self.interpreter,
                      len(digests))
@@ -593,10 +594,9 @@ class _Parent:
                 await self.proc.wait()
             if self.guard is not None:
                 self.guard.forget(self.proc.pid)
-        for task in self.tasks:
-            try:
-                await asyncio.wait_for(task, DRAIN_AFTER_KILL)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+        if self.tasks:
+            _done, pending = await asyncio.wait(self.tasks, timeout=DRAIN_AFTER_KILL)
+            for task in pending:
                 task.cancel()
         self._lost()
 
@@ -708,6 +708,7 @@ class WarmPool:
         self.reasons: "collections.Counter[str]" = collections.Counter()
         self.parents_started = 0
         self._failed: Dict[str, float] = {}  # key -> when its warm parent failed to start
+        self._closing = False
         self._reaper: Optional["asyncio.Task[None]"] = None
         self._starting: Set["asyncio.Task[None]"] = set()
 
@@ -781,8 +782,10 @@ class WarmPool:
 
     async def _reap(self) -> None:
         """Stop parents that are idle too long, too old or used up, once nothing runs on them."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(min(IDLE_TIMEOUT, 10.0))
+            if self._closing:
+                return
             now = time.monotonic()
             for parent in list(self.parents.values()):
                 idle = not parent.running and now - parent.last_used > IDLE_TIMEOUT
@@ -795,8 +798,12 @@ class WarmPool:
 
     async def close(self) -> None:
         """Stop every warm parent (their children die with them)."""
+        self._closing = True
         if self._reaper is not None:
+            # cancelled, and told to stop (Python 3.11's wait_for can swallow a cancellation that races with the
+            # end of what it waits for); never waited for longer than one parent's stop
             self._reaper.cancel()
+            await asyncio.wait([self._reaper], timeout=KILL_GRACE + DRAIN_AFTER_KILL + 1)
             self._reaper = None
         for task in list(self._starting):
             await asyncio.wait([task], timeout=START_TIMEOUT)

@@ -414,3 +414,15 @@ async def test_a_run_the_parent_is_slow_to_start_is_lost_never_run_twice(payload
     await asyncio.sleep(1.0)
     assert not marker.exists()  # the late child was killed, and nothing ran it cold
     await pool.close()
+
+
+@ASYNC
+async def test_an_idle_parent_is_stopped(payloads, monkeypatch):
+    monkeypatch.setattr(warm, "IDLE_TIMEOUT", 1.5)
+    pool = warm.WarmPool()
+    host = LocalHost(warm=pool)
+    parent = await _warmed(pool, host, payloads["ping"])
+    await _warm(pool, payloads["ping"])
+    await asyncio.wait_for(parent.proc.wait(), 10)
+    assert not pool.parents and not pool.retiring
+    await pool.close()
