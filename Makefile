@@ -95,8 +95,8 @@ bench: venv
 	$(BIN)/python -m pip install --quiet mitogen || echo "mitogen not installable: its scenario is skipped"
 	$(BIN)/python bench/trust_bench.py
 	$(BIN)/python bench/resilience_bench.py
-	$(BIN)/python bench/run_bench.py
 	env -u PYTHONUNBUFFERED $(BIN)/python bench/warm_cpu.py
+	$(BIN)/python bench/run_bench.py
 
 clean:
 	rm -rf $(BUILD) natsops-fleet-*.tar.gz tests/output

@@ -38,6 +38,7 @@ RESULTS = os.path.join(HERE, "results")
 LAB_RESULTS = os.path.join(RESULTS, "lab.md")
 TRUST_RESULTS = os.path.join(RESULTS, "trust.md")  # written by bench/trust_bench.py
 RESILIENCE_RESULTS = os.path.join(RESULTS, "resilience.md")  # written by bench/resilience_bench.py
+WARM_RESULTS = os.path.join(RESULTS, "warm_cpu.md")  # written by bench/warm_cpu.py
 PERFORMANCE = os.path.join(ROOT, "docs", "performance.md")
 BASELINE = {"local": 10.7, "ssh": 11.1, "mitogen": 3.3}  # measured on this machine kind (shared brief)
 
@@ -351,6 +352,7 @@ def write_performance(connections):
         with open(LAB_RESULTS, encoding="utf-8") as handle:
             lab = handle.read()
     trust = _section(TRUST_RESULTS, "Request signatures (bench/trust_bench.py)")
+    trust += _section(WARM_RESULTS, "Warm module runs: CPU per module run (bench/warm_cpu.py)")
     trust += _section(RESILIENCE_RESULTS, "Faults: NATS node kills and executor restarts (bench/resilience_bench.py)")
     text = ("# Performance\n\nFigures from real runs on this project's machine kind (2 cores, Debian 12). "
             "Regenerate with `make bench` (connections) and `make lab-bench` (lab); this file is written by "
