@@ -133,11 +133,7 @@ def create_key_file(path: str) -> Tuple[str, bool]:
     # so nothing is ever overwritten and nobody sees a half-written seed
     handle, temp = tempfile.mkstemp(dir=directory, prefix=".signing-key-", suffix=".tmp")
     try:
-        try:
-            os.write(handle, seed + b"\n")
-            os.fsync(handle)
-        finally:
-            os.close(handle)
+        _write_and_close(handle, seed + b"\n")
         try:
             os.link(temp, path)
         except FileExistsError:
@@ -149,14 +145,19 @@ def create_key_file(path: str) -> Tuple[str, bool]:
                 target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), NEW_FILE_MODE)
             except FileExistsError:
                 return read_public_key(path), False
-            try:
-                os.write(target, seed + b"\n")
-                os.fsync(target)
-            finally:
-                os.close(target)
+            _write_and_close(target, seed + b"\n")
     finally:
         os.unlink(temp)
     return public_key, True
+
+
+def _write_and_close(handle: int, data: bytes) -> None:
+    """Write ``data`` to an open file descriptor, flush it to disk and close it."""
+    try:
+        os.write(handle, data)
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _state_of(path: str, public_key: Optional[str]) -> Dict[str, Any]:
