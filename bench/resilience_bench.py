@@ -82,9 +82,13 @@ def node_kills(folder: str) -> List[float]:
         cluster.stop()
 
 
+def _new_executor(url: str, folder: str) -> Any:
+    return devenv.ExecutorProcess(url, ["bench-restart"], log_dir=folder)
+
+
 async def _restarts(url: str, folder: str) -> Dict[str, List[float]]:
     nc = await _open([url])
-    holder = [devenv.ExecutorProcess(url, ["bench-restart"], log_dir=folder)]
+    holder = [_new_executor(url, folder)]
     found: Dict[str, List[float]] = {"spawned": [], "ready": []}
     loop = asyncio.get_running_loop()
     try:
@@ -93,8 +97,7 @@ async def _restarts(url: str, folder: str) -> Dict[str, List[float]]:
             job = asyncio.ensure_future(_client(nc, "bench-restart").exec_command(command="true"))
             await asyncio.sleep(0.5)
             spawned = time.monotonic()
-            holder[0] = await loop.run_in_executor(None, lambda: devenv.ExecutorProcess(url, ["bench-restart"],
-                                                                                       log_dir=folder))
+            holder[0] = await loop.run_in_executor(None, _new_executor, url, folder)
             ready = time.monotonic()
             rc, _out, _err = await job
             done = time.monotonic()
