@@ -48,6 +48,7 @@ START_TIMEOUT = 60.0      # seconds a warm parent may take to import module_util
 FORK_TIMEOUT = 10.0       # seconds a warm parent may take to report a forked child
 RETRY_AFTER = 60.0        # seconds before a warm parent that failed to start is tried again for its key
 _VERDICTS_KEPT = 64       # payload zips whose module_utils check is remembered, per parent
+MAX_RECOGNISED = 16 * 1024 * 1024  # bytes of stdin inspected at most (a payload is ~0.2-1 MB); larger runs cold
 
 SHELL = "/bin/sh"
 _TAIL = '\n\n\nif __name__ == "__main__":\n    _ansiballz_main(\n'
@@ -74,6 +75,7 @@ COLD_WARMING = "warming_up"
 COLD_LIMIT = "parents_at_limit"
 COLD_PARENT_FAILED = "parent_failed"
 COLD_PARENT_LOST = "parent_lost"
+COLD_TOO_LARGE = "too_large"
 
 
 class _ParentGone(Exception):
@@ -188,7 +190,7 @@ def _parse_tail(tail: str) -> Union[Dict[str, Any], Cold]:
         tail = tail[:match.start(1)] + tail[match.end(1):]
     try:
         tree = ast.parse(tail)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
         return unexpected
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.If):
         return unexpected
@@ -277,6 +279,9 @@ def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
     resolved = _which(python, env)
     if resolved is None:
         return Cold(COLD_INTERPRETER, "interpreter %s not found" % python)
+    if len(stdin) > MAX_RECOGNISED:
+        return Cold(COLD_TOO_LARGE, "stdin of %d bytes is larger than a module payload is checked for (%d)"
+                    % (len(stdin), MAX_RECOGNISED))
     try:
         text = stdin.decode("utf-8")
     except UnicodeDecodeError:
@@ -726,7 +731,9 @@ class WarmPool:
         """A WarmProcess for a recognised module run, or None (counted, with its reason): run it cold."""
         if self._reaper is None:
             self._reaper = asyncio.ensure_future(self._reap())
-        verdict = recognise(req, stdin, self.allowlist)
+        # in the file threads: parsing and hashing a payload (about 1 ms, more for a large one) never holds up the
+        # event loop, so no request can delay the others by sending a big or contrived stdin
+        verdict = await run_blocking(recognise, req, stdin, self.allowlist)
         if isinstance(verdict, Cold):
             self._cold(verdict)
             return None

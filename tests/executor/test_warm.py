@@ -178,6 +178,14 @@ def test_a_tail_other_than_one_literal_call_runs_cold(payloads):
     assert _cold_reason(_req(), _edit(source, b"zip_data='", b"zip_data=''\n,zip_data='")) == warm.COLD_TAIL
 
 
+def test_a_hostile_tail_runs_cold_never_raises(payloads):
+    """Nesting deep enough to exhaust the parser, and a stdin above the inspection bound, run cold with a reason."""
+    deep = b"params=" + b"[" * 100000 + b"]" * 100000 + b","
+    assert _cold_reason(_req(), _edit(payloads["ping"], b"profile='legacy',", deep + b"profile='legacy',")) == warm.COLD_TAIL
+    padded = payloads["ping"] + b"#" * (warm.MAX_RECOGNISED + 1)
+    assert _cold_reason(_req(), padded) == warm.COLD_TOO_LARGE
+
+
 def test_a_shebang_for_another_interpreter_runs_cold(payloads):
     edited = b"#!/usr/bin/python9\n" + payloads["ping"].partition(b"\n")[2]
     assert _cold_reason(_req(), edited) == warm.COLD_INTERPRETER
