@@ -35,6 +35,27 @@ def nats_server():
 
 
 @pytest.fixture(scope="session")
+def audit_stream_made(nats_server):
+    """The audit stream on nats_server, as the nats_server role makes it; its name."""
+    import asyncio  # pylint: disable=import-outside-toplevel
+
+    import nats  # pylint: disable=import-outside-toplevel
+    from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import audit_stream as stream_name  # pylint: disable=import-outside-toplevel
+
+    name = stream_name("natsops")
+
+    async def create():
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().add_stream(name=name, subjects=["natsops.audit.>"])
+        finally:
+            await nc.close()
+
+    asyncio.run(create())
+    return name
+
+
+@pytest.fixture(scope="session")
 def executor(nats_server, tmp_path_factory):
     """One executor serving instance id 'e2e-host' (and the seed incident's 'default')."""
     proc = devenv.ExecutorProcess(nats_server.url, ["e2e-host", "default"], log_dir=str(tmp_path_factory.mktemp("logs")))

@@ -89,7 +89,7 @@ async def _requests(url, controller_key, tmp_path, batch):
 
 
 @pytest.fixture(scope="module")
-def trail(nats_server, tmp_path_factory):
+def trail(nats_server, audit_stream_made, tmp_path_factory):  # pylint: disable=unused-argument
     """Two executors and the trail of two batches of requests; returns what the stream holds per instance id, the
     controller's public key and a time between the batches."""
     folder = tmp_path_factory.mktemp("audit")
@@ -100,14 +100,6 @@ def trail(nats_server, tmp_path_factory):
         keys[name] = str(path)
     controller = signing.SigningKey.from_file(keys["controller"]).public_key
 
-    async def audit_stream_exists():  # as the nats_server role makes it (another e2e test may have made it already)
-        nc = await nats.connect(nats_server.url)
-        try:
-            await nc.jetstream().add_stream(name=audit_stream("natsops"), subjects=["natsops.audit.>"])
-        finally:
-            await nc.close()
-
-    asyncio.run(audit_stream_exists())
     executors = [
         devenv.ExecutorProcess(nats_server.url, [OPEN], log_dir=str(folder)),
         devenv.ExecutorProcess(nats_server.url, [SIGNED], log_dir=str(folder), extra_args=[

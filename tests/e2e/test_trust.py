@@ -16,7 +16,6 @@ from ansible_collections.natsops.fleet.plugins.module_utils._client import (
     AsyncExecutorClient, CallerTrust, ExecutorTaskError, ExecutorUnreachable,
 )
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import contract, signing
-from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import audit_stream
 
 INSTANCE = "signed-host"
 PLANTED = ["planted-become-1", "planted-ssh-2", "planted-env-3", "planted-nolog-4"]
@@ -35,17 +34,9 @@ def keys(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def signed_executor(nats_server, keys, tmp_path_factory):
+def signed_executor(nats_server, audit_stream_made, keys, tmp_path_factory):  # pylint: disable=unused-argument
     paths, publics = keys
 
-    async def audit_stream_exists():
-        nc = await nats.connect(nats_server.url)
-        try:
-            await nc.jetstream().add_stream(name=audit_stream("natsops"), subjects=["natsops.audit.>"])
-        finally:
-            await nc.close()
-
-    asyncio.run(audit_stream_exists())
     proc = devenv.ExecutorProcess(nats_server.url, [INSTANCE], log_dir=str(tmp_path_factory.mktemp("signed")), extra_args=[
         "--trusted-signer", publics["controller"], "--trusted-signer", publics["next-controller"],
         "--signing-key", paths["executor"], "--clock-skew", "0"])
