@@ -532,10 +532,15 @@ class AsyncExecutorClient:
             record = parse_executor_info(info)
             return record is not None and bool(self.serving([record]))
 
-        for info in await self._collect("$SRV.INFO.%s" % SERVICE_NAME, wait, enough=ours):
-            if ours(info):
-                account = parse_executor_info(info).get("account")
-                return account if isinstance(account, str) and account else None
+        replies = await self._collect("$SRV.INFO.%s" % SERVICE_NAME, wait, enough=ours)
+        return self.account_in([r for r in map(parse_executor_info, replies) if r is not None])
+
+    def account_in(self, executors: List[Dict[str, Any]]) -> Optional[str]:
+        """The account reported by the first of these executors (from discover) that serves this instance id."""
+        for record in self.serving(executors):
+            account = record.get("account")
+            if isinstance(account, str) and account:
+                return account
         return None
 
     def serving(self, executors: List[Dict[str, Any]], instance_id: Optional[str] = None) -> List[Dict[str, Any]]:

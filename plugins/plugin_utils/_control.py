@@ -11,6 +11,7 @@ Workers never import this module: it pulls in asyncio and nats-py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -25,8 +26,7 @@ from ansible_collections.natsops.fleet.plugins.module_utils.wire.messages import
 
 
 def serve(path: str, settings: Dict[str, Any]) -> int:
-    """Run the control process (blocking). Imports nats-py and asyncio only here."""
-    import asyncio  # pylint: disable=import-outside-toplevel
+    """Run the control process (blocking). Imports nats-py only here."""
     from ansible_collections.natsops.fleet.plugins.module_utils import _client as client  # pylint: disable=import-outside-toplevel
 
     nats_options = settings["nats_options"]
@@ -103,6 +103,26 @@ def _announce(status: Dict[str, Any]) -> None:
 
 
 _ACCOUNTS: Dict[Tuple[str, Optional[str]], str] = {}  # (namespace, instance id) -> the account its executor reported
+_DISCOVERY: Dict[str, Any] = {"at": float("-inf"), "executors": [], "lock": asyncio.Lock()}  # a Lock binds no loop
+DISCOVERY_REUSE = 5.0  # seconds one discovery answers the account questions of every host
+
+
+async def _account(core: Any, wait: float) -> Optional[str]:
+    """The account of the executor serving the request's instance id, asked by every task's worker: kept while this
+    process lives. One discovery (a fan-out every executor answers) serves every host of a play at once, and runs
+    again only for an instance id it did not answer for, at most every DISCOVERY_REUSE seconds."""
+    key = (core.namespace, core.instance_id)
+    if key in _ACCOUNTS:
+        return _ACCOUNTS[key]
+    async with _DISCOVERY["lock"]:  # workers asking at once share one discovery
+        found = core.account_in(_DISCOVERY["executors"])
+        if found is None and time.monotonic() - _DISCOVERY["at"] > DISCOVERY_REUSE:
+            _DISCOVERY["executors"] = await core.discover(wait)
+            _DISCOVERY["at"] = time.monotonic()
+            found = core.account_in(_DISCOVERY["executors"])
+    if found is not None:  # not kept when unknown: the executor may be on its way
+        _ACCOUNTS[key] = found
+    return found
 
 
 async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: float, trust: Any, doc: Dict[str, Any],
@@ -124,14 +144,8 @@ async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: 
             return {"result": await core.put_file(doc["local_path"], doc["remote_path"], doc.get("mode"))}, b""
         if op == "fetch":
             return {"result": await core.fetch_file(doc["remote_path"], doc["local_path"])}, b""
-        if op == "account":  # asked once per executor by every task's worker: kept while this process lives
-            key = (core.namespace, core.instance_id)
-            if key not in _ACCOUNTS:
-                found = await core.account(doc.get("wait", 0.5))
-                if found is None:
-                    return {"account": None}, b""  # not cached: the executor may be on its way
-                _ACCOUNTS[key] = found
-            return {"account": _ACCOUNTS[key]}, b""
+        if op == "account":
+            return {"account": await _account(core, doc.get("wait", 0.5))}, b""
         if op == "discover":
             return {"executors": await core.discover(doc.get("wait", 0.5), doc.get("stats", False))}, b""
         return {"error": {"code": E_INTERNAL, "message": "unknown control operation %r" % op}}, b""
