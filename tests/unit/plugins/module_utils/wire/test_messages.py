@@ -84,3 +84,16 @@ def test_replies_and_summaries():
     transfer = m.TransferResult.from_dict({"changed": False, "sha256": "a" * 64, "path": "/a", "size": None,
                                            "before": {"sha256": "a" * 64, "mode": 420}})
     assert transfer.before == m.FileState(sha256="a" * 64, mode=0o644)
+
+
+@pytest.mark.parametrize("run_as", ["", "a" * 65, "root\n", "bad user", "x:y", "../root", "\x00", 7, ["root"]])
+def test_run_as_must_be_an_account_name(run_as):
+    with pytest.raises(WireError) as info:
+        m.parse_request("exec", {"v": 1, "op": "exec", "id": "a", "reply_to": "_INBOX.x", "command": "true",
+                                 "run_as": run_as})
+    assert info.value.code == E_BAD_REQUEST and "run_as" in info.value.message
+
+
+@pytest.mark.parametrize("run_as", ["root", "natsops", "svc-deploy_1", "a" * 64, "DOMAIN\\user"])
+def test_account_names_are_accepted_as_run_as(run_as):
+    assert m.ExecRequest.new("_INBOX.me", command="true", run_as=run_as).run_as == run_as
