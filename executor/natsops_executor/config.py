@@ -61,7 +61,7 @@ class Config:
     trusted_signers: Optional[Dict[str, List[str]]] = None
     require_signatures: Optional[bool] = None
     signing_key: Optional[str] = None
-    warm: bool = False
+    warm: bool = True
 
     def nats_options(self) -> Dict[str, Any]:
         """The NATS connection options, by their names in the wire contract."""
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
              "or --creds)")
     add("--warm", dest="warm", action=argparse.BooleanOptionalAction, default=None,
         help="run pipelined Ansible module runs on this host (agent mode, no become, no pty) from warm interpreters "
-             "that imported module_utils once (default off); anything not recognised exactly runs cold")
+             "that imported module_utils once (default on); anything not recognised exactly runs cold")
     add("--check-config", dest="check_config", action="store_true",
         help="validate the configuration (flags, environment, --config file) and exit: 0 if usable, 2 if not")
     add("--version", action="store_true", help="print the version and exit")

@@ -76,6 +76,7 @@ COLD_LIMIT = "parents_at_limit"
 COLD_PARENT_FAILED = "parent_failed"
 COLD_PARENT_LOST = "parent_lost"
 COLD_TOO_LARGE = "too_large"
+COLD_OPT_OUT = "caller_opt_out"
 
 
 class _ParentGone(Exception):
@@ -257,6 +258,8 @@ def current_umask() -> int:
 def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
               base_env: Optional[Mapping[str, str]] = None) -> Union[Recognised, Cold]:
     """A pipelined AnsiballZ run, only when every part is the shape ansible-core sends; else Cold(why)."""
+    if req.warm is False:
+        return Cold(COLD_OPT_OUT, "the caller asked for a cold run (ansible_nats_warm: false)")
     if req.become is not None:
         return Cold(COLD_BECOME, "privilege escalation runs cold")
     if req.pty:

@@ -111,6 +111,23 @@ options:
     ini:
       - section: natsops
         key: pipelining
+  warm:
+    description:
+      - Let the executor run this host's pipelined module runs from a warm interpreter, a process that imported
+        C(ansible.module_utils) once and forks a child per module run (agent mode; the executor's own C(warm)
+        option must be on too, its default). Anything the executor does not recognise exactly as ansible-core's
+        pipelined module run, or that uses C(become) or a pty, runs cold regardless.
+      - C(false) makes every command of this host (or task, as a task variable) start a new interpreter, as
+        without warm runs; the executor counts them under C(caller_opt_out) (see M(natsops.fleet.executor_info)).
+    type: boolean
+    default: true
+    vars:
+      - name: ansible_nats_warm
+    env:
+      - name: ANSIBLE_NATS_WARM
+    ini:
+      - section: natsops
+        key: warm
   control_persist:
     description:
       - Seconds a per-user control process keeps the NATS connection open after the last task, like ssh's
@@ -532,7 +549,8 @@ class Connection(ConnectionBase):
                         host=self._host())
             return self._client.exec_command(command=to_text(command), stdin=to_bytes(in_data) if in_data else None,
                                              become=become, pty=use_pty, timeout=float(self.get_option("task_timeout")),
-                                             no_log=bool(getattr(self._play_context, "no_log", False)), run_as=expected)
+                                             no_log=bool(getattr(self._play_context, "no_log", False)), run_as=expected,
+                                             warm=bool(self.get_option("warm")))
 
         def run_escalating() -> Tuple[int, bytes, bytes]:
             try:

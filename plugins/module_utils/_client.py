@@ -27,7 +27,7 @@ from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect 
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import signing
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.atomic import AtomicFile
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
-    E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
+    E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
     FRAME_OVERHEAD, H_STATUS, KIND_ACCEPTED, KIND_DATA, KIND_ERROR, KIND_KEEPALIVE, KIND_REQUEST, KIND_RESULT, SERVICE_NAME,
     STREAM_STDERR, STREAM_STDOUT, WireError, chunk_size, kind_of, liveness_timeout, object_digest_hex, pack,
     parse_executor_info, serves, subject, unpack, validate_instance_id, validate_namespace,
@@ -149,6 +149,12 @@ def _reply(cls: Type[_M], doc: Any, what: str) -> _M:
         return cls.from_dict(doc)
     except WireError as exc:
         raise ExecutorTaskError(E_STREAM, "malformed %s from the executor: %s" % (what, exc.message)) from None
+
+
+def _unknown_field(exc: ExecutorError, name: str) -> bool:
+    """Whether the executor refused a request only because it does not know field ``name`` (an older executor)."""
+    problems = (exc.details or {}).get("problems") or []
+    return exc.code == E_BAD_REQUEST and bool(problems) and all("unknown field %r" % name in str(p) for p in problems)
 
 
 def _check_summary(what: str, received: FileSummary, reported: FileSummary) -> None:
@@ -321,15 +327,26 @@ class AsyncExecutorClient:
                            stdin: Optional[bytes] = None, shell: str = "/bin/sh", become: Optional[Dict[str, Any]] = None,
                            pty: bool = False, timeout: float = 0, env: Optional[Dict[str, str]] = None,
                            cwd: Optional[str] = None, on_output: Optional[Callable[[str, bytes], Any]] = None,
-                           no_log: bool = False, run_as: Optional[str] = None) -> Tuple[int, bytes, bytes]:
+                           no_log: bool = False, run_as: Optional[str] = None,
+                           warm: bool = True) -> Tuple[int, bytes, bytes]:
         """Run a command; returns (rc, stdout bytes, stderr bytes). ``on_output(stream, data)`` (a coroutine
         function) sees the output as it arrives. With ``run_as``, an executor whose commands start as another
-        account refuses it (E_ACCOUNT, its account in the details) and nothing runs."""
-        stdin = stdin or b""
+        account refuses it (E_ACCOUNT, its account in the details) and nothing runs. ``warm=False`` asks the
+        executor never to run it from a warm interpreter."""
+        fields = dict(command=command, argv=argv, shell=shell, pty=pty, become=become, timeout=timeout, env=env, cwd=cwd,
+                      no_log=no_log or None, run_as=run_as, warm=None if warm else False)
+        try:
+            return await self._exec(fields, stdin or b"", on_output)
+        except ExecutorTaskError as exc:
+            if warm or not _unknown_field(exc, "warm"):
+                raise
+        # an executor older than warm runs refused the field (nothing ran): it runs every command cold anyway
+        return await self._exec(dict(fields, warm=None), stdin or b"", on_output)
+
+    async def _exec(self, fields: Dict[str, Any], stdin: bytes,
+                    on_output: Optional[Callable[[str, bytes], Any]]) -> Tuple[int, bytes, bytes]:
         async with self._events() as receiver:
-            req = self._new(ExecRequest, receiver.subject, command=command, argv=argv, shell=shell, pty=pty,
-                            become=become, timeout=timeout, env=env, cwd=cwd, stdin=Digest.of(stdin) if stdin else None,
-                            no_log=no_log or None, run_as=run_as)
+            req = self._new(ExecRequest, receiver.subject, stdin=Digest.of(stdin) if stdin else None, **fields)
             inline = stdin if stdin and self._inline_fits(req, len(stdin)) else b""
             req, accepted = await self._request(req, inline)
             if accepted.upload:

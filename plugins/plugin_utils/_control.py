@@ -138,7 +138,7 @@ async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: 
                                                    shell=doc.get("shell", "/bin/sh"), become=doc.get("become"),
                                                    pty=doc.get("pty", False), timeout=doc.get("timeout", 0),
                                                    env=doc.get("env"), cwd=doc.get("cwd"), no_log=bool(doc.get("no_log")),
-                                                   run_as=doc.get("run_as"))
+                                                   run_as=doc.get("run_as"), warm=doc.get("warm", True) is not False)
             return {"rc": rc, "stdout_len": len(out)}, out + err
         if op == "put":
             return {"result": await core.put_file(doc["local_path"], doc["remote_path"], doc.get("mode"))}, b""

@@ -36,7 +36,7 @@ from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_
 FRAME = struct.Struct("!II")
 MAX_FRAME_JSON = 1 << 20
 CONTROL_MODULE = "ansible_collections.natsops.fleet.plugins.plugin_utils._control"  # run with python -m
-MUX_REVISION = "5"  # part of the socket name: a changed mux never talks to an old one (4: run_as, 5: account)
+MUX_REVISION = "6"  # part of the socket name: a changed mux never talks to an old one (4: run_as, 5: account, 6: warm)
 
 
 def control_dir() -> str:

@@ -63,6 +63,16 @@ def executor(nats_server, tmp_path_factory):
     proc.stop()
 
 
+def executor_load(url, instance="e2e-host"):
+    """The executor's load counters (its $SRV STATS through discovery): jobs, and warm hits and cold reasons."""
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    client = ExecutorClient({"servers": url}, instance).connect()
+    try:
+        return [r for r in client.discover(stats=True) if instance in r["instances"]][0]["load"]
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def compat(nats_server, tmp_path_factory):
     """An executor with --bklite-compat serving '管理网' and 'bk-shared'."""

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import devenv
-from conftest import PLAYBOOKS
+from conftest import PLAYBOOKS, executor_load
 
 
 def sha256(path):
@@ -33,11 +33,23 @@ def big_file(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize("pipelining", ["true", "false"])
-def test_builtin_modules(playbook, big_file, tmp_path, pipelining):
+# pipelined module runs are warm by default (the executor's default too); ansible_nats_warm: false opts out; copied
+# modules (pipelining off) are never run warm
+RUNS = {"pipelined-warm": {}, "pipelined-cold": {"ansible_nats_warm": False}, "copied": {"ansible_nats_pipelining": False}}
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_builtin_modules(playbook, nats_server, big_file, tmp_path, run):
     work = tmp_path / "work"
-    playbook.run("modules.yml", hostvars={"ansible_nats_pipelining": pipelining},
-                 extra_vars={"work": str(work), "big_file": big_file})
+    before = executor_load(nats_server.url)
+    playbook.run("modules.yml", hostvars=RUNS[run], extra_vars={"work": str(work), "big_file": big_file})
+    after = executor_load(nats_server.url)
+    warm_runs = after["warm_hits"] - before["warm_hits"]
+    opted_out = after["warm_cold_reasons"].get("caller_opt_out", 0) - before["warm_cold_reasons"].get("caller_opt_out", 0)
+    if run == "pipelined-warm":
+        assert warm_runs >= 20 and opted_out == 0, (before, after)
+    else:
+        assert warm_runs == 0 and (opted_out >= 20) == (run == "pipelined-cold"), (before, after)
     # real outcomes on the host (the executor runs on this machine)
     assert sha256(work / "big.bin") == sha256(big_file)
     assert oct(os.stat(work / "big.bin").st_mode & 0o777) == "0o600"

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import devenv
+from conftest import executor_load
 
 INSTANCE = "e2e-warm"
 
@@ -24,36 +25,36 @@ def warm_executor(nats_server, tmp_path_factory):
     proc.stop()
 
 
-def _record(nats_server):
-    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
-    client = ExecutorClient({"servers": nats_server.url}, INSTANCE).connect()
-    try:
-        return [r for r in client.discover(stats=True) if INSTANCE in r["instances"]][0]
-    finally:
-        client.close()
-
-
 def test_a_playbook_runs_warm(playbook, nats_server, warm_executor, tmp_path):
     work = tmp_path / "work"
     playbook.run("warm.yml", host=INSTANCE, extra_vars={"work": str(work)})
     assert (work / "copy-3.txt").read_text() == "warm 3\n"
-    record = _record(nats_server)
-    load = record["load"]
-    assert record["warm"] is True
+    load = executor_load(nats_server.url, INSTANCE)
     # the first module run starts the warm parent (cold, warming_up); the others are served warm
     assert load["warm_hits"] >= 8, (load, warm_executor.output()[-5000:])
     assert load["warm_cold_reasons"].get("warming_up", 0) >= 1
     assert "warm parent" in warm_executor.output()
 
 
-def test_the_default_executor_runs_cold(nats_server, executor):  # pylint: disable=unused-argument
-    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
-    client = ExecutorClient({"servers": nats_server.url}, "e2e-host").connect()
+def test_warm_runs_are_the_default_and_no_warm_turns_them_off(nats_server, executor, playbook, tmp_path):
+    assert _discovered(nats_server, "e2e-host")["warm"] is True
+    proc = devenv.ExecutorProcess(nats_server.url, [INSTANCE + "-cold"], extra_args=["--no-warm"], log_dir=str(tmp_path))
     try:
-        record = [r for r in client.discover(stats=True) if "e2e-host" in r["instances"]][0]
+        playbook.run("warm.yml", host=INSTANCE + "-cold", extra_vars={"work": str(tmp_path / "work")})
+        record = _discovered(nats_server, INSTANCE + "-cold")
+        assert record["warm"] is False and "warm_hits" not in record["load"]
+        assert not _warm_parents_of(proc.proc.pid)
+    finally:
+        proc.stop()
+
+
+def _discovered(nats_server, instance):
+    from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
+    client = ExecutorClient({"servers": nats_server.url}, instance).connect()
+    try:
+        return [r for r in client.discover() if instance in r["instances"]][0]
     finally:
         client.close()
-    assert record["warm"] is False and "warm_hits" not in record["load"]
 
 
 def _warm_parents_of(pid):

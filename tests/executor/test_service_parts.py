@@ -74,16 +74,16 @@ def test_the_host_is_chosen_once_per_target():
     assert info.value.code == E_SPAWN
 
 
-def test_warm_is_off_unless_asked_and_the_command_line_wins(tmp_path):
-    assert config.load(["--instance", "web1"], environ={}).warm is False
-    assert Executor(config.load(["--instance", "web1"], environ={})).local.warm is None
-    assert config.load(["--instance", "web1", "--warm"], environ={}).warm is True
-    assert config.load(["--instance", "web1"], environ={"NATSOPS_WARM": "1"}).warm is True
-    assert config.load(["--instance", "web1", "--no-warm"], environ={"NATSOPS_WARM": "1"}).warm is False
+def test_warm_is_on_unless_turned_off_and_the_command_line_wins(tmp_path):
+    assert config.load(["--instance", "web1"], environ={}).warm is True
+    assert Executor(config.load(["--instance", "web1"], environ={})).local.warm is not None
+    assert config.load(["--instance", "web1", "--no-warm"], environ={}).warm is False
+    assert config.load(["--instance", "web1"], environ={"NATSOPS_WARM": "0"}).warm is False
+    assert config.load(["--instance", "web1", "--warm"], environ={"NATSOPS_WARM": "0"}).warm is True
     path = tmp_path / "executor.yml"
-    path.write_text("warm: true\n")
+    path.write_text("warm: false\n")
     cfg = config.load(["--instance", "web1", "--config", str(path)], environ={})
-    assert cfg.warm is True and Executor(cfg).local.warm is not None
+    assert cfg.warm is False and Executor(cfg).local.warm is None
 
 
 def test_every_nats_option_reads_its_natscli_variable():

@@ -162,6 +162,11 @@ def test_become_pty_and_argv_run_cold(payloads):
     assert _cold_reason(_req(command=None, argv=[PYTHON]), source) == warm.COLD_NOT_MODULE
 
 
+def test_a_caller_that_opts_out_runs_cold(payloads):
+    assert _cold_reason(_req(warm=False), payloads["ping"]) == warm.COLD_OPT_OUT
+    assert isinstance(warm.recognise(_req(warm=True), payloads["ping"], warm.load_allowlist()), warm.Recognised)
+
+
 def test_an_unknown_wrapper_runs_cold_with_a_reason(payloads):
     assert _cold_reason(_req(), payloads["ping"], allowlist={}) == warm.COLD_WRAPPER
     edited = _edit(payloads["ping"], b"import datetime\n", b"import datetime, os\n")

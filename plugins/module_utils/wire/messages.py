@@ -431,6 +431,8 @@ class ExecRequest(Request):
     no_log: bool = False                   # the task is no_log: its command line is never recorded (audit, logs)
     run_as: Optional[str] = None           # the account the caller expects the command to start as (before any
     #                                        become); an executor whose host runs it as another refuses (E_ACCOUNT)
+    warm: Optional[bool] = None            # False: never from a warm interpreter (the caller opted out); else the
+    #                                        executor decides (its own warm option, and only for what it recognises)
 
     def problems(self) -> List[str]:
         problems = super().problems()

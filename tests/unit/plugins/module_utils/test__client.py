@@ -47,3 +47,42 @@ def test_wire_errors_map_to_unreachable_or_failed():
     auth = ExecutorError.from_wire(WireError("target_auth_failed", "refused", {"stage": "auth"}))
     assert isinstance(auth, ExecutorUnreachable) and auth.details == {"stage": "auth"}
     assert isinstance(ExecutorError.from_wire(WireError("timeout", "slow")), ExecutorTaskError)
+
+
+def _core():
+    return client.AsyncExecutorClient(None, "host-1", "natsops", 1.0, 5.0, "nats://127.0.0.1:4222")
+
+
+def test_an_opt_out_of_warm_runs_is_sent_only_when_asked_and_dropped_for_an_older_executor(monkeypatch):
+    import asyncio
+    from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError
+    sent = []
+
+    async def older_executor(fields, stdin, on_output):  # pylint: disable=unused-argument
+        sent.append(fields["warm"])
+        if fields["warm"] is not None:
+            raise ExecutorTaskError("bad_request", "exec: unknown field 'warm'", {"problems": ["exec: unknown field 'warm'"]})
+        return 0, b"ok", b""
+
+    core = _core()
+    monkeypatch.setattr(core, "_exec", older_executor)
+    assert asyncio.run(core.exec_command(command="true")) == (0, b"ok", b"")
+    assert sent == [None]
+    assert asyncio.run(core.exec_command(command="true", warm=False)) == (0, b"ok", b"")
+    assert sent == [None, False, None]
+
+
+def test_other_refusals_of_an_opt_out_are_not_retried(monkeypatch):
+    import asyncio
+    from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError
+    sent = []
+
+    async def refusing(fields, stdin, on_output):  # pylint: disable=unused-argument
+        sent.append(fields["warm"])
+        raise ExecutorTaskError("bad_request", "two problems", {"problems": ["exec: unknown field 'warm'", "exec: 'timeout' must be >= 0"]})
+
+    core = _core()
+    monkeypatch.setattr(core, "_exec", refusing)
+    with pytest.raises(ExecutorTaskError):
+        asyncio.run(core.exec_command(command="true", warm=False))
+    assert sent == [False]
