@@ -75,6 +75,8 @@ class CpuMeter:
         self._home = ""
         if prefer_cgroups:
             self._make_parent()
+        else:
+            self.reason = "cgroups not asked for"
 
     @property
     def cgroups(self) -> bool:
