@@ -89,10 +89,11 @@ build: venv
 	rm -f natsops-fleet-*.tar.gz
 	$(BIN)/ansible-galaxy collection build --force .
 
-## bench: the 30-task benchmark through each connection (+ Mitogen); writes docs/performance.md; CPU per module
-## run cold vs warm (bench/results/warm_cpu.md)
+## bench: every connection side by side (nats warm and cold, local, ssh, Mitogen local and over ssh; 1x30, 10x10,
+## 20x10 through a zone executor), wall time and CPU-seconds per process by cgroup; writes docs/performance.md; CPU
+## per module run cold vs warm (bench/results/warm_cpu.md). Smoke run: bench/run_bench.py --runs 1 --only ... (no docs)
 bench: venv
-	$(BIN)/python -m pip install --quiet mitogen || echo "mitogen not installable: its scenario is skipped"
+	$(BIN)/python -m pip install --quiet mitogen || echo "mitogen not installable: its scenarios are skipped"
 	$(BIN)/python bench/trust_bench.py
 	$(BIN)/python bench/resilience_bench.py
 	env -u PYTHONUNBUFFERED $(BIN)/python bench/warm_cpu.py

@@ -24,14 +24,10 @@ import tempfile
 import time
 from typing import Any, Dict, List
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+from _paths import RESULTS as _RESULTS
+import devenv  # after _paths, which puts tools/ on sys.path
 
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
-
-RESULTS = os.path.join(HERE, "results", "resilience.md")
+RESULTS = os.path.join(_RESULTS, "resilience.md")
 ROUNDS = 10
 KILL_WITHIN = 10.0
 START_WITHIN = 2.0

@@ -1,72 +1,148 @@
 # Copyright (c) natsops.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Benchmark (not a test): the same 30-task playbook through several connections.
+"""Benchmark (not a test): the same playbooks through each connection, side by side (issue 18, item 8).
 
-``make bench`` runs it. Scenarios, each timed ``--runs`` times (median reported):
-  local        connection: local on this machine
-  nats-local   natsops.fleet.nats to an executor on this machine (agent mode)
-  nats-warm    the same with the executor's warm module runs (--warm)
-  ssh-lab      ssh with pipelining + ControlPersist to a lab host       (root + lab only)
-  nats-lab     natsops.fleet.nats to an executor on that same lab host  (root + lab only)
-  mitogen      mitogen_linear strategy with ssh to the lab host (or local), when mitogen is installed
-Results go to bench/results/connections.md and, with the lab figures, to docs/performance.md.
+``make bench`` runs it (after ``pip install mitogen``). Every scenario is set up first, warmed up once, then
+run round-robin (round 1 of each, round 2 of each, ...) so that the drift of a noisy machine spreads over all
+of them. Per run: the wall time of the whole ``ansible-playbook`` command, and the CPU-seconds of every process
+involved, by cgroup (bench/_cpu.py): the controller (ansible-playbook, its workers, the natsops control
+process, ssh clients, Mitogen's multiplexer), nats-server, the executor (with the module processes it starts),
+and for lab scenarios the target hosts.
+
+  1 host x 30 tasks (bench/playbook-30.yml)
+    local, nats-warm, nats-cold, mitogen-local             on this machine
+    ssh, nats-lab-warm, nats-lab-cold, mitogen-ssh          to one lab host (agent mode: the executor runs there)
+  10 hosts x 10 tasks, forks 10 (bench/playbook-10.yml), ten inventory hosts on this machine
+    local-10, nats-warm-10, nats-cold-10, mitogen-local-10  (one executor serves the ten instance ids)
+  20 hosts x 10 tasks, forks 20 (bench/playbook-10.yml), twenty lab hosts
+    ssh-fleet, zone-fleet (one zone executor, SSH mode), mitogen-ssh-fleet
+  zone-rtt: a command round trip through a zone executor, with the client alone (issue 4)
+
+Lab scenarios need root and the lab (tests/lab/labctl.py), which this script boots and stops. Results go to
+bench/results/connections.md and docs/performance.md, for a complete run only (no ``--only``, no ``--no-docs``).
+
+    .venv/bin/python bench/run_bench.py [--runs 5] [--fleet-runs 3] [--only SCENARIO ...] [--no-lab] [--no-docs]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
+from _paths import HERE, RESULTS, ROOT
+from _cpu import CpuMeter
+import devenv  # after _paths, which puts tools/ on sys.path
 
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
-
-PLAYBOOK = os.path.join(HERE, "playbook-30.yml")
-FLEET_PLAYBOOK = os.path.join(HERE, "playbook-10.yml")
-RESULTS = os.path.join(HERE, "results")
+PLAYBOOK_30 = os.path.join(HERE, "playbook-30.yml")
+PLAYBOOK_10 = os.path.join(HERE, "playbook-10.yml")
+CONNECTIONS = os.path.join(RESULTS, "connections.md")
 LAB_RESULTS = os.path.join(RESULTS, "lab.md")
 TRUST_RESULTS = os.path.join(RESULTS, "trust.md")  # written by bench/trust_bench.py
 RESILIENCE_RESULTS = os.path.join(RESULTS, "resilience.md")  # written by bench/resilience_bench.py
 WARM_RESULTS = os.path.join(RESULTS, "warm_cpu.md")  # written by bench/warm_cpu.py
 PERFORMANCE = os.path.join(ROOT, "docs", "performance.md")
-BASELINE = {"local": 10.7, "ssh": 11.1, "mitogen": 3.3}  # measured on this machine kind (shared brief)
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+LAB_PYTHON = "/usr/bin/python3"
+FLEET_HOSTS = 20
+LOCAL_HOSTS = 10
+RUN_TIMEOUT = 900  # seconds, one ansible-playbook run
+# ssh's ControlPersist and the natsops control process outlive a whole round (a round takes minutes), so that every
+# timed run finds them as the warm-up left them, as consecutive runs of one scenario would
+PERSIST = 1200
+# the executor's warm module runs, passed explicitly (the default may change): agent-mode scenarios come in both kinds
+WARM_FLAGS = {"warm": "--warm", "cold": "--no-warm"}
+CPU_PARTS = ("controller", "nats", "executor", "target")
+CPU_PART_TITLES = {"controller": "controller", "nats": "nats-server", "executor": "executor", "target": "target"}
 
 
-def run_playbook(inventory, env, runs, strategy_plugins=None):
-    times = []
-    extra = dict(env)
-    if strategy_plugins:
-        extra.update(ANSIBLE_STRATEGY_PLUGINS=strategy_plugins, ANSIBLE_STRATEGY="mitogen_linear")
-    for dummy in range(runs):
-        started = time.monotonic()
-        result = subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, PLAYBOOK], env=devenv.ansible_env(extra),
-                                capture_output=True, text=True, timeout=600, check=False)
-        elapsed = time.monotonic() - started
-        if result.returncode != 0 or "ok=30" not in result.stdout:
-            raise RuntimeError("playbook failed:\n%s\n%s" % (result.stdout[-3000:], result.stderr[-3000:]))
-        times.append(elapsed)
-    return times
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    title: str
+    playbook: str
+    tasks: int
+    hosts: int
+    forks: int
 
 
-def write_inventory(directory, name, hostvars):
-    path = os.path.join(directory, "%s.json" % name)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump({"all": {"hosts": {"bench-host": hostvars}}}, handle)
-    return path
+WORKLOADS = {
+    "1x30": Workload("1 host x 30 tasks (bench/playbook-30.yml)", PLAYBOOK_30, 30, 1, 5),
+    "10x10": Workload("10 hosts x 10 tasks, forks 10 (bench/playbook-10.yml, ten inventory hosts on this machine)",
+                      PLAYBOOK_10, 10, LOCAL_HOSTS, LOCAL_HOSTS),
+    "20x10": Workload("20 lab hosts x 10 tasks, forks 20 (bench/playbook-10.yml)", PLAYBOOK_10, 10, FLEET_HOSTS, FLEET_HOSTS),
+}
 
 
-def mitogen_strategy_dir():
+@dataclasses.dataclass
+class Scenario:
+    """One way to run one workload; ``groups`` maps a CPU part (CPU_PARTS) to the CpuMeter group that measures it."""
+    name: str
+    workload: str
+    placement: str  # "local" or "lab": what its ratios compare against
+    what: str
+    hosts: Dict[str, Dict[str, Any]]
+    groups: Dict[str, str]
+    mitogen: bool = False
+    rounds: int = 0
+    inventory: str = ""
+    times: List[float] = dataclasses.field(default_factory=list)
+    cpu: List[Dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+# name: (workload, placement, needs the lab, needs mitogen)
+SCENARIOS: Dict[str, Tuple[str, str, bool, bool]] = {
+    "local": ("1x30", "local", False, False),
+    "nats-warm": ("1x30", "local", False, False),
+    "nats-cold": ("1x30", "local", False, False),
+    "mitogen-local": ("1x30", "local", False, True),
+    "ssh": ("1x30", "lab", True, False),
+    "nats-lab-warm": ("1x30", "lab", True, False),
+    "nats-lab-cold": ("1x30", "lab", True, False),
+    "mitogen-ssh": ("1x30", "lab", True, True),
+    "local-10": ("10x10", "local", False, False),
+    "nats-warm-10": ("10x10", "local", False, False),
+    "nats-cold-10": ("10x10", "local", False, False),
+    "mitogen-local-10": ("10x10", "local", False, True),
+    "ssh-fleet": ("20x10", "lab", True, False),
+    "zone-fleet": ("20x10", "lab", True, False),
+    "mitogen-ssh-fleet": ("20x10", "lab", True, True),
+}
+EXTRAS = ("zone-rtt",)
+# what each (workload, placement) is compared with: Mitogen, and the plain connection
+MITOGEN_REF = {("1x30", "local"): "mitogen-local", ("1x30", "lab"): "mitogen-ssh", ("10x10", "local"): "mitogen-local-10",
+               ("20x10", "lab"): "mitogen-ssh-fleet"}
+PLAIN_REF = {("1x30", "local"): "local", ("1x30", "lab"): "ssh", ("10x10", "local"): "local-10", ("20x10", "lab"): "ssh-fleet"}
+# issue 18 item 8: (scenario, reference, measure, limit, goal or None, what)
+TARGETS = [
+    ("nats-warm", "mitogen-local", "wall", 1.0, 0.8, "1x30 agent mode (warm) vs Mitogen, this machine, wall time"),
+    ("nats-warm", "mitogen-local", "cpu", 1.0, 0.8, "1x30 agent mode (warm) vs Mitogen, this machine, CPU"),
+    ("nats-lab-warm", "mitogen-ssh", "wall", 1.0, 0.8, "1x30 agent mode (warm) on a lab host vs Mitogen over ssh, wall time"),
+    ("nats-lab-warm", "mitogen-ssh", "cpu", 1.0, 0.8, "1x30 agent mode (warm) on a lab host vs Mitogen over ssh, CPU"),
+    ("nats-warm-10", "mitogen-local-10", "wall", 1.0, None, "10x10 forks 10, agent mode (warm) vs Mitogen, wall time"),
+    ("zone-fleet", "ssh-fleet", "wall", 0.5, None, "20x10 through one zone executor vs direct ssh, wall time"),
+    ("zone-fleet", "mitogen-ssh-fleet", "wall", 1.0, None, "20x10 through one zone executor vs Mitogen over ssh, wall time"),
+]
+
+
+# ---------------------------------------------------------------- running
+
+def _median(values: Sequence[float]) -> Optional[float]:
+    return statistics.median(values) if values else None
+
+
+def mitogen_strategy_dir() -> Optional[str]:
     try:
         import ansible_mitogen  # pylint: disable=import-outside-toplevel
     except ImportError:
@@ -74,7 +150,14 @@ def mitogen_strategy_dir():
     return os.path.join(os.path.dirname(ansible_mitogen.__file__), "plugins", "strategy")
 
 
-def lab_available():
+def mitogen_version() -> str:
+    try:
+        return importlib.metadata.version("mitogen")
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def lab_available() -> Tuple[bool, str]:
     if os.geteuid() != 0:
         return False, "not root"
     try:
@@ -85,93 +168,298 @@ def lab_available():
     return reason is None, reason or ""
 
 
-def measure(runs):
-    """Set every scenario up first, then run them round-robin (run 1 of each, run 2 of each, ...) so that
-    drift of a noisy machine spreads over all scenarios instead of landing on one."""
-    scenarios = []  # (name, description, inventory, strategy dir or None)
-    notes = []
-    scratch = tempfile.mkdtemp(prefix="natsops-bench-")
-    lab_ok, lab_reason = lab_available()
-    lab = nats = executor = warm_executor = lab_executor = None
-    try:
-        if lab_ok:
-            import labctl  # pylint: disable=import-outside-toplevel
-            # lab-mgmt-1 (also the zone executor's host), lab-mgmt-2..21 (the fleet scenario), lab-zone-1
-            lab = labctl.up(1 + FLEET_HOSTS, 1)
-        nats = devenv.NatsServer(listen=lab["controller_address"] if lab else "127.0.0.1")
+def _write_inventory(directory: str, scenario: Scenario) -> None:
+    scenario.inventory = os.path.join(directory, "%s.json" % scenario.name)
+    with open(scenario.inventory, "w", encoding="utf-8") as handle:
+        json.dump({"all": {"hosts": scenario.hosts}}, handle)
+
+
+def _run_once(scenario: Scenario, meter: CpuMeter, strategy_dir: Optional[str]) -> Tuple[float, Dict[str, float]]:
+    """One ansible-playbook run in the controller's cgroup: wall seconds and CPU-seconds per part."""
+    load = WORKLOADS[scenario.workload]
+    argv = [devenv.tool("ansible-playbook"), "-i", scenario.inventory, "--forks", str(load.forks), load.playbook]
+    extra = {"ANSIBLE_STRATEGY_PLUGINS": strategy_dir or "", "ANSIBLE_STRATEGY": "mitogen_linear"} if scenario.mitogen else {}
+    before = meter.snapshot()
+    started = time.monotonic()
+    result = subprocess.run(meter.argv("controller", argv), env=devenv.ansible_env(extra), capture_output=True, text=True,
+                            timeout=RUN_TIMEOUT, check=False)
+    elapsed = time.monotonic() - started
+    after = meter.snapshot()
+    if result.returncode != 0 or len(re.findall(r"\bok=%d\s" % load.tasks, result.stdout)) != load.hosts:
+        raise RuntimeError("%s: playbook failed (rc %d):\n%s\n%s" % (
+            scenario.name, result.returncode, result.stdout[-3000:], result.stderr[-3000:]))
+    return elapsed, {part: after[group] - before[group] for part, group in scenario.groups.items() if group in after}
+
+
+def _control_process_check(meter: CpuMeter) -> str:
+    """Whether the natsops control process (started by a worker, detached, persisting between runs) is counted."""
+    if not meter.cgroups:
+        return "the natsops control process is not counted (it detaches from ansible-playbook)"
+    found = []
+    for pid in meter.pids("controller"):
+        with contextlib.suppress(OSError):
+            with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                if b"plugin_utils._control" in handle.read():
+                    found.append(pid)
+    if found:
+        return "the natsops control process (PID %s) stays in the controller's cgroup between runs" % ", ".join(map(str, found))
+    return "no natsops control process was found in the controller's cgroup after the warm-up runs"
+
+
+def _measure_rounds(scenarios: List[Scenario], meter: CpuMeter, strategy_dir: Optional[str], notes: List[str]) -> List[Scenario]:
+    """One warm-up each, then the rounds, round-robin. A Mitogen scenario whose warm-up fails is dropped (noted)."""
+    kept = []
+    for scenario in scenarios:
+        try:
+            _run_once(scenario, meter, strategy_dir)
+        except RuntimeError as exc:
+            if not scenario.mitogen:
+                raise
+            notes.append("%s skipped: Mitogen %s failed its warm-up: %s" % (
+                scenario.name, mitogen_version(), str(exc).splitlines()[1:2] or str(exc)))
+            continue
+        kept.append(scenario)
+    if any("nats" in s.groups for s in kept):
+        notes.append(_control_process_check(meter))
+    for rnd in range(max((s.rounds for s in kept), default=0)):
+        for scenario in kept:
+            if rnd < scenario.rounds:
+                elapsed, cpu = _run_once(scenario, meter, strategy_dir)
+                scenario.times.append(elapsed)
+                scenario.cpu.append(cpu)
+        print("round %d done: %s" % (rnd + 1, ", ".join("%s %.2f s" % (s.name, s.times[-1]) for s in kept if rnd < s.rounds)),
+              flush=True)
+    return kept
+
+
+# ---------------------------------------------------------------- setting up
+
+class _Bench:
+    """The processes, lab and cgroups of one benchmark run; ``close`` stops them all, by PID or unit."""
+
+    def __init__(self, selected: List[str], use_lab: bool, runs: int, fleet_runs: int) -> None:
+        self.selected = selected
+        self.runs = runs
+        self.fleet_runs = fleet_runs
+        self.notes: List[str] = []
+        self.meter = CpuMeter()
+        self.scratch = tempfile.mkdtemp(prefix="natsops-bench-")
+        self.lab: Optional[Dict[str, Any]] = None
+        self.nats: Optional[devenv.NatsServer] = None
+        self.url = ""
+        self._stack = contextlib.ExitStack()
+        self._use_lab = use_lab
+        self.strategy_dir = mitogen_strategy_dir()
+        self.zone_rtt = ""
+
+    def close(self) -> None:
+        try:
+            self._stack.close()
+        finally:
+            self.meter.close()
+            subprocess.run(["rm", "-rf", self.scratch], check=False)
+
+    def _wanted(self, *names: str) -> bool:
+        return any(name in self.selected for name in names)
+
+    def setup(self) -> List[Scenario]:
+        lab_names = [n for n, (_w, _p, lab, _m) in SCENARIOS.items() if lab] + list(EXTRAS)
+        if self._wanted(*lab_names):
+            ok, reason = lab_available()
+            if not self._use_lab or not ok:
+                self.notes.append("lab scenarios skipped: %s" % ("--no-lab" if not self._use_lab else reason))
+                self.selected = [n for n in self.selected if n not in lab_names]
+            else:
+                self._boot_lab()
+        if not self.strategy_dir and self._wanted(*[n for n, spec in SCENARIOS.items() if spec[3]]):
+            self.notes.append("Mitogen not installed (pip install mitogen): its scenarios were skipped")
+            self.selected = [n for n in self.selected if not SCENARIOS.get(n, ("", "", False, False))[3]]
+        elif self.strategy_dir:
+            self.notes.append("Mitogen %s (strategy mitogen_linear)" % mitogen_version())
+        self.nats = devenv.NatsServer(listen=self.lab["controller_address"] if self.lab else "127.0.0.1")
+        self._stack.callback(self.nats.stop)
+        self.meter.adopt("nats", self.nats.proc.pid)
+        self.url = self.nats.url
+        self.meter.group("controller")
+        if self._wanted("nats-warm", "nats-cold", "nats-warm-10", "nats-cold-10"):
+            for kind in WARM_FLAGS:  # each serves the 1x30 host and the ten 10x10 hosts
+                ids = ["bench-%s" % kind] + ["%s-%d" % (kind, i) for i in range(1, LOCAL_HOSTS + 1)]
+                self._local_executor("executor-%s" % kind, WARM_FLAGS[kind], ids)
+        scenarios = self._local_scenarios() + self._local_fleet_scenarios()
+        if self.lab:
+            scenarios += self._lab_scenarios() + self._fleet_scenarios()
+        scenarios = [s for s in scenarios if s.name in self.selected]
+        for scenario in scenarios:
+            scenario.rounds = self.fleet_runs if scenario.workload == "20x10" else self.runs
+            _write_inventory(self.scratch, scenario)
+        return scenarios
+
+    # -- processes
+
+    def _boot_lab(self) -> None:
+        import labctl  # pylint: disable=import-outside-toplevel
+        fleet = self._wanted("ssh-fleet", "zone-fleet", "mitogen-ssh-fleet")
+        # lab-mgmt-1: the zone executor's host; lab-mgmt-2: the 1x30 target; lab-mgmt-3..22: the fleet; lab-zone-1
+        self._stack.callback(labctl.down)
+        self.lab = labctl.up(2 + (FLEET_HOSTS if fleet else 0), 1)
+        cgroups = {h["name"]: [p for p in h["cgroups"] if os.path.exists(os.path.join(p, "cpu.stat"))]
+                   for h in labctl.status()["hosts"]}
+        for host in self.lab["hosts"]:
+            host["cgroup_paths"] = cgroups.get(host["name"], [])
+
+    def _local_executor(self, group: str, flag: str, instances: List[str]) -> None:
         # like a systemd service: without this shell's PYTHONUNBUFFERED (see FINDINGS)
-        clean_env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONUNBUFFERED")
-        executor = devenv.ExecutorProcess(nats.url, ["bench-host"], log_dir=scratch, env=clean_env, inherit_env=False)
-        warm_executor = devenv.ExecutorProcess(nats.url, ["bench-warm"], extra_args=["--warm"], log_dir=scratch,
-                                               env=clean_env, inherit_env=False)
-        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-        nats_vars = {"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": nats.url}
-        scenarios.append(("local", "connection: local, this machine", write_inventory(
-            scratch, "local", {"ansible_connection": "local", "ansible_python_interpreter": python}), None))
-        scenarios.append(("nats-local", "natsops.fleet.nats, executor on this machine", write_inventory(
-            scratch, "nats-local", dict(nats_vars, ansible_python_interpreter=python)), None))
-        scenarios.append(("nats-warm", "natsops.fleet.nats, executor on this machine with --warm", write_inventory(
-            scratch, "nats-warm", dict(nats_vars, ansible_python_interpreter=python, ansible_nats_executor="bench-warm")),
-            None))
-        mitogen = mitogen_strategy_dir()
-        if lab:
-            host = lab["hosts"][0]
-            ssh_vars = {"ansible_connection": "ssh", "ansible_host": host["ansible_host"], "ansible_user": "root",
-                        "ansible_ssh_private_key_file": lab["ssh_private_key_file"], "ansible_python_interpreter": "/usr/bin/python3",
-                        "ansible_ssh_pipelining": True,
-                        "ansible_ssh_common_args": "-o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=no "
-                                                   "-o UserKnownHostsFile=%s -o IdentitiesOnly=yes" % lab["known_hosts"]}
-            scenarios.append(("ssh-lab", "ssh, pipelining + ControlPersist, to a lab host", write_inventory(scratch, "ssh-lab", ssh_vars), None))
-            lab_executor = devenv.LabExecutor(host["name"], nats.url, ["lab-bench-host"], unit="natsops-bench-executor",
-                                              scratch=scratch)
-            # the lab executor serves 'bench-host' too: point this scenario at it alone
-            scenarios.append(("nats-lab", "natsops.fleet.nats, executor on that lab host", write_inventory(
-                scratch, "nats-lab", dict(nats_vars, ansible_python_interpreter="/usr/bin/python3", ansible_nats_executor="lab-bench-host")), None))
-            if mitogen:
-                scenarios.append(("mitogen-lab", "mitogen_linear, ssh to that lab host", write_inventory(scratch, "mitogen", ssh_vars), mitogen))
-        else:
-            notes.append("lab scenarios skipped: %s" % lab_reason)
-            if mitogen:
-                scenarios.append(("mitogen-local", "mitogen_linear, connection: local", write_inventory(
-                    scratch, "mitogen", {"ansible_connection": "local", "ansible_python_interpreter": python}), mitogen))
-        if not mitogen:
-            notes.append("mitogen not installed (pip install mitogen): its scenario was skipped")
-        times = dict((name, []) for name, _d, _i, _s in scenarios)
-        for name, _desc, inventory, strategy in scenarios:  # one warm-up each (control processes, ssh masters)
-            run_playbook(inventory, {}, 1, strategy)
-        for _round in range(runs):
-            for name, _desc, inventory, strategy in scenarios:
-                times[name].extend(run_playbook(inventory, {}, 1, strategy))
-        rows = [(name, desc, times[name]) for name, desc, _i, _s in scenarios]
-        if lab:
-            notes.append(zone_round_trip(lab, nats.url, scratch))
-            notes.append(fleet_through_zone_executor(lab, nats.url, scratch))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        executor = devenv.ExecutorProcess(self.url, instances, extra_args=[flag],
+                                          log_dir=self.scratch, env=env, inherit_env=False)
+        self._stack.callback(executor.remove_log)
+        self._stack.callback(executor.stop)
+        self.meter.adopt(group, executor.proc.pid)
+
+    def _lab_executor(self, host: Dict[str, Any], unit: str, instances: List[str], extra_args: List[str],
+                      files: Optional[Dict[str, str]] = None) -> List[str]:
+        """An executor as a unit on a lab host; returns its cgroup (a list: empty when not found)."""
+        executor = devenv.LabExecutor(host["name"], self.url, instances, unit=unit, scratch=self.scratch, files=files,
+                                      extra_args=extra_args)
+        self._stack.callback(executor.stop)
+        paths = [os.path.join(p, "payload", "system.slice", "%s.service" % unit) for p in host["cgroup_paths"]]
+        return [p for p in paths if os.path.exists(os.path.join(p, "cpu.stat"))]
+
+    # -- scenarios
+
+    def _local_scenarios(self) -> List[Scenario]:
+        if not self._wanted("local", "nats-warm", "nats-cold", "mitogen-local"):
+            return []
+        local = {"ansible_connection": "local", "ansible_python_interpreter": PYTHON}
+        nats = self._nats_vars(PYTHON)
+        controller = {"controller": "controller"}
+        return [
+            Scenario("local", "1x30", "local", "connection: local", {"bench-host": local}, controller),
+            Scenario("nats-warm", "1x30", "local", "natsops.fleet.nats, executor here, --warm",
+                     {"bench-host": dict(nats, ansible_nats_executor="bench-warm")},
+                     dict(controller, nats="nats", executor="executor-warm")),
+            Scenario("nats-cold", "1x30", "local", "natsops.fleet.nats, executor here, --no-warm",
+                     {"bench-host": dict(nats, ansible_nats_executor="bench-cold")},
+                     dict(controller, nats="nats", executor="executor-cold")),
+            Scenario("mitogen-local", "1x30", "local", "Mitogen (mitogen_linear), connection: local", {"bench-host": local},
+                     controller, mitogen=True),
+        ]
+
+    def _local_fleet_scenarios(self) -> List[Scenario]:
+        """Ten inventory hosts on this machine, served by the local executors (warm, cold): ten instance ids each."""
+        if not self._wanted("local-10", "nats-warm-10", "nats-cold-10", "mitogen-local-10"):
+            return []
+        names = ["bench-%d" % i for i in range(1, LOCAL_HOSTS + 1)]
+        local = {n: {"ansible_connection": "local", "ansible_python_interpreter": PYTHON} for n in names}
+
+        def nats(kind: str) -> Dict[str, Dict[str, Any]]:
+            return {n: self._nats_vars(PYTHON, ansible_nats_executor="%s-%d" % (kind, i)) for i, n in enumerate(names, 1)}
+        controller = {"controller": "controller"}
+        return [
+            Scenario("local-10", "10x10", "local", "connection: local", local, controller),
+            Scenario("nats-warm-10", "10x10", "local", "natsops.fleet.nats, one executor here, --warm", nats("warm"),
+                     dict(controller, nats="nats", executor="executor-warm")),
+            Scenario("nats-cold-10", "10x10", "local", "natsops.fleet.nats, one executor here, --no-warm", nats("cold"),
+                     dict(controller, nats="nats", executor="executor-cold")),
+            Scenario("mitogen-local-10", "10x10", "local", "Mitogen (mitogen_linear), connection: local", local, controller,
+                     mitogen=True),
+        ]
+
+    def _nats_vars(self, python: str, **extra: Any) -> Dict[str, Any]:
+        return dict({"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": self.url,
+                     "ansible_nats_control_persist": PERSIST, "ansible_python_interpreter": python}, **extra)
+
+    def _ssh_vars(self, address: str) -> Dict[str, Any]:
+        assert self.lab is not None
+        return {"ansible_connection": "ssh", "ansible_host": address, "ansible_user": "root",
+                "ansible_ssh_private_key_file": self.lab["ssh_private_key_file"], "ansible_python_interpreter": LAB_PYTHON,
+                "ansible_ssh_pipelining": True,
+                "ansible_ssh_common_args": "-o ControlMaster=auto -o ControlPersist=%ds -o StrictHostKeyChecking=no "
+                                           "-o UserKnownHostsFile=%s -o IdentitiesOnly=yes" % (PERSIST, self.lab["known_hosts"])}
+
+    def _lab_scenarios(self) -> List[Scenario]:
+        """1x30 on lab-mgmt-2, agent mode: its executors (warm, cold) run there as units."""
+        if not self._wanted("ssh", "nats-lab-warm", "nats-lab-cold", "mitogen-ssh"):
+            return []
+        assert self.lab is not None
+        host = next(h for h in self.lab["hosts"] if h["name"] == "lab-mgmt-2")
+        units = {}
+        for kind, flag in WARM_FLAGS.items():
+            units[kind] = self._lab_executor(host, "natsops-bench-%s" % kind, ["lab-%s" % kind], [flag])
+            self.meter.watch("lab-executor-%s" % kind, units[kind])
+        if not units["warm"] or not units["cold"]:
+            self.notes.append("the lab executors' unit cgroups were not found: their CPU is counted as target CPU")
+        self.meter.watch("lab-target", host["cgroup_paths"], minus=units["warm"] + units["cold"])
+        ssh = self._ssh_vars(host["ansible_host"])
+        nats = self._nats_vars(LAB_PYTHON)
+        controller = {"controller": "controller", "target": "lab-target"}
+        return [
+            Scenario("ssh", "1x30", "lab", "ssh, pipelining + ControlPersist, to a lab host", {"bench-host": ssh}, controller),
+            Scenario("nats-lab-warm", "1x30", "lab", "natsops.fleet.nats, executor on that lab host, --warm",
+                     {"bench-host": dict(nats, ansible_nats_executor="lab-warm")},
+                     dict(controller, nats="nats", executor="lab-executor-warm")),
+            Scenario("nats-lab-cold", "1x30", "lab", "natsops.fleet.nats, executor on that lab host, --no-warm",
+                     {"bench-host": dict(nats, ansible_nats_executor="lab-cold")},
+                     dict(controller, nats="nats", executor="lab-executor-cold")),
+            Scenario("mitogen-ssh", "1x30", "lab", "Mitogen (mitogen_linear) over ssh to that lab host", {"bench-host": ssh},
+                     controller, mitogen=True),
+        ]
+
+    def _fleet_scenarios(self) -> List[Scenario]:
+        """20x10: direct ssh, one zone executor on lab-mgmt-1 (SSH mode, pooled), Mitogen over ssh; same 20 hosts."""
+        if not self._wanted("ssh-fleet", "zone-fleet", "mitogen-ssh-fleet"):
+            return []
+        assert self.lab is not None
+        executor_host = next(h for h in self.lab["hosts"] if h["name"] == self.lab["executor_hosts"][0])
+        targets = [h for h in self.lab["hosts"] if h["name"] not in (executor_host["name"], "lab-mgmt-2")
+                   and "mgmt" in h["addresses"]][:FLEET_HOSTS]
+        known = "".join("%s %s\n" % (h["addresses"]["mgmt"], " ".join(h["host_key"].split()[:2])) for h in targets)
+        unit = self._lab_executor(executor_host, "natsops-bench-fleet", ["bench-fleet"],
+                                  ["--no-warm", "--ssh-known-hosts", "/etc/natsops/fleet_known_hosts",
+                                   "--ssh-identity", "default=%s" % self.lab["executor_key_path"]],
+                                  files={"/etc/natsops/fleet_known_hosts": known})
+        self.meter.watch("zone-executor", unit or executor_host["cgroup_paths"])
+        self.meter.watch("fleet-targets", [p for h in targets for p in h["cgroup_paths"]])
+        ssh = {h["name"]: self._ssh_vars(h["addresses"]["mgmt"]) for h in targets}
+        zone = {h["name"]: self._nats_vars(LAB_PYTHON, ansible_nats_mode="ssh", ansible_nats_executor="bench-fleet",
+                                           ansible_host=h["addresses"]["mgmt"], ansible_user="root") for h in targets}
+        controller = {"controller": "controller", "target": "fleet-targets"}
+        return [
+            Scenario("ssh-fleet", "20x10", "lab", "ssh, pipelining + ControlPersist, from this machine", ssh, controller),
+            Scenario("zone-fleet", "20x10", "lab", "natsops.fleet.nats through one zone executor (SSH mode, pooled)", zone,
+                     dict(controller, nats="nats", executor="zone-executor")),
+            Scenario("mitogen-ssh-fleet", "20x10", "lab", "Mitogen (mitogen_linear) over ssh from this machine", ssh, controller,
+                     mitogen=True),
+        ]
+
+    def extras(self) -> None:
+        if self.lab and "zone-rtt" in self.selected:
+            self.zone_rtt = zone_round_trip(self.lab, self.url, self.scratch)
+
+
+def measure(selected: List[str], use_lab: bool, runs: int, fleet_runs: int) -> Tuple[List[Scenario], List[str]]:
+    bench = _Bench(selected, use_lab, runs, fleet_runs)
+    try:
+        scenarios = bench.setup()
+        bench.notes.insert(0, "CPU: " + bench.meter.describe())
+        scenarios = _measure_rounds(scenarios, bench.meter, bench.strategy_dir, bench.notes)
+        bench.extras()
+        if bench.zone_rtt:
+            bench.notes.append(bench.zone_rtt)
     finally:
-        for started in (executor, warm_executor):
-            if started is not None:
-                started.stop()
-                started.remove_log()
-        if lab_executor is not None:
-            lab_executor.stop()
-        if nats is not None:
-            nats.stop()
-        if lab:
-            import labctl  # pylint: disable=import-outside-toplevel
-            labctl.down()
-        subprocess.run(["rm", "-rf", scratch], check=False)
-    return rows, notes
+        bench.close()
+    return scenarios, bench.notes
 
 
-def zone_round_trip(lab, url, scratch, count=200):
+def zone_round_trip(lab: Dict[str, Any], url: str, scratch: str, count: int = 200) -> str:
     """Issue 4's target: a warm command round trip through a zone executor to a lab host over SSH,
     measured with the client alone (no Ansible): caller -> NATS -> executor -> pooled SSH -> host -> back."""
-    sys.path.insert(0, devenv.COLLECTIONS)
     from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
     zone_host = [h for h in lab["hosts"] if h["networks"] == ["zone"]][0]
     known = "%s %s\n" % (zone_host["addresses"]["zone"], " ".join(zone_host["host_key"].split()[:2]))
     zone_exec = devenv.LabExecutor(lab["executor_hosts"][0], url, ["bench-zone"], unit="natsops-bench-zone", scratch=scratch,
                                    files={"/etc/natsops/bench_known_hosts": known},
-                                   extra_args=["--ssh-known-hosts", "/etc/natsops/bench_known_hosts",
+                                   extra_args=["--no-warm", "--ssh-known-hosts", "/etc/natsops/bench_known_hosts",
                                                "--ssh-identity", "default=%s" % lab["executor_key_path"]])
     client = None
     try:
@@ -198,88 +486,90 @@ def zone_round_trip(lab, url, scratch, count=200):
                 "met" if median < 15 else "not met"))
 
 
-FLEET_HOSTS = 20
-FLEET_RUNS = 3
+# ---------------------------------------------------------------- reporting
+
+def _total(cpu: Dict[str, float]) -> float:
+    return sum(cpu.values())
 
 
-def fleet_through_zone_executor(lab, url, scratch):
-    """Issue 4's second target: 20 hosts x 10 tasks through one zone executor (SSH mode) against direct ssh
-    (pipelining + ControlPersist) from the controller, same hosts, forks 20, interleaved."""
-    targets = [h for h in lab["hosts"] if h["name"] != lab["executor_hosts"][0] and "mgmt" in h["addresses"]][:FLEET_HOSTS]
-    known = "".join("%s %s\n" % (h["addresses"]["mgmt"], " ".join(h["host_key"].split()[:2])) for h in targets)
-    zone_exec = devenv.LabExecutor(lab["executor_hosts"][0], url, ["bench-fleet"], unit="natsops-bench-fleet", scratch=scratch,
-                                   files={"/etc/natsops/fleet_known_hosts": known},
-                                   extra_args=["--ssh-known-hosts", "/etc/natsops/fleet_known_hosts",
-                                               "--ssh-identity", "default=%s" % lab["executor_key_path"]])
-    common = {"ansible_python_interpreter": "/usr/bin/python3", "ansible_user": "root"}
-    ssh_hosts = dict((h["name"], dict(common, ansible_host=h["addresses"]["mgmt"], ansible_connection="ssh",
-                                      ansible_ssh_private_key_file=lab["ssh_private_key_file"], ansible_ssh_pipelining=True,
-                                      ansible_ssh_common_args="-o ControlMaster=auto -o ControlPersist=60s "
-                                                              "-o StrictHostKeyChecking=no -o UserKnownHostsFile=%s "
-                                                              "-o IdentitiesOnly=yes" % lab["known_hosts"]))
-                     for h in targets)
-    nats_hosts = dict((h["name"], dict(common, ansible_host=h["addresses"]["mgmt"], ansible_connection="natsops.fleet.nats",
-                                       ansible_nats_servers=url, ansible_nats_mode="ssh", ansible_nats_executor="bench-fleet"))
-                      for h in targets)
-    inventories = {}
-    for name, hosts in (("ssh", ssh_hosts), ("zone", nats_hosts)):
-        path = os.path.join(scratch, "fleet-%s.json" % name)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump({"all": {"hosts": hosts}}, handle)
-        inventories[name] = path
-    times = {"ssh": [], "zone": []}
-    try:
-        for rnd in range(FLEET_RUNS + 1):
-            for name, path in inventories.items():
-                started = time.monotonic()
-                result = subprocess.run([devenv.tool("ansible-playbook"), "-i", path, "--forks", str(FLEET_HOSTS), FLEET_PLAYBOOK],
-                                        env=devenv.ansible_env(), capture_output=True, text=True, timeout=900, check=False)
-                elapsed = time.monotonic() - started
-                if result.returncode != 0:
-                    raise RuntimeError("fleet scenario %s failed:\n%s" % (name, result.stdout[-3000:]))
-                if rnd:
-                    times[name].append(elapsed)
-    finally:
-        zone_exec.stop()
-    ssh, zone = statistics.median(times["ssh"]), statistics.median(times["zone"])
-    return ("%d hosts x 10 tasks (bench/playbook-10.yml, forks %d), %d interleaved runs after a warm-up: direct ssh "
-            "(pipelining + ControlPersist) median %.2f s (%s), through one zone executor (SSH mode, pooled) median %.2f s "
-            "(%s): %.2fx, issue 4 target (no slower than direct ssh) %s" % (
-                FLEET_HOSTS, FLEET_HOSTS, FLEET_RUNS, ssh, ", ".join("%.2f" % t for t in times["ssh"]), zone,
-                ", ".join("%.2f" % t for t in times["zone"]), zone / ssh, "met" if zone <= ssh else "not met"))
+def _figure(scenario: Optional[Scenario], measure: str) -> Optional[float]:
+    """Median wall seconds ("wall") or median total CPU-seconds ("cpu") of a scenario."""
+    if scenario is None:
+        return None
+    return _median(scenario.times if measure == "wall" else [_total(c) for c in scenario.cpu])
 
 
-def render(rows, notes, runs):
-    medians = dict((name, statistics.median(times)) for name, _desc, times in rows)
-    lines = ["| scenario | what | median (s) | runs (s) | vs ssh | vs local |", "|---|---|---|---|---|---|"]
-    ssh = medians.get("ssh-lab")
-    local = medians.get("local")
-    for name, desc, times in rows:
-        median = medians[name]
-        lines.append("| %s | %s | %.2f | %s | %s | %s |" % (
-            name, desc, median, ", ".join("%.2f" % t for t in times),
-            "%.2fx" % (median / ssh) if ssh else "-", "%.2fx" % (median / local) if local else "-"))
-    lines.append("")
-    lines.append("30 tasks of `ansible.builtin.command: /bin/true` on one host (bench/playbook-30.yml), %d runs each "
-                 "after one warm-up, scenarios interleaved round-robin; wall time of the whole `ansible-playbook` "
-                 "command. Ratio < 1 means faster." % runs)
+def _ratio(scenario: Scenario, reference: Optional[Scenario]) -> str:
+    if reference is None or reference is scenario:
+        return "-"
+    parts = []
+    for measure in ("wall", "cpu"):
+        mine, theirs = _figure(scenario, measure), _figure(reference, measure)
+        parts.append("%.2fx" % (mine / theirs) if mine is not None and theirs else "-")
+    return " / ".join(parts)
+
+
+def _cell(values: Sequence[float]) -> str:
+    return "%.2f" % statistics.median(values) if values else "-"
+
+
+def _table(workload: str, scenarios: List[Scenario], by_name: Dict[str, Scenario]) -> List[str]:
+    lines = ["### %s" % WORKLOADS[workload].title, "",
+             "| scenario | what | wall median (s) | runs (s) | CPU-s median | %s | vs Mitogen (wall / CPU) | "
+             "vs local or ssh (wall / CPU) |" % " | ".join(CPU_PART_TITLES[p] for p in CPU_PARTS),
+             "|---|---|---|---|---|%s---|---|" % ("---|" * len(CPU_PARTS))]
+    for scenario in scenarios:
+        key = (scenario.workload, scenario.placement)
+        parts = [_cell([c[p] for c in scenario.cpu if p in c]) for p in CPU_PARTS]
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            scenario.name, scenario.what, _cell(scenario.times), ", ".join("%.2f" % t for t in scenario.times),
+            _cell([_total(c) for c in scenario.cpu]), " | ".join(parts),
+            _ratio(scenario, by_name.get(MITOGEN_REF[key])), _ratio(scenario, by_name.get(PLAIN_REF[key]))))
+    return lines + [""]
+
+
+def _targets(by_name: Dict[str, Scenario]) -> List[str]:
+    lines = ["### Targets (issue 18, item 8)", ""]
+    for name, reference, measure, limit, goal, what in TARGETS:
+        mine, theirs = _figure(by_name.get(name), measure), _figure(by_name.get(reference), measure)
+        if mine is None or not theirs:
+            lines.append("- %s (%s / %s): not measured in this run" % (what, name, reference))
+            continue
+        ratio = mine / theirs
+        verdict = "**met**" if ratio <= limit else "**not met**"
+        if goal is not None:
+            verdict += ", goal <= %.1fx %s" % (goal, "met" if ratio <= goal else "not met")
+        lines.append("- %s (%s / %s): %.2fx, target <= %.1fx %s" % (what, name, reference, ratio, limit, verdict))
+    return lines + [""]
+
+
+def render(scenarios: List[Scenario], notes: List[str], runs: int, fleet_runs: int) -> str:
+    by_name = {s.name: s for s in scenarios}
+    lines: List[str] = []
+    for workload in WORKLOADS:
+        rows = [s for s in scenarios if s.workload == workload]
+        if rows:
+            lines += _table(workload, rows, by_name)
+    lines += _targets(by_name)
+    lines.append("Each scenario: one warm-up, then %d timed run(s) (20x10: %d), all scenarios interleaved round-robin (ssh's ControlPersist "
+                 "and the natsops control process persist %d s, across rounds); wall time of the whole `ansible-playbook` "
+                 "command; CPU-seconds of every process involved in that run: controller "
+                 "(ansible-playbook, its workers, the natsops control process, ssh clients and masters, Mitogen's "
+                 "multiplexer and, with connection: local, the module processes), nats-server, executor (with the module "
+                 "processes it starts; on a lab host, its unit), target (the lab host(s), less the executor's unit). The CPU "
+                 "columns are medians of each part, the CPU-s median that of the totals (so the parts need not add up). "
+                 "Ratios compare medians with the Mitogen scenario and the plain connection of the same placement (this "
+                 "machine, or the lab); < 1 means less." % (runs, fleet_runs, PERSIST))
     lines.append("Machine: %s, %d cores, Python %s, %s. Measured %s." % (
-        platform.platform(), os.cpu_count(), platform.python_version(), ansible_version(),
+        platform.platform(), os.cpu_count() or 0, platform.python_version(), ansible_version(),
         datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
-    lines.append("Baseline from the brief on this machine kind: local %.1f s, ssh %.1f s, Mitogen %.1f s." % (
-        BASELINE["local"], BASELINE["ssh"], BASELINE["mitogen"]))
-    if ssh and "nats-lab" in medians:
-        ratio = medians["nats-lab"] / ssh
-        lines.append("")
-        lines.append("**Target natsops.fleet.nats no slower than ssh (same lab host): %s** (%.2fx)." % (
-            "met" if ratio <= 1.0 else "not met", ratio))
     for note in notes:
         lines.append("")
-        lines.append("Note: %s." % note)
+        lines.append("Note: %s." % note.rstrip("."))
     return "\n".join(lines) + "\n"
 
 
-def ansible_version():
+def ansible_version() -> str:
     out = subprocess.run([devenv.tool("ansible"), "--version"], capture_output=True, text=True, check=False).stdout
     return out.splitlines()[0] if out else "ansible ?"
 
@@ -338,7 +628,7 @@ FINDINGS = """
 """
 
 
-def _section(path, title):
+def _section(path: str, title: str) -> str:
     """A section of docs/performance.md from another benchmark's results file (its first line is its own title)."""
     if not os.path.exists(path):
         return ""
@@ -346,7 +636,7 @@ def _section(path, title):
         return "\n## %s\n\n" % title + handle.read().split("\n", 1)[1].lstrip()
 
 
-def write_performance(connections):
+def write_performance(connections: str) -> None:
     lab = ""
     if os.path.exists(LAB_RESULTS):
         with open(LAB_RESULTS, encoding="utf-8") as handle:
@@ -357,32 +647,49 @@ def write_performance(connections):
     text = ("# Performance\n\nFigures from real runs on this project's machine kind (2 cores, Debian 12). "
             "Regenerate with `make bench` (connections) and `make lab-bench` (lab); this file is written by "
             "bench/run_bench.py. Targets are checked here, never in timed tests.\n\n"
-            "## Connections: 30 tasks through each transport\n\n"
-            "Target (issue 2): natsops.fleet.nats no slower than ssh with pipelining + ControlPersist. "
-            "Moonshot (later): faster than Mitogen.\n\n" + connections + FINDINGS + trust +
+            "## Connections: each transport side by side, wall time and CPU\n\n"
+            "Issue 18 (item 8): natsops.fleet.nats in agent mode no slower and no more CPU than Mitogen for 1 host x 30 "
+            "tasks (<= 1.0x, goal <= 0.8x), no slower than Mitogen for 10 hosts x 10 tasks with forks 10, and 20 hosts x "
+            "10 tasks through one zone executor in half the time of direct ssh (pipelining + ControlPersist) and no "
+            "slower than Mitogen over ssh. Agent mode is measured warm (`--warm`, to become the executor's default) "
+            "and cold (`--no-warm`).\n\n" + connections + FINDINGS + trust +
             "\n## Test lab\n\n" + (lab.split("\n", 1)[1].lstrip() if lab.startswith("#") else lab))
     with open(PERFORMANCE, "w", encoding="utf-8") as handle:
         handle.write(text)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds per scenario, after one warm-up (default 5)")
+    parser.add_argument("--fleet-runs", type=int, default=3, help="timed rounds of the 20x10 scenarios (default 3)")
+    parser.add_argument("--only", nargs="+", metavar="SCENARIO", choices=list(SCENARIOS) + list(EXTRAS),
+                        help="run these scenarios alone (a smoke run: docs are not written); one of: %s" % ", ".join(
+                            list(SCENARIOS) + list(EXTRAS)))
+    parser.add_argument("--no-lab", action="store_true", help="skip the scenarios that need the lab")
+    parser.add_argument("--no-docs", action="store_true", help="print the tables only: write neither "
+                                                               "bench/results/connections.md nor docs/performance.md")
     parser.add_argument("--keep-connections", action="store_true",
                         help="do not run the connections benchmark again: write docs/performance.md from the last "
                              "run's bench/results/connections.md and the other benchmarks' results")
     args = parser.parse_args(argv)
     if args.keep_connections:
-        with open(os.path.join(RESULTS, "connections.md"), encoding="utf-8") as handle:
+        with open(CONNECTIONS, encoding="utf-8") as handle:
             write_performance(handle.read().split("\n", 2)[2])
         return 0
-    rows, notes = measure(args.runs)
-    table = render(rows, notes, args.runs)
+    if args.runs < 1 or args.fleet_runs < 1:
+        parser.error("--runs and --fleet-runs must be at least 1")
+    started = time.monotonic()
+    scenarios, notes = measure(args.only or list(SCENARIOS) + list(EXTRAS), not args.no_lab, args.runs, args.fleet_runs)
+    table = render(scenarios, notes, args.runs, args.fleet_runs)
+    print(table)
+    print("bench/run_bench.py: %.0f s" % (time.monotonic() - started))
+    if args.only or args.no_docs:
+        print("(a partial run: bench/results/connections.md and docs/performance.md left as they were)")
+        return 0
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "connections.md"), "w", encoding="utf-8") as handle:
+    with open(CONNECTIONS, "w", encoding="utf-8") as handle:
         handle.write("# Connections benchmark\n\n" + table)
     write_performance(table)
-    print(table)
     return 0
 
 

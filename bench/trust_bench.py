@@ -19,14 +19,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+from _paths import RESULTS as _RESULTS
+import devenv  # after _paths, which puts tools/ on sys.path
 
-import devenv  # noqa: E402  pylint: disable=wrong-import-position
-
-RESULTS = os.path.join(HERE, "results", "trust.md")
+RESULTS = os.path.join(_RESULTS, "trust.md")
 CRYPTO_TASKS = 2000
 ROUNDS = 10
 PER_ROUND = 50

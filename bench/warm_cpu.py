@@ -27,15 +27,13 @@ import tempfile
 import time
 from typing import Dict, List
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "executor"))
+from _paths import RESULTS as _RESULTS
+import ansiballz_payloads  # after _paths, which puts tests/executor on sys.path
+from natsops_executor import jobs, warm
+from natsops_executor._wire.messages import ExecRequest
+from natsops_executor.hosts.local import LocalHost
 
-import ansiballz_payloads  # noqa: E402  pylint: disable=wrong-import-position
-from natsops_executor import jobs, warm  # noqa: E402  pylint: disable=wrong-import-position
-from natsops_executor._wire.messages import ExecRequest  # noqa: E402  pylint: disable=wrong-import-position
-from natsops_executor.hosts.local import LocalHost  # noqa: E402  pylint: disable=wrong-import-position
-
-RESULTS = HERE / "results" / "warm_cpu.md"
+RESULTS = pathlib.Path(_RESULTS) / "warm_cpu.md"
 MODULES = ["command", "stat", "file", "copy", "ping", "setup"]
 TICK = os.sysconf("SC_CLK_TCK")
 
