@@ -619,6 +619,8 @@ class WarmProcess(Process):
     stdio on the executor's pipes; the exit status comes from the parent (a signal death reads as the shell
     reports it: 128 + the signal)."""
 
+    warm = True
+
     def __init__(self, parent: _Parent, job: int, pid: int, out_fd: int, err_fd: int) -> None:
         self.parent = parent
         self.job = job
