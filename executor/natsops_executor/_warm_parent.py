@@ -3,8 +3,9 @@
 """Private to warm.py: the warm parent, the program a warm runner's interpreter runs.
 
 It is never imported by the executor: warm.py reads this file and starts the interpreter a module run names with
-``-c`` and this source (so it needs nothing but the standard library of that interpreter, and it runs in a
-namespace of its own: ``__main__`` stays as pristine as in a cold interpreter).
+a short ``-c`` line that reads this source from stdin and runs it (so it needs nothing but the standard library of
+that interpreter, ps shows one line, and it runs in a namespace of its own: ``__main__`` stays as pristine as in
+a cold interpreter).
 
 Protocol (warm.py is the other end):
 - control socket (fd in ``sys.argv[1]``), executor -> parent: frames ``>II`` (header length, body length), a JSON
@@ -320,6 +321,10 @@ def _finalize(status):
 
 def main():
     executor_pid = os.getppid()
+    # the program came on stdin (warm.py's boot line), now at end of file: stdin is /dev/null from here on
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
     signal.signal(signal.SIGTERM, _on_term)
     parent = _Parent(int(sys.argv[1]))
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Awaitable, Callable, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from natsops_executor._wire.contract import (
     E_BECOME, E_BECOME_TIMEOUT, E_CHECKSUM_MISMATCH, E_SIZE_MISMATCH, E_STREAM, E_TIMEOUT, KIND_DATA, KIND_KEEPALIVE, KIND_RESULT,
@@ -125,10 +125,14 @@ class _Become:
             raise self.failure(BECOME_MISSING, "privilege escalation needs a password and none was given")
 
 
-async def run_command(host: Host, req: ExecRequest, stdin_data: bytes, sender: StreamSender, chunk: int) -> ExecResult:
-    """Run the request's command on ``host``: output and keepalives stream to ``sender``, then the result."""
+async def run_command(host: Host, req: ExecRequest, stdin_data: bytes, sender: StreamSender, chunk: int,
+                      info: Optional[Dict[str, Any]] = None) -> ExecResult:
+    """Run the request's command on ``host``: output and keepalives stream to ``sender``, then the result.
+    ``info`` (the job's record for logs and the audit trail) learns whether it ran warm."""
     started = time.monotonic()
     process = await host.spawn(req, stdin_data)
+    if info is not None and process.warm:
+        info["warm"] = True
     try:
         return await supervise(req, process, stdin_data, sender, chunk, started)
     finally:

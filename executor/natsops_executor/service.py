@@ -528,10 +528,11 @@ class Executor:
         data = b"".join(parts)
         if Digest.of(data) != announced:
             raise WireError(E_CHECKSUM_MISMATCH, "stdin sha256 does not match the announced value; nothing was run")
-        result = await jobs.run_command(host, req, data, job.sender, job.chunk)
-        job.info = {"rc": result.rc, "bytes_in": len(data), "bytes_out": result.stdout.size + result.stderr.size}
-        log.info("exec %s%s rc=%s out=%d err=%d %.3fs", req.id, host.where, result.rc, result.stdout.size,
-                 result.stderr.size, result.duration)
+        info: Dict[str, Any] = {}
+        result = await jobs.run_command(host, req, data, job.sender, job.chunk, info)
+        job.info = dict(info, rc=result.rc, bytes_in=len(data), bytes_out=result.stdout.size + result.stderr.size)
+        log.info("exec %s%s rc=%s out=%d err=%d %.3fs%s", req.id, host.where, result.rc, result.stdout.size,
+                 result.stderr.size, result.duration, " warm" if info.get("warm") else "")
 
     async def _put(self, job: _Job, host: Host) -> None:
         req = cast(PutRequest, job.req)

@@ -59,6 +59,9 @@ _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _ZIP_LINE = re.compile(r"^zip_data='([A-Za-z0-9+/=]*)',$", re.MULTILINE)
 _FRAME = struct.Struct(">II")
 _PARENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_warm_parent.py")
+# the warm parent's command line: it reads its program from stdin (ps shows this line, not the whole program)
+_BOOT = ("import sys; exec(compile(sys.stdin.buffer.read(), 'natsops-warm-parent', 'exec', dont_inherit=True), "
+         "{'__name__': '_natsops_warm_parent'})")
 _ALLOWLIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_allowlist.json")
 
 # why a run went cold: the reasons counted in stats (details go to the debug log)
@@ -398,15 +401,17 @@ class _Parent:
                 program = handle.read()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock = ours
-            boot = "exec(compile(%r, 'natsops-warm-parent', 'exec', dont_inherit=True), {'__name__': " \
-                   "'_natsops_warm_parent'})" % program
             try:
                 self.proc = await asyncio.create_subprocess_exec(
-                    self.interpreter, "-c", boot, str(theirs.fileno()), stdin=asyncio.subprocess.DEVNULL,
+                    self.interpreter, "-c", _BOOT, str(theirs.fileno()), stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, cwd="/",
                     pass_fds=(theirs.fileno(),), start_new_session=True)
             finally:
                 theirs.close()
+            stdin = cast(asyncio.StreamWriter, self.proc.stdin)
+            stdin.write(program.encode("utf-8"))  # about 12 KB: fits the pipe, read whole by _BOOT
+            await stdin.drain()
+            stdin.close()
             if self.guard is not None:
                 self.guard.watch(self.proc.pid)
             self.tasks = [asyncio.ensure_future(self._events(self.proc)), asyncio.ensure_future(self._log_stderr(self.proc))]
@@ -613,6 +618,8 @@ class WarmProcess(Process):
     """A module run forked by a warm parent: its own session (process group = its pid) as a cold run's shell,
     stdio on the executor's pipes; the exit status comes from the parent (a signal death reads as the shell
     reports it: 128 + the signal)."""
+
+    warm = True
 
     def __init__(self, parent: _Parent, job: int, pid: int, out_fd: int, err_fd: int) -> None:
         self.parent = parent

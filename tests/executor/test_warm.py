@@ -65,9 +65,10 @@ class _Output:
             self.streams[stream].extend(attachment)
 
 
-async def _run(host: LocalHost, source: bytes, **fields: Any) -> Tuple[int, bytes, bytes]:
+async def _run(host: LocalHost, source: bytes, info: Optional[Dict[str, Any]] = None,
+               **fields: Any) -> Tuple[int, bytes, bytes]:
     output = _Output()
-    result = await jobs.run_command(host, _req(**fields), source, output, CHUNK)  # type: ignore[arg-type]
+    result = await jobs.run_command(host, _req(**fields), source, output, CHUNK, info)  # type: ignore[arg-type]
     return result.rc, bytes(output.streams["stdout"]), bytes(output.streams["stderr"])
 
 
@@ -76,7 +77,9 @@ async def pool(payloads):
     """A warm pool whose parent for PYTHON is ready."""
     pool = warm.WarmPool()
     host = LocalHost(warm=pool)
-    await _run(host, payloads["ping"])  # cold, starts the parent
+    info: Dict[str, Any] = {}
+    await _run(host, payloads["ping"], info)  # cold, starts the parent
+    assert info == {}  # the job's record (log line, audit) says warm only for warm runs
     for _attempt in range(300):
         parents = list(pool.parents.values())
         if parents and parents[0].ready.done():
@@ -89,8 +92,10 @@ async def pool(payloads):
 
 async def _warm(pool: warm.WarmPool, source: bytes, **fields: Any) -> Tuple[int, bytes, bytes]:
     hits = pool.hits
-    outcome = await _run(LocalHost(warm=pool), source, **fields)
+    info: Dict[str, Any] = {}
+    outcome = await _run(LocalHost(warm=pool), source, info, **fields)
     assert pool.hits == hits + 1, pool.stats()
+    assert info == {"warm": True}
     return outcome
 
 

@@ -46,6 +46,7 @@ class Process(abc.ABC):
     stderr: asyncio.StreamReader
     label: str                  # what a timeout kills, for messages: "process group 123", "remote process group ..."
     details: Dict[str, Any]     # the same as error details (pid, pgid, host)
+    warm: bool = False          # forked from a warm parent (warm.py), not a new interpreter
 
     @abc.abstractmethod
     async def wait(self) -> int:
