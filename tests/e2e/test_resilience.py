@@ -97,7 +97,7 @@ def test_executor_restarts_during_a_playbook_lose_no_task_and_run_none_twice(nat
     try:
         restarter.start()
         result = playbook.run("ledger.yml", hostvars={"ansible_nats_executor": instance},
-                              extra_vars={"ledger": str(ledger), "count": 60}, check=False)
+                              extra_vars={"ledger": str(ledger), "count": 60, "pause": 0.25}, check=False)
     finally:
         stop.set()
         restarter.join()
@@ -137,7 +137,7 @@ def test_nats_node_kills_during_a_playbook_lose_no_task_and_run_none_twice(playb
         killer.start()
         try:
             result = playbook.run("ledger.yml", hostvars={"ansible_nats_executor": "clustered", "ansible_nats_servers": servers},
-                                  extra_vars={"ledger": str(ledger), "count": 60}, check=False)
+                                  extra_vars={"ledger": str(ledger), "count": 60, "pause": 0.25}, check=False)
         finally:
             stop.set()
             killer.join()

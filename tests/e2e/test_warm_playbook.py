@@ -52,7 +52,7 @@ def _discovered(nats_server, instance):
     from ansible_collections.natsops.fleet.plugins.module_utils._client import ExecutorClient  # pylint: disable=import-outside-toplevel
     client = ExecutorClient({"servers": nats_server.url}, instance).connect()
     try:
-        return [r for r in client.discover() if instance in r["instances"]][0]
+        return [r for r in client.discover(stats=True) if instance in r["instances"]][0]
     finally:
         client.close()
 
@@ -95,3 +95,42 @@ def test_warm_parents_die_with_a_killed_executor(playbook, nats_server, tmp_path
     while not _gone(parents[0]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(parents[0])
+
+
+OVERRIDE_PLAY = """
+- name: A playbook-local module_utils override
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Warm the executor's parent with the builtin module_utils
+      ansible.builtin.ping:
+      loop: [1, 2]
+
+    - name: A boolean only the overriding convert_bool accepts
+      ansible.builtin.file:
+        path: "{{ work }}/override.txt"
+        state: touch
+        follow: natsops-yes
+"""
+
+
+def test_a_playbook_local_module_utils_override_runs_cold_with_the_override(playbook, nats_server, warm_executor,
+                                                                           tmp_path):
+    import ansible  # pylint: disable=import-outside-toplevel
+    play = tmp_path / "override"
+    original = os.path.join(os.path.dirname(ansible.__file__), "module_utils", "parsing", "convert_bool.py")
+    with open(original, encoding="utf-8") as handle:
+        source = handle.read()
+    assert "BOOLEANS_TRUE = frozenset((" in source
+    override = play / "module_utils" / "parsing"
+    override.mkdir(parents=True)
+    (override / "convert_bool.py").write_text(
+        source.replace("BOOLEANS_TRUE = frozenset((", "BOOLEANS_TRUE = frozenset(('natsops-yes', "), encoding="utf-8")
+    (play / "override.yml").write_text(OVERRIDE_PLAY, encoding="utf-8")
+    before = executor_load(nats_server.url, INSTANCE)["warm_cold_reasons"].get("module_utils_differ", 0)
+    playbook.run(str(play / "override.yml"), host=INSTANCE, extra_vars={"work": str(tmp_path)})
+    # the module saw the override (a warm run from the parent's builtin module_utils would refuse the value) ...
+    assert (tmp_path / "override.txt").exists()
+    # ... because the executor ran it cold: its payload's module_utils differ from what the warm parent imported
+    after = executor_load(nats_server.url, INSTANCE)["warm_cold_reasons"].get("module_utils_differ", 0)
+    assert after > before
