@@ -183,7 +183,8 @@ def _sent_part(stdin: bytes, blobs: Optional[List[StdinBlob]]) -> bytes:
     kept = [b for b in blobs or () if not b.sent]
     if not kept:
         return stdin
-    parts, position = [], 0
+    parts: List[bytes] = []
+    position = 0
     for blob in kept:
         parts.append(stdin[position:blob.offset])
         position = blob.end()
@@ -420,7 +421,7 @@ class AsyncExecutorClient:
                       no_log=no_log or None, run_as=run_as, warm=None if warm else False,
                       stdin_blobs=self._blobs(stdin, key))
         payload_resent = False
-        while True:  # each round drops a field or sends the payload: three at most
+        while True:  # each round after the first sends the payload (once) or drops a field: four rounds at most
             try:
                 result = await self._exec(fields, stdin, on_output)
             except ExecutorTaskError as exc:
