@@ -16,7 +16,9 @@ import yaml
 from natsops_executor._wire import connect as wire_connect
 from natsops_executor._wire import signing
 from natsops_executor._wire.contract import DEFAULT_NAMESPACE, WireError, validate_instance_id, validate_namespace
+from natsops_executor._wire.messages import MAX_STDIN_BLOB
 from natsops_executor._wire.names import ALL_INSTANCES, OPTION_SOURCES, validate_probe_id
+from natsops_executor.payloads import DEFAULT_CAPACITY as DEFAULT_PAYLOAD_CACHE, MAX_CAPACITY as MAX_PAYLOAD_CACHE
 
 
 class ConfigError(Exception):
@@ -62,6 +64,7 @@ class Config:
     require_signatures: Optional[bool] = None
     signing_key: Optional[str] = None
     warm: bool = True
+    payload_cache: int = DEFAULT_PAYLOAD_CACHE  # bytes of exec stdin ranges kept by digest (payloads.py); 0: off
 
     def nats_options(self) -> Dict[str, Any]:
         """The NATS connection options, by their names in the wire contract."""
@@ -113,6 +116,7 @@ ENVIRONMENT = dict({name: env for name, (_context_field, env) in OPTION_SOURCES.
     "require_signatures": "NATSOPS_REQUIRE_SIGNATURES",
     "signing_key": "NATSOPS_SIGNING_KEY",
     "warm": "NATSOPS_WARM",
+    "payload_cache": "NATSOPS_PAYLOAD_CACHE",
 })
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # the scalar type each option is coerced to (lists and maps: _PARSERS)
@@ -185,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--warm", dest="warm", action=argparse.BooleanOptionalAction, default=None,
         help="run pipelined Ansible module runs on this host (agent mode, no become, no pty) from warm interpreters "
              "that imported module_utils once (default on); anything not recognised exactly runs cold")
+    add("--payload-cache", dest="payload_cache", type=int, metavar="BYTES",
+        help="bytes of module payloads kept by digest, so that callers send a module's zip once (default %d, "
+             "32 MiB; 0 turns it off; else at least %d)" % (DEFAULT_PAYLOAD_CACHE, MAX_STDIN_BLOB))
     add("--check-config", dest="check_config", action="store_true",
         help="validate the configuration (flags, environment, --config file) and exit: 0 if usable, 2 if not")
     add("--version", action="store_true", help="print the version and exit")
@@ -371,6 +378,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("clock_skew must be between 0 and 3600 seconds")
     if cfg.ssh_pool_size < 1 or cfg.ssh_idle_timeout <= 0 or cfg.ssh_connect_timeout <= 0:
         raise ConfigError("ssh_pool_size must be at least 1 and the ssh timeouts positive")
+    if cfg.payload_cache != 0 and not MAX_STDIN_BLOB <= cfg.payload_cache <= MAX_PAYLOAD_CACHE:
+        raise ConfigError("payload_cache must be 0 (off) or between %d and %d bytes" % (MAX_STDIN_BLOB, MAX_PAYLOAD_CACHE))
     _validate_trust(cfg)
     try:
         cfg.ssh_settings()  # known_hosts and identity files are read now: a bad one stops the start

@@ -25,6 +25,7 @@ from nats import micro
 from natsops_executor import __version__
 from natsops_executor import bklite
 from natsops_executor import jobs
+from natsops_executor import payloads
 from natsops_executor import transfer
 from natsops_executor.config import Config
 from natsops_executor.hosts.base import Host
@@ -310,6 +311,7 @@ class Executor:
         self.guard = JobGuard()
         self.warm = WarmPool(self.guard) if cfg.warm else None
         self.local = LocalHost(self.guard, self.warm)
+        self.payloads = payloads.PayloadCache(cfg.payload_cache)
         self.ssh: Any = None  # SSH mode: the connection pool, created at start
         self._handlers: Dict[str, Callable[[_Job, Host], Awaitable[None]]] = {
             OP_EXEC: self._exec, OP_PUT: self._put, OP_FETCH: self._fetch, OP_TRANSFER: self._transfer}
@@ -348,7 +350,8 @@ class Executor:
             self.nc, name=SERVICE_NAME, version=service_version(__version__), queue_group=QUEUE_GROUP,
             description="natsops.fleet executor on %s" % cfg.name,
             metadata=executor_metadata(cfg.namespace, cfg.instances, cfg.name, __version__, ssh=self.ssh is not None,
-                                       bklite=cfg.bklite_compat, account=self.local.account, warm=cfg.warm),
+                                       bklite=cfg.bklite_compat, account=self.local.account, warm=cfg.warm,
+                                       payload_cache=cfg.payload_cache > 0),
             stats_handler=self._stats)
         self.audit = AuditTrail(self.nc, cfg.namespace, cfg.name)
         self.audit.start()
@@ -411,7 +414,7 @@ class Executor:
         log.info("reconnected to NATS at %s", self.nc.connected_url.netloc if self.nc.connected_url else "?")
 
     def _stats(self, _endpoint_stats: Any) -> Dict[str, Any]:
-        stats: Dict[str, Any] = dict(self.book.stats(), loadavg=list(os.getloadavg()))
+        stats: Dict[str, Any] = dict(self.book.stats(), loadavg=list(os.getloadavg()), **self.payloads.stats())
         if self.ssh is not None:
             stats.update(self.ssh.stats())
         if self.audit is not None:
@@ -522,12 +525,15 @@ class Executor:
     async def _exec(self, job: _Job, host: Host) -> None:
         req = cast(ExecRequest, job.req)
         announced = req.stdin or Digest.of(job.attachment)
-        fill = await job.accept_upload(announced.size)
+        cached = self.payloads.take(req.stdin_blobs)  # payload_missing before acceptance: nothing ran or was uploaded
+        fill = await job.accept_upload(req.sent_size() if req.stdin else announced.size)
         parts: List[bytes] = []
         await fill(parts.append)
-        data = b"".join(parts)
+        # the whole stdin (what was sent plus the cached ranges) is checked against the signed request's summary
+        data = payloads.assemble(req.stdin_blobs, b"".join(parts), cached)
         if Digest.of(data) != announced:
             raise WireError(E_CHECKSUM_MISMATCH, "stdin sha256 does not match the announced value; nothing was run")
+        self.payloads.keep(req.stdin_blobs, data)
         info: Dict[str, Any] = {}
         result = await jobs.run_command(host, req, data, job.sender, job.chunk, info)
         job.info = dict(info, rc=result.rc, bytes_in=len(data), bytes_out=result.stdout.size + result.stderr.size)

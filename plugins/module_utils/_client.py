@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import collections
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple, Type, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Optional, Set, Tuple, Type, TypeVar
 
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError, ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import bklite
@@ -27,14 +30,14 @@ from ansible_collections.natsops.fleet.plugins.module_utils.wire import connect 
 from ansible_collections.natsops.fleet.plugins.module_utils.wire import signing
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.atomic import AtomicFile
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.contract import (
-    E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_SIZE_MISMATCH, E_STREAM,
+    E_BAD_REQUEST, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_NO_RESPONDERS, E_PAYLOAD_MISSING, E_SIZE_MISMATCH, E_STREAM,
     FRAME_OVERHEAD, H_STATUS, KIND_ACCEPTED, KIND_DATA, KIND_ERROR, KIND_KEEPALIVE, KIND_REQUEST, KIND_RESULT, SERVICE_NAME,
     STREAM_STDERR, STREAM_STDOUT, WireError, chunk_size, kind_of, liveness_timeout, object_digest_hex, pack,
     parse_executor_info, serves, subject, unpack, validate_instance_id, validate_namespace,
 )
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.messages import (
-    DEFAULT_KEEPALIVE, Accepted, Digest, ExecRequest, ExecResult, FetchRequest, FileSummary, Message, PutRequest, Request,
-    Target, TransferRequest, TransferResult,
+    DEFAULT_KEEPALIVE, MAX_STDIN_BLOB, Accepted, Digest, ExecRequest, ExecResult, FetchRequest, FileSummary, Message, PutRequest,
+    Request, StdinBlob, Target, TransferRequest, TransferResult,
 )
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.streams import StreamReceiver, StreamSender, private_inbox
 
@@ -51,6 +54,9 @@ except ImportError as _exc:  # pragma: no cover - depends on the controller envi
 DISCOVERY_WAIT = 0.5     # longest time to collect discovery replies
 DEFAULT_EXECUTOR_WAIT = 30.0  # seconds a request waits for an executor that is coming (back)
 DISCOVERY_QUIET = 0.15   # stop earlier once replies stop coming
+PAYLOAD_MIN_STDIN = 32 * 1024  # stdin below this is sent whole: naming a range by digest saves too little
+# a pipelined module run's payload zip (ansible-core's AnsiballZ: ``zip_data='<base64>'``), 4 KiB of base64 at least
+_ZIP_LITERAL = re.compile(rb"(?<![A-Za-z0-9_])zip_data=(?P<q>['\"])(?P<zip>[A-Za-z0-9+/]{4096,}={0,2})(?P=q)")
 
 
 def missing_nats_message() -> str:
@@ -151,10 +157,84 @@ def _reply(cls: Type[_M], doc: Any, what: str) -> _M:
         raise ExecutorTaskError(E_STREAM, "malformed %s from the executor: %s" % (what, exc.message)) from None
 
 
-def _unknown_field(exc: ExecutorError, name: str) -> bool:
-    """Whether the executor refused a request only because it does not know field ``name`` (an older executor)."""
-    problems = (exc.details or {}).get("problems") or []
-    return exc.code == E_BAD_REQUEST and bool(problems) and all("unknown field %r" % name in str(p) for p in problems)
+_UNKNOWN_FIELD = re.compile(r"^[a-z_]+: unknown field '([a-z_]+)'$")
+
+
+def _unknown_fields(exc: ExecutorError) -> Set[str]:
+    """The fields an executor refused a request for only because it does not know them (an older executor), or an
+    empty set when anything else was wrong with it too."""
+    problems = ((exc.details or {}).get("problems") or []) if exc.code == E_BAD_REQUEST else []
+    names = [_UNKNOWN_FIELD.match(p) if isinstance(p, str) else None for p in problems]
+    return {m.group(1) for m in names if m} if names and all(names) else set()
+
+
+def _zip_range(stdin: bytes) -> Optional[Tuple[int, int]]:
+    """(offset, size) of the payload zip's base64 in a pipelined module run's stdin, or None."""
+    if len(stdin) < PAYLOAD_MIN_STDIN:
+        return None
+    match = _ZIP_LITERAL.search(stdin)
+    if match is None or match.end("zip") - match.start("zip") > MAX_STDIN_BLOB:
+        return None
+    return match.start("zip"), match.end("zip") - match.start("zip")
+
+
+def _sent_part(stdin: bytes, blobs: Optional[List[StdinBlob]]) -> bytes:
+    """The bytes of stdin to send: all of it but the ranges left to the executor's cache."""
+    kept = [b for b in blobs or () if not b.sent]
+    if not kept:
+        return stdin
+    parts: List[bytes] = []
+    position = 0
+    for blob in kept:
+        parts.append(stdin[position:blob.offset])
+        position = blob.end()
+    parts.append(stdin[position:])
+    return b"".join(parts)
+
+
+class PayloadMemory:
+    """What a caller believes executors keep in their payload caches (payload by digest), per (namespace, instance
+    id): the digests it sent them lately, most recent kept, and the instance ids whose executors do not know the
+    ``stdin_blobs`` field or keep nothing. The control process keeps one for all its tasks; a belief that is
+    wrong (evicted, restarted, another executor of the instance id) costs one ``payload_missing`` round trip."""
+
+    def __init__(self, per_instance: int = 32, instances: int = 4096) -> None:
+        self.per_instance = per_instance
+        self.instances = instances
+        self._sent: "collections.OrderedDict[Tuple[str, Optional[str]], collections.OrderedDict[str, None]]" = \
+            collections.OrderedDict()
+        self._unsupported: "collections.OrderedDict[Tuple[str, Optional[str]], None]" = collections.OrderedDict()
+
+    def supported(self, key: Tuple[str, Optional[str]]) -> bool:
+        return key not in self._unsupported
+
+    def unsupported(self, key: Tuple[str, Optional[str]]) -> None:
+        """The executors of ``key`` refused the field or keep nothing: send them everything from now on."""
+        self._unsupported[key] = None
+        self._sent.pop(key, None)
+        while len(self._unsupported) > self.instances:
+            self._unsupported.popitem(last=False)
+
+    def has(self, key: Tuple[str, Optional[str]], sha256: str) -> bool:
+        digests = self._sent.get(key)
+        return digests is not None and sha256 in digests
+
+    def sent(self, key: Tuple[str, Optional[str]], digests: Iterable[str]) -> None:
+        known = self._sent.pop(key, None) or collections.OrderedDict()
+        self._sent[key] = known  # most recently used instance id last
+        for sha256 in digests:
+            known.pop(sha256, None)
+            known[sha256] = None
+        while len(known) > self.per_instance:
+            known.popitem(last=False)
+        while len(self._sent) > self.instances:
+            self._sent.popitem(last=False)
+
+    def forget(self, key: Tuple[str, Optional[str]], digests: Iterable[str]) -> None:
+        known = self._sent.get(key)
+        for sha256 in digests:
+            if known is not None:
+                known.pop(sha256, None)
 
 
 def _check_summary(what: str, received: FileSummary, reported: FileSummary) -> None:
@@ -171,9 +251,11 @@ class AsyncExecutorClient:
     def __init__(self, nc: Any, instance_id: Optional[str], namespace: str = "natsops", connect_timeout: float = 10.0,
                  keepalive: float = DEFAULT_KEEPALIVE, servers: Optional[str] = None,
                  target: Optional[Dict[str, Any]] = None, trust: Optional["CallerTrust"] = None,
-                 executor_wait: float = DEFAULT_EXECUTOR_WAIT) -> None:
+                 executor_wait: float = DEFAULT_EXECUTOR_WAIT, payloads: Optional[PayloadMemory] = None) -> None:
         self.nc = nc
         self.trust = trust or CallerTrust()
+        # what the executors of each instance id keep by digest (shared by the control process's tasks)
+        self.payloads = payloads if payloads is not None else PayloadMemory()
         # how long a request waits for an executor of the instance id to come (back): a restart, a failover
         self.executor_wait = max(0.0, float(executor_wait))
         # SSH mode: the host the executor reaches (validated now, before anything is sent); None = the executor's own
@@ -333,25 +415,60 @@ class AsyncExecutorClient:
         function) sees the output as it arrives. With ``run_as``, an executor whose commands start as another
         account refuses it (E_ACCOUNT, its account in the details) and nothing runs. ``warm=False`` asks the
         executor never to run it from a warm interpreter."""
+        stdin = stdin or b""
+        key = (self.namespace, self.instance_id)
         fields = dict(command=command, argv=argv, shell=shell, pty=pty, become=become, timeout=timeout, env=env, cwd=cwd,
-                      no_log=no_log or None, run_as=run_as, warm=None if warm else False)
-        try:
-            return await self._exec(fields, stdin or b"", on_output)
-        except ExecutorTaskError as exc:
-            if warm or not _unknown_field(exc, "warm"):
-                raise
-        # an executor older than warm runs refused the field (nothing ran): it runs every command cold anyway
-        return await self._exec(dict(fields, warm=None), stdin or b"", on_output)
+                      no_log=no_log or None, run_as=run_as, warm=None if warm else False,
+                      stdin_blobs=self._blobs(stdin, key))
+        payload_resent = False
+        while True:  # each round after the first sends the payload (once) or drops a field: four rounds at most
+            try:
+                result = await self._exec(fields, stdin, on_output)
+            except ExecutorTaskError as exc:
+                blobs: List[StdinBlob] = fields["stdin_blobs"] or []
+                if exc.code == E_PAYLOAD_MISSING and blobs and not payload_resent:
+                    # nothing ran: the executor lacks a range this caller thought it had; send it this once
+                    self.payloads.forget(key, (exc.details or {}).get("missing") or [])
+                    if (exc.details or {}).get("capacity") == 0:
+                        self.payloads.unsupported(key)
+                    fields["stdin_blobs"] = [dataclasses.replace(b, sent=True) for b in blobs]
+                    payload_resent = True
+                    continue
+                unknown = _unknown_fields(exc)
+                if not unknown or not unknown <= {name for name in ("warm", "stdin_blobs") if fields[name] is not None}:
+                    raise
+                # an older executor refused fields it does not know (nothing ran): warm runs and payloads by digest
+                # are optimisations it does not have; it runs the request as it always did
+                if "stdin_blobs" in unknown:
+                    self.payloads.unsupported(key)
+                fields.update((name, None) for name in unknown)
+                continue
+            if fields["stdin_blobs"] and self.payloads.supported(key):
+                self.payloads.sent(key, (b.sha256 for b in fields["stdin_blobs"]))
+            return result
+
+    def _blobs(self, stdin: bytes, key: Tuple[str, Optional[str]]) -> Optional[List[StdinBlob]]:
+        """A pipelined module run's payload zip as a range named by digest, left out (``sent: false``) when this
+        caller sent it to the instance id's executors lately; None when stdin holds none or they keep nothing."""
+        found = _zip_range(stdin) if self.payloads.supported(key) else None
+        if found is None:
+            return None
+        offset, size = found
+        sha256 = hashlib.sha256(stdin[offset:offset + size]).hexdigest()
+        return [StdinBlob(offset=offset, size=size, sha256=sha256, sent=not self.payloads.has(key, sha256))]
 
     async def _exec(self, fields: Dict[str, Any], stdin: bytes,
                     on_output: Optional[Callable[[str, bytes], Any]]) -> Tuple[int, bytes, bytes]:
+        """One exec request; ``stdin`` is the whole stdin, of which the ranges of ``fields['stdin_blobs']`` that are
+        not ``sent`` are left out of the bytes sent."""
+        sent = _sent_part(stdin, fields.get("stdin_blobs"))
         async with self._events() as receiver:
             req = self._new(ExecRequest, receiver.subject, stdin=Digest.of(stdin) if stdin else None, **fields)
-            inline = stdin if stdin and self._inline_fits(req, len(stdin)) else b""
+            inline = sent if sent and self._inline_fits(req, len(sent)) else b""
             req, accepted = await self._request(req, inline)
             if accepted.upload:
                 step = chunk_size(self.nc.max_payload)
-                await self._upload(accepted, (stdin[i:i + step] for i in range(0, len(stdin), step)))
+                await self._upload(accepted, (sent[i:i + step] for i in range(0, len(sent), step)))
             out = {STREAM_STDOUT: bytearray(), STREAM_STDERR: bytearray()}
             while True:
                 msg = await self._next(receiver, accepted, req)

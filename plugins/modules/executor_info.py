@@ -115,12 +115,20 @@ executors:
       description: Whether it runs pipelined module runs on its own host from warm interpreters (C(--warm)); its
         RV(executors[].load) then counts C(warm_hits), C(warm_misses) and C(warm_cold_reasons).
       type: bool
+    payload_cache:
+      description:
+        - Whether it keeps module payloads by digest (C(--payload-cache), on by default), so that callers send each
+          module's zip once instead of with every task; false for older executors and C(--payload-cache 0).
+        - Its RV(executors[].load) counts C(payload_hits), C(payload_misses), C(payload_bytes_saved),
+          C(payload_cached_bytes), C(payload_cached_blobs), C(payload_evictions) and C(payload_capacity).
+      type: bool
     subjects:
       description: The subjects it serves.
       type: list
       elements: str
     load:
-      description: Running and maximum jobs, completed and failed counts, load average, SSH pool counters.
+      description: Running and maximum jobs, completed and failed counts, load average, SSH pool counters, payload cache
+        counters.
       type: dict
       returned: when O(stats=true)
   sample:

@@ -41,6 +41,7 @@ def serve(path: str, settings: Dict[str, Any]) -> int:
             _announce({"error": exc.to_dict()})
             return 1
         servers = ",".join(client.wire_connect.server_list(nats_options.get("servers")))
+        payloads = client.PayloadMemory()  # the module payloads sent to each instance id's executors, for every task
         state = {"active": 0, "last": time.monotonic()}
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -56,7 +57,7 @@ def serve(path: str, settings: Dict[str, Any]) -> int:
                         return
                     doc = json.loads((await reader.readexactly(json_len)).decode("utf-8"))
                     payload = await reader.readexactly(payload_len) if payload_len else b""
-                    reply, data = await _dispatch(client, nc, servers, connect_timeout, trust, doc, payload)
+                    reply, data = await _dispatch(client, nc, servers, connect_timeout, trust, payloads, doc, payload)
                     encoded = json.dumps(reply, ensure_ascii=False).encode("utf-8")
                     writer.write(FRAME.pack(len(encoded), len(data)) + encoded)
                     if data:
@@ -125,13 +126,14 @@ async def _account(core: Any, wait: float) -> Optional[str]:
     return found
 
 
-async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: float, trust: Any, doc: Dict[str, Any],
-                    payload: bytes) -> Tuple[Dict[str, Any], bytes]:
+async def _dispatch(client: ModuleType, nc: Any, servers: str, connect_timeout: float, trust: Any, payloads: Any,
+                    doc: Dict[str, Any], payload: bytes) -> Tuple[Dict[str, Any], bytes]:
     """Run one worker request with a per-request AsyncExecutorClient on the shared connection."""
     try:
         core = client.AsyncExecutorClient(nc, doc.get("instance_id"), doc.get("namespace", "natsops"),
                                           connect_timeout, doc.get("keepalive", DEFAULT_KEEPALIVE), servers,
-                                          doc.get("target"), trust, doc.get("executor_wait", client.DEFAULT_EXECUTOR_WAIT))
+                                          doc.get("target"), trust, doc.get("executor_wait", client.DEFAULT_EXECUTOR_WAIT),
+                                          payloads)
         op = doc.get("op")
         if op == "exec":
             rc, out, err = await core.exec_command(command=doc.get("command"), stdin=payload or None,

@@ -21,7 +21,7 @@ from .names import (  # re-exported: callers take the names and the framing from
     ALL_INSTANCES, DEFAULT_NAMESPACE, ERROR_CODES, E_ABORTED, E_ACCOUNT, E_INTERRUPTED, E_BUSY, E_EXPIRED, E_BAD_INSTANCE, E_BAD_JSON,
     E_BAD_PATH, E_BAD_REQUEST,
     E_BECOME, E_BECOME_TIMEOUT, E_CHECKSUM_MISMATCH, E_CONNECT, E_EXECUTOR_LOST, E_INTERNAL, E_IO, E_NOT_FOUND, E_NO_RESPONDERS,
-    E_PERMISSION, E_SIZE_MISMATCH, E_SPAWN, E_STREAM, E_TIMEOUT, E_TOO_LARGE, E_UNSUPPORTED_VERSION, OPERATIONS,
+    E_PAYLOAD_MISSING, E_PERMISSION, E_SIZE_MISMATCH, E_SPAWN, E_STREAM, E_TIMEOUT, E_TOO_LARGE, E_UNSUPPORTED_VERSION, OPERATIONS,
     OP_EXEC, OP_FETCH, OP_PUT, OP_TRANSFER, PROTOCOL_VERSION, QUEUE_GROUP, SERVICE_NAME, WireError, subject, validate_instance_id,
     validate_namespace, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH, UNREACHABLE_CODES, SSH_STAGES,
 )
@@ -180,7 +180,8 @@ def error_message(code: str, message: str, details: Optional[Dict[str, Any]] = N
 # ---------------------------------------------------------------- discovery
 
 def executor_metadata(namespace: str, instances: List[str], hostname: str, version: str, mode: str = "agent",
-                      ssh: bool = False, bklite: bool = False, account: str = "", warm: bool = False) -> Dict[str, str]:
+                      ssh: bool = False, bklite: bool = False, account: str = "", warm: bool = False,
+                      payload_cache: bool = False) -> Dict[str, str]:
     """The metadata an executor publishes in its $SRV INFO (values must be strings)."""
     return {
         "account": account,                  # the account commands start as on its own host (before any become)
@@ -193,6 +194,7 @@ def executor_metadata(namespace: str, instances: List[str], hostname: str, versi
         "ssh": "true" if ssh else "false",   # can run requests that carry a target (SSH mode)
         "bklite": "true" if bklite else "false",  # also serves the BK-Lite subjects (wire/bklite.py)
         "warm": "true" if warm else "false",  # runs pipelined module runs from warm interpreters (its stats count them)
+        "payload_cache": "true" if payload_cache else "false",  # keeps exec stdin blobs by digest (stdin_blobs)
     }
 
 
@@ -217,6 +219,7 @@ def parse_executor_info(info: Any) -> Optional[Dict[str, Any]]:
         "ssh": meta.get("ssh") == "true",
         "bklite": meta.get("bklite") == "true",
         "warm": meta.get("warm") == "true",
+        "payload_cache": meta.get("payload_cache") == "true",
         "subjects": [e.get("subject") for e in info.get("endpoints") or [] if isinstance(e, dict)],
     }
 

@@ -36,6 +36,8 @@ MAX_TIMEOUT = 30 * 86400               # seconds an exec may be given
 MAX_TEXTS = 64                         # entries of a list of literal texts (become prompts, ...)
 MAX_MODE = 0o7777
 MAX_SUBJECT = 512
+MAX_STDIN_BLOBS = 4                    # byte ranges of an exec's stdin named by digest (stdin_blobs)
+MAX_STDIN_BLOB = 8 * 1024 * 1024       # bytes of one such range
 
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _NONCE_RE = re.compile(r"^[0-9a-f]{32,64}$")
@@ -118,7 +120,8 @@ def _accepted_types(hint: Any) -> Tuple[Tuple[type, ...], Optional[type]]:
         hint = next(arg for arg in hint.__args__ if arg is not type(None))
     origin = getattr(hint, "__origin__", None)
     if origin in (list, List):
-        return (list,), None
+        item = (getattr(hint, "__args__", None) or (None,))[0]
+        return (list,), item if isinstance(item, type) and issubclass(item, Message) else None
     if origin in (dict, Dict):
         return (dict,), None
     if isinstance(hint, type) and issubclass(hint, Message):
@@ -161,6 +164,9 @@ class Message:
                 problems.append("%s: missing field %r" % (self.WHERE, name))
             elif value is None:
                 continue
+            elif nested is not None and list in types:  # a list of messages
+                problems.extend(self._convert_items(name, nested, value) if isinstance(value, list) else [
+                    "%s: field %r must be list, got %s" % (self.WHERE, name, type(value).__name__)])
             elif nested is not None and isinstance(value, dict):
                 try:
                     object.__setattr__(self, name, nested.from_dict(value))
@@ -177,6 +183,26 @@ class Message:
                     self.WHERE, name, "/".join(t.__name__ for t in types), type(value).__name__))
             else:
                 problems.extend("%s: field %r %s" % (self.WHERE, name, p) for p in _text_problems(value))
+        return problems
+
+    def _convert_items(self, name: str, nested: Type["Message"], items: List[Any]) -> List[str]:
+        """A field holding a list of messages: each given as a dict is converted (``name[i]: ...`` problems)."""
+        problems: List[str] = []
+        converted: List[Message] = []
+        for index, item in enumerate(items):
+            where = "%s.%s[%d]" % (self.WHERE, name, index)
+            if isinstance(item, nested):
+                converted.append(item)
+            elif not isinstance(item, dict):
+                problems.append("%s must be an object, got %s" % (where, type(item).__name__))
+            else:
+                try:
+                    converted.append(nested.from_dict(item))
+                except WireError as exc:
+                    problems.extend(where + p[len(nested.WHERE):] if p.startswith(nested.WHERE) else "%s: %s" % (where, p)
+                                    for p in exc.details.get("problems", [exc.message]))
+        if not problems:
+            object.__setattr__(self, name, converted)
         return problems
 
     @classmethod
@@ -210,7 +236,9 @@ class Message:
         out: Dict[str, Any] = {}
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
-            if value is not None:
+            if isinstance(value, list):
+                out[field.name] = [v.to_dict() if isinstance(v, Message) else v for v in value]
+            elif value is not None:
                 out[field.name] = value.to_dict() if isinstance(value, Message) else value
         return out
 
@@ -257,6 +285,28 @@ class Digest:
         digest = cls()
         digest.update(data)
         return digest.summary()
+
+
+@dataclasses.dataclass(frozen=True)
+class StdinBlob(Message):
+    """A byte range of an exec's whole stdin, named by its SHA-256 so that an executor can keep it (a pipelined
+    module's payload zip, the same for every run of that module). ``sent``: the range is part of the bytes sent
+    (verify it, keep it); else it was left out of them and the executor fills it from its cache."""
+
+    WHERE: ClassVar[str] = "blob"
+    offset: int = REQUIRED
+    size: int = REQUIRED
+    sha256: str = REQUIRED
+    sent: bool = REQUIRED
+
+    def problems(self) -> List[str]:
+        problems = [] if 0 <= self.offset <= MAX_EXEC_STDIN else ["%s: offset must be 0..%d" % (self.WHERE, MAX_EXEC_STDIN)]
+        if not 0 < self.size <= MAX_STDIN_BLOB:
+            problems.append("%s: size must be 1..%d" % (self.WHERE, MAX_STDIN_BLOB))
+        return problems + _sha256_problems(self.sha256, "%s: sha256" % self.WHERE)
+
+    def end(self) -> int:
+        return self.offset + self.size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,6 +483,8 @@ class ExecRequest(Request):
     #                                        become); an executor whose host runs it as another refuses (E_ACCOUNT)
     warm: Optional[bool] = None            # False: never from a warm interpreter (the caller opted out); else the
     #                                        executor decides (its own warm option, and only for what it recognises)
+    stdin_blobs: Optional[List[StdinBlob]] = None  # ranges of the whole stdin (``stdin``) named by digest; those not
+    #                                        ``sent`` are left out of the bytes sent and come from the executor's cache
 
     def problems(self) -> List[str]:
         problems = super().problems()
@@ -456,7 +508,31 @@ class ExecRequest(Request):
             problems.extend(path_problems(self.cwd, "%s: 'cwd'" % where))
         if self.stdin is not None and self.stdin.size > MAX_EXEC_STDIN:
             problems.append("%s.stdin: size must be 0..%d" % (where, MAX_EXEC_STDIN))
-        return problems
+        return problems + self._blob_problems()
+
+    def _blob_problems(self) -> List[str]:
+        """stdin_blobs: 1..MAX_STDIN_BLOBS ranges of the announced stdin, in order, not overlapping."""
+        if self.stdin_blobs is None:
+            return []
+        where = "%s.stdin_blobs" % self.WHERE
+        if self.stdin is None:
+            return ["%s needs 'stdin' (the size and sha256 of the whole stdin)" % where]
+        if not 0 < len(self.stdin_blobs) <= MAX_STDIN_BLOBS:
+            return ["%s must hold 1 to %d ranges" % (where, MAX_STDIN_BLOBS)]
+        end = 0
+        for index, blob in enumerate(self.stdin_blobs):
+            if blob.offset < end:
+                return ["%s[%d] starts before the end of the range before it (sorted, not overlapping)" % (where, index)]
+            end = blob.end()
+        if end > self.stdin.size:
+            return ["%s: the ranges end at %d, beyond the %d bytes of stdin" % (where, end, self.stdin.size)]
+        return []
+
+    def sent_size(self) -> int:
+        """How many bytes of stdin are sent (inline or uploaded): all of it but the ranges left to the cache."""
+        if self.stdin is None:
+            return 0
+        return self.stdin.size - sum(b.size for b in self.stdin_blobs or () if not b.sent)
 
     def argv_or_shell(self) -> List[str]:
         """The argument vector to run: ``argv``, or ``[shell, '-c', command]``."""

@@ -79,6 +79,7 @@ E_BUSY = "busy"                        # the executor runs and queues all it may
 E_EXPIRED = "expired"                  # the request's caller gave up before it could start; it did not run
 E_INTERNAL = "internal"
 E_ACCOUNT = "account_mismatch"         # the command would start as another account than the caller's run_as; not run
+E_PAYLOAD_MISSING = "payload_missing"  # a stdin blob named by digest is not in the executor's cache; not run (details.missing)
 # SSH mode (the executor reaches the target host over SSH); details carry "stage", one of SSH_STAGES.
 E_TARGET_UNREACHABLE = "target_unreachable"   # TCP connect or SSH handshake failed
 E_HOST_KEY = "host_key_rejected"             # unknown (strict policy) or changed host key
@@ -92,7 +93,7 @@ ERROR_CODES = (
     E_BAD_JSON, E_BAD_REQUEST, E_BAD_INSTANCE, E_BAD_PATH, E_TOO_LARGE, E_UNSUPPORTED_VERSION,
     E_NOT_FOUND, E_PERMISSION, E_IO, E_SIZE_MISMATCH, E_CHECKSUM_MISMATCH, E_STREAM, E_TIMEOUT,
     E_BECOME, E_BECOME_TIMEOUT, E_SPAWN, E_ABORTED, E_INTERRUPTED, E_BUSY, E_EXPIRED, E_INTERNAL, E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT,
-    E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH, E_ACCOUNT,
+    E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH, E_ACCOUNT, E_PAYLOAD_MISSING,
 )
 # Errors that mean "the host could not be reached" (Ansible: unreachable) rather than "the task failed".
 UNREACHABLE_CODES = (E_NO_RESPONDERS, E_EXECUTOR_LOST, E_CONNECT, E_TARGET_UNREACHABLE, E_HOST_KEY, E_TARGET_AUTH,

@@ -161,6 +161,9 @@ def test_executor_info_round_trip():
     assert record["warm"] is False
     warm = c.executor_metadata("natsops", ["default"], "host1", "0.1.0", warm=True)
     assert c.parse_executor_info({"name": c.SERVICE_NAME, "id": "Y", "metadata": warm})["warm"] is True
+    assert record["payload_cache"] is False  # also what an older executor's metadata (without the key) reads as
+    cache = c.executor_metadata("natsops", ["default"], "host1", "0.1.0", payload_cache=True)
+    assert c.parse_executor_info({"name": c.SERVICE_NAME, "id": "Z", "metadata": cache})["payload_cache"] is True
 
 
 def test_error_dict_round_trip():

@@ -97,3 +97,51 @@ def test_run_as_must_be_an_account_name(run_as):
 @pytest.mark.parametrize("run_as", ["root", "natsops", "svc-deploy_1", "a" * 64, "DOMAIN\\user"])
 def test_account_names_are_accepted_as_run_as(run_as):
     assert m.ExecRequest.new("_INBOX.me", command="true", run_as=run_as).run_as == run_as
+
+
+def _blob(offset, size, sent=False, sha256="c" * 64):
+    return {"offset": offset, "size": size, "sha256": sha256, "sent": sent}
+
+
+def _exec_with_blobs(blobs, size=100):
+    return {"v": 1, "op": "exec", "id": "a", "reply_to": "_INBOX.x", "command": "x",
+            "stdin": {"size": size, "sha256": "a" * 64}, "stdin_blobs": blobs}
+
+
+def test_stdin_blobs_round_trip_and_say_how_much_is_sent():
+    req = m.parse_request("exec", _exec_with_blobs([_blob(10, 20), _blob(30, 5, sent=True), _blob(60, 40)]))
+    assert [type(b) for b in req.stdin_blobs] == [m.StdinBlob] * 3 and req.stdin_blobs[1].sent
+    assert req.sent_size() == 100 - 20 - 40
+    assert m.parse_request("exec", json.loads(json.dumps(req.to_dict()))) == req
+    assert m.ExecRequest.new("_INBOX.me", command="x", stdin={"size": 100, "sha256": "a" * 64},
+                             stdin_blobs=[m.StdinBlob(offset=0, size=100, sha256="b" * 64, sent=False)]).sent_size() == 0
+
+
+@pytest.mark.parametrize("blobs, needle", [
+    ([], "must hold 1 to 4 ranges"),
+    ([_blob(i * 10, 10) for i in range(5)], "must hold 1 to 4 ranges"),
+    ([_blob(30, 10), _blob(10, 10)], "exec.stdin_blobs[1] starts before the end of the range before it"),
+    ([_blob(10, 10), _blob(19, 10)], "exec.stdin_blobs[1] starts before the end of the range before it"),
+    ([_blob(90, 11)], "the ranges end at 101, beyond the 100 bytes of stdin"),
+    ([_blob(0, 0)], "exec.stdin_blobs[0]: size must be 1..%d" % m.MAX_STDIN_BLOB),
+    ([_blob(0, m.MAX_STDIN_BLOB + 1)], "exec.stdin_blobs[0]: size must be 1..%d" % m.MAX_STDIN_BLOB),
+    ([_blob(-1, 10)], "exec.stdin_blobs[0]: offset must be 0.."),
+    ([_blob(0, 10, sha256="C" * 64)], "exec.stdin_blobs[0]: sha256 must be 64 lowercase hex digits"),
+    ([_blob(0, 10, sent=1)], "exec.stdin_blobs[0]: field 'sent' must be bool, got int"),
+    ([{"offset": 0, "size": 10, "sha256": "c" * 64}], "exec.stdin_blobs[0]: missing field 'sent'"),
+    ([dict(_blob(0, 10), extra=1)], "exec.stdin_blobs[0]: unknown field 'extra'"),
+    (["abc"], "exec.stdin_blobs[0] must be an object, got str"),
+    ({"offset": 0}, "field 'stdin_blobs' must be list, got dict"),
+])
+def test_stdin_blobs_are_validated(blobs, needle):
+    with pytest.raises(WireError) as info:
+        m.parse_request("exec", _exec_with_blobs(blobs))
+    assert info.value.code == E_BAD_REQUEST and needle in info.value.message, info.value.message
+
+
+def test_stdin_blobs_need_the_whole_stdin_announced():
+    doc = _exec_with_blobs([_blob(0, 10)])
+    del doc["stdin"]
+    with pytest.raises(WireError) as info:
+        m.parse_request("exec", doc)
+    assert "exec.stdin_blobs needs 'stdin'" in info.value.message
