@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -126,7 +127,8 @@ def _scenario_run(name: str, inventory: str, playbook: str, scratch: str, profil
     output = os.path.join(scratch, "%s-%d.jsonl" % (name, time.monotonic_ns()))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker-run", output, "--profile-dir", profile_dir, "--",
            "-i", inventory, playbook]
-    env = devenv.ansible_env()
+    # a home of its own: the control process and the collection's caches (~/.ansible/natsops) are this run's
+    env = devenv.ansible_env({"HOME": os.path.join(scratch, "home")})
     env.pop("PYTHONUNBUFFERED", None)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False, cwd=ROOT)
     if result.returncode != 0:
@@ -148,7 +150,20 @@ def _profile_summary(profile_dir: str, limit: int = 40) -> str:
     return stream.getvalue()
 
 
+def _stop_control_processes(home: str) -> None:
+    """Stop the control processes the runs started (their socket is below ``home``), by PID."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith(b"plugin_utils._control") for arg in argv) and any(arg.startswith(home.encode()) for arg in argv):
+            os.kill(int(pid), signal.SIGTERM)
+
+
 def measure(rounds: int, tasks: int, profile: str) -> Dict[str, Dict[str, List[float]]]:
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(1))  # stop what was started (finally below)
     scratch = tempfile.mkdtemp(prefix="natsops-worker-cost-")
     nats = executor = None
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -183,6 +198,7 @@ def measure(rounds: int, tasks: int, profile: str) -> Dict[str, Dict[str, List[f
             _scenario_run("nats", scenarios["nats"], playbook, scratch, profile_dir=profile)
         return figures
     finally:
+        _stop_control_processes(os.path.join(scratch, "home"))
         if executor is not None:
             executor.stop()
             executor.remove_log()
