@@ -17,7 +17,13 @@ Scenarios (interleaved rounds; the median per task over every round):
   ssh     ansible.builtin.ssh to a closed local port: load and options are comparable, the exec (a failed
           connect, the task unreachable and ignored) is not
 
-    .venv/bin/python bench/worker_cost.py [--rounds 3] [--tasks 30] [--profile DIR]
+  nats-base  with ``--baseline DIR``: nats with the plugin of another checkout (``git worktree add DIR REV``, then
+          link DIR/.build/collections/ansible_collections/natsops/fleet to DIR), for before/after in one run
+
+    .venv/bin/python bench/worker_cost.py [--rounds 3] [--tasks 30] [--profile DIR] [--baseline DIR]
+
+The workers inherit this environment: with ``PYTHONDONTWRITEBYTECODE=1`` (or a read-only collection) Python keeps
+no ``__pycache__`` for the plugin file itself, which ansible-core loads with Python's own source loader.
 
 ``--profile DIR`` also runs one nats round with cProfile in every worker and prints the functions with the
 most cumulative time inside ``TaskExecutor.run`` (summed over the workers).
@@ -123,12 +129,13 @@ def _inventory(directory: str, name: str, hostvars: Dict[str, Any]) -> str:
     return _write(directory, "%s.json" % name, json.dumps(doc))
 
 
-def _scenario_run(name: str, inventory: str, playbook: str, scratch: str, profile_dir: str = "") -> List[Dict[str, Any]]:
+def _scenario_run(name: str, inventory: str, playbook: str, scratch: str, profile_dir: str = "",
+                  collections: str = devenv.COLLECTIONS) -> List[Dict[str, Any]]:
     output = os.path.join(scratch, "%s-%d.jsonl" % (name, time.monotonic_ns()))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker-run", output, "--profile-dir", profile_dir, "--",
            "-i", inventory, playbook]
     # a home of its own: the control process and the collection's caches (~/.ansible/natsops) are this run's
-    env = devenv.ansible_env({"HOME": os.path.join(scratch, "home")})
+    env = devenv.ansible_env({"HOME": os.path.join(scratch, "home"), "ANSIBLE_COLLECTIONS_PATH": collections})
     env.pop("PYTHONUNBUFFERED", None)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False, cwd=ROOT)
     if result.returncode != 0:
@@ -162,7 +169,7 @@ def _stop_control_processes(home: str) -> None:
             os.kill(int(pid), signal.SIGTERM)
 
 
-def measure(rounds: int, tasks: int, profile: str) -> Dict[str, Dict[str, List[float]]]:
+def measure(rounds: int, tasks: int, profile: str, baseline: str = "") -> Dict[str, Dict[str, List[float]]]:
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(1))  # stop what was started (finally below)
     scratch = tempfile.mkdtemp(prefix="natsops-worker-cost-")
     nats = executor = None
@@ -174,18 +181,24 @@ def measure(rounds: int, tasks: int, profile: str) -> Dict[str, Dict[str, List[f
                                           env=clean_env, inherit_env=False)
         playbook = _playbook(scratch, tasks)
         common = {"ansible_python_interpreter": python}
+        nats_vars = dict(common, ansible_connection="natsops.fleet.nats", ansible_nats_servers=nats.url)
         scenarios = {
-            "nats": _inventory(scratch, "nats", dict(common, ansible_connection="natsops.fleet.nats", ansible_nats_servers=nats.url)),
+            "nats": _inventory(scratch, "nats", nats_vars),
             "local": _inventory(scratch, "local", dict(common, ansible_connection="local")),
             "ssh": _inventory(scratch, "ssh", dict(common, ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=9,
                                                    ansible_ssh_pipelining=True, ansible_ssh_retries=0)),
         }
+        trees = dict((name, devenv.COLLECTIONS) for name in scenarios)
+        if baseline:  # the same collection from another checkout (its own control process: other code revision)
+            scenarios["nats-base"] = _inventory(scratch, "nats-base", dict(nats_vars, ansible_nats_control_persist=61))
+            trees["nats-base"] = os.path.join(os.path.abspath(baseline), ".build", "collections")
         for name, inventory in scenarios.items():  # warm-up: control process, AnsiballZ cache
-            _scenario_run(name, inventory, _playbook(scratch, 2) if name != "nats" else playbook, scratch)
+            _scenario_run(name, inventory, _playbook(scratch, 2) if not name.startswith("nats") else playbook, scratch,
+                          collections=trees[name])
         figures: Dict[str, Dict[str, List[float]]] = dict((name, dict((p, []) for p in PHASES)) for name in scenarios)
         for _round in range(rounds):
             for name, inventory in scenarios.items():
-                records = _scenario_run(name, inventory, playbook, scratch)
+                records = _scenario_run(name, inventory, playbook, scratch, collections=trees[name])
                 if len(records) != tasks:
                     raise RuntimeError("%s: %d worker records for %d tasks" % (name, len(records), tasks))
                 for record in records:
@@ -214,18 +227,20 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--tasks", type=int, default=30)
     parser.add_argument("--profile", default="", help="directory for one profiled nats round (cProfile per worker)")
     parser.add_argument("--json", default="", help="also write the per-task figures here")
+    parser.add_argument("--baseline", default="", help="a checkout of another revision (with .build/collections, e.g. a "
+                                                       "git worktree): scenario nats-base runs its plugin, interleaved")
     parser.add_argument("--worker-run", default="", help=argparse.SUPPRESS)
     parser.add_argument("--profile-dir", default="", help=argparse.SUPPRESS)
     parser.add_argument("playbook_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_run:
         return _run_playbook_here(args.worker_run, args.profile_dir, args.playbook_args)
-    figures = measure(args.rounds, args.tasks, args.profile)
+    figures = measure(args.rounds, args.tasks, args.profile, args.baseline)
     print("CPU per task in the forked worker, ms (median of %d tasks; mean in brackets)" % (args.rounds * args.tasks))
-    print("%-6s %16s %16s %16s %16s" % (("scenario",) + PHASES))
+    print("%-9s %16s %16s %16s %16s" % (("scenario",) + PHASES))
     for name, phases in figures.items():
-        print("%-6s %s" % (name, " ".join("%8.2f (%5.2f)" % (statistics.median(phases[p]) * 1000, statistics.mean(phases[p]) * 1000)
-                                         for p in PHASES)))
+        cells = ["%8.2f (%5.2f)" % (statistics.median(phases[p]) * 1000, statistics.mean(phases[p]) * 1000) for p in PHASES]
+        print("%-9s %s" % (name, " ".join(cells)))
     print("worker: the whole worker process since the fork; run: TaskExecutor.run; load: _get_connection; "
           "options: _set_connection_options")
     if args.json:
