@@ -227,7 +227,9 @@ EXAMPLES = r"""
 import difflib
 import hashlib
 import importlib
+import importlib.util
 import os
+import sys
 from gettext import dgettext
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -236,10 +238,29 @@ from ansible.module_utils.common.text.converters import to_bytes, to_native, to_
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
+
+def _load_codecache() -> Any:
+    """plugin_utils/_codecache.py, loaded as ansible-core loads this file: by Python's source loader, which keeps its
+    bytecode in __pycache__ where it may (the collection loader would compile it in every task's worker)."""
+    name = "ansible_collections.natsops.fleet.plugins.plugin_utils._codecache"
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugin_utils", "_codecache.py")
+    package = importlib.import_module(name.rpartition(".")[0])
+    if name not in sys.modules and os.path.isfile(path):
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[name]
+            raise
+        setattr(package, "_codecache", module)
+    return importlib.import_module(name)
+
+
 # this file is imported in every task's worker process: the collection code it imports uses the standard library only,
 # and its compiled code is kept across workers (ansible-core's collection loader would compile it in each of them)
-from ansible_collections.natsops.fleet.plugins.plugin_utils import _codecache
-
+_codecache = _load_codecache()
 _codecache.preload(("module_utils.wire.names", "module_utils._errors", "plugin_utils._options", "plugin_utils._mux"))
 
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError, ExecutorUnreachable

@@ -124,5 +124,7 @@ def test_a_worker_imports_the_plugin_modules_from_the_cache(home):
         assert loader == "_CodeLoader" and path.endswith(name.replace(".", os.sep) + ".py")
         assert second[codecache.PLUGINS + name] == first[codecache.PLUGINS + name]
     assert len(_entries(home)) == 5  # four modules and the option definitions
+    # the cache itself is loaded as ansible-core loads the plugin file (Python's loader, __pycache__ where it may)
+    assert first[codecache.PLUGINS + "plugin_utils._codecache"][0] == "SourceFileLoader"
     # the kept option definitions spare the second worker even the documentation fragments
     assert codecache.PLUGINS + "doc_fragments.nats" in first and codecache.PLUGINS + "doc_fragments.nats" not in second
