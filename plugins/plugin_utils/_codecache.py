@@ -33,20 +33,25 @@ _DIGEST = 32  # bytes of a SHA-256
 _INTERPRETER = b"%s\0%s\0%d\0" % (sys.implementation.cache_tag.encode("ascii"), importlib.util.MAGIC_NUMBER, sys.flags.optimize)
 
 
+class NotPrivateError(Exception):
+    """A directory that should be this user's alone is not."""
+
+
 def private_dir(*parts: str) -> str:
-    """``~/.ansible/natsops/<parts>``, created with mode 0700; PermissionError when it is not this user's alone."""
+    """``~/.ansible/natsops/<parts>``, created with mode 0700. Raises NotPrivateError when it is not this user's
+    alone, OSError when it cannot be made."""
     path = os.path.join(os.path.expanduser("~"), ".ansible", "natsops", *parts)
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise PermissionError("%s must belong to this user with mode 0700" % path)
+        raise NotPrivateError("%s must belong to this user with mode 0700" % path)
     return path
 
 
 def _cache_dir() -> Optional[str]:
     try:
         return private_dir("cache")
-    except OSError:
+    except (OSError, NotPrivateError):
         return None
 
 

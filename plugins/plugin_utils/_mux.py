@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CONNECT, PROTOCOL_VERSION
-from ansible_collections.natsops.fleet.plugins.plugin_utils._codecache import private_dir
+from ansible_collections.natsops.fleet.plugins.plugin_utils._codecache import NotPrivateError, private_dir
 
 FRAME = struct.Struct("!II")
 MAX_FRAME_JSON = 1 << 20
@@ -43,7 +43,7 @@ MUX_REVISION = "5"  # part of the socket name: a changed mux never talks to an o
 def control_dir() -> str:
     try:
         return private_dir("cp")
-    except PermissionError as exc:
+    except NotPrivateError as exc:
         raise ExecutorUnreachable(E_CONNECT, "control directory %s" % exc) from exc
 
 

@@ -28,7 +28,7 @@ def test_private_dir_is_made_private_and_refused_otherwise(home):
     path = codecache.private_dir("cache")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
     os.chmod(path, 0o755)
-    with pytest.raises(PermissionError):
+    with pytest.raises(codecache.NotPrivateError):
         codecache.private_dir("cache")
 
 
