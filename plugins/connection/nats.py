@@ -242,17 +242,44 @@ EXAMPLES = r"""
 """
 
 import difflib
+import hashlib
 import importlib
+import importlib.util
 import os
+import sys
 from gettext import dgettext
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-# this file is imported in every task's worker process: the collection code it imports uses the standard library only
+
+def _load_codecache() -> Any:
+    """plugin_utils/_codecache.py, loaded as ansible-core loads this file: by Python's source loader, which keeps its
+    bytecode in __pycache__ where it may (the collection loader would compile it in every task's worker)."""
+    name = "ansible_collections.natsops.fleet.plugins.plugin_utils._codecache"
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plugin_utils", "_codecache.py")
+    package = importlib.import_module(name.rpartition(".")[0])
+    if name not in sys.modules and os.path.isfile(path):
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[name]
+            raise
+        setattr(package, "_codecache", module)
+    return importlib.import_module(name)
+
+
+# this file is imported in every task's worker process: the collection code it imports uses the standard library only,
+# and its compiled code is kept across workers (ansible-core's collection loader would compile it in each of them)
+_codecache = _load_codecache()
+_codecache.preload(("module_utils.wire.names", "module_utils._errors", "plugin_utils._options", "plugin_utils._mux"))
+
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorTaskError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.plugin_utils._mux import MuxClient
 from ansible_collections.natsops.fleet.plugins.plugin_utils._options import read_options
@@ -271,10 +298,14 @@ _BECOME_REASONS = {"premature_end": "Premature end of stream", "duplicate_prompt
 COLLECTION = "natsops.fleet"
 
 
-def _option_definitions(load: Callable[[str], Any]) -> Dict[str, Any]:
+_FRAGMENTS = "ansible_collections.natsops.fleet.plugins.doc_fragments."
+
+
+def _option_definitions(load: Callable[[str], Any], used: Optional[List[str]] = None) -> Dict[str, Any]:
     """This plugin's option definitions as ansible-core builds them: DOCUMENTATION with its documentation
     fragments (natsops.fleet.nats.*) merged the way ``ansible.utils.plugin_docs.add_fragments`` merges them,
-    every YAML text parsed with ``load``. Raises LookupError for a fragment of another collection."""
+    every YAML text parsed with ``load``; the fragments' modules are added to ``used``. Raises LookupError for a
+    fragment of another collection."""
     from ansible.utils.plugin_docs import add_collection_to_versions_and_dates, merge_fragment  # pylint: disable=import-outside-toplevel
 
     doc = load(DOCUMENTATION)
@@ -283,7 +314,9 @@ def _option_definitions(load: Callable[[str], Any]) -> Dict[str, Any]:
         if prefix or not name:
             raise LookupError("documentation fragment %s is not this collection's" % slug)
         module_name, _dot, variable = name.partition(".")
-        fragments = importlib.import_module("ansible_collections.natsops.fleet.plugins.doc_fragments." + module_name)
+        fragments = importlib.import_module(_FRAGMENTS + module_name)
+        if used is not None and module_name not in used:
+            used.append(module_name)
         fragment = load(getattr(fragments.ModuleDocFragment, variable.upper() or "DOCUMENTATION"))
         add_collection_to_versions_and_dates(fragment, COLLECTION, is_module=False)
         for key in ("notes", "seealso"):  # text for ansible-doc only
@@ -298,6 +331,34 @@ def _option_definitions(load: Callable[[str], Any]) -> Dict[str, Any]:
     return doc["options"]
 
 
+def _fragments_digest(modules: Iterable[str]) -> Optional[str]:
+    """The SHA-256 of the documentation fragment modules ``modules`` (their source files), None when one is missing."""
+    digest = hashlib.sha256()
+    for name in modules:
+        path = _codecache.source_path(_FRAGMENTS + name)
+        if path is None:
+            return None
+        with open(path, "rb") as handle:
+            digest.update(b"%s\0%s\0" % (name.encode("utf-8"), handle.read()))
+    return digest.hexdigest()
+
+
+def _cached_option_definitions(load: Callable[[str], Any], versions: Iterable[str]) -> Any:
+    """``_option_definitions(load)``, kept across workers (plugin_utils/_codecache.py) while DOCUMENTATION, its
+    fragments' modules and ``versions`` (ansible-core's, the YAML parser's) are unchanged."""
+    def make() -> Tuple[List[str], Optional[str], Dict[str, Any]]:
+        used: List[str] = []
+        options = _option_definitions(load, used)
+        return used, _fragments_digest(used), options
+
+    def valid(value: Any) -> bool:
+        return (isinstance(value, tuple) and len(value) == 3 and isinstance(value[0], list) and value[1] is not None
+                and value[1] == _fragments_digest(value[0]))
+
+    key = [DOCUMENTATION.encode("utf-8")] + [version.encode("utf-8") for version in versions]
+    return _codecache.cached_value("connection-nats-options", __file__, key, make, valid)[2]
+
+
 def _register_option_definitions() -> None:
     """Speed: give ansible-core this plugin's option definitions before it parses DOCUMENTATION itself.
 
@@ -306,18 +367,21 @@ def _register_option_definitions() -> None:
     fragments again with its tagging YAML loader: about 7 ms of every task (docs/performance.md). The C YAML
     parser yields the same data in under 2 ms (tests/unit/plugins/connection/test_nats.py compares the two);
     the fragments come from plugins/doc_fragments/nats.py, which holds only strings.
+    The result is kept across workers while what it is made from is unchanged (3 ms less per task).
     Without libyaml, or when ansible-core's config manager does not offer this, nothing is registered here
     and ansible-core parses as usual.
     """
     try:
         import yaml  # pylint: disable=import-outside-toplevel
         from ansible import constants as C  # pylint: disable=import-outside-toplevel
+        from ansible.release import __version__ as ansible_version  # pylint: disable=import-outside-toplevel
 
         loader = getattr(yaml, "CSafeLoader", None)
         # ansible-core files a collection plugin's definitions under its Python module name
         if loader is None or C.config.has_configuration_definition("connection", __name__):
             return
-        options = _option_definitions(lambda text: yaml.load(text, Loader=loader))  # nosec: the C safe loader
+        options = _cached_option_definitions(lambda text: yaml.load(text, Loader=loader),  # nosec: the C safe loader
+                                             (ansible_version, "PyYAML " + getattr(yaml, "__version__", "?")))
         if isinstance(options, dict):
             C.config.initialize_plugin_configuration_definitions("connection", __name__, options)
     except Exception:  # pylint: disable=broad-except

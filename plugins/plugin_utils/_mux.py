@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.natsops.fleet.plugins.module_utils._errors import ExecutorError, ExecutorUnreachable
 from ansible_collections.natsops.fleet.plugins.module_utils.wire.names import E_CONNECT, PROTOCOL_VERSION
+from ansible_collections.natsops.fleet.plugins.plugin_utils._codecache import NotPrivateError, private_dir
 
 FRAME = struct.Struct("!II")
 MAX_FRAME_JSON = 1 << 20
@@ -40,12 +41,10 @@ MUX_REVISION = "6"  # part of the socket name: a changed mux never talks to an o
 
 
 def control_dir() -> str:
-    path = os.path.join(os.path.expanduser("~"), ".ansible", "natsops", "cp")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise ExecutorUnreachable(E_CONNECT, "control directory %s must belong to this user with mode 0700" % path)
-    return path
+    try:
+        return private_dir("cp")
+    except NotPrivateError as exc:
+        raise ExecutorUnreachable(E_CONNECT, "control directory %s" % exc) from exc
 
 
 def control_path(nats_options: Dict[str, Any], connect_timeout: float, persist: float) -> str:

@@ -116,6 +116,31 @@ def test_preregistered_option_definitions_equal_ansible_core_parse():
     assert {"servers", "creds", "namespace", "connect_timeout", "executor"} <= set(merged)
 
 
+def test_option_definitions_kept_across_workers_equal_a_fresh_parse(tmp_path, monkeypatch):
+    """Workers after the first take the definitions from the cache (plugin_utils/_codecache.py): the same data, made
+    again when a fragment module changes."""
+    import yaml
+
+    if not getattr(yaml, "CSafeLoader", None):
+        pytest.skip("PyYAML without libyaml: the plugin leaves parsing to ansible-core")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    plugin = connection_loader.get("natsops.fleet.nats", class_only=True)
+    module = __import__(plugin.__module__, fromlist=["DOCUMENTATION"])
+    parsed = []
+
+    def load(text):
+        parsed.append(1)
+        return yaml.load(text, Loader=yaml.CSafeLoader)
+
+    fresh = module._option_definitions(load)
+    parsed.clear()
+    assert module._cached_option_definitions(load, ("v1",)) == fresh and parsed
+    parsed.clear()
+    assert module._cached_option_definitions(load, ("v1",)) == fresh and not parsed
+    monkeypatch.setattr(module, "_fragments_digest", lambda modules: "another fragment")
+    assert module._cached_option_definitions(load, ("v1",)) == fresh and parsed
+
+
 def test_login_password_never_becomes_the_nats_password():
     """ansible-core passes ansible_password / -k as the task key 'password': it is the SSH password here."""
     conn = connection_loader.get("natsops.fleet.nats", PlayContext())

@@ -49,7 +49,7 @@ def test_control_dir_is_private(home):
     path = mux.control_dir()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
     os.chmod(path, 0o755)
-    with pytest.raises(ExecutorUnreachable):
+    with pytest.raises(ExecutorUnreachable, match="control directory .* must belong to this user with mode 0700"):
         mux.control_dir()
 
 
