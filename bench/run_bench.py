@@ -15,7 +15,7 @@ and for lab scenarios the target hosts.
   10 hosts x 10 tasks, forks 10 (bench/playbook-10.yml), ten inventory hosts on this machine
     local-10, nats-warm-10, nats-cold-10, mitogen-local-10  (one executor serves the ten instance ids)
   20 hosts x 10 tasks, forks 20 (bench/playbook-10.yml), twenty lab hosts
-    ssh-fleet, zone-fleet (one zone executor, SSH mode), mitogen-ssh-fleet
+    ssh-fleet, zone-fleet (one zone executor, SSH mode, warm runners), zone-fleet-cold, mitogen-ssh-fleet
   zone-rtt: a command round trip through a zone executor, with the client alone (issue 4)
 
 Lab scenarios need root and the lab (tests/lab/labctl.py), which this script boots and stops. Results go to
@@ -117,6 +117,7 @@ SCENARIOS: Dict[str, Tuple[str, str, bool, bool]] = {
     "mitogen-local-10": ("10x10", "local", False, True),
     "ssh-fleet": ("20x10", "lab", True, False),
     "zone-fleet": ("20x10", "lab", True, False),
+    "zone-fleet-cold": ("20x10", "lab", True, False),
     "mitogen-ssh-fleet": ("20x10", "lab", True, True),
 }
 EXTRAS = ("zone-rtt",)
@@ -298,7 +299,7 @@ class _Bench:
 
     def _boot_lab(self) -> None:
         import labctl  # pylint: disable=import-outside-toplevel
-        fleet = self._wanted("ssh-fleet", "zone-fleet", "mitogen-ssh-fleet")
+        fleet = self._wanted("ssh-fleet", "zone-fleet", "zone-fleet-cold", "mitogen-ssh-fleet")
         # lab-mgmt-1: the zone executor's host; lab-mgmt-2: the 1x30 target; lab-mgmt-3..22: the fleet; lab-zone-1
         self._stack.callback(labctl.down)
         self.lab = labctl.up(2 + (FLEET_HOSTS if fleet else 0), 1)
@@ -407,7 +408,7 @@ class _Bench:
 
     def _fleet_scenarios(self) -> List[Scenario]:
         """20x10: direct ssh, one zone executor on lab-mgmt-1 (SSH mode, pooled), Mitogen over ssh; same 20 hosts."""
-        if not self._wanted("ssh-fleet", "zone-fleet", "mitogen-ssh-fleet"):
+        if not self._wanted("ssh-fleet", "zone-fleet", "zone-fleet-cold", "mitogen-ssh-fleet"):
             return []
         assert self.lab is not None
         executor_host = next(h for h in self.lab["hosts"] if h["name"] == self.lab["executor_hosts"][0])
@@ -415,7 +416,7 @@ class _Bench:
                    and "mgmt" in h["addresses"]][:FLEET_HOSTS]
         known = "".join("%s %s\n" % (h["addresses"]["mgmt"], " ".join(h["host_key"].split()[:2])) for h in targets)
         unit = self._lab_executor(executor_host, "natsops-bench-fleet", ["bench-fleet"],
-                                  ["--no-warm", "--ssh-known-hosts", "/etc/natsops/fleet_known_hosts",
+                                  ["--warm", "--ssh-known-hosts", "/etc/natsops/fleet_known_hosts",
                                    "--ssh-identity", "default=%s" % self.lab["executor_key_path"]],
                                   files={"/etc/natsops/fleet_known_hosts": known})
         self.meter.watch("zone-executor", unit or executor_host["cgroup_paths"])
@@ -426,7 +427,10 @@ class _Bench:
         controller = {"controller": "controller", "target": "fleet-targets"}
         return [
             Scenario("ssh-fleet", "20x10", "lab", "ssh, pipelining + ControlPersist, from this machine", ssh, controller),
-            Scenario("zone-fleet", "20x10", "lab", "natsops.fleet.nats through one zone executor (SSH mode, pooled)", zone,
+            Scenario("zone-fleet", "20x10", "lab", "natsops.fleet.nats through one zone executor (SSH mode, pooled, warm "
+                     "runners on the targets)", zone, dict(controller, nats="nats", executor="zone-executor")),
+            Scenario("zone-fleet-cold", "20x10", "lab", "the same with ansible_nats_warm: false (an interpreter per task)",
+                     {name: dict(hostvars, ansible_nats_warm=False) for name, hostvars in zone.items()},
                      dict(controller, nats="nats", executor="zone-executor")),
             Scenario("mitogen-ssh-fleet", "20x10", "lab", "Mitogen (mitogen_linear) over ssh from this machine", ssh, controller,
                      mitogen=True),

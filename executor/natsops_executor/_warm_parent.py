@@ -7,14 +7,22 @@ a short ``-c`` line that reads this source from stdin and runs it (so it needs n
 that interpreter, ps shows one line, and it runs in a namespace of its own: ``__main__`` stays as pristine as in
 a cold interpreter).
 
-Protocol (warm.py is the other end):
-- control socket (fd in ``sys.argv[1]``), executor -> parent: frames ``>II`` (header length, body length), a JSON
-  header, a body. ``{"op": "init"}`` + the payload zip: import ansible.module_utils.basic and the AnsiballZ loader
-  from it. ``{"op": "run", "job": N, "cwd": ..., "umask": ...}`` + the module's stdin source, with three file
-  descriptors (stdin, stdout, stderr of the job) passed as SCM_RIGHTS: fork a child that runs the source.
-  End of file: the executor is gone; kill every child's process group and exit.
-- stdout, parent -> executor: one JSON object a line: ``{"ready": [zip members imported]}``, ``{"failed": why}``,
-  ``{"job": N, "pid": P}``, ``{"job": N, "status": raw wait status}``, ``{"job": N, "error": why}``.
+Command line: ``PYTHON -c BOOT LENGTH MODE ARG``: the boot line reads LENGTH bytes of this program from stdin.
+MODE ``socket`` (agent mode, warm.py; ARG: the control socket's fd) or ``stream`` (zone mode, warm_remote.py, over an
+SSH channel: stdin and stdout are the control stream; ARG: seconds without a frame and without children after which
+the runner exits on its own, should its executor vanish without closing the channel).
+
+Protocol: executor -> parent, frames ``>II`` (header length, body length), a JSON header, a body:
+``{"op": "init"}`` + the payload zip: import ansible.module_utils.basic and the AnsiballZ loader from it.
+``{"op": "run", "job": N, "cwd": ..., "pwd": ..., "umask": ...}`` + the module's stdin source: fork a child that
+runs the source; in socket mode with three file descriptors (stdin, stdout, stderr of the job) passed as
+SCM_RIGHTS, in stream mode the parent makes the child's pipes and relays its output (cwd, pwd, umask may be null:
+the parent's own). ``{"op": "signal", "job": N, "signal": S}`` (stream mode): signal the child's process group.
+End of file: the executor is gone; kill every child's process group and exit.
+Parent -> executor: socket mode, one JSON object a line on stdout; stream mode, frames on stdout:
+``{"ready": [zip members imported]}``, ``{"failed": why}``, ``{"job": N, "pid": P}``, ``{"job": N, "status": raw
+wait status}``, ``{"job": N, "error": why}``; stream mode also ``{"job": N, "out": "stdout" | "stderr"}`` + data
+(all of a job's output comes before its status).
 """
 
 import json
@@ -36,10 +44,9 @@ class _Stop(Exception):
     """SIGTERM (or the executor's death signal): stop."""
 
 
-def _emit(event):
-    data = (json.dumps(event) + "\n").encode("utf-8")
+def _write_all(fd, data):
     while data:
-        data = data[os.write(1, data):]
+        data = data[os.write(fd, data):]
 
 
 def _on_term(_signum, _frame):
@@ -63,18 +70,31 @@ def _die_with_executor(executor_pid):
 
 
 class _Parent:
-    def __init__(self, ctl_fd):
-        self.ctl = socket.socket(fileno=ctl_fd)
-        self.ctl.setblocking(True)
+    def __init__(self, ctl_fd, idle=None):
+        """Socket mode with ``ctl_fd`` (the control socket), else stream mode on fds 0 and 1 (``idle``: see above)."""
+        self.ctl = socket.socket(fileno=ctl_fd) if ctl_fd is not None else None
+        if self.ctl is not None:
+            self.ctl.setblocking(True)
+        self.idle = idle
         self.buffer = b""
         self.fds = []
-        self.children = {}  # pid -> job
+        self.children = {}  # pid -> (job, out fd, err fd): socket mode, the job's fds, closed once it is reaped
+        self.outputs = {}   # stream mode: read end of a child's pipe -> (job, "stdout" | "stderr")
+        self.ended = {}     # stream mode: job -> wait status, sent once its output ended too
         self.initial_path = list(sys.path)
         self.main_dict = dict(sys.modules["__main__"].__dict__)
         self.tempdir = None
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
+
+    def emit(self, event, body=b""):
+        """An event for the executor: a JSON line (socket mode), a frame (stream mode)."""
+        if self.ctl is not None:
+            _write_all(1, (json.dumps(event) + "\n").encode("utf-8"))
+        else:
+            head = json.dumps(event).encode("utf-8")
+            _write_all(1, _FRAME.pack(len(head), len(body)) + head + body)
 
     # ------------------------------------------------------------ warm up
 
@@ -125,11 +145,14 @@ class _Parent:
     def serve(self):
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, _on_child)
-        poller = select.poll()
-        poller.register(self.ctl.fileno(), select.POLLIN)
-        poller.register(self.wake_r, select.POLLIN)
+        self.poller = select.poll()
+        self.poller.register(self.ctl.fileno() if self.ctl is not None else 0, select.POLLIN)
+        self.poller.register(self.wake_r, select.POLLIN)
         while True:
-            for fd, _event in poller.poll():
+            events = self.poller.poll(None if self.idle is None else self.idle * 1000)
+            if not events and not self.children and not self.ended:
+                return  # stream mode: nothing asked of it for ``idle`` seconds and nothing runs
+            for fd, _event in events:
                 if fd == self.wake_r:
                     try:
                         while os.read(self.wake_r, 512):
@@ -137,15 +160,20 @@ class _Parent:
                     except BlockingIOError:
                         pass
                     self.reap()
+                elif fd in self.outputs:
+                    self.relay(fd)
                 elif not self.receive():
                     return
 
     def receive(self):
-        data, ancdata, _flags, _addr = self.ctl.recvmsg(1 << 20, socket.CMSG_SPACE(_FDS_PER_RUN * 4 * 4))
-        for level, kind, cdata in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(cdata) - len(cdata) % 4
-                self.fds.extend(struct.unpack("%di" % (usable // 4), cdata[:usable]))
+        if self.ctl is not None:
+            data, ancdata, _flags, _addr = self.ctl.recvmsg(1 << 20, socket.CMSG_SPACE(_FDS_PER_RUN * 4 * 4))
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(cdata) - len(cdata) % 4
+                    self.fds.extend(struct.unpack("%di" % (usable // 4), cdata[:usable]))
+        else:
+            data = os.read(0, 1 << 20)
         if not data:
             return False
         self.buffer += data
@@ -161,26 +189,42 @@ class _Parent:
         return True
 
     def handle(self, header, body):
-        if header.get("op") == "init":
+        op = header.get("op")
+        if op == "init":
             try:
-                _emit({"ready": self.init(body)})
+                self.emit({"ready": self.init(body)})
             except Exception as exc:  # pylint: disable=broad-except
-                _emit({"failed": "%s: %s" % (type(exc).__name__, exc)})
+                self.emit({"failed": "%s: %s" % (type(exc).__name__, exc)})
             return
         job = header["job"]
-        fds, self.fds = self.fds[:_FDS_PER_RUN], self.fds[_FDS_PER_RUN:]
+        if op == "signal":
+            for pid, entry in self.children.items():
+                if entry[0] == job:
+                    try:
+                        os.killpg(pid, int(header["signal"]))
+                    except OSError:
+                        pass
+            return
+        pipes, fds = [], []
         try:
-            if len(fds) != _FDS_PER_RUN:
-                raise RuntimeError("the job's stdio descriptors did not arrive")
+            if self.ctl is not None:
+                fds, self.fds = self.fds[:_FDS_PER_RUN], self.fds[_FDS_PER_RUN:]
+                if len(fds) != _FDS_PER_RUN:
+                    raise RuntimeError("the job's stdio descriptors did not arrive")
+            else:  # the child reads nothing (its program came as the body) and writes into pipes relayed here
+                fds = [os.open(os.devnull, os.O_RDONLY)]
+                for _stream in ("stdout", "stderr"):
+                    pipes.append(os.pipe())
+                    fds.append(pipes[-1][1])
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             gate_r, gate_w = os.pipe()
             ready_r, ready_w = os.pipe()
             pid = os.fork()
         except (OSError, RuntimeError) as exc:
-            for fd in fds:
+            for fd in fds + [r for r, _w in pipes]:
                 os.close(fd)
-            _emit({"job": job, "error": str(exc)})
+            self.emit({"job": job, "error": str(exc)})
             return
         if pid == 0:
             os.close(gate_w)
@@ -191,13 +235,36 @@ class _Parent:
         os.read(ready_r, 1)  # its own session and process group exist (or it is gone): the pid can be reported
         os.close(ready_r)
         os.close(fds[0])
-        # stdout and stderr stay open here until the child is reaped, as the cold run's shell keeps them
-        self.children[pid] = (job, fds[1], fds[2])
-        _emit({"job": job, "pid": pid})
+        if self.ctl is not None:
+            # stdout and stderr stay open here until the child is reaped, as the cold run's shell keeps them
+            self.children[pid] = (job, fds[1], fds[2])
+        else:
+            for (read_end, write_end), name in zip(pipes, ("stdout", "stderr")):
+                os.close(write_end)
+                self.outputs[read_end] = (job, name)
+                self.poller.register(read_end, select.POLLIN)
+            self.children[pid] = (job, None, None)
+        self.emit({"job": job, "pid": pid})
         # the child starts the module only now: had this process died before the executor learnt the pid (so
         # that it can supervise, or fall back to a cold run), the child would find the gate closed and give up
         os.write(gate_w, b"g")
         os.close(gate_w)
+
+    def relay(self, fd):
+        """Stream mode: a child's output goes to the executor; its status follows once both pipes ended."""
+        job, name = self.outputs[fd]
+        data = os.read(fd, 65536)
+        if data:
+            self.emit({"job": job, "out": name}, data)
+            return
+        self.poller.unregister(fd)
+        os.close(fd)
+        del self.outputs[fd]
+        self.finish(job)
+
+    def finish(self, job):
+        if job in self.ended and not any(j == job for j, _name in self.outputs.values()):
+            self.emit({"job": job, "status": self.ended.pop(job)})
 
     def reap(self):
         while self.children:
@@ -211,11 +278,22 @@ class _Parent:
             if entry is None:
                 continue
             job, out_fd, err_fd = entry
+            if out_fd is None:  # stream mode
+                if os.WIFSIGNALED(status):
+                    said = _shell_says(status)
+                    if said:
+                        self.emit({"job": job, "out": "stderr"}, said)
+                self.ended[job] = status
+                self.finish(job)
+                continue
             if os.WIFSIGNALED(status):
-                _shell_says(err_fd, status)
+                try:
+                    _write_all(err_fd, _shell_says(status))
+                except OSError:
+                    pass
             os.close(out_fd)
             os.close(err_fd)
-            _emit({"job": job, "status": status})
+            self.emit({"job": job, "status": status})
 
     def stop(self):
         for pid in list(self.children):
@@ -239,14 +317,18 @@ class _Parent:
             os.close(gate)
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
-            self.ctl.detach()
+            if self.ctl is not None:
+                self.ctl.detach()
             os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_DFL)
-            os.chdir(header["cwd"])
-            os.environ["PWD"] = header["pwd"]  # as the shell exports it; everything else is the parent's
-            os.umask(header["umask"])
+            if header.get("cwd") is not None:  # else the parent's (stream mode: the login directory)
+                os.chdir(header["cwd"])
+            if header.get("pwd") is not None:
+                os.environ["PWD"] = header["pwd"]  # as the shell exports it; everything else is the parent's
+            if header.get("umask") is not None:
+                os.umask(header["umask"])
             sys.argv[:] = [""]
             sys.orig_argv[:] = [sys.orig_argv[0]] if getattr(sys, "orig_argv", None) else []
             sys.path[:] = self.initial_path
@@ -270,19 +352,16 @@ class _Parent:
         os._exit(_finalize(status))  # pylint: disable=protected-access
 
 
-def _shell_says(fd, status):
+def _shell_says(status):
     """What /bin/sh (dash) prints when the command it waits for dies by a signal: its description, except for
-    SIGINT and SIGPIPE."""
+    SIGINT and SIGPIPE (bytes, maybe empty)."""
     signum = os.WTERMSIG(status)
     if signum in (signal.SIGINT, signal.SIGPIPE):
-        return
+        return b""
     text = signal.strsignal(signum) or "Signal %d" % signum
     if os.WCOREDUMP(status):
         text += " (core dumped)"
-    try:
-        os.write(fd, (text + "\n").encode("utf-8", "replace"))
-    except OSError:
-        pass
+    return (text + "\n").encode("utf-8", "replace")
 
 
 def _exit_status(exc):
@@ -321,14 +400,21 @@ def _finalize(status):
 
 def main():
     executor_pid = os.getppid()
-    # the program came on stdin (warm.py's boot line), now at end of file: stdin is /dev/null from here on
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    # the boot line's own names leave __main__: a module's children see it as a cold interpreter would
+    main_module = sys.modules["__main__"]
+    for name in [n for n in vars(main_module) if not (n.startswith("__") and n.endswith("__"))]:
+        delattr(main_module, name)
+    mode, arg = sys.argv[2], sys.argv[3]
+    if mode == "socket":
+        # the program came on stdin, now at its end: stdin is /dev/null from here on
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
     signal.signal(signal.SIGTERM, _on_term)
-    parent = _Parent(int(sys.argv[1]))
+    parent = _Parent(int(arg)) if mode == "socket" else _Parent(None, idle=float(arg))
     try:
-        _die_with_executor(executor_pid)
+        if mode == "socket":
+            _die_with_executor(executor_pid)
         parent.serve()
     except _Stop:
         pass

@@ -33,7 +33,7 @@ from natsops_executor.hosts.local import LocalHost
 from natsops_executor.audit import AuditTrail
 from natsops_executor.guard import JobGuard
 from natsops_executor.trust import ReplySigner, RequestTrust, binding_of
-from natsops_executor.warm import WarmPool
+from natsops_executor.warm import WarmPool, warm_stats
 
 try:
     from natsops_executor import sshpool
@@ -310,6 +310,8 @@ class Executor:
         self.audit: Any = None
         self.guard = JobGuard()
         self.warm = WarmPool(self.guard) if cfg.warm else None
+        # zone mode: one warm runner per target connection (warm_remote.py), as many as pooled connections
+        self.warm_ssh = WarmPool(max_parents=cfg.ssh_pool_size) if cfg.warm else None
         self.local = LocalHost(self.guard, self.warm)
         self.payloads = payloads.PayloadCache(cfg.payload_cache)
         self.ssh: Any = None  # SSH mode: the connection pool, created at start
@@ -393,8 +395,9 @@ class Executor:
             with contextlib.suppress(Exception):
                 await self.service.stop()
         await self.book.finish(self.cfg.shutdown_grace)
-        if self.warm is not None:
-            await self.warm.close()
+        for pool in (self.warm, self.warm_ssh):
+            if pool is not None:
+                await pool.close()
         if self.audit is not None:
             await self.audit.stop()
         if self.ssh is not None:
@@ -419,8 +422,8 @@ class Executor:
             stats.update(self.ssh.stats())
         if self.audit is not None:
             stats.update(self.audit.stats())
-        if self.warm is not None:
-            stats.update(self.warm.stats())
+        if self.warm is not None and self.warm_ssh is not None:
+            stats.update(warm_stats(self.warm, self.warm_ssh))
         return stats
 
     # ------------------------------------------------------------ requests
@@ -431,7 +434,7 @@ class Executor:
             return self.local
         if self.ssh is None:
             raise WireError(E_SPAWN, SSH_UNAVAILABLE or "SSH mode is not running")
-        return SSHHost(self.ssh, target)
+        return SSHHost(self.ssh, target, self.warm_ssh)
 
     def _check_expiry(self, expires: Optional[float]) -> None:
         """A request whose caller has given up is never started (``expires``, with the configured clock skew)."""

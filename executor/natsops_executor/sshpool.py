@@ -295,6 +295,10 @@ class SSHPool:
             _last, key = idle.pop(0)
             self._drop(key, self.entries[key])
 
+    def key_for(self, target: Target) -> PoolKey:
+        """What the pool keys a target's connection by: host, port, user and which credentials (no secret)."""
+        return (target.host, target.port, target.user, _credentials(self.settings, target)[0])
+
     async def acquire(self, target: Target, fresh: bool = False) -> Tuple[PoolKey, _Entry]:
         """An _Entry for the target, marked busy (release() it); connects when there is none or ``fresh``."""
         cred_key, keys, password = _credentials(self.settings, target)

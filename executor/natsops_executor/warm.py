@@ -31,12 +31,15 @@ import socket
 import struct
 import time
 import zipfile
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
 from natsops_executor._wire.contract import E_INTERRUPTED, E_SPAWN, WireError
 from natsops_executor._wire.messages import ExecRequest
 from natsops_executor.guard import JobGuard
 from natsops_executor.hosts.base import DRAIN_AFTER_KILL, KILL_GRACE, Process, run_blocking
+
+if TYPE_CHECKING:
+    from natsops_executor.warm_remote import RemoteSite
 
 log = logging.getLogger("natsops_executor")
 
@@ -59,9 +62,24 @@ _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _ZIP_LINE = re.compile(r"^zip_data='([A-Za-z0-9+/=]*)',$", re.MULTILINE)
 _FRAME = struct.Struct(">II")
 _PARENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_warm_parent.py")
-# the warm parent's command line: it reads its program from stdin (ps shows this line, not the whole program)
-_BOOT = ("import sys; exec(compile(sys.stdin.buffer.read(), 'natsops-warm-parent', 'exec', dont_inherit=True), "
-         "{'__name__': '_natsops_warm_parent'})")
+# the warm parent's command line (PYTHON -c BOOT LENGTH MODE ARG): it reads LENGTH bytes of its program from stdin
+# (ps shows this, not the whole program; stdin goes on as the control stream in stream mode)
+BOOT = """import os, sys
+b = b''
+while len(b) < int(sys.argv[1]):
+    c = os.read(0, int(sys.argv[1]) - len(b))
+    if not c:
+        raise SystemExit('natsops warm runner: its program did not arrive')
+    b += c
+exec(compile(b, 'natsops-warm-parent', 'exec', dont_inherit=True), {'__name__': '_natsops_warm_parent'})"""
+
+
+def parent_program() -> bytes:
+    """The warm parent's program (_warm_parent.py), sent to its interpreter's stdin."""
+    with open(_PARENT_SOURCE, "rb") as handle:
+        return handle.read()
+
+
 _ALLOWLIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_allowlist.json")
 
 # why a run went cold: the reasons counted in stats (details go to the debug log)
@@ -258,9 +276,22 @@ def current_umask() -> int:
     return 0o022
 
 
-def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
-              base_env: Optional[Mapping[str, str]] = None) -> Union[Recognised, Cold]:
-    """A pipelined AnsiballZ run, only when every part is the shape ansible-core sends; else Cold(why)."""
+@dataclasses.dataclass(frozen=True)
+class _Payload:
+    """What recognition learnt from the request alone (no host involved)."""
+
+    assignments: List[str]       # VAR=val words before the interpreter in the command
+    python: str                  # the interpreter as the command names it
+    wrapper_digest: str
+    version: str                 # the ansible-core series whose wrapper this is
+    zip_data: str
+    zip_token: str
+    basic: str                   # sha256 of the payload's ansible/module_utils/basic.py
+
+
+def _recognise_payload(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str]) -> Union[_Payload, Cold]:
+    """The checks of the request and its stdin that hold for any host: the caller's wish, become, pty, the command
+    ansible-core builds, the wrapper on the allowlist, one literal _ansiballz_main call, module_utils present."""
     if req.warm is False:
         return Cold(COLD_OPT_OUT, "the caller asked for a cold run (ansible_nats_warm: false)")
     if req.become is not None:
@@ -273,18 +304,6 @@ def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
     if isinstance(split, Cold):
         return split
     assignments, python = split
-    env = dict(os.environ if base_env is None else base_env)
-    env.update(req.env or {})
-    cwd = req.cwd or os.getcwd()
-    if not os.path.isdir(cwd):
-        return Cold(COLD_CWD, "the working directory %s is not a directory" % cwd)
-    pwd = env["PWD"] = _shell_pwd(env, cwd)
-    for assignment in assignments:
-        name, value = assignment.split("=", 1)
-        env[name] = value
-    resolved = _which(python, env)
-    if resolved is None:
-        return Cold(COLD_INTERPRETER, "interpreter %s not found" % python)
     if len(stdin) > MAX_RECOGNISED:
         return Cold(COLD_TOO_LARGE, "stdin of %d bytes is larger than a module payload is checked for (%d)"
                     % (len(stdin), MAX_RECOGNISED))
@@ -306,20 +325,65 @@ def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
     args = _parse_tail(rest[end:])
     if isinstance(args, Cold):
         return args
-    try:
-        identity = _identity(resolved)
-    except OSError as exc:
-        return Cold(COLD_INTERPRETER, "interpreter %s: %s" % (python, exc.strerror or exc))
     zip_token = hashlib.sha256(args["zip_data"].encode("ascii", "replace")).hexdigest()
     basic = _basic_digest(zip_token, args["zip_data"])
     if basic is None:
         return Cold(COLD_MODULE_UTILS, "the payload zip has no ansible/module_utils/basic.py")
+    return _Payload(assignments=assignments, python=python, wrapper_digest=wrapper_digest, version=version,
+                    zip_data=args["zip_data"], zip_token=zip_token, basic=basic)
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def recognise(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
+              base_env: Optional[Mapping[str, str]] = None) -> Union[Recognised, Cold]:
+    """A pipelined AnsiballZ run on this host, only when every part is the shape ansible-core sends; else
+    Cold(why)."""
+    payload = _recognise_payload(req, stdin, allowlist)
+    if isinstance(payload, Cold):
+        return payload
+    env = dict(os.environ if base_env is None else base_env)
+    env.update(req.env or {})
+    cwd = req.cwd or os.getcwd()
+    if not os.path.isdir(cwd):
+        return Cold(COLD_CWD, "the working directory %s is not a directory" % cwd)
+    pwd = env["PWD"] = _shell_pwd(env, cwd)
+    for assignment in payload.assignments:
+        name, value = assignment.split("=", 1)
+        env[name] = value
+    resolved = _which(payload.python, env)
+    if resolved is None:
+        return Cold(COLD_INTERPRETER, "interpreter %s not found" % payload.python)
+    try:
+        identity = _identity(resolved)
+    except OSError as exc:
+        return Cold(COLD_INTERPRETER, "interpreter %s: %s" % (payload.python, exc.strerror or exc))
     keyed_env = sorted((k, v) for k, v in env.items() if k != "PWD")
-    key_parts = [identity, python, wrapper_digest, basic, json.dumps(keyed_env), repr(_limits())]
-    key = hashlib.sha256("\0".join(key_parts).encode("utf-8", "surrogateescape")).hexdigest()
-    return Recognised(interpreter=python, key=key, env=env, cwd=cwd, pwd=pwd, source=stdin, zip_data=args["zip_data"],
-                      zip_token=zip_token,
-                      ansible_core=version)
+    key = _key(identity, payload.python, payload.wrapper_digest, payload.basic, json.dumps(keyed_env), repr(_limits()))
+    return Recognised(interpreter=payload.python, key=key, env=env, cwd=cwd, pwd=pwd, source=stdin,
+                      zip_data=payload.zip_data, zip_token=payload.zip_token, ansible_core=payload.version)
+
+
+def recognise_remote(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str],
+                     where: str) -> Union[Recognised, Cold]:
+    """The same for a target reached over SSH (``where``: user@host:port): the interpreter must be an absolute
+    path; ``env`` holds only what the command adds to the target's login environment; an empty ``cwd`` is the
+    login directory."""
+    payload = _recognise_payload(req, stdin, allowlist)
+    if isinstance(payload, Cold):
+        return payload
+    if not payload.python.startswith("/"):
+        return Cold(COLD_INTERPRETER, "interpreter %s is not an absolute path" % payload.python)
+    env = dict(req.env or {})
+    for assignment in payload.assignments:
+        name, value = assignment.split("=", 1)
+        env[name] = value
+    key = _key(where, payload.python, payload.wrapper_digest, payload.basic, json.dumps(sorted(env.items())))
+    return Recognised(interpreter=payload.python, key=key, env=env, cwd=req.cwd or "", pwd=req.cwd or "",
+                      source=stdin, zip_data=payload.zip_data, zip_token=payload.zip_token,
+                      ansible_core=payload.version)
 
 
 _BASIC_DIGESTS: "collections.OrderedDict[str, Optional[str]]" = collections.OrderedDict()
@@ -397,19 +461,19 @@ class _Parent:
             raw = _zip_bytes(zip_data)
             if raw is None:
                 raise _ParentGone("the payload zip is not base64")
-            with open(_PARENT_SOURCE, "r", encoding="utf-8") as handle:
-                program = handle.read()
+            program = parent_program()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock = ours
             try:
                 self.proc = await asyncio.create_subprocess_exec(
-                    self.interpreter, "-c", _BOOT, str(theirs.fileno()), stdin=asyncio.subprocess.PIPE,
+                    self.interpreter, "-c", BOOT, str(len(program)), "socket", str(theirs.fileno()),
+                    stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, cwd="/",
                     pass_fds=(theirs.fileno(),), start_new_session=True)
             finally:
                 theirs.close()
             stdin = cast(asyncio.StreamWriter, self.proc.stdin)
-            stdin.write(program.encode("utf-8"))  # about 12 KB: fits the pipe, read whole by _BOOT
+            stdin.write(program)  # about 14 KB: fits the pipe
             await stdin.drain()
             stdin.close()
             if self.guard is not None:
@@ -549,10 +613,7 @@ class _Parent:
             if future is not None and not future.done():
                 future.set_result(int(event["pid"]))
             else:  # its run gave up waiting (FORK_TIMEOUT): it must not run unsupervised
-                try:
-                    os.killpg(int(event["pid"]), signal.SIGKILL)
-                except OSError:
-                    pass
+                self.kill_group(int(event["job"]), int(event["pid"]), signal.SIGKILL)
         elif "status" in event:
             process = self.running.pop(event["job"], None)
             if process is not None:
@@ -563,6 +624,13 @@ class _Parent:
             future = self.pending.pop(event["job"], None)
             if future is not None and not future.done():
                 future.set_exception(_ParentGone("the warm parent could not fork: %s" % event["error"]))
+
+    def kill_group(self, job: int, pid: int, sig: int) -> None:  # pylint: disable=unused-argument
+        """Signal the process group of a child (``job``, ``pid``) of this parent."""
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     @staticmethod
     async def _log_stderr(proc: asyncio.subprocess.Process) -> None:
@@ -659,10 +727,7 @@ class WarmProcess(Process):
                                "killed and its outcome is unknown" % self.pid, {"pgid": self.pid, "warm": True}))
 
     def _kill(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self.parent.kill_group(self.job, self.pid, sig)
 
     async def wait(self) -> int:
         return await asyncio.shield(self.status)
@@ -709,6 +774,20 @@ class WarmProcess(Process):
 
 # ---------------------------------------------------------------- the pool
 
+def warm_stats(local: "WarmPool", ssh: "WarmPool") -> Dict[str, Any]:
+    """The executor's warm counters ($SRV STATS): runs on this host and on SSH targets together; ``warm_parents``
+    counts both kinds, ``warm_runners`` the ones on targets."""
+    stats = local.stats()
+    for name, value in ssh.stats().items():
+        if name == "warm_cold_reasons":
+            for reason, count in value.items():
+                stats[name][reason] = stats[name].get(reason, 0) + count
+        else:
+            stats[name] += value
+    stats["warm_runners"] = len(ssh.parents)
+    return stats
+
+
 class WarmPool:
     """The executor's warm parents, at most ``max_parents``; counts warm hits, misses and each cold reason."""
 
@@ -737,13 +816,17 @@ class WarmPool:
         self.reasons[cold.reason] += 1
         log.debug("cold run: %s (%s)", cold.reason, cold.detail)
 
-    async def spawn(self, req: ExecRequest, stdin: bytes) -> Optional[Process]:
-        """A WarmProcess for a recognised module run, or None (counted, with its reason): run it cold."""
+    async def spawn(self, req: ExecRequest, stdin: bytes, site: Optional["RemoteSite"] = None) -> Optional[Process]:
+        """A WarmProcess for a recognised module run, or None (counted, with its reason): run it cold. On this
+        host, or with ``site`` on a target reached over SSH (warm_remote.py)."""
         if self._reaper is None:
             self._reaper = asyncio.ensure_future(self._reap())
         # in the file threads: parsing and hashing a payload (about 1 ms, more for a large one) never holds up the
         # event loop, so no request can delay the others by sending a big or contrived stdin
-        verdict = await run_blocking(recognise, req, stdin, self.allowlist)
+        if site is None:
+            verdict = await run_blocking(recognise, req, stdin, self.allowlist)
+        else:
+            verdict = await run_blocking(recognise_remote, req, stdin, self.allowlist, site.where)
         if isinstance(verdict, Cold):
             self._cold(verdict)
             return None
@@ -758,7 +841,7 @@ class WarmPool:
             if failed is not None and time.monotonic() - failed < RETRY_AFTER:
                 self._cold(Cold(COLD_PARENT_FAILED, "the warm parent for this interpreter failed to start recently"))
                 return None
-            self._cold(self._start(verdict))
+            self._cold(self._start(verdict, site))
             return None
         if not parent.ready.done():
             self._cold(Cold(COLD_WARMING, "the warm parent is still importing module_utils"))
@@ -775,14 +858,14 @@ class WarmPool:
         self.hits += 1
         return process
 
-    def _start(self, verdict: Recognised) -> Cold:
+    def _start(self, verdict: Recognised, site: Optional["RemoteSite"]) -> Cold:
         """Start a warm parent for this key in the background (this run goes cold)."""
         if len(self.parents) >= self.max_parents:
             idle = [p for p in self.parents.values() if not p.running and p.ready.done()]
             if not idle:
                 return Cold(COLD_LIMIT, "%d warm parents run already" % self.max_parents)
             self._retire(min(idle, key=lambda p: p.last_used))
-        parent = _Parent(verdict.key, verdict, self.guard)
+        parent = _Parent(verdict.key, verdict, self.guard) if site is None else site.parent(verdict.key, verdict)
         self.parents[verdict.key] = parent
         self.parents_started += 1
         task = asyncio.ensure_future(parent.start(verdict.zip_data))

@@ -341,3 +341,75 @@ def test_executor_transfer_uploads_once_and_places_on_zone_hosts(zone, lab, tmp_
         out = lab.ssh(host["name"], "sha256sum /root/agent.tar.gz; stat -c %a /root/agent.tar.gz; "
                                     "ls -a /root | grep -c natsops || true").stdout.split()
         assert out[0] == digest and out[2] == "600" and out[3] == "0", out
+
+
+WARM_PLAY = """
+- name: Module runs on zone hosts from warm runners
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Command
+      ansible.builtin.command: echo "warm {{ item }} on {{ inventory_hostname }}"
+      loop: [1, 2, 3, 4, 5, 6]
+      register: echoed
+    - name: Every run answered
+      ansible.builtin.assert:
+        that: echoed.results | map(attribute='stdout') | list == range(1, 7) | map('regex_replace', '^(.*)$', 'warm \\\\1 on ' ~ inventory_hostname) | list
+    - name: A file
+      ansible.builtin.copy:
+        content: "written warm on {{ inventory_hostname }}\\n"
+        dest: /root/warm-zone.txt
+        mode: "0640"
+    - name: Environment and facts, warm
+      ansible.builtin.setup:
+        gather_subset: [min]
+      register: warm_facts
+    - name: The same cold
+      ansible.builtin.setup:
+        gather_subset: [min]
+      register: cold_facts
+      vars:
+        ansible_nats_warm: false
+    - name: Warm and cold see the same host and environment
+      ansible.builtin.assert:
+        that:
+          - warm_facts.ansible_facts[item] == cold_facts.ansible_facts[item]
+      loop: [ansible_user_id, ansible_hostname, ansible_python, ansible_selinux, ansible_pkg_mgr, ansible_service_mgr]
+    - name: The same environment variables (names and values), but for the shell's own bookkeeping
+      ansible.builtin.assert:
+        that: (warm_facts.ansible_facts.ansible_env | dict2items | rejectattr('key', 'in', ['_', 'SHLVL']) | list) ==
+              (cold_facts.ansible_facts.ansible_env | dict2items | rejectattr('key', 'in', ['_', 'SHLVL']) | list)
+"""
+
+
+def _zone_load(zone):
+    client = _client(zone)
+    try:
+        return [r for r in client.discover(stats=True) if ZONE in r["instances"]][0]["load"]
+    finally:
+        client.close()
+
+
+def test_module_runs_through_the_zone_executor_are_warm(zone, lab, tmp_path):
+    playbook = tmp_path / "warm.yml"
+    playbook.write_text(WARM_PLAY)
+    inventory = _inventory(zone, str(tmp_path / "inventory.json"), count=2)
+    loads = [_zone_load(zone)]
+    for _round in range(2):  # the first round starts a runner per host (its first runs go cold); the second is warm
+        result = subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, str(playbook)], capture_output=True,
+                                text=True, env=devenv.ansible_env(), timeout=600, check=False)
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+        loads.append(_zone_load(zone))
+    first, second = loads[1], loads[2]
+    # second round, per host: 6 command, stat + copy, setup warm; the opted-out setup cold
+    assert second["warm_hits"] - first["warm_hits"] == 2 * 9, loads
+    cold = {reason: count - first["warm_cold_reasons"].get(reason, 0) for reason, count in second["warm_cold_reasons"].items()}
+    # cold besides: the commands that are no module run (the copy's temporary directory, ...)
+    assert {reason for reason, count in cold.items() if count} <= {"caller_opt_out", "not_a_pipelined_module"}, loads
+    assert cold["caller_opt_out"] == 2, loads
+    assert second["warm_runners"] >= 2
+    for host in zone["hosts"][:2]:
+        assert lab.ssh(host["name"], "cat /root/warm-zone.txt").stdout == "written warm on %s\n" % host["name"]
+        # one runner on the target served every warm run: no interpreter per task ([n]: not this command's own shell)
+        runners = lab.ssh(host["name"], "pgrep -c -f '[n]atsops-warm-parent' || true").stdout.strip()
+        assert runners == "1", runners

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import os
 import posixpath
@@ -30,6 +31,8 @@ from natsops_executor._wire.contract import (
 from natsops_executor._wire.messages import Digest, ExecRequest, FileState, FileSummary, Target
 from natsops_executor.hosts.base import KILL_GRACE, Host, Landing, Process, SourceFile, os_error
 from natsops_executor.sshpool import SSHPool
+from natsops_executor.warm import WarmPool
+from natsops_executor.warm_remote import Channel, RemoteSite
 
 log = logging.getLogger("natsops_executor")
 
@@ -384,12 +387,74 @@ class RemoteFile(SourceFile):
             self.pool.release(self._key, self._entry)
 
 
-class SSHHost(Host):
-    """A target host reached through the pool with the request's target (host, port, user, credentials)."""
+class _SSHChannel(Channel):
+    """A session of a pooled connection that holds its lease until closed."""
+
+    def __init__(self, pool: SSHPool, lease: Tuple[Any, Any], chan: paramiko.Channel) -> None:
+        self.pool = pool
+        self.lease: Optional[Tuple[Any, Any]] = lease
+        self.chan = chan
+        self.loop = asyncio.get_running_loop()
+
+    def sendall(self, data: bytes) -> None:
+        self.chan.sendall(data)
+
+    def recv(self, size: int) -> bytes:
+        return self.chan.recv(size)
+
+    def recv_stderr(self, size: int) -> bytes:
+        return self.chan.recv_stderr(size)
+
+    def close(self) -> None:
+        self.chan.close()
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            self.loop.call_soon_threadsafe(self.pool.release, *lease)
+
+
+class SSHSite(RemoteSite):
+    """A target as warm runs see it: runners are kept per connection of the pool (host, port, user, credentials),
+    so a request runs warm only on a runner its own credentials would have logged in to."""
 
     def __init__(self, pool: SSHPool, target: Target) -> None:
         self.pool = pool
         self.target = target
+        self.where = json.dumps(list(pool.key_for(target)))
+        self.label = target.where()
+
+    async def open(self, command: str) -> Channel:
+        key, entry, chan = await self.pool.session(self.target)
+        try:
+            await self.pool.run(chan.exec_command, command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            chan.close()
+            self.pool.release(key, entry)
+            raise WireError(E_SPAWN, "cannot start a warm runner on %s: %s" % (self.target.host, exc),
+                            {"stage": "session"}) from exc
+        return _SSHChannel(self.pool, (key, entry), chan)
+
+    async def run_quietly(self, command: str) -> None:
+        try:
+            key, entry, chan = await self.pool.session(self.target)
+        except WireError as exc:
+            log.warning("ssh: cannot run %r on %s: %s", command, self.label, exc.message)
+            return
+        try:
+            await self.pool.run(_run_quiet, chan, command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            log.warning("ssh: cannot run %r on %s: %s", command, self.label, exc)
+        finally:
+            self.pool.release(key, entry)
+
+
+class SSHHost(Host):
+    """A target host reached through the pool with the request's target (host, port, user, credentials); with a
+    ``warm`` pool, pipelined module runs it recognises run on a warm runner on the target (warm_remote.py)."""
+
+    def __init__(self, pool: SSHPool, target: Target, warm: Optional[WarmPool] = None) -> None:
+        self.pool = pool
+        self.target = target
+        self.warm = warm
         self.where = " on %s" % target.where()
         self.account = target.user
 
@@ -399,6 +464,10 @@ class SSHHost(Host):
             return await self.pool.run(func, sftp, *args)
 
     async def spawn(self, req: ExecRequest, stdin: bytes = b"") -> Process:
+        if self.warm is not None:
+            process = await self.warm.spawn(req, stdin, SSHSite(self.pool, self.target))
+            if process is not None:
+                return process
         command = remote_command(req)
         key, entry, chan = await self.pool.session(self.target)
         try:

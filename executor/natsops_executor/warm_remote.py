@@ -1,0 +1,281 @@
+# Copyright (c) natsops.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Warm module runs on targets reached over SSH (zone mode): one warm runner per target, interpreter and
+environment, started once through the executor's pooled SSH connection and kept there.
+
+The runner is the warm parent program (``_warm_parent.py``) in stream mode: its stdin and stdout are one SSH
+channel carrying frames (run this module source, signal that job; the job's pid, its output, its status), so a
+module run needs no new SSH session and no new interpreter on the target. Recognition is warm.py's
+(``recognise_remote``), the pool is warm.py's ``WarmPool``; this module adds the site (``RemoteSite``: how to
+open a channel to the target, implemented by hosts/ssh.py), the executor's end of the runner (``RemoteParent``)
+and the run it forks (``RemoteWarmProcess``). A runner whose channel ends loses its running jobs (``interrupted``,
+their process groups are killed through a separate session) and later runs go cold until a new one is ready.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import logging
+import shlex
+import signal
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from natsops_executor._wire.contract import E_INTERRUPTED, WireError
+from natsops_executor.hosts.base import run_blocking
+from natsops_executor.warm import (
+    _FRAME, BOOT, FORK_TIMEOUT, START_TIMEOUT, IDLE_TIMEOUT, Recognised, WarmProcess, _member_digests, _Parent,
+    _ParentGone, _zip_bytes, parent_program,
+)
+
+log = logging.getLogger("natsops_executor")
+
+# a runner exits on its own after this long without a frame and without running children (its executor vanished
+# without closing the channel); longer than the pool keeps an idle runner, so it never races the pool's own stop
+RUNNER_IDLE_EXIT = IDLE_TIMEOUT * 3
+
+
+class Channel(abc.ABC):
+    """A started command on the target with its stdin, stdout and stderr (an SSH session; a pipe in tests).
+    Blocking calls: the executor makes them in threads."""
+
+    @abc.abstractmethod
+    def sendall(self, data: bytes) -> None:
+        """Write all of ``data`` to the command's stdin."""
+
+    @abc.abstractmethod
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes of its stdout; b"" at the end."""
+
+    @abc.abstractmethod
+    def recv_stderr(self, size: int) -> bytes:
+        """Up to ``size`` bytes of its stderr; b"" at the end."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the session (the command sees the end of its stdin)."""
+
+
+class RemoteSite(abc.ABC):
+    """A target as warm runs see it: ``where`` names it (user@host:port, part of every key), ``open`` starts a
+    command there, ``run_quietly`` runs one to its end (used to kill a lost runner's children)."""
+
+    where: str   # what runners on it are keyed by (never logged: it may name credentials by a digest)
+    label: str   # how logs name it (user@host:port)
+
+    @abc.abstractmethod
+    async def open(self, command: str) -> Channel:
+        """Start ``command`` (a POSIX shell command line) on the target."""
+
+    @abc.abstractmethod
+    async def run_quietly(self, command: str) -> None:
+        """Run ``command`` on the target and wait for its end, ignoring its output and failures."""
+
+    def parent(self, key: str, recognised: Recognised) -> "RemoteParent":
+        return RemoteParent(self, key, recognised)
+
+
+def runner_command(interpreter: str, env: Dict[str, str], program_size: int) -> str:
+    """The command line that starts a runner on the target: the request's environment exported, then the
+    interpreter with the boot line, which reads ``program_size`` bytes of the program from stdin."""
+    exports = ["export %s=%s" % (name, shlex.quote(value)) for name, value in sorted(env.items())]
+    start = "exec %s -c %s %d stream %d" % (shlex.quote(interpreter), shlex.quote(BOOT), program_size, RUNNER_IDLE_EXIT)
+    return "/bin/sh -c %s" % shlex.quote(" && ".join(exports + [start]))
+
+
+def _kill_command(pgid: int, sig: int) -> str:
+    """Signal a process group from any POSIX shell (dash's kill refuses ``--``)."""
+    return "kill -%s -%d 2>/dev/null" % (signal.Signals(sig).name[3:], pgid)
+
+
+class RemoteParent(_Parent):
+    """The executor's end of a runner on a target: frames over the channel; reader threads turn them into events."""
+
+    def __init__(self, site: RemoteSite, key: str, recognised: Recognised) -> None:
+        super().__init__(key, recognised, None)
+        self.site = site
+        self.channel: Optional[Channel] = None
+        self.outputs: Dict[int, Tuple[asyncio.StreamReader, asyncio.StreamReader]] = {}
+        self.pids: Dict[int, int] = {}   # job -> pid on the target
+        self.loop = asyncio.get_running_loop()
+        self.label = "warm runner on %s" % site.label
+
+    async def start(self, zip_data: str) -> None:
+        try:
+            raw = _zip_bytes(zip_data)
+            if raw is None:
+                raise _ParentGone("the payload zip is not base64")
+            program = parent_program()
+            self.channel = await self.site.open(runner_command(self.interpreter, self.env, len(program)))
+            for func, name in ((self._read_frames, "frames"), (self._read_stderr, "stderr")):
+                threading.Thread(target=func, daemon=True, name="natsops-warm-%s" % name).start()
+            await self._write(program)
+            await self._send({"op": "init"}, raw, [])
+            members = await asyncio.wait_for(asyncio.shield(self.reported), START_TIMEOUT)
+            digests = _member_digests(zip_data, members)
+            if not digests:
+                raise _ParentGone("the warm runner imported nothing from its payload, or files that are not in it")
+            self.reference = digests
+            if not self.alive:
+                raise _ParentGone("the warm runner exited while it warmed up")
+            self.last_used = time.monotonic()
+            self.ready.set_result(None)
+            log.info("%s ready (%s): %d module_utils files imported", self.label, self.interpreter, len(digests))
+        except (OSError, ValueError, asyncio.TimeoutError, _ParentGone, WireError) as exc:
+            log.warning("%s for %s could not start: %s", self.label, self.interpreter,
+                        getattr(exc, "message", None) or exc or type(exc).__name__)
+            if not self.ready.done():
+                self.ready.set_exception(_ParentGone(str(exc)))
+            await self.stop()
+
+    async def run(self, recognised: Recognised) -> WarmProcess:
+        """Ask the runner to fork a child for this module; returns once it runs (its pid known), or raises
+        _ParentGone (nothing ran: the run goes cold)."""
+        self.next_job += 1
+        job = self.next_job
+        started: "asyncio.Future[int]" = self.loop.create_future()
+        self.pending[job] = started
+        readers = (asyncio.StreamReader(limit=1 << 24), asyncio.StreamReader(limit=1 << 24))
+        self.outputs[job] = readers
+        self.forks += 1
+        self.last_used = time.monotonic()
+        try:
+            await self._send({"op": "run", "job": job, "cwd": recognised.cwd or None, "pwd": recognised.pwd or None,
+                              "umask": None}, recognised.source, [])
+        except OSError as exc:
+            self.pending.pop(job, None)
+            self.outputs.pop(job, None)
+            raise _ParentGone("cannot reach the warm runner: %s" % exc) from exc
+        try:
+            pid = await asyncio.wait_for(started, FORK_TIMEOUT)
+        except (_ParentGone, asyncio.CancelledError):
+            self.pending.pop(job, None)
+            self.outputs.pop(job, None)
+            raise
+        except asyncio.TimeoutError as exc:
+            self.pending.pop(job, None)
+            self.outputs.pop(job, None)
+            self.alive = False  # retired by the pool
+            raise WireError(E_INTERRUPTED, "the warm runner on %s did not start the module within %.0f s; it was "
+                                           "retired and the module's outcome is unknown" % (self.site.label, FORK_TIMEOUT),
+                            {"warm": True, "host": self.site.label}) from exc
+        self.pids[job] = pid
+        process = RemoteWarmProcess(self, job, pid, readers)
+        self.running[job] = process
+        if job in self.exits:
+            process.exited(self.exits.pop(job))
+        elif not self.alive:
+            process.lost()
+        return process
+
+    # ------------------------------------------------------------ the channel
+
+    async def _write(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is None or not self.alive:
+            raise OSError("the warm runner is gone")
+        async with self.send_lock:
+            await run_blocking(channel.sendall, data)
+
+    async def _send(self, header: Dict[str, Any], body: bytes, fds: List[int]) -> None:
+        head = json.dumps(header).encode("utf-8")
+        await self._write(_FRAME.pack(len(head), len(body)) + head + body)
+
+    def _read_frames(self) -> None:
+        """Reader thread: frames from the runner's stdout, handed to the event loop in order."""
+        channel = self.channel
+        buffer = b""
+        try:
+            while channel is not None:
+                data = channel.recv(1 << 16)
+                if not data:
+                    break
+                buffer += data
+                while len(buffer) >= _FRAME.size:
+                    hlen, blen = _FRAME.unpack_from(buffer)
+                    end = _FRAME.size + hlen + blen
+                    if len(buffer) < end:
+                        break
+                    header = json.loads(buffer[_FRAME.size:_FRAME.size + hlen].decode("utf-8"))
+                    self.loop.call_soon_threadsafe(self._frame, header, buffer[_FRAME.size + hlen:end])
+                    buffer = buffer[end:]
+        except (OSError, EOFError, ValueError) as exc:
+            log.info("%s: reading ended: %s", self.label, exc)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("%s: reading failed: %r", self.label, exc)  # paramiko raises its own SSHException
+        finally:
+            self.loop.call_soon_threadsafe(self._lost)
+
+    def _read_stderr(self) -> None:
+        channel = self.channel
+        pending = b""
+        try:
+            while channel is not None:
+                data = channel.recv_stderr(1 << 14)
+                if not data:
+                    break
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    log.warning("%s: %s", self.label, line.decode("utf-8", "replace").rstrip())
+        except Exception:  # pylint: disable=broad-except
+            pass  # the frame reader reports the end of the channel
+
+    def _frame(self, header: Dict[str, Any], body: bytes) -> None:
+        job = header.get("job")
+        if "out" in header:
+            readers = self.outputs.get(job)  # type: ignore[arg-type]
+            if readers is not None and body:
+                readers[0 if header["out"] == "stdout" else 1].feed_data(body)
+            return
+        if "status" in header:
+            for reader in self.outputs.pop(job, ()):  # type: ignore[arg-type]
+                reader.feed_eof()
+            self.pids.pop(job, None)  # type: ignore[arg-type]
+        self._dispatch(header)
+
+    def kill_group(self, job: int, pid: int, sig: int) -> None:
+        """Through the runner while it lives; else by its pid through a session of its own."""
+        if self.alive and self.channel is not None:
+            asyncio.ensure_future(self._signal(job, pid, sig))
+        else:
+            asyncio.ensure_future(self.site.run_quietly(_kill_command(pid, sig)))
+
+    async def _signal(self, job: int, pid: int, sig: int) -> None:
+        try:
+            await self._send({"op": "signal", "job": job, "signal": sig}, b"", [])
+        except OSError:
+            await self.site.run_quietly(_kill_command(pid, sig))
+
+    def _lost(self) -> None:
+        for readers in self.outputs.values():
+            for reader in readers:
+                reader.feed_eof()
+        self.outputs.clear()
+        super()._lost()
+
+    async def stop(self) -> None:
+        """End the channel: the runner sees the end of its stdin, kills its children's process groups and exits."""
+        self.alive = False
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            await run_blocking(channel.close)
+        self._lost()
+
+
+class RemoteWarmProcess(WarmProcess):
+    """A module run forked by a runner on the target; its output arrives through the runner's frames."""
+
+    def __init__(self, parent: RemoteParent, job: int, pid: int,
+                 readers: Tuple[asyncio.StreamReader, asyncio.StreamReader]) -> None:
+        super().__init__(parent, job, pid, -1, -1)
+        self._fds = []
+        self.stdout, self.stderr = readers
+        self.label = "remote process group %d on %s" % (pid, parent.site.label)
+        self.details = {"host": parent.site.label, "pgid": pid, "warm": True}
+
+    async def connect(self) -> None:
+        """The readers are fed by the runner's frames."""
