@@ -628,7 +628,24 @@ FINDINGS = """
   module's interpreter; lab hosts (sshd, systemd units) do not have it, and the benchmark starts its local
   executor without it, as a systemd service would be.
 - The module run itself (`python3` running AnsiballZ, about 0.2 s per task here) dominates every
-  scenario but Mitogen's: a warm executor that keeps module_utils imported is the path to the moonshot.
+  scenario but Mitogen's: a warm executor that keeps module_utils imported is the path to the moonshot
+  (warm runs, issue 18: bench/warm_cpu.py below; a warm child of `command` costs about 18 ms of CPU, of which
+  about 6 ms start `/bin/true` and 1.4 ms compile the wrapper).
+- The plugin load in the task worker, second cut (2026-11-29, bench/worker_cost.py: real ansible-playbook in
+  process, each forked worker records its own CPU; 30 x `command: /bin/true`, 3 interleaved rounds, median of
+  90 tasks, the previous revision in the same run). ansible-core's collection loader compiles collection Python
+  from source in every worker, and the plugin's option definitions were parsed from YAML in every worker (3.1 ms,
+  mostly building Python objects). Both are now kept per user in `~/.ansible/natsops/cache`
+  (`plugin_utils/_codecache.py`: mode 0700, one entry per module and install, checked against the SHA-256 of the
+  source, the bytecode magic and its own content, computed again on any mismatch). Worker CPU per task went from
+  31.3 to 22.7 ms, against 19.4 ms for ssh and 20.0 ms for local; the plugin load from 15.1 to 6.2 ms (ssh 1.4);
+  option handling was already at parity (1.3 against 1.4 ms). Where Python keeps no bytecode
+  (`PYTHONDONTWRITEBYTECODE`, a read-only collection) the plugin file itself is still compiled per worker: 34.8 to
+  27.8 ms. Left, about 7 ms: ansible-core importing the collection's packages (2.2 ms, any collection plugin pays
+  it), running the four modules from cached code (2.2 ms), the cache module (0.7 ms), finding and building the
+  plugin (2 ms); a round trip to the control process costs the worker about 0.25 ms, two per task.
+- Payload by digest (2026-11-29): after the first run of a module in an ansible-playbook run, a task sends about
+  5.4 KB of stdin instead of 170-340 KB (`command` 173,940 -> 5,448 bytes; `setup` 339,999 -> 5,411).
 """
 
 
@@ -655,8 +672,8 @@ def write_performance(connections: str) -> None:
             "Issue 18 (item 8): natsops.fleet.nats in agent mode no slower and no more CPU than Mitogen for 1 host x 30 "
             "tasks (<= 1.0x, goal <= 0.8x), no slower than Mitogen for 10 hosts x 10 tasks with forks 10, and 20 hosts x "
             "10 tasks through one zone executor in half the time of direct ssh (pipelining + ControlPersist) and no "
-            "slower than Mitogen over ssh. Agent mode is measured warm (`--warm`, to become the executor's default) "
-            "and cold (`--no-warm`).\n\n" + connections + FINDINGS + trust +
+            "slower than Mitogen over ssh. Agent mode is measured warm (`--warm`, the executor's default) and cold "
+            "(`--no-warm`); the zone executor warm (runners on the targets) and cold (`ansible_nats_warm: false`).\n\n" + connections + FINDINGS + trust +
             "\n## Test lab\n\n" + (lab.split("\n", 1)[1].lstrip() if lab.startswith("#") else lab))
     with open(PERFORMANCE, "w", encoding="utf-8") as handle:
         handle.write(text)

@@ -114,8 +114,7 @@ OVERRIDE_PLAY = """
 """
 
 
-def test_a_playbook_local_module_utils_override_runs_cold_with_the_override(playbook, nats_server, warm_executor,
-                                                                           tmp_path):
+def test_a_playbook_local_module_utils_override_runs_cold_with_the_override(playbook, nats_server, warm_executor, tmp_path):
     import ansible  # pylint: disable=import-outside-toplevel
     play = tmp_path / "override"
     original = os.path.join(os.path.dirname(ansible.__file__), "module_utils", "parsing", "convert_bool.py")

@@ -224,7 +224,7 @@ async def test_remote_warm_equals_cold(remote, payloads, name):
 @ASYNC
 async def test_one_runner_serves_every_run(remote, payloads):
     _host, pool, site = remote
-    for _ in range(3):
+    for _round in range(3):
         await _warm(remote, payloads["command"])
     assert len(site.commands) == 1 and pool.stats()["warm_parents"] == 1
     assert " stream " in site.commands[0] and "natsops-warm-parent" in site.commands[0]
