@@ -38,6 +38,7 @@ import threading
 
 _FRAME = struct.Struct(">II")
 _FDS_PER_RUN = 3
+SYNC = b"\x00natsops-warm-runner\x00"  # stream mode: the first bytes of the runner itself on stdout
 
 
 class _Stop(Exception):
@@ -80,7 +81,8 @@ class _Parent:
         self.fds = []
         self.children = {}  # pid -> (job, out fd, err fd): socket mode, the job's fds, closed once it is reaped
         self.outputs = {}   # stream mode: read end of a child's pipe -> (job, "stdout" | "stderr")
-        self.ended = {}     # stream mode: job -> wait status, sent once its output ended too
+        self.ended = {}     # stream mode: job -> (wait status, what the shell says), sent once its output ended too
+        self.groups = {}    # job -> its process group (the child's pid) until its status is sent
         self.initial_path = list(sys.path)
         self.main_dict = dict(sys.modules["__main__"].__dict__)
         self.tempdir = None
@@ -197,13 +199,12 @@ class _Parent:
                 self.emit({"failed": "%s: %s" % (type(exc).__name__, exc)})
             return
         job = header["job"]
-        if op == "signal":
-            for pid, entry in self.children.items():
-                if entry[0] == job:
-                    try:
-                        os.killpg(pid, int(header["signal"]))
-                    except OSError:
-                        pass
+        if op == "signal":  # the whole group, also after its leader ended while others still hold its output
+            if job in self.groups:
+                try:
+                    os.killpg(self.groups[job], int(header["signal"]))
+                except OSError:
+                    pass
             return
         pipes, fds = [], []
         try:
@@ -232,9 +233,19 @@ class _Parent:
             self.child(fds, header, body, gate_r, ready_w)  # never returns
         os.close(gate_r)
         os.close(ready_w)
-        os.read(ready_r, 1)  # its own session and process group exist (or it is gone): the pid can be reported
+        # its own session and process group exist, in the requested directory (or it is gone): the pid can be
+        # reported; a directory it cannot enter ends it here, and the run goes cold (the shell then says why)
+        state = os.read(ready_r, 1)
         os.close(ready_r)
         os.close(fds[0])
+        if state != b"r":
+            os.close(gate_w)
+            for fd in fds[1:] + [r for r, _w in pipes]:
+                os.close(fd)
+            os.waitpid(pid, 0)
+            self.emit({"job": job, "error": "cannot enter %s" % header.get("cwd"), "reason": "cwd"})
+            return
+        self.groups[job] = pid
         if self.ctl is not None:
             # stdout and stderr stay open here until the child is reaped, as the cold run's shell keeps them
             self.children[pid] = (job, fds[1], fds[2])
@@ -264,7 +275,11 @@ class _Parent:
 
     def finish(self, job):
         if job in self.ended and not any(j == job for j, _name in self.outputs.values()):
-            self.emit({"job": job, "status": self.ended.pop(job)})
+            status, said = self.ended.pop(job)
+            if said:  # after all of the child's own output, as the shell writes it after the command ended
+                self.emit({"job": job, "out": "stderr"}, said)
+            self.groups.pop(job, None)
+            self.emit({"job": job, "status": status})
 
     def reap(self):
         while self.children:
@@ -279,11 +294,7 @@ class _Parent:
                 continue
             job, out_fd, err_fd = entry
             if out_fd is None:  # stream mode
-                if os.WIFSIGNALED(status):
-                    said = _shell_says(status)
-                    if said:
-                        self.emit({"job": job, "out": "stderr"}, said)
-                self.ended[job] = status
+                self.ended[job] = (status, _shell_says(status) if os.WIFSIGNALED(status) else b"")
                 self.finish(job)
                 continue
             if os.WIFSIGNALED(status):
@@ -293,12 +304,13 @@ class _Parent:
                     pass
             os.close(out_fd)
             os.close(err_fd)
+            self.groups.pop(job, None)
             self.emit({"job": job, "status": status})
 
     def stop(self):
-        for pid in list(self.children):
+        for pgid in list(self.groups.values()):
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
             except OSError:
                 pass
         if self.tempdir:
@@ -310,6 +322,12 @@ class _Parent:
         status = 1
         try:
             os.setsid()
+            if header.get("cwd") is not None:  # else the parent's (stream mode: the login directory)
+                try:
+                    os.chdir(header["cwd"])
+                except OSError:
+                    os.write(ready, b"c")
+                    os._exit(127)  # pylint: disable=protected-access
             os.write(ready, b"r")
             os.close(ready)
             if os.read(gate, 1) != b"g":
@@ -323,8 +341,6 @@ class _Parent:
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_DFL)
-            if header.get("cwd") is not None:  # else the parent's (stream mode: the login directory)
-                os.chdir(header["cwd"])
             if header.get("pwd") is not None:
                 os.environ["PWD"] = header["pwd"]  # as the shell exports it; everything else is the parent's
             if header.get("umask") is not None:
@@ -415,6 +431,8 @@ def main():
     try:
         if mode == "socket":
             _die_with_executor(executor_pid)
+        else:  # whatever a login script printed before this comes first: the executor skips to this mark
+            _write_all(1, SYNC)
         parent.serve()
     except _Stop:
         pass

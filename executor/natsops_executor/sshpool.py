@@ -158,6 +158,20 @@ class SSHSettings:
         return found
 
 
+def _credential_key(target: Target) -> str:
+    """Which credentials a target logs in with, as the pool keys its connections (no secret in it)."""
+    if target.identity is not None:
+        return "identity:%s" % target.identity
+    if target.private_key is None and target.password is None:
+        return "default"
+    digest = hashlib.sha256()
+    if target.private_key is not None:
+        digest.update(b"key\0" + target.private_key.encode("utf-8"))
+    if target.password is not None:
+        digest.update(b"password\0" + target.password.encode("utf-8"))
+    return "sent:" + digest.hexdigest()[:32]
+
+
 def _credentials(settings: SSHSettings, target: Target) -> Credentials:
     """(pool key part, keys [(label, PKey)], password) for a validated target; secrets stay out of the key."""
     if target.identity is not None:
@@ -165,20 +179,16 @@ def _credentials(settings: SSHSettings, target: Target) -> Credentials:
         if key is None:
             raise fail(E_TARGET_AUTH, "auth", "this executor has no SSH identity named %r (it has: %s)" % (
                 target.identity, ", ".join(sorted(settings.identities)) or "none"))
-        return "identity:%s" % target.identity, [("identity %r" % target.identity, key)], None
+        return _credential_key(target), [("identity %r" % target.identity, key)], None
     keys = []
-    digest = hashlib.sha256()
     if target.private_key is not None:
         try:
             keys.append(("the private key sent", load_private_key(text=target.private_key, passphrase=target.passphrase)))
         except ValueError as exc:
             raise fail(E_TARGET_AUTH, "auth", "the private key in the request is unusable: %s" % exc) from None
-        digest.update(b"key\0" + target.private_key.encode("utf-8"))
-    if target.password is not None:
-        digest.update(b"password\0" + target.password.encode("utf-8"))
     if not keys and target.password is None:
         return "default", settings.default_keys(), None
-    return "sent:" + digest.hexdigest()[:32], keys, target.password
+    return _credential_key(target), keys, target.password
 
 
 def _open_transport(settings: SSHSettings, target: Target, keys: List[Tuple[str, paramiko.PKey]],
@@ -295,9 +305,11 @@ class SSHPool:
             _last, key = idle.pop(0)
             self._drop(key, self.entries[key])
 
-    def key_for(self, target: Target) -> PoolKey:
-        """What the pool keys a target's connection by: host, port, user and which credentials (no secret)."""
-        return (target.host, target.port, target.user, _credentials(self.settings, target)[0])
+    @staticmethod
+    def key_for(target: Target) -> PoolKey:
+        """What the pool keys a target's connection by: host, port, user and which credentials (no secret; no key
+        is read or parsed for it)."""
+        return (target.host, target.port, target.user, _credential_key(target))
 
     async def acquire(self, target: Target, fresh: bool = False) -> Tuple[PoolKey, _Entry]:
         """An _Entry for the target, marked busy (release() it); connects when there is none or ``fresh``."""

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, 
 from natsops_executor._wire.contract import E_INTERRUPTED, E_SPAWN, WireError
 from natsops_executor._wire.messages import ExecRequest
 from natsops_executor.guard import JobGuard
-from natsops_executor.hosts.base import DRAIN_AFTER_KILL, KILL_GRACE, Process, run_blocking
+from natsops_executor.hosts.base import DRAIN_AFTER_KILL, KILL_GRACE, SHELL_ENV_NAME, Process, run_blocking
 
 if TYPE_CHECKING:
     from natsops_executor.warm_remote import RemoteSite
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("natsops_executor")
 
 MAX_PARENTS = 4           # warm parents kept at once (one per key)
+MAX_RUNNERS_PER_TARGET = 4  # zone mode: runners on one target connection (each holds an SSH session; sshd's
+#                             MaxSessions is 10 by default, and cold runs, SFTP and kills need sessions too)
 IDLE_TIMEOUT = 300.0      # seconds a warm parent without work is kept
 MAX_AGE = 3600.0          # seconds after which a warm parent is replaced (installed packages may have changed)
 MAX_FORKS = 1000          # module runs after which a warm parent is replaced
@@ -102,6 +104,25 @@ COLD_OPT_OUT = "caller_opt_out"
 
 class _ParentGone(Exception):
     """The warm parent ended (or failed) before the child started: the run goes cold."""
+
+
+class _ForkRefused(_ParentGone):
+    """The warm parent said it did not start the module: ``reason`` COLD_CWD (the child could not enter the
+    requested directory; the cold run's shell will say why) or COLD_PARENT_FAILED (it could not fork)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+async def _to_completion(call: "asyncio.Future[Any]") -> Any:
+    """Wait for a blocking call running in a thread to finish even when the waiter is cancelled (a frame half
+    written to a shared stream would corrupt it for every later one); the cancellation is raised afterwards."""
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        await asyncio.wait([call])
+        raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +397,9 @@ def recognise_remote(req: ExecRequest, stdin: bytes, allowlist: Mapping[str, str
         return payload
     if not payload.python.startswith("/"):
         return Cold(COLD_INTERPRETER, "interpreter %s is not an absolute path" % payload.python)
+    bad = [name for name in (req.env or {}) if not SHELL_ENV_NAME.match(name)]
+    if bad:  # the cold run refuses it (bad_request), exactly as without warm runs
+        return Cold(COLD_NOT_MODULE, "environment variable name %r is not valid in SSH mode" % bad[0])
     env = dict(req.env or {})
     for assignment in payload.assignments:
         name, value = assignment.split("=", 1)
@@ -445,6 +469,8 @@ class _Parent:
         self.running: Dict[int, "WarmProcess"] = {}
         self.pending: Dict[int, "asyncio.Future[int]"] = {}
         self.exits: Dict[int, int] = {}  # wait statuses of runs that ended before run() registered them
+        self.abandoned: Set[int] = set()  # runs given up before their pid came: their pid is killed, status dropped
+        self.place = ""  # where it runs: "" here, a target's key in zone mode
         self.next_job = 0
         self.alive = True
         self.send_lock = asyncio.Lock()
@@ -527,29 +553,31 @@ class _Parent:
             await self._send({"op": "run", "job": job, "cwd": recognised.cwd, "pwd": recognised.pwd,
                               "umask": current_umask()},
                              recognised.source, [stdin_r, out_w, err_w])
-        except OSError as exc:
-            self.pending.pop(job, None)
+        except BaseException as exc:
+            self._abandon(job)
             for fd in (out_r, err_r):
                 os.close(fd)
-            raise _ParentGone("cannot reach the warm parent: %s" % exc) from exc
+            if isinstance(exc, OSError):
+                raise _ParentGone("cannot reach the warm parent: %s" % exc) from exc
+            raise  # cancelled: if the frame went out, the pid that comes back is killed (_dispatch)
         finally:
             for fd in (stdin_r, out_w, err_w):
                 os.close(fd)
         try:
             pid = await asyncio.wait_for(started, FORK_TIMEOUT)
-        except _ParentGone:  # it ended before it started the module: nothing ran
-            self.pending.pop(job, None)
+        except _ParentGone:  # it ended before it started the module (the gate stayed closed): nothing ran
+            self._abandon(job)
             for fd in (out_r, err_r):
                 os.close(fd)
             raise
         except asyncio.CancelledError:  # the job was ended while it waited; a late pid is killed (_dispatch)
-            self.pending.pop(job, None)
+            self._abandon(job)
             for fd in (out_r, err_r):
                 os.close(fd)
             raise
         except asyncio.TimeoutError as exc:
             # it may still start it: never run it cold as well; a late pid is killed (_dispatch)
-            self.pending.pop(job, None)
+            self._abandon(job)
             self.alive = False  # retired by the pool
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -582,7 +610,12 @@ class _Parent:
             sock.sendall(frame[sent:])
 
         async with self.send_lock:
-            await run_blocking(send)
+            await _to_completion(asyncio.ensure_future(run_blocking(send)))
+
+    def _abandon(self, job: int) -> None:
+        """A run given up before its pid came: a pid reported later is killed, its status dropped."""
+        self.pending.pop(job, None)
+        self.abandoned.add(job)
 
     async def _events(self, proc: asyncio.subprocess.Process) -> None:
         stdout = cast(asyncio.StreamReader, proc.stdout)
@@ -615,15 +648,20 @@ class _Parent:
             else:  # its run gave up waiting (FORK_TIMEOUT): it must not run unsupervised
                 self.kill_group(int(event["job"]), int(event["pid"]), signal.SIGKILL)
         elif "status" in event:
-            process = self.running.pop(event["job"], None)
+            job = int(event["job"])
+            process = self.running.pop(job, None)
             if process is not None:
                 process.exited(int(event["status"]))
+            elif job in self.abandoned:
+                self.abandoned.discard(job)
             else:
-                self.exits[int(event["job"])] = int(event["status"])
+                self.exits[job] = int(event["status"])
         elif "error" in event:
             future = self.pending.pop(event["job"], None)
+            self.abandoned.discard(int(event["job"]))
             if future is not None and not future.done():
-                future.set_exception(_ParentGone("the warm parent could not fork: %s" % event["error"]))
+                future.set_exception(_ForkRefused("the warm parent did not start the module: %s" % event["error"],
+                                                  COLD_CWD if event.get("reason") == "cwd" else COLD_PARENT_FAILED))
 
     def kill_group(self, job: int, pid: int, sig: int) -> None:  # pylint: disable=unused-argument
         """Signal the process group of a child (``job``, ``pid``) of this parent."""
@@ -774,6 +812,13 @@ class WarmProcess(Process):
 
 # ---------------------------------------------------------------- the pool
 
+async def _stop_quietly(parent: _Parent) -> None:
+    """Stop a parent; a failure is logged, never the end of the pool's reaper or of the executor's stop."""
+    try:
+        await parent.stop()
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("warm parent for %s did not stop cleanly: %r", parent.interpreter, exc)
+
 def warm_stats(local: "WarmPool", ssh: "WarmPool") -> Dict[str, Any]:
     """The executor's warm counters ($SRV STATS): runs on this host and on SSH targets together; ``warm_parents``
     counts both kinds, ``warm_runners`` the ones on targets."""
@@ -851,6 +896,11 @@ class WarmPool:
             return None
         try:
             process = await parent.run(verdict)
+        except _ForkRefused as exc:
+            if exc.reason != COLD_CWD:  # a directory it cannot enter says nothing about the parent
+                self._retire(parent)
+            self._cold(Cold(exc.reason, str(exc)))
+            return None
         except _ParentGone as exc:
             self._retire(parent)
             self._cold(Cold(COLD_PARENT_LOST, str(exc)))
@@ -860,8 +910,15 @@ class WarmPool:
 
     def _start(self, verdict: Recognised, site: Optional["RemoteSite"]) -> Cold:
         """Start a warm parent for this key in the background (this run goes cold)."""
+        if site is not None:
+            there = [p for p in self.parents.values() if p.place == site.where]
+            if len(there) >= MAX_RUNNERS_PER_TARGET:
+                idle = [p for p in there if not p.running and not p.pending and p.ready.done()]
+                if not idle:
+                    return Cold(COLD_LIMIT, "%d warm runners run on this target already" % len(there))
+                self._retire(min(idle, key=lambda p: p.last_used))
         if len(self.parents) >= self.max_parents:
-            idle = [p for p in self.parents.values() if not p.running and p.ready.done()]
+            idle = [p for p in self.parents.values() if not p.running and not p.pending and p.ready.done()]
             if not idle:
                 return Cold(COLD_LIMIT, "%d warm parents run already" % self.max_parents)
             self._retire(min(idle, key=lambda p: p.last_used))
@@ -887,14 +944,17 @@ class WarmPool:
             if self._closing:
                 return
             now = time.monotonic()
+            for key, failed in list(self._failed.items()):
+                if now - failed > RETRY_AFTER:
+                    del self._failed[key]
             for parent in list(self.parents.values()):
-                idle = not parent.running and now - parent.last_used > IDLE_TIMEOUT
+                idle = not parent.running and not parent.pending and now - parent.last_used > IDLE_TIMEOUT
                 if parent.ready.done() and (not parent.usable or idle):
                     self._retire(parent)
             for parent in list(self.retiring):
-                if not parent.running:
+                if not parent.running and not parent.pending:  # nothing runs or is starting on it
                     self.retiring.discard(parent)
-                    await parent.stop()
+                    await _stop_quietly(parent)
 
     async def close(self) -> None:
         """Stop every warm parent (their children die with them)."""
@@ -905,9 +965,9 @@ class WarmPool:
             self._reaper.cancel()
             await asyncio.wait([self._reaper], timeout=KILL_GRACE + DRAIN_AFTER_KILL + 1)
             self._reaper = None
-        for task in list(self._starting):
-            await asyncio.wait([task], timeout=START_TIMEOUT)
+        if self._starting:
+            await asyncio.wait(list(self._starting), timeout=START_TIMEOUT)
         for parent in list(self.parents.values()) + list(self.retiring):
-            await parent.stop()
+            await _stop_quietly(parent)
         self.parents.clear()
         self.retiring.clear()

@@ -22,17 +22,18 @@ import shlex
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from natsops_executor._wire.contract import E_INTERRUPTED, WireError
-from natsops_executor.hosts.base import run_blocking
 from natsops_executor.warm import (
-    _FRAME, BOOT, FORK_TIMEOUT, START_TIMEOUT, IDLE_TIMEOUT, Recognised, WarmProcess, _member_digests, _Parent,
-    _ParentGone, _zip_bytes, parent_program,
+    _FRAME, BOOT, FORK_TIMEOUT, IDLE_TIMEOUT, START_TIMEOUT, Recognised, WarmProcess, _ForkRefused, _member_digests,
+    _Parent, _ParentGone, _to_completion, _zip_bytes, parent_program,
 )
 
 log = logging.getLogger("natsops_executor")
 
+# the runner's first bytes on its stdout (_warm_parent.SYNC; that program imports nothing of this package)
+SYNC = b"\x00natsops-warm-runner\x00"
 # a runner exits on its own after this long without a frame and without running children (its executor vanished
 # without closing the channel); longer than the pool keeps an idle runner, so it never races the pool's own stop
 RUNNER_IDLE_EXIT = IDLE_TIMEOUT * 3
@@ -74,6 +75,11 @@ class RemoteSite(abc.ABC):
     async def run_quietly(self, command: str) -> None:
         """Run ``command`` on the target and wait for its end, ignoring its output and failures."""
 
+    @abc.abstractmethod
+    async def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking call of a channel (send, close) in threads of the site's own (never the file threads:
+        a stalled link must not hold up the executor's other work)."""
+
     def parent(self, key: str, recognised: Recognised) -> "RemoteParent":
         return RemoteParent(self, key, recognised)
 
@@ -97,43 +103,57 @@ class RemoteParent(_Parent):
     def __init__(self, site: RemoteSite, key: str, recognised: Recognised) -> None:
         super().__init__(key, recognised, None)
         self.site = site
+        self.place = site.where
         self.channel: Optional[Channel] = None
         self.outputs: Dict[int, Tuple[asyncio.StreamReader, asyncio.StreamReader]] = {}
-        self.pids: Dict[int, int] = {}   # job -> pid on the target
+        self.readers: List[threading.Thread] = []
+        self.kills: Set["asyncio.Future[None]"] = set()
         self.loop = asyncio.get_running_loop()
         self.label = "warm runner on %s" % site.label
 
     async def start(self, zip_data: str) -> None:
         try:
-            raw = _zip_bytes(zip_data)
-            if raw is None:
-                raise _ParentGone("the payload zip is not base64")
-            program = parent_program()
-            self.channel = await self.site.open(runner_command(self.interpreter, self.env, len(program)))
-            for func, name in ((self._read_frames, "frames"), (self._read_stderr, "stderr")):
-                threading.Thread(target=func, daemon=True, name="natsops-warm-%s" % name).start()
-            await self._write(program)
-            await self._send({"op": "init"}, raw, [])
-            members = await asyncio.wait_for(asyncio.shield(self.reported), START_TIMEOUT)
-            digests = _member_digests(zip_data, members)
-            if not digests:
-                raise _ParentGone("the warm runner imported nothing from its payload, or files that are not in it")
-            self.reference = digests
-            if not self.alive:
-                raise _ParentGone("the warm runner exited while it warmed up")
-            self.last_used = time.monotonic()
-            self.ready.set_result(None)
-            log.info("%s ready (%s): %d module_utils files imported", self.label, self.interpreter, len(digests))
+            await asyncio.wait_for(self._start(zip_data), START_TIMEOUT)  # a stalled session or link included
         except (OSError, ValueError, asyncio.TimeoutError, _ParentGone, WireError) as exc:
             log.warning("%s for %s could not start: %s", self.label, self.interpreter,
                         getattr(exc, "message", None) or exc or type(exc).__name__)
             if not self.ready.done():
                 self.ready.set_exception(_ParentGone(str(exc)))
             await self.stop()
+        except asyncio.CancelledError:
+            if not self.ready.done():
+                self.ready.set_exception(_ParentGone("the executor stopped while the runner started"))
+            await self.stop()
+            raise
+
+    async def _start(self, zip_data: str) -> None:
+        raw = _zip_bytes(zip_data)
+        if raw is None:
+            raise _ParentGone("the payload zip is not base64")
+        program = parent_program()
+        self.channel = await self.site.open(runner_command(self.interpreter, self.env, len(program)))
+        for func, name in ((self._read_frames, "frames"), (self._read_stderr, "stderr")):
+            thread = threading.Thread(target=func, args=(self.channel,), daemon=True, name="natsops-warm-%s" % name)
+            thread.start()
+            self.readers.append(thread)
+        await self._write(program)
+        await self._send({"op": "init"}, raw, [])
+        members = await asyncio.shield(self.reported)
+        digests = _member_digests(zip_data, members)
+        if not digests:
+            raise _ParentGone("the warm runner imported nothing from its payload, or files that are not in it")
+        self.reference = digests
+        if not self.alive:
+            raise _ParentGone("the warm runner exited while it warmed up")
+        self.last_used = time.monotonic()
+        self.ready.set_result(None)
+        log.info("%s ready (%s): %d module_utils files imported", self.label, self.interpreter, len(digests))
 
     async def run(self, recognised: Recognised) -> WarmProcess:
-        """Ask the runner to fork a child for this module; returns once it runs (its pid known), or raises
-        _ParentGone (nothing ran: the run goes cold)."""
+        """Ask the runner to fork a child for this module; returns once it runs (its pid known). Raises
+        _ParentGone when nothing ran (the run goes cold): the frame could not be sent, or the runner said it did
+        not start it. Once the frame went out, losing the runner is ``interrupted``: over SSH the runner's report
+        of the pid may have been lost with the connection after it started the module."""
         self.next_job += 1
         job = self.next_job
         started: "asyncio.Future[int]" = self.loop.create_future()
@@ -145,24 +165,26 @@ class RemoteParent(_Parent):
         try:
             await self._send({"op": "run", "job": job, "cwd": recognised.cwd or None, "pwd": recognised.pwd or None,
                               "umask": None}, recognised.source, [])
-        except OSError as exc:
-            self.pending.pop(job, None)
+        except BaseException as exc:
+            self._abandon(job)
             self.outputs.pop(job, None)
-            raise _ParentGone("cannot reach the warm runner: %s" % exc) from exc
+            if isinstance(exc, OSError):
+                raise _ParentGone("cannot reach the warm runner: %s" % exc) from exc
+            raise  # cancelled: if the frame went out, the pid that comes back is killed (_dispatch)
         try:
             pid = await asyncio.wait_for(started, FORK_TIMEOUT)
-        except (_ParentGone, asyncio.CancelledError):
-            self.pending.pop(job, None)
+        except (_ForkRefused, asyncio.CancelledError):
+            self._abandon(job)
             self.outputs.pop(job, None)
             raise
-        except asyncio.TimeoutError as exc:
-            self.pending.pop(job, None)
+        except (_ParentGone, asyncio.TimeoutError) as exc:
+            self._abandon(job)
             self.outputs.pop(job, None)
             self.alive = False  # retired by the pool
-            raise WireError(E_INTERRUPTED, "the warm runner on %s did not start the module within %.0f s; it was "
-                                           "retired and the module's outcome is unknown" % (self.site.label, FORK_TIMEOUT),
+            why = "was lost" if isinstance(exc, _ParentGone) else "did not report it within %.0f s" % FORK_TIMEOUT
+            raise WireError(E_INTERRUPTED, "the warm runner on %s %s while it started the module; the module may "
+                                           "have started and its outcome is unknown" % (self.site.label, why),
                             {"warm": True, "host": self.site.label}) from exc
-        self.pids[job] = pid
         process = RemoteWarmProcess(self, job, pid, readers)
         self.running[job] = process
         if job in self.exits:
@@ -178,22 +200,31 @@ class RemoteParent(_Parent):
         if channel is None or not self.alive:
             raise OSError("the warm runner is gone")
         async with self.send_lock:
-            await run_blocking(channel.sendall, data)
+            await _to_completion(asyncio.ensure_future(self.site.call(channel.sendall, data)))
 
     async def _send(self, header: Dict[str, Any], body: bytes, fds: List[int]) -> None:
         head = json.dumps(header).encode("utf-8")
         await self._write(_FRAME.pack(len(head), len(body)) + head + body)
 
-    def _read_frames(self) -> None:
-        """Reader thread: frames from the runner's stdout, handed to the event loop in order."""
-        channel = self.channel
+    def _read_frames(self, channel: Channel) -> None:
+        """Reader thread: frames from the runner's stdout, handed to the event loop in order. Whatever a login
+        script printed comes before the runner's SYNC mark and is skipped."""
         buffer = b""
+        synced = False
         try:
-            while channel is not None:
+            while True:
                 data = channel.recv(1 << 16)
                 if not data:
                     break
                 buffer += data
+                if not synced:
+                    mark = buffer.find(SYNC)
+                    if mark < 0:
+                        buffer = buffer[-len(SYNC):]
+                        continue
+                    if mark:
+                        log.info("%s: skipped %d bytes its login printed", self.label, mark)
+                    buffer, synced = buffer[mark + len(SYNC):], True
                 while len(buffer) >= _FRAME.size:
                     hlen, blen = _FRAME.unpack_from(buffer)
                     end = _FRAME.size + hlen + blen
@@ -202,22 +233,19 @@ class RemoteParent(_Parent):
                     header = json.loads(buffer[_FRAME.size:_FRAME.size + hlen].decode("utf-8"))
                     self.loop.call_soon_threadsafe(self._frame, header, buffer[_FRAME.size + hlen:end])
                     buffer = buffer[end:]
-        except (OSError, EOFError, ValueError) as exc:
-            log.info("%s: reading ended: %s", self.label, exc)
         except Exception as exc:  # pylint: disable=broad-except
-            log.warning("%s: reading failed: %r", self.label, exc)  # paramiko raises its own SSHException
+            log.info("%s: reading ended: %r", self.label, exc)  # paramiko raises its own exceptions too
         finally:
             self.loop.call_soon_threadsafe(self._lost)
 
-    def _read_stderr(self) -> None:
-        channel = self.channel
+    def _read_stderr(self, channel: Channel) -> None:
         pending = b""
         try:
-            while channel is not None:
+            while True:
                 data = channel.recv_stderr(1 << 14)
                 if not data:
                     break
-                pending += data
+                pending = (pending + data)[-(1 << 16):]
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     log.warning("%s: %s", self.label, line.decode("utf-8", "replace").rstrip())
@@ -228,21 +256,20 @@ class RemoteParent(_Parent):
         job = header.get("job")
         if "out" in header:
             readers = self.outputs.get(job)  # type: ignore[arg-type]
-            if readers is not None and body:
+            if readers is not None and body:  # output of a run given up on is dropped
                 readers[0 if header["out"] == "stdout" else 1].feed_data(body)
             return
         if "status" in header:
             for reader in self.outputs.pop(job, ()):  # type: ignore[arg-type]
                 reader.feed_eof()
-            self.pids.pop(job, None)  # type: ignore[arg-type]
         self._dispatch(header)
 
     def kill_group(self, job: int, pid: int, sig: int) -> None:
-        """Through the runner while it lives; else by its pid through a session of its own."""
-        if self.alive and self.channel is not None:
-            asyncio.ensure_future(self._signal(job, pid, sig))
-        else:
-            asyncio.ensure_future(self.site.run_quietly(_kill_command(pid, sig)))
+        """Through the runner while it lives; else by the pid, through a session of its own."""
+        task = asyncio.ensure_future(self._signal(job, pid, sig) if self.alive and self.channel is not None
+                                     else self.site.run_quietly(_kill_command(pid, sig)))
+        self.kills.add(task)
+        task.add_done_callback(self.kills.discard)
 
     async def _signal(self, job: int, pid: int, sig: int) -> None:
         try:
@@ -258,11 +285,18 @@ class RemoteParent(_Parent):
         super()._lost()
 
     async def stop(self) -> None:
-        """End the channel: the runner sees the end of its stdin, kills its children's process groups and exits."""
+        """End the channel: the runner sees the end of its stdin, kills its children's process groups and exits.
+        What it said before goes through first (its reader thread ends), then running jobs are lost."""
         self.alive = False
         channel, self.channel = self.channel, None
         if channel is not None:
-            await run_blocking(channel.close)
+            try:
+                await self.site.call(channel.close)
+            except Exception as exc:  # pylint: disable=broad-except
+                log.info("%s: closing: %r", self.label, exc)
+            for thread in self.readers:
+                await self.site.call(thread.join, 5.0)
+        await asyncio.sleep(0)  # the frames the readers handed over run before the rest is declared lost
         self._lost()
 
 
@@ -272,6 +306,7 @@ class RemoteWarmProcess(WarmProcess):
     def __init__(self, parent: RemoteParent, job: int, pid: int,
                  readers: Tuple[asyncio.StreamReader, asyncio.StreamReader]) -> None:
         super().__init__(parent, job, pid, -1, -1)
+        self.remote = parent
         self._fds = []
         self.stdout, self.stderr = readers
         self.label = "remote process group %d on %s" % (pid, parent.site.label)
@@ -279,3 +314,7 @@ class RemoteWarmProcess(WarmProcess):
 
     async def connect(self) -> None:
         """The readers are fed by the runner's frames."""
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        self.remote.outputs.pop(self.job, None)  # anything still written by what it left behind is dropped

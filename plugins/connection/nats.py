@@ -268,10 +268,9 @@ def _load_codecache() -> Any:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception:
-            del sys.modules[name]
-            raise
-        setattr(package, "_codecache", module)
+            setattr(package, "_codecache", module)
+        except Exception:  # pylint: disable=broad-except
+            del sys.modules[name]  # only speed is at stake: the collection loader imports it below
     return importlib.import_module(name)
 
 

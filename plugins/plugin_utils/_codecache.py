@@ -64,7 +64,14 @@ def _entry(directory: str, name: str, origin: str) -> str:
 def _read(path: str, key: bytes) -> Optional[bytes]:
     """The content of the cache file ``path`` when it was made for ``key`` and is intact, else None."""
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return None  # only a regular file this user wrote (the directory is checked to be private too)
             data = handle.read()
     except OSError:
         return None

@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -23,7 +24,7 @@ import pytest_asyncio
 from natsops_executor import jobs, warm
 from natsops_executor._wire.contract import E_INTERRUPTED, E_TIMEOUT, WireError
 from natsops_executor._wire.messages import ExecRequest
-from natsops_executor.hosts.base import Host, Process
+from natsops_executor.hosts.base import Host, Process, run_blocking
 from natsops_executor.hosts.local import LocalHost
 from natsops_executor.warm_remote import Channel, RemoteSite
 
@@ -68,15 +69,21 @@ class PipeChannel(Channel):
 class PipeSite(RemoteSite):
     """A 'target' that is this machine, reached through pipes instead of an SSH session."""
 
-    def __init__(self, home: str) -> None:
+    def __init__(self, home: str, login_says: str = "") -> None:
         self.where = "test@pipe:22"
         self.label = "test@pipe"
         self.home = home
+        self.login_says = login_says  # what a login script prints before the command runs
         self.procs: List["subprocess.Popen[bytes]"] = []
         self.commands: List[str] = []
 
+    async def call(self, func: Any, *args: Any) -> Any:
+        return await run_blocking(func, *args)
+
     async def open(self, command: str) -> Channel:
         self.commands.append(command)
+        if self.login_says:
+            command = "printf %s; %s" % (shlex.quote(self.login_says), command)
         proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE,  # pylint: disable=consider-using-with
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.home, start_new_session=True)
         self.procs.append(proc)
@@ -329,3 +336,43 @@ async def test_closing_the_pool_ends_the_runner_and_its_children(payloads, tmp_p
         await asyncio.sleep(0.05)
     await pool.close()
     assert site.procs[0].wait(10) == 0
+
+
+def test_environment_names_a_shell_cannot_export_run_cold(payloads):
+    """The runner's start command exports the request's environment: a name that is no shell name never gets
+    there (the cold run then refuses it, as without warm runs)."""
+    verdict = warm.recognise_remote(_req(env={"A;touch /tmp/natsops-injected;B": "v"}), payloads["ping"],
+                                    warm.load_allowlist(), "root@h:22")
+    assert isinstance(verdict, warm.Cold) and verdict.reason == warm.COLD_NOT_MODULE
+
+
+@ASYNC
+async def test_a_directory_the_child_cannot_enter_runs_cold(remote, payloads, tmp_path):
+    _host, pool, _site = remote
+    hits, cwd = pool.hits, pool.reasons[warm.COLD_CWD]
+    with pytest.raises(WireError):  # the cold run's shell cannot cd there either: the request fails as it did
+        await _run(remote[0], payloads["ping"], cwd=str(tmp_path / "missing"))
+    assert pool.hits == hits and pool.reasons[warm.COLD_CWD] == cwd + 1
+    assert (await _warm(remote, payloads["ping"]))[0] == 0  # the runner serves the next run
+
+
+@ASYNC
+async def test_a_login_script_that_prints_does_not_confuse_the_runner(payloads, tmp_path):
+    pool = warm.WarmPool(max_parents=2)
+    site = PipeSite(str(tmp_path), login_says="Welcome to a noisy host\n")
+    host = PipeHost(pool, site)
+    try:
+        await _run(host, payloads["ping"])
+        for _attempt in range(300):
+            parents = list(pool.parents.values())
+            if parents and parents[0].ready.done():
+                break
+            await asyncio.sleep(0.05)
+        assert not parents[0].ready.exception()
+        hits = pool.hits
+        rc, out, _err = await _run(host, payloads["ping"])
+        assert rc == 0 and json.loads(out)["ping"] == "pong" and pool.hits == hits + 1
+    finally:
+        await pool.close()
+        for proc in site.procs:
+            proc.wait(10)

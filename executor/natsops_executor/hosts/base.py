@@ -12,6 +12,7 @@ import abc
 import asyncio
 import concurrent.futures
 import errno
+import re
 from typing import Any, Callable, Dict, Optional
 
 from natsops_executor._wire.contract import E_BAD_PATH, E_IO, E_NOT_FOUND, E_PERMISSION, WireError
@@ -27,6 +28,10 @@ _ERRNO_CODES = {errno.ENOENT: E_NOT_FOUND, errno.EACCES: E_PERMISSION, errno.EPE
 # File work of this host (hashing, reading) runs in threads of its own, never in the event loop; the pool is
 # bounded, so a flood of file requests waits here instead of starving everything else of threads.
 _FILE_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="natsops-file")
+
+
+# an environment variable a POSIX shell can export: SSH mode refuses other names (cold and warm alike)
+SHELL_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 async def run_blocking(func: Callable[..., Any], *args: Any) -> Any:

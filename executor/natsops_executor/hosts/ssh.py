@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import posixpath
-import re
 import shlex
 import stat
 import tempfile
@@ -29,14 +28,13 @@ from natsops_executor._wire.contract import (
     E_BAD_PATH, E_BAD_REQUEST, E_IO, E_NOT_FOUND, E_SPAWN, E_TIMEOUT, WireError, sha256_of,
 )
 from natsops_executor._wire.messages import Digest, ExecRequest, FileState, FileSummary, Target
-from natsops_executor.hosts.base import KILL_GRACE, Host, Landing, Process, SourceFile, os_error
+from natsops_executor.hosts.base import KILL_GRACE, SHELL_ENV_NAME, Host, Landing, Process, SourceFile, os_error
 from natsops_executor.sshpool import SSHPool
 from natsops_executor.warm import WarmPool
 from natsops_executor.warm_remote import Channel, RemoteSite
 
 log = logging.getLogger("natsops_executor")
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # First bytes of stderr (stdout with a pty): the remote shell's pid and process group, so that a
 # timeout can kill the whole group, like agent mode does. /proc is Linux; elsewhere only the pid.
 _MARKER = b"\x1enatsops-pid:"
@@ -59,7 +57,7 @@ def remote_command(req: ExecRequest) -> str:
     if req.cwd:
         prefix.append("cd %s" % shlex.quote(req.cwd))
     for name, value in sorted((req.env or {}).items()):
-        if not _ENV_NAME_RE.match(name):
+        if not SHELL_ENV_NAME.match(name):
             raise WireError(E_BAD_REQUEST, "exec: environment variable name %r is not valid in SSH mode" % name)
         prefix.append("export %s=%s" % (name, shlex.quote(value)))
     if prefix:
@@ -397,7 +395,10 @@ class _SSHChannel(Channel):
         self.loop = asyncio.get_running_loop()
 
     def sendall(self, data: bytes) -> None:
-        self.chan.sendall(data)
+        try:
+            self.chan.sendall(data)
+        except (paramiko.SSHException, EOFError) as exc:
+            raise OSError("the SSH session ended: %s" % exc) from exc
 
     def recv(self, size: int) -> bytes:
         return self.chan.recv(size)
@@ -406,10 +407,12 @@ class _SSHChannel(Channel):
         return self.chan.recv_stderr(size)
 
     def close(self) -> None:
-        self.chan.close()
-        lease, self.lease = self.lease, None
-        if lease is not None:
-            self.loop.call_soon_threadsafe(self.pool.release, *lease)
+        try:
+            self.chan.close()
+        finally:
+            lease, self.lease = self.lease, None
+            if lease is not None:
+                self.loop.call_soon_threadsafe(self.pool.release, *lease)
 
 
 class SSHSite(RemoteSite):
@@ -432,6 +435,9 @@ class SSHSite(RemoteSite):
             raise WireError(E_SPAWN, "cannot start a warm runner on %s: %s" % (self.target.host, exc),
                             {"stage": "session"}) from exc
         return _SSHChannel(self.pool, (key, entry), chan)
+
+    async def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await self.pool.run(func, *args)
 
     async def run_quietly(self, command: str) -> None:
         try:
