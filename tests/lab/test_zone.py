@@ -290,6 +290,13 @@ def test_twenty_hosts_in_parallel_through_one_executor(zone, lab, tmp_path):
                             env=devenv.ansible_env(), capture_output=True, text=True, timeout=900, check=False)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    # twenty warm runners started at once (one per host) serve the second run: command, stat and copy or file
+    before = _zone_load(zone)
+    again = subprocess.run([devenv.tool("ansible-playbook"), "-i", inventory, "--forks", "20", str(playbook)],
+                           env=devenv.ansible_env(), capture_output=True, text=True, timeout=900, check=False)
+    assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
+    after = _zone_load(zone)
+    assert after["warm_hits"] - before["warm_hits"] >= 20 * 3, (before, after, zone["executor"].log()[-3000:])
     assert len(re.findall(r"lab-zone-\d+\s+: ok=2\s+changed=1\s+unreachable=0\s+failed=0", result.stdout)) == 20
     marks = lab.ssh(lab.info["executor_hosts"][0], " ; ".join(
         "ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
