@@ -819,6 +819,7 @@ async def _stop_quietly(parent: _Parent) -> None:
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("warm parent for %s did not stop cleanly: %r", parent.interpreter, exc)
 
+
 def warm_stats(local: "WarmPool", ssh: "WarmPool") -> Dict[str, Any]:
     """The executor's warm counters ($SRV STATS): runs on this host and on SSH targets together; ``warm_parents``
     counts both kinds, ``warm_runners`` the ones on targets."""
