@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(BUILD)/collections
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: get-pip-cache venv demo test e2e sanity units cores lint build bench clean
+.PHONY: get-pip-cache venv demo test e2e e2e-cold sanity units cores lint build bench clean
 .DEFAULT_GOAL := demo
 
 venv: $(VENV)/.installed $(COLL_LINK)
@@ -36,10 +36,15 @@ demo: venv
 
 ## test: everything - ansible-test units, end-to-end tests, the lab's tests, ansible-test sanity,
 ## the older ansible-core versions (cores), ansible-lint (tests/e2e includes the build + install into a fresh virtualenv)
-test: venv units e2e lab-test sanity cores lint
+test: venv units e2e e2e-cold lab-test sanity cores lint
 
 e2e: venv
 	$(BIN)/python -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+# the connection tests again with warm module runs turned off on the caller's side (e2e runs them warm, the default)
+E2E_CONNECTION := tests/e2e/test_playbooks.py tests/e2e/test_connection_options.py tests/e2e/test_core_targets.py
+e2e-cold: venv
+	NATSOPS_E2E_WARM=false $(BIN)/python -m pytest -q $(E2E_CONNECTION) $(PYTEST_ARGS)
 
 $(SANITY_ROOT): venv
 	rm -rf $(SANITY_ROOT) && mkdir -p $(SANITY_ROOT)

@@ -25,6 +25,9 @@ os.environ["NATSOPS_KNOWN_EXECUTORS"] = KNOWN_EXECUTORS
 # natscli's selected context (~/.config/nats/context.txt) would steer every caller: the tests read only their own
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="natsops-e2e-xdg-")
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+# NATSOPS_E2E_WARM=false (make e2e-cold): the playbooks' hosts opt out of warm runs (ansible_nats_warm: false), so
+# that the connection tests run cold too; by default they run as users get them, warm
+E2E_WARM = os.environ.get("NATSOPS_E2E_WARM", "true").lower() not in ("0", "false", "no", "off")
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +97,7 @@ class Playbook:
             "ansible_connection": "natsops.fleet.nats",
             "ansible_nats_servers": self.url,
             "ansible_python_interpreter": SYSTEM_PYTHON,
+            **({} if E2E_WARM else {"ansible_nats_warm": False}),
         }, **(hostvars or {}))}}}
         path = self.tmp_path / ("inventory-%s.json" % host)
         path.write_text(json.dumps(data, ensure_ascii=False))

@@ -19,7 +19,7 @@ import subprocess
 import pytest
 
 import coretargets
-from conftest import SYSTEM_PYTHON
+from conftest import E2E_WARM, SYSTEM_PYTHON
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("sudo") or not shutil.which("useradd") or not os.path.exists(SYSTEM_PYTHON),
@@ -70,7 +70,8 @@ def integration(tmp_path_factory):
 def inventory(integration, nats_server, executor):  # pylint: disable=unused-argument
     """testhost (role and script targets) and the connection target's hosts, through the session's executor."""
     nats = {"ansible_connection": "natsops.fleet.nats", "ansible_nats_servers": nats_server.url,
-            "ansible_nats_executor": executor.instances[0], "ansible_python_interpreter": SYSTEM_PYTHON}
+            "ansible_nats_executor": executor.instances[0], "ansible_python_interpreter": SYSTEM_PYTHON,
+            **({} if E2E_WARM else {"ansible_nats_warm": False})}
     coretargets.write_inventory(integration, {"testhost": nats}, {"conn": {
         "conn-pipelining": dict(nats, ansible_pipelining=True),
         "conn-no-pipelining": dict(nats, ansible_pipelining=False)}})

@@ -35,7 +35,7 @@ def big_file(tmp_path_factory):
 
 # pipelined module runs are warm by default (the executor's default too); ansible_nats_warm: false opts out; copied
 # modules (pipelining off) are never run warm
-RUNS = {"pipelined-warm": {}, "pipelined-cold": {"ansible_nats_warm": False}, "copied": {"ansible_nats_pipelining": False}}
+RUNS = {"pipelined-warm": {"ansible_nats_warm": True}, "pipelined-cold": {"ansible_nats_warm": False}, "copied": {"ansible_nats_pipelining": False}}
 
 
 @pytest.mark.parametrize("run", sorted(RUNS))
