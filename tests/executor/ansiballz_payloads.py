@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from natsops_executor import warm
 
@@ -123,3 +124,41 @@ def capture(work: pathlib.Path) -> Dict[str, bytes]:
         found.setdefault(name, source)
     found["_work"] = str(work).encode()
     return found
+
+
+class Output:
+    """Stands in for a StreamSender: keeps what a job streams."""
+
+    def __init__(self) -> None:
+        self.streams: Dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    async def send(self, kind: str, document: Any = None, attachment: bytes = b"", stream: Optional[str] = None) -> None:
+        del document
+        if kind == "data" and stream in self.streams:
+            self.streams[stream].extend(attachment)
+
+
+# fields that differ between any two runs of the same module, cold or warm (clock, counters of the host), and
+# pid_is_pgid: a cold run's process group leader is the shell, a warm run's is the module's own process; and what
+# pytest changes in this process's environment between test phases (a warm parent started in a fixture's setup
+# keeps the environment of then), which facts report under ansible_env
+_VOLATILE = {"start", "end", "delta", "ansible_date_time", "atime", "ansible_uptime_seconds", "pid_is_pgid",
+             "PYTEST_CURRENT_TEST", "COLUMNS", "LINES"}
+# the wrapper's temporary directory has a random name in every run
+_PAYLOAD_DIR = re.compile(r"/ansible_([A-Za-z0-9_.]+)_payload_[A-Za-z0-9_]+/")
+
+
+def result(stdout: bytes) -> Any:
+    """A module's JSON result without what differs between any two runs (or the bytes, if it is not JSON)."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in _VOLATILE}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, str):
+            return _PAYLOAD_DIR.sub(r"/ansible_\1_payload_X/", value)
+        return value
+    try:
+        return strip(json.loads(stdout))
+    except ValueError:
+        return stdout

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import pathlib
-import re
 import signal
 import time
 import zipfile
@@ -53,21 +52,10 @@ def _req(**fields: Any) -> ExecRequest:
     return ExecRequest.new("_INBOX.test", **fields)
 
 
-class _Output:
-    """Stands in for a StreamSender: keeps what the job streams."""
-
-    def __init__(self) -> None:
-        self.streams: Dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
-
-    async def send(self, kind: str, document: Any = None, attachment: bytes = b"", stream: Optional[str] = None) -> None:
-        del document
-        if kind == "data" and stream in self.streams:
-            self.streams[stream].extend(attachment)
-
 
 async def _run(host: LocalHost, source: bytes, info: Optional[Dict[str, Any]] = None,
                **fields: Any) -> Tuple[int, bytes, bytes]:
-    output = _Output()
+    output = ansiballz_payloads.Output()
     result = await jobs.run_command(host, _req(**fields), source, output, CHUNK, info)  # type: ignore[arg-type]
     return result.rc, bytes(output.streams["stdout"]), bytes(output.streams["stderr"])
 
@@ -203,26 +191,7 @@ def test_a_shebang_for_another_interpreter_runs_cold(payloads):
 
 # ---------------------------------------------------------------- cold vs warm
 
-# fields that differ between any two runs of the same module, cold or warm (clock, counters of the host), and
-# pid_is_pgid: a cold run's process group leader is the shell, a warm run's is the module's own process
-_VOLATILE = {"start", "end", "delta", "ansible_date_time", "atime", "ansible_uptime_seconds", "pid_is_pgid"}
-# the wrapper's temporary directory has a random name in every run
-_PAYLOAD_DIR = re.compile(r"/ansible_([A-Za-z0-9_.]+)_payload_[A-Za-z0-9_]+/")
 
-
-def _result(stdout: bytes) -> Any:
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in _VOLATILE}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        if isinstance(value, str):
-            return _PAYLOAD_DIR.sub(r"/ansible_\1_payload_X/", value)
-        return value
-    try:
-        return strip(json.loads(stdout))
-    except ValueError:
-        return stdout
 
 
 @ASYNC
@@ -233,7 +202,7 @@ async def test_warm_equals_cold(pool, payloads, name):
     hot = await _warm(pool, payloads[name])
     assert hot[0] == cold[0]
     assert hot[2] == cold[2]
-    assert _result(hot[1]) == _result(cold[1])
+    assert ansiballz_payloads.result(hot[1]) == ansiballz_payloads.result(cold[1])
 
 
 @ASYNC
@@ -245,7 +214,7 @@ async def test_the_child_mirrors_a_cold_interpreter(pool, payloads, tmp_path):
     assert result["cwd"] == str(tmp_path) and result["stdin_at_eof"] and result["argv"][0].endswith(".py")
     assert result["path0"].endswith("_payload.zip")
     assert result["pid_is_pgid"]  # its own session and process group, as the cold run's shell
-    assert _result(hot[1]) == _result(cold[1])
+    assert ansiballz_payloads.result(hot[1]) == ansiballz_payloads.result(cold[1])
 
 
 @ASYNC
@@ -253,7 +222,7 @@ async def test_a_raising_module(pool, payloads):
     cold = await _run(COLD, payloads["behave-raise"])
     hot = await _warm(pool, payloads["behave-raise"])
     assert hot[0] == cold[0] == 1 and hot[2] == cold[2]
-    assert _result(hot[1]) == _result(cold[1]) and "the module raised" in hot[1].decode()
+    assert ansiballz_payloads.result(hot[1]) == ansiballz_payloads.result(cold[1]) and "the module raised" in hot[1].decode()
 
 
 @ASYNC

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import pathlib
-import re
 import shlex
 import signal
 import subprocess
@@ -34,11 +33,6 @@ ASYNC = pytest.mark.asyncio(loop_scope="module")
 PYTHON = ansiballz_payloads.PYTHON
 CHUNK = 64 * 1024
 COLD = LocalHost()
-# as in test_warm.py; and what pytest changes in this process's environment between the runner's start (fixture
-# setup) and a cold run (test call), which facts report under ansible_env
-_VOLATILE = {"start", "end", "delta", "ansible_date_time", "atime", "ansible_uptime_seconds", "pid_is_pgid",
-             "PYTEST_CURRENT_TEST", "COLUMNS", "LINES"}
-_PAYLOAD_DIR = re.compile(r"/ansible_([A-Za-z0-9_.]+)_payload_[A-Za-z0-9_]+/")
 
 
 class PipeChannel(Channel):
@@ -141,35 +135,23 @@ def _req(**fields: Any) -> ExecRequest:
     return ExecRequest.new("_INBOX.test", **fields)
 
 
-class _Output:
-    def __init__(self) -> None:
-        self.streams: Dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
-
-    async def send(self, kind: str, document: Any = None, attachment: bytes = b"", stream: Optional[str] = None) -> None:
-        del document
-        if kind == "data" and stream in self.streams:
-            self.streams[stream].extend(attachment)
-
 
 async def _run(host: Host, source: bytes, info: Optional[Dict[str, Any]] = None, **fields: Any) -> Tuple[int, bytes, bytes]:
-    output = _Output()
+    output = ansiballz_payloads.Output()
     result = await jobs.run_command(host, _req(**fields), source, output, CHUNK, info)  # type: ignore[arg-type]
     return result.rc, bytes(output.streams["stdout"]), bytes(output.streams["stderr"])
 
 
-def _result(stdout: bytes) -> Any:
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in _VOLATILE}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        if isinstance(value, str):
-            return _PAYLOAD_DIR.sub(r"/ansible_\1_payload_X/", value)
-        return value
-    try:
-        return strip(json.loads(stdout))
-    except ValueError:
-        return stdout
+
+async def _ready(pool: warm.WarmPool) -> Any:
+    """The pool's one runner, once it is ready (it started without an error)."""
+    for _attempt in range(300):
+        parents = list(pool.parents.values())
+        if parents and parents[0].ready.done():
+            assert not parents[0].ready.exception()
+            return parents[0]
+        await asyncio.sleep(0.05)
+    pytest.fail("the warm runner did not get ready")
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -181,12 +163,7 @@ async def remote(payloads, tmp_path_factory):
     info: Dict[str, Any] = {}
     await _run(host, payloads["ping"], info)  # cold: starts the runner
     assert info == {} and pool.reasons[warm.COLD_WARMING] == 1
-    for _attempt in range(300):
-        parents = list(pool.parents.values())
-        if parents and parents[0].ready.done():
-            break
-        await asyncio.sleep(0.05)
-    assert not parents[0].ready.exception()
+    await _ready(pool)
     yield host, pool, site
     await pool.close()
     for proc in site.procs:
@@ -225,7 +202,7 @@ async def test_remote_warm_equals_cold(remote, payloads, name):
     hot = await _warm(remote, payloads[name])
     assert hot[0] == cold[0]
     assert hot[2] == cold[2]
-    assert _result(hot[1]) == _result(cold[1])
+    assert ansiballz_payloads.result(hot[1]) == ansiballz_payloads.result(cold[1])
 
 
 @ASYNC
@@ -258,7 +235,7 @@ async def test_large_output_arrives_whole(remote, payloads):
     source = payloads["command"].replace(b"/bin/true", b"seq 1 100000")  # about 600 KB of JSON
     cold = await _run(COLD, source, cwd=remote[2].home)
     hot = await _warm(remote, source)
-    assert len(hot[1]) > 500000 and _result(hot[1]) == _result(cold[1])
+    assert len(hot[1]) > 500000 and ansiballz_payloads.result(hot[1]) == ansiballz_payloads.result(cold[1])
 
 
 @ASYNC
@@ -293,11 +270,7 @@ async def test_a_runner_that_dies_loses_its_running_job_and_the_next_run_is_cold
     marker.write_text("")
     try:
         await _run(host, payloads["ping"])
-        for _attempt in range(300):
-            parents = list(pool.parents.values())
-            if parents and parents[0].ready.done():
-                break
-            await asyncio.sleep(0.05)
+        parents = [await _ready(pool)]
         job = asyncio.ensure_future(_run(host, payloads["behave-sleep"]))
         for _attempt in range(100):
             if parents[0].running:
@@ -329,11 +302,7 @@ async def test_closing_the_pool_ends_the_runner_and_its_children(payloads, tmp_p
     site = PipeSite(str(tmp_path))
     host = PipeHost(pool, site)
     await _run(host, payloads["ping"])
-    for _attempt in range(300):
-        parents = list(pool.parents.values())
-        if parents and parents[0].ready.done():
-            break
-        await asyncio.sleep(0.05)
+    await _ready(pool)
     await pool.close()
     assert site.procs[0].wait(10) == 0
 
@@ -363,12 +332,7 @@ async def test_a_login_script_that_prints_does_not_confuse_the_runner(payloads, 
     host = PipeHost(pool, site)
     try:
         await _run(host, payloads["ping"])
-        for _attempt in range(300):
-            parents = list(pool.parents.values())
-            if parents and parents[0].ready.done():
-                break
-            await asyncio.sleep(0.05)
-        assert not parents[0].ready.exception()
+        await _ready(pool)
         hits = pool.hits
         rc, out, _err = await _run(host, payloads["ping"])
         assert rc == 0 and json.loads(out)["ping"] == "pong" and pool.hits == hits + 1

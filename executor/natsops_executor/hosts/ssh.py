@@ -385,6 +385,22 @@ class RemoteFile(SourceFile):
             self.pool.release(self._key, self._entry)
 
 
+async def _start(pool: SSHPool, target: Target, command: str, what: str,
+                 use_pty: bool = False) -> Tuple[Any, Any, paramiko.Channel]:
+    """(key, entry, channel): ``command`` started in a new session of the target's pooled connection (release the
+    lease when done); E_SPAWN if the session refuses it."""
+    key, entry, chan = await pool.session(target)
+    try:
+        if use_pty:
+            await pool.run(chan.get_pty)
+        await pool.run(chan.exec_command, command)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        chan.close()
+        pool.release(key, entry)
+        raise WireError(E_SPAWN, "cannot start %s on %s: %s" % (what, target.host, exc), {"stage": "session"}) from exc
+    return key, entry, chan
+
+
 class _SSHChannel(Channel):
     """A session of a pooled connection that holds its lease until closed."""
 
@@ -426,14 +442,7 @@ class SSHSite(RemoteSite):
         self.label = target.where()
 
     async def open(self, command: str) -> Channel:
-        key, entry, chan = await self.pool.session(self.target)
-        try:
-            await self.pool.run(chan.exec_command, command)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            chan.close()
-            self.pool.release(key, entry)
-            raise WireError(E_SPAWN, "cannot start a warm runner on %s: %s" % (self.target.host, exc),
-                            {"stage": "session"}) from exc
+        key, entry, chan = await _start(self.pool, self.target, command, "a warm runner")
         return _SSHChannel(self.pool, (key, entry), chan)
 
     async def call(self, func: Callable[..., Any], *args: Any) -> Any:
@@ -474,17 +483,7 @@ class SSHHost(Host):
             process = await self.warm.spawn(req, stdin, SSHSite(self.pool, self.target))
             if process is not None:
                 return process
-        command = remote_command(req)
-        key, entry, chan = await self.pool.session(self.target)
-        try:
-            if req.pty:
-                await self.pool.run(chan.get_pty)
-            await self.pool.run(chan.exec_command, command)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            chan.close()
-            self.pool.release(key, entry)
-            raise WireError(E_SPAWN, "cannot start the command on %s: %s" % (self.target.host, exc),
-                            {"stage": "session"}) from exc
+        key, entry, chan = await _start(self.pool, self.target, remote_command(req), "the command", req.pty)
         return RemoteProcess(self.pool, (key, entry), self.target, chan, req.pty)
 
     async def landing(self, path: str) -> Landing:
