@@ -52,7 +52,6 @@ def _req(**fields: Any) -> ExecRequest:
     return ExecRequest.new("_INBOX.test", **fields)
 
 
-
 async def _run(host: LocalHost, source: bytes, info: Optional[Dict[str, Any]] = None,
                **fields: Any) -> Tuple[int, bytes, bytes]:
     output = ansiballz_payloads.Output()
@@ -190,8 +189,6 @@ def test_a_shebang_for_another_interpreter_runs_cold(payloads):
 
 
 # ---------------------------------------------------------------- cold vs warm
-
-
 
 
 @ASYNC

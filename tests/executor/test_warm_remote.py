@@ -135,12 +135,10 @@ def _req(**fields: Any) -> ExecRequest:
     return ExecRequest.new("_INBOX.test", **fields)
 
 
-
 async def _run(host: Host, source: bytes, info: Optional[Dict[str, Any]] = None, **fields: Any) -> Tuple[int, bytes, bytes]:
     output = ansiballz_payloads.Output()
     result = await jobs.run_command(host, _req(**fields), source, output, CHUNK, info)  # type: ignore[arg-type]
     return result.rc, bytes(output.streams["stdout"]), bytes(output.streams["stderr"])
-
 
 
 async def _ready(pool: warm.WarmPool) -> Any:
