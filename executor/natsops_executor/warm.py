@@ -507,21 +507,25 @@ class _Parent:
             self.tasks = [asyncio.ensure_future(self._events(self.proc)), asyncio.ensure_future(self._log_stderr(self.proc))]
             await self._send({"op": "init"}, raw, [])
             members = await asyncio.wait_for(asyncio.shield(self.reported), START_TIMEOUT)
-            digests = _member_digests(zip_data, members)
-            if not digests:
-                raise _ParentGone("the warm parent imported nothing from its payload, or files that are not in it")
-            self.reference = digests
-            if not self.alive:
-                raise _ParentGone("the warm parent exited while it warmed up")
-            self.last_used = time.monotonic()
-            self.ready.set_result(None)
-            log.info("warm parent %d ready (%s): %d module_utils files imported", self.proc.pid, self.interpreter,
-                     len(digests))
+            self._warmed(zip_data, members, "warm parent %d" % self.proc.pid)
         except (OSError, ValueError, asyncio.TimeoutError, _ParentGone) as exc:
             log.warning("warm parent for %s could not start: %s", self.interpreter, exc or type(exc).__name__)
             if not self.ready.done():
                 self.ready.set_exception(_ParentGone(str(exc)))
             await self.stop()
+
+    def _warmed(self, zip_data: str, members: List[str], label: str) -> None:
+        """The parent reported the zip members it imported: they become the reference every later payload is
+        checked against, and the parent is ready."""
+        digests = _member_digests(zip_data, members)
+        if not digests:
+            raise _ParentGone("the %s imported nothing from its payload, or files that are not in it" % label)
+        self.reference = digests
+        if not self.alive:
+            raise _ParentGone("the %s exited while it warmed up" % label)
+        self.last_used = time.monotonic()
+        self.ready.set_result(None)
+        log.info("%s ready (%s): %d module_utils files imported", label, self.interpreter, len(digests))
 
     def matches(self, token: str, zip_data: str) -> bool:
         """Every module_utils file this parent imported is in the payload (``token``: its sha256) with identical

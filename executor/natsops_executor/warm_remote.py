@@ -26,8 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from natsops_executor._wire.contract import E_INTERRUPTED, WireError
 from natsops_executor.warm import (
-    _FRAME, BOOT, FORK_TIMEOUT, IDLE_TIMEOUT, START_TIMEOUT, Recognised, WarmProcess, _ForkRefused, _member_digests,
-    _Parent, _ParentGone, _to_completion, _zip_bytes, parent_program,
+    _FRAME, BOOT, FORK_TIMEOUT, IDLE_TIMEOUT, START_TIMEOUT, Recognised, WarmProcess, _ForkRefused, _Parent,
+    _ParentGone, _to_completion, _zip_bytes, parent_program,
 )
 
 log = logging.getLogger("natsops_executor")
@@ -138,16 +138,7 @@ class RemoteParent(_Parent):
             self.readers.append(thread)
         await self._write(program)
         await self._send({"op": "init"}, raw, [])
-        members = await asyncio.shield(self.reported)
-        digests = _member_digests(zip_data, members)
-        if not digests:
-            raise _ParentGone("the warm runner imported nothing from its payload, or files that are not in it")
-        self.reference = digests
-        if not self.alive:
-            raise _ParentGone("the warm runner exited while it warmed up")
-        self.last_used = time.monotonic()
-        self.ready.set_result(None)
-        log.info("%s ready (%s): %d module_utils files imported", self.label, self.interpreter, len(digests))
+        self._warmed(zip_data, await asyncio.shield(self.reported), self.label)
 
     async def run(self, recognised: Recognised) -> WarmProcess:
         """Ask the runner to fork a child for this module; returns once it runs (its pid known). Raises

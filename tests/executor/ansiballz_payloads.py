@@ -6,6 +6,7 @@ interpreter that records its stdin and then runs it. Nothing large is stored in 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pathlib
@@ -162,3 +163,14 @@ def result(stdout: bytes) -> Any:
         return strip(json.loads(stdout))
     except ValueError:
         return stdout
+
+
+async def group_gone(pgid: int, seconds: float = 2.5) -> bool:
+    """Whether process group ``pgid`` is gone within ``seconds`` (a timed-out run's group must be killed)."""
+    for _attempt in range(int(seconds / 0.05)):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        await asyncio.sleep(0.05)
+    return False

@@ -250,14 +250,7 @@ async def test_a_timeout_kills_the_warm_child_by_process_group(pool, payloads):
     assert info.value.code == E_TIMEOUT and info.value.details.get("warm") and pool.hits == hits + 1
     assert time.monotonic() - started < 5
     pgid = info.value.details["pgid"]
-    for _attempt in range(50):
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("process group %d survived the timeout" % pgid)
+    assert await ansiballz_payloads.group_gone(pgid), "process group %d survived the timeout" % pgid
     marker.unlink()
 
 
