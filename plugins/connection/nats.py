@@ -114,7 +114,8 @@ options:
   warm:
     description:
       - Let the executor run this host's pipelined module runs from a warm interpreter, a process that imported
-        C(ansible.module_utils) once and forks a child per module run (agent mode; the executor's own C(warm)
+        C(ansible.module_utils) once and forks a child per module run (in mode C(agent) on the executor's host, in
+        mode C(ssh) on the target through a warm runner the zone executor keeps there; the executor's own C(warm)
         option must be on too, its default). Anything the executor does not recognise exactly as ansible-core's
         pipelined module run, or that uses C(become) or a pty, runs cold regardless.
       - C(false) makes every command of this host (or task, as a task variable) start a new interpreter, as
