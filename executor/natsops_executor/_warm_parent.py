@@ -14,8 +14,8 @@ the runner exits on its own, should its executor vanish without closing the chan
 
 Protocol: executor -> parent, frames ``>II`` (header length, body length), a JSON header, a body:
 ``{"op": "init"}`` + the payload zip: import ansible.module_utils.basic and the AnsiballZ loader from it.
-``{"op": "run", "job": N, "cwd": ..., "pwd": ..., "umask": ...}`` + the module's stdin source: fork a child that
-runs the source; in socket mode with three file descriptors (stdin, stdout, stderr of the job) passed as
+``{"op": "run", "job": N, "cwd": ..., "pwd": ..., "umask": ..., "zip": sha256 of the payload's base64}`` + the
+module's stdin source: fork a child that runs the source; in socket mode with three file descriptors (stdin, stdout, stderr of the job) passed as
 SCM_RIGHTS, in stream mode the parent makes the child's pipes and relays its output (cwd, pwd, umask may be null:
 the parent's own). ``{"op": "signal", "job": N, "signal": S}`` (stream mode): signal the child's process group.
 End of file: the executor is gone; kill every child's process group and exit.
@@ -25,6 +25,11 @@ wait status}``, ``{"job": N, "error": why}``; stream mode also ``{"job": N, "out
 (all of a job's output comes before its status).
 """
 
+import __future__
+import base64
+import collections
+import hashlib
+import io
 import json
 import os
 import select
@@ -35,10 +40,90 @@ import struct
 import sys
 import tempfile
 import threading
+import zipfile
+import zipimport
 
 _FRAME = struct.Struct(">II")
 _FDS_PER_RUN = 3
 SYNC = b"\x00natsops-warm-runner\x00"  # stream mode: the first bytes of the runner itself on stdout
+# where the wrapper ends and its one _ansiballz_main(...) call begins (as ansible-core writes it; warm.py checks it)
+_TAIL = '\n\n\nif __name__ == "__main__":\n    _ansiballz_main(\n'
+_ZIP_START = "\nzip_data='"
+# imported by every module run after the wrapper: basic's JSON profiles (ansible-core 2.19 and later) and the codec
+# zipfile decodes the payload's member names with; imported here once (payload files only when in the payload)
+_EVERY_RUN = ("ansible.module_utils._internal._json._profiles._module_legacy_m2c",
+              "ansible.module_utils._internal._json._profiles._module_legacy_c2m", "encodings.cp437")
+_FUTURE_FLAGS = 0
+for _feature in __future__.all_feature_names:
+    _FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
+_MAX_SOURCES = 8 * 1024 * 1024  # bytes of module source whose compiled code is kept (oldest dropped first)
+_MAX_ZIPS = 64                  # payload zips whose members were compiled, remembered by digest
+
+
+def _refile(code, filename):
+    """``code`` (and the code nested in it) as compiled under ``filename``."""
+    consts = tuple(_refile(c, filename) if isinstance(c, type(code)) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+class _Sources(object):
+    """Module sources compiled once in the parent, for its children: the module a run names and the module_utils
+    it imports later come from that run's payload zip, which zipimport compiles from source in every child (twice
+    for the module: once to find it, once to run it). Here the members of each new payload are compiled before the
+    fork, keyed by the SHA-256 of their bytes; a child's zipimport gets the code compiled from identical bytes under
+    its own file name, and compiles anything else itself. Python 3.8 and later (zipimport in Python, code.replace);
+    elsewhere children compile as before."""
+
+    def __init__(self):
+        self.original = getattr(zipimport, "_compile_source", None)
+        self.usable = self.original is not None and hasattr(type(_refile.__code__), "replace")
+        self.codes = collections.OrderedDict()  # sha256 of the source -> (code, source length)
+        self.size = 0
+        self.zips = collections.OrderedDict()
+
+    def install(self):
+        """zipimport compiles through this from now on, in this process and the children it forks."""
+        if self.usable:
+            zipimport._compile_source = self.compile_source  # pylint: disable=protected-access
+
+    def compile_source(self, pathname, source):
+        """zipimport's own step, in a child: the code compiled from these bytes, under this path."""
+        entry = self.codes.get(hashlib.sha256(source).digest())
+        if entry is None:
+            return self.original(pathname, source)
+        return _refile(entry[0], pathname)
+
+    def learn(self, token, zip_data):
+        """Compile the members of a payload zip (base64 ``zip_data``, digest ``token``) this parent has not imported
+        and has no code for."""
+        if not self.usable or token in self.zips:
+            return
+        self.zips[token] = None
+        while len(self.zips) > _MAX_ZIPS:
+            self.zips.popitem(last=False)
+        with zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_data))) as archive:
+            for info in archive.infolist():
+                name = info.filename
+                if not name.endswith(".py") or info.file_size > _MAX_SOURCES // 8:
+                    continue
+                module = name[:-3].replace("/", ".")
+                if module.endswith(".__init__"):
+                    module = module[:-9]
+                if module in sys.modules:
+                    continue  # imported here: children never compile it
+                source = archive.read(name)
+                key = hashlib.sha256(source).digest()
+                if key in self.codes:
+                    continue
+                try:
+                    code = self.original("natsops-warm-parent/" + name, source)
+                except (SyntaxError, ValueError):
+                    continue  # the child compiles it and fails as a cold run would
+                self.codes[key] = (code, len(source))
+                self.size += len(source)
+                while self.size > _MAX_SOURCES:
+                    _key, (_code, length) = self.codes.popitem(last=False)
+                    self.size -= length
 
 
 class _Stop(Exception):
@@ -86,6 +171,9 @@ class _Parent:
         self.initial_path = list(sys.path)
         self.main_dict = dict(sys.modules["__main__"].__dict__)
         self.tempdir = None
+        self.sources = _Sources()
+        self.wrappers = collections.OrderedDict()  # wrapper source -> its code, the last few
+        self.placeholder = "natsops-zip-" + base64.b32encode(os.urandom(10)).decode("ascii")
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -109,6 +197,11 @@ class _Parent:
         try:
             import ansible.module_utils.basic  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
             from ansible.module_utils._internal._ansiballz import _loader  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+            for name in _EVERY_RUN:
+                try:
+                    __import__(name)
+                except ImportError:
+                    pass  # an ansible-core without it
         finally:
             sys.path = list(self.initial_path)
         prefix = path + os.sep
@@ -122,7 +215,54 @@ class _Parent:
                 self._follow_payload(module, name)
         if threading.active_count() != 1:
             raise RuntimeError("importing module_utils started a thread: forking would not be safe")
+        self.sources.install()
         return sorted(members)
+
+    # ------------------------------------------------------------ a run's program, compiled once where it can be
+
+    def prepare(self, header, body):
+        """Before the fork: the run's source as text (None: not UTF-8, the child fails on it as a cold interpreter
+        would); its wrapper (the same for every module of one ansible-core) compiled once, and its payload's members
+        once per payload (``header["zip"]``: the zip's digest, from the executor)."""
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        end = text.find(_TAIL)
+        if end <= 0:
+            return text
+        try:
+            wrapper = text[:end]
+            if wrapper in self.wrappers:
+                self.wrappers.move_to_end(wrapper)
+            else:
+                self.wrappers[wrapper] = compile(wrapper, "<stdin>", "exec", dont_inherit=True)
+                while len(self.wrappers) > 4:
+                    self.wrappers.popitem(last=False)
+            span = _zip_literal(text, end)
+            if span is not None and header.get("zip"):
+                self.sources.learn(str(header["zip"]), text[span[0]:span[1]])
+        except Exception:  # pylint: disable=broad-except
+            pass  # nothing kept: the child compiles the whole source, and fails on it as a cold interpreter would
+        return text
+
+    def program(self, text):
+        """In the child: the code of the run's source. The wrapper's code comes from ``prepare``; the call after it
+        is compiled here with a short stand-in for the payload's base64 literal, put back into its constants (what
+        compiling it whole would give, without scanning about 170 KB of literal)."""
+        end = text.find(_TAIL)
+        wrapper = self.wrappers.get(text[:end]) if end > 0 else None
+        span = _zip_literal(text, end) if wrapper is not None and self.sources.usable else None
+        if span is None or self.placeholder in text[end:span[0]] or self.placeholder in text[span[1]:]:
+            return [compile(text, "<stdin>", "exec", dont_inherit=True)]
+        call = "\n" * text.count("\n", 0, end) + text[end:span[0]] + self.placeholder + text[span[1]:]
+        code = compile(call, "<stdin>", "exec", flags=wrapper.co_flags & _FUTURE_FLAGS, dont_inherit=True)
+        consts = list(code.co_consts)
+        found = [i for i, value in enumerate(consts) if type(value) is str and value == self.placeholder]  # pylint: disable=unidiomatic-typecheck
+        if len(found) != 1:
+            return [compile(text, "<stdin>", "exec", dont_inherit=True)]
+        consts[found[0]] = text[span[0]:span[1]]
+        return [wrapper, code.replace(co_consts=tuple(consts))]
 
     @staticmethod
     def _follow_payload(package, name):
@@ -219,6 +359,7 @@ class _Parent:
                     fds.append(pipes[-1][1])
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
+            text = self.prepare(header, body)
             gate_r, gate_w = os.pipe()
             ready_r, ready_w = os.pipe()
             pid = os.fork()
@@ -230,7 +371,7 @@ class _Parent:
         if pid == 0:
             os.close(gate_w)
             os.close(ready_r)
-            self.child(fds, header, body, gate_r, ready_w)  # never returns
+            self.child(fds, header, body if text is None else text, gate_r, ready_w)  # never returns
         os.close(gate_r)
         os.close(ready_w)
         # its own session and process group exist, in the requested directory (or it is gone): the pid can be
@@ -318,7 +459,7 @@ class _Parent:
 
     # ------------------------------------------------------------ the child: a cold interpreter's twin
 
-    def child(self, fds, header, body, gate, ready):
+    def child(self, fds, header, source, gate, ready):
         status = 1
         try:
             os.setsid()
@@ -351,14 +492,15 @@ class _Parent:
             main = sys.modules["__main__"]
             main.__dict__.clear()
             main.__dict__.update(self.main_dict)
-            code = compile(body.decode("utf-8"), "<stdin>", "exec", dont_inherit=True)
+            codes = self.program(source) if isinstance(source, str) else [compile(source.decode("utf-8"), "<stdin>", "exec", dont_inherit=True)]
         except BaseException as exc:  # pylint: disable=broad-except
             try:
                 os.write(2, ("natsops warm runner: cannot start the module: %s\n" % exc).encode("utf-8", "replace"))
             finally:
                 os._exit(127)  # pylint: disable=protected-access
         try:
-            exec(code, main.__dict__)  # pylint: disable=exec-used
+            for code in codes:
+                exec(code, main.__dict__)  # pylint: disable=exec-used
             status = 0
         except SystemExit as exc:
             status = _exit_status(exc)
@@ -366,6 +508,22 @@ class _Parent:
             sys.excepthook(*sys.exc_info())
             status = 1
         os._exit(_finalize(status))  # pylint: disable=protected-access
+
+
+def _zip_literal(text, start):
+    """Where the payload's base64 literal (``zip_data='...'`` on a line of its own) is in ``text`` after ``start``:
+    (first, end) of its characters, or None when there is none or it holds anything but plain characters."""
+    first = text.find(_ZIP_START, start)
+    if first < 0:
+        return None
+    first += len(_ZIP_START)
+    end = text.find("'", first)
+    if end < 0:
+        return None
+    literal = text[first:end]
+    if "\\" in literal or "\n" in literal:
+        return None
+    return first, end
 
 
 def _shell_says(status):

@@ -555,7 +555,7 @@ class _Parent:
         self.last_used = time.monotonic()
         try:
             await self._send({"op": "run", "job": job, "cwd": recognised.cwd, "pwd": recognised.pwd,
-                              "umask": current_umask()},
+                              "umask": current_umask(), "zip": recognised.zip_token},
                              recognised.source, [stdin_r, out_w, err_w])
         except BaseException as exc:
             self._abandon(job)

@@ -155,7 +155,7 @@ class RemoteParent(_Parent):
         self.last_used = time.monotonic()
         try:
             await self._send({"op": "run", "job": job, "cwd": recognised.cwd or None, "pwd": recognised.pwd or None,
-                              "umask": None}, recognised.source, [])
+                              "umask": None, "zip": recognised.zip_token}, recognised.source, [])
         except BaseException as exc:
             self._abandon(job)
             self.outputs.pop(job, None)

@@ -50,7 +50,7 @@ def main():
         threading.Thread(target=later).start()
     module.exit_json(changed=False, action=action, pid_is_pgid=os.getpgid(0) == os.getpid(),
                      argv=sys.argv, cwd=os.getcwd(), umask=os.umask(0o022), path0=sys.path[0] if sys.path else None,
-                     stdin_at_eof=sys.stdin.read() == "")
+                     stdin_at_eof=sys.stdin.read() == "", file=__file__, code_file=main.__code__.co_filename)
 
 if __name__ == "__main__":
     main()

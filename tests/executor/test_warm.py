@@ -210,6 +210,8 @@ async def test_the_child_mirrors_a_cold_interpreter(pool, payloads, tmp_path):
     result = json.loads(hot[1])
     assert result["cwd"] == str(tmp_path) and result["stdin_at_eof"] and result["argv"][0].endswith(".py")
     assert result["path0"].endswith("_payload.zip")
+    # the module's code, compiled once by the warm parent, carries the path a cold run compiles it under
+    assert result["code_file"] == result["file"] and result["file"].endswith("_payload.zip/ansible/legacy/natsops_test_behave.py")
     assert result["pid_is_pgid"]  # its own session and process group, as the cold run's shell
     assert ansiballz_payloads.result(hot[1]) == ansiballz_payloads.result(cold[1])
 
@@ -403,3 +405,75 @@ async def test_an_idle_parent_is_stopped(payloads, monkeypatch):
     await asyncio.wait_for(parent.proc.wait(), 10)
     assert not pool.parents and not pool.retiring
     await pool.close()
+
+
+# ---------------------------------------------------------------- code the warm parent compiles for its children
+
+def _same_code(one: Any, other: Any) -> bool:
+    """Two code objects compile the same thing (column positions aside), nested code included."""
+    if type(one) is not type(other):
+        return False
+    if not isinstance(one, type(_same_code.__code__)):
+        return bool(one == other)
+    fields = ("co_code", "co_names", "co_varnames", "co_freevars", "co_cellvars", "co_filename", "co_name",
+              "co_firstlineno", "co_flags", "co_argcount", "co_kwonlyargcount", "co_nlocals")
+    return all(getattr(one, f) == getattr(other, f) for f in fields) and list(one.co_lines()) == list(other.co_lines()) \
+        and len(one.co_consts) == len(other.co_consts) and all(map(_same_code, one.co_consts, other.co_consts))
+
+
+def _prepared(payload: bytes) -> Tuple[Any, str, str]:
+    """A warm parent's state (not started: nothing is imported or hooked) that has prepared one run of ``payload``."""
+    from natsops_executor import _warm_parent  # pylint: disable=import-outside-toplevel
+    parent = _warm_parent._Parent(None)  # pylint: disable=protected-access
+    zip_data = _tail_args(payload)["zip_data"]
+    text = parent.prepare({"zip": hashlib.sha256(zip_data.encode()).hexdigest()}, payload)
+    return parent, text, zip_data
+
+
+@pytest.mark.parametrize("name", ["command", "setup", "behave-raise"])
+def test_a_run_compiles_as_its_whole_source_would(payloads, name):
+    """The child runs the wrapper's code (compiled once) and then the call after it, compiled with a stand-in for
+    the payload's base64 literal put back afterwards: the same code as compiling the whole source."""
+    parent, text, zip_data = _prepared(payloads[name])
+    codes = parent.program(text)
+    assert len(codes) == 2, "the wrapper's code was not kept"
+    end = text.index(warm._TAIL)  # pylint: disable=protected-access
+    whole = compile(text, "<stdin>", "exec", dont_inherit=True)
+    wrapper = compile(text[:end], "<stdin>", "exec", dont_inherit=True)
+    call = compile("\n" * text.count("\n", 0, end) + text[end:], "<stdin>", "exec", dont_inherit=True,
+                   flags=whole.co_flags & 0x1000000)  # from __future__ import annotations, as the wrapper says
+    assert _same_code(codes[0], wrapper) and _same_code(codes[1], call)
+    assert zip_data in codes[1].co_consts
+    lines = {line for _start, _end, line in codes[1].co_lines() if line}
+    assert lines and lines <= {line for _start, _end, line in whole.co_lines()} and min(lines) > text.count("\n", 0, end)
+
+
+def test_a_literal_that_is_not_plain_base64_compiles_whole(payloads):
+    parent, text, zip_data = _prepared(payloads["ping"])
+    odd = text.replace("zip_data='" + zip_data[:8], "zip_data='\\x41" + zip_data[1:8])
+    assert len(parent.program(odd)) == 1
+    assert len(parent.program(text.replace("_ansiballz_main(", "_ansiballz_main(\n", 1))) == 1  # another wrapper
+    stand_in = text.replace("ansible_module='", "ansible_module='%s" % parent.placeholder)
+    assert len(parent.program(stand_in)) == 1
+
+
+@pytest.mark.parametrize("name", ["command", "setup", "behave-ok"])
+def test_sources_compiled_by_the_parent_equal_the_childs_own(payloads, name):
+    """What zipimport gets in a child for a payload member: the code compiled from identical bytes, under the
+    child's own path; bytes the parent has not compiled (a playbook-local override) are compiled as before."""
+    parent, _text, zip_data = _prepared(payloads[name])
+    sources = parent.sources
+    assert sources.usable
+    compiled = 0
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_data))) as archive:
+        for member in archive.namelist():
+            if not member.endswith(".py"):
+                continue
+            source = archive.read(member)
+            path = "/tmp/ansible_x_payload_1/ansible_x_payload.zip/" + member
+            mine = sources.compile_source(path, source)
+            assert _same_code(mine, sources.original(path, source)), member
+            compiled += hashlib.sha256(source).digest() in sources.codes
+            changed = source + b"\nOVERRIDDEN = True\n"
+            assert "OVERRIDDEN" in sources.compile_source(path, changed).co_names
+    assert compiled >= 10  # the members the warm parent did not import (none here: nothing was imported)
