@@ -54,6 +54,10 @@ FORK_TIMEOUT = 10.0       # seconds a warm parent may take to report a forked ch
 RETRY_AFTER = 60.0        # seconds before a warm parent that failed to start is tried again for its key
 _VERDICTS_KEPT = 64       # payload zips whose module_utils check is remembered, per parent
 MAX_RECOGNISED = 16 * 1024 * 1024  # bytes of stdin inspected at most (a payload is ~0.2-1 MB); larger runs cold
+# stdin up to this size is recognised in the event loop (about 1 ms for a 170 KB payload: every step is linear, and
+# the call is parsed only once its lines have the shape below); larger in the file threads, where hashing it lets
+# the event loop run (the other steps hold the interpreter lock wherever they run)
+INLINE_RECOGNITION = 512 * 1024
 
 SHELL = "/bin/sh"
 _TAIL = '\n\n\nif __name__ == "__main__":\n    _ansiballz_main(\n'
@@ -62,6 +66,14 @@ _KEYWORDS = frozenset(("zip_data", "ansible_module", "module_fqn", "params", "pr
 _STRINGS = ("zip_data", "ansible_module", "module_fqn", "params", "profile")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _ZIP_LINE = re.compile(r"^zip_data='([A-Za-z0-9+/=]*)',$", re.MULTILINE)
+# the lines of the _ansiballz_main(...) call as ansible-core writes them (``name=<repr of the value>,``), values a
+# string, an integer, a dict on one line of at most 4 KB (extensions), None, True, False or datetime.datetime(<ints>[,
+# tzinfo=...utc]): checked (in linear time) before the call is parsed, so that parsing costs time in proportion to
+# its length (at most MAX_CALL), whatever it holds
+MAX_CALL = 1024 * 1024
+_STRING = r"'[^'\\\n]*(?:\\[^\n][^'\\\n]*)*'|" + r'"[^"\\\n]*(?:\\[^\n][^"\\\n]*)*"'
+_CALL_LINES = re.compile(r"(?:[a-z_]{1,32}=(?:%s|-?[0-9]{1,20}|\{[^\n]{0,4096}\}|None|True|False|datetime\.datetime\((?:[0-9]{1,10}, ){2,6}"
+                         r"[0-9]{1,10}(?:, tzinfo=datetime\.timezone\.utc)?\)),\n){1,16}\)\n?" % _STRING)
 _FRAME = struct.Struct(">II")
 _PARENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_warm_parent.py")
 # the warm parent's command line (PYTHON -c BOOT LENGTH MODE ARG): it reads LENGTH bytes of its program from stdin
@@ -113,6 +125,26 @@ class _ForkRefused(_ParentGone):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+async def _send_frame(sock: socket.socket, frame: bytes, rights: List[Tuple[int, int, bytes]]) -> None:
+    """A frame on a warm parent's control socket (non-blocking): its first part with the descriptors, the rest as
+    the socket takes it."""
+    loop = asyncio.get_running_loop()
+    view = memoryview(frame)
+    while True:
+        try:
+            sent = sock.sendmsg([view[:65536]], rights)
+            break
+        except BlockingIOError:
+            writable: "asyncio.Future[None]" = loop.create_future()
+            loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+            try:
+                await writable
+            finally:
+                loop.remove_writer(sock.fileno())
+    if sent < len(frame):
+        await loop.sock_sendall(sock, view[sent:])
 
 
 async def _to_completion(call: "asyncio.Future[Any]") -> Any:
@@ -231,6 +263,10 @@ def _parse_tail(tail: str) -> Union[Dict[str, Any], Cold]:
     if match is not None:
         zip_data = match.group(1)
         tail = tail[:match.start(1)] + tail[match.end(1):]
+    if len(tail) > MAX_CALL:
+        return Cold(COLD_TOO_LARGE, "the _ansiballz_main(...) call is larger than is checked (%d bytes)" % MAX_CALL)
+    if not tail.startswith(_TAIL) or _CALL_LINES.fullmatch(tail, len(_TAIL)) is None:
+        return unexpected
     try:
         tree = ast.parse(tail)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
@@ -489,6 +525,7 @@ class _Parent:
                 raise _ParentGone("the payload zip is not base64")
             program = parent_program()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            ours.setblocking(False)
             self.sock = ours
             try:
                 self.proc = await asyncio.create_subprocess_exec(
@@ -607,14 +644,9 @@ class _Parent:
             raise OSError("the warm parent is gone")
         head = json.dumps(header).encode("utf-8")
         frame = _FRAME.pack(len(head), len(body)) + head + body
-
-        def send() -> None:
-            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))] if fds else []
-            sent = sock.sendmsg([frame[:65536]], rights)
-            sock.sendall(frame[sent:])
-
-        async with self.send_lock:
-            await _to_completion(asyncio.ensure_future(run_blocking(send)))
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("%di" % len(fds), *fds))] if fds else []
+        async with self.send_lock:  # once begun, a frame is sent whole, even if the run is given up meanwhile
+            await _to_completion(asyncio.ensure_future(_send_frame(sock, frame, rights)))
 
     def _abandon(self, job: int) -> None:
         """A run given up before its pid came: a pid reported later is killed, its status dropped."""
@@ -871,12 +903,10 @@ class WarmPool:
         host, or with ``site`` on a target reached over SSH (warm_remote.py)."""
         if self._reaper is None:
             self._reaper = asyncio.ensure_future(self._reap())
-        # in the file threads: parsing and hashing a payload (about 1 ms, more for a large one) never holds up the
-        # event loop, so no request can delay the others by sending a big or contrived stdin
         if site is None:
-            verdict = await run_blocking(recognise, req, stdin, self.allowlist)
+            verdict = await self._recognised(recognise, req, stdin, self.allowlist)
         else:
-            verdict = await run_blocking(recognise_remote, req, stdin, self.allowlist, site.where)
+            verdict = await self._recognised(recognise_remote, req, stdin, self.allowlist, site.where)
         if isinstance(verdict, Cold):
             self._cold(verdict)
             return None
@@ -912,6 +942,14 @@ class WarmPool:
             return None
         self.hits += 1
         return process
+
+    @staticmethod
+    async def _recognised(how: Callable[..., Union[Recognised, Cold]], req: ExecRequest, stdin: bytes,
+                          *args: Any) -> Union[Recognised, Cold]:
+        """``how(req, stdin, *args)``: here for a payload's size (INLINE_RECOGNITION), else in the file threads."""
+        if len(stdin) <= INLINE_RECOGNITION:
+            return how(req, stdin, *args)
+        return cast(Union[Recognised, Cold], await run_blocking(how, req, stdin, *args))
 
     def _start(self, verdict: Recognised, site: Optional["RemoteSite"]) -> Cold:
         """Start a warm parent for this key in the background (this run goes cold)."""

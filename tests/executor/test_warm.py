@@ -183,6 +183,42 @@ def test_a_hostile_tail_runs_cold_never_raises(payloads):
     assert _cold_reason(_req(), padded) == warm.COLD_TOO_LARGE
 
 
+def test_a_call_of_another_shape_is_never_parsed(payloads, monkeypatch):
+    """Parsing a contrived call could take seconds (many small expressions); it is parsed only once its lines are
+    ``name=<literal>,`` with short non-string values, so parsing costs time in proportion to its length."""
+    def parse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("parsed")
+
+    source = payloads["ping"]
+    monkeypatch.setattr(warm.ast, "parse", parse)
+    contrived = [b"params=(" + b"a," * 200000 + b"),", b"params=[1] * 5,", b"params='a' 'b',", b"params='a\\\nb',",
+                 b"extensions={" + b"1: 2, " * 1000 + b"},"]
+    for line in contrived:
+        assert _cold_reason(_req(), _edit(source, b"profile='legacy',", line + b"profile='legacy',")) == warm.COLD_TAIL
+    large = b"ansible_module='" + b"x" * warm.MAX_CALL + b"',"
+    assert _cold_reason(_req(), _edit(source, b"profile='legacy',", large + b"profile='legacy',")) == warm.COLD_TOO_LARGE
+
+
+@ASYNC
+async def test_only_a_large_stdin_is_recognised_in_the_file_threads(payloads, monkeypatch):
+    """A payload (about 170 KB) is recognised in the event loop: a thread would cost more than the work; a stdin
+    above INLINE_RECOGNITION in the file threads, where hashing it lets the event loop run."""
+    threads = []
+
+    async def in_thread(func: Any, *args: Any) -> Any:
+        threads.append(func)
+        return func(*args)
+
+    monkeypatch.setattr(warm, "run_blocking", in_thread)
+    pool = warm.WarmPool()
+    try:
+        assert await pool.spawn(_req(), payloads["ping"]) is None and not threads  # cold: it starts the parent
+        padded = _edit(payloads["ping"], b"profile='legacy',", b"profile='" + b"x" * warm.INLINE_RECOGNITION + b"',")
+        assert await pool.spawn(_req(), padded) is None and threads == [warm.recognise]
+    finally:
+        await pool.close()
+
+
 def test_a_shebang_for_another_interpreter_runs_cold(payloads):
     edited = b"#!/usr/bin/python9\n" + payloads["ping"].partition(b"\n")[2]
     assert _cold_reason(_req(), edited) == warm.COLD_INTERPRETER

@@ -93,6 +93,14 @@ def test_not_sudoable_means_no_become(connection):
     assert connection._become_spec(in_data=None, sudoable=False) == (None, False)
 
 
+PLUGIN_MODULE = "ansible_collections.natsops.fleet.plugins.connection.nats"
+
+
+def _implementation():
+    """plugin_utils/_connection.py, the plugin's code (nats.py holds its documentation and loads it)."""
+    return __import__("ansible_collections.natsops.fleet.plugins.plugin_utils._connection", fromlist=["Connection"])
+
+
 def test_preregistered_option_definitions_equal_ansible_core_parse():
     """The plugin hands ansible-core its option definitions (parsed with the C YAML loader) to spare every
     worker the tagging parse; they must be the very data ansible-core's own loader reads from DOCUMENTATION."""
@@ -102,16 +110,17 @@ def test_preregistered_option_definitions_equal_ansible_core_parse():
     import yaml
 
     plugin = connection_loader.get("natsops.fleet.nats", class_only=True)
-    module = __import__(plugin.__module__, fromlist=["DOCUMENTATION"])
+    module = __import__(PLUGIN_MODULE, fromlist=["DOCUMENTATION"])
+    assert module.Connection is plugin
     if not getattr(yaml, "CSafeLoader", None):
         pytest.skip("PyYAML without libyaml: the plugin leaves parsing to ansible-core")
     expected = yaml.load(module.DOCUMENTATION, Loader=AnsibleLoader)
     add_fragments(expected, module.__file__, fragment_loader=fragment_loader, is_module=False)
-    registered = C.config.get_configuration_definitions("connection", plugin.__module__)
+    # ansible-core files a collection plugin's definitions under its Python module name
+    registered = C.config.get_configuration_definitions("connection", PLUGIN_MODULE)
     assert registered == expected["options"]
-    assert plugin.__module__ == "ansible_collections.natsops.fleet.plugins.connection.nats"
     # the plugin's own merge of its fragments, with the C loader only (what registered them, unless it failed)
-    merged = module._option_definitions(lambda text: yaml.load(text, Loader=yaml.CSafeLoader))
+    merged = _implementation()._option_definitions(module.DOCUMENTATION, lambda text: yaml.load(text, Loader=yaml.CSafeLoader))
     assert merged == expected["options"]
     assert {"servers", "creds", "namespace", "connect_timeout", "executor"} <= set(merged)
 
@@ -124,21 +133,25 @@ def test_option_definitions_kept_across_workers_equal_a_fresh_parse(tmp_path, mo
     if not getattr(yaml, "CSafeLoader", None):
         pytest.skip("PyYAML without libyaml: the plugin leaves parsing to ansible-core")
     monkeypatch.setenv("HOME", str(tmp_path))
-    plugin = connection_loader.get("natsops.fleet.nats", class_only=True)
-    module = __import__(plugin.__module__, fromlist=["DOCUMENTATION"])
+    connection_loader.get("natsops.fleet.nats", class_only=True)
+    plugin = __import__(PLUGIN_MODULE, fromlist=["DOCUMENTATION"])
+    module = _implementation()
     parsed = []
 
     def load(text):
         parsed.append(1)
         return yaml.load(text, Loader=yaml.CSafeLoader)
 
-    fresh = module._option_definitions(load)
+    def cached():
+        return module._cached_option_definitions(plugin.DOCUMENTATION, plugin.__file__, load, ("v1",))
+
+    fresh = module._option_definitions(plugin.DOCUMENTATION, load)
     parsed.clear()
-    assert module._cached_option_definitions(load, ("v1",)) == fresh and parsed
+    assert cached() == fresh and parsed
     parsed.clear()
-    assert module._cached_option_definitions(load, ("v1",)) == fresh and not parsed
+    assert cached() == fresh and not parsed
     monkeypatch.setattr(module, "_fragments_digest", lambda modules: "another fragment")
-    assert module._cached_option_definitions(load, ("v1",)) == fresh and parsed
+    assert cached() == fresh and parsed
 
 
 def test_login_password_never_becomes_the_nats_password():

@@ -119,11 +119,12 @@ def test_a_worker_imports_the_plugin_modules_from_the_cache(home):
     runs = [subprocess.run([sys.executable, "-c", script, root], env=env, capture_output=True, text=True, check=True)
             for _run in range(2)]
     first, second = (json.loads(run.stdout) for run in runs)
-    for name in ("module_utils.wire.names", "module_utils._errors", "plugin_utils._options", "plugin_utils._mux"):
+    for name in ("module_utils.wire.names", "module_utils._errors", "plugin_utils._options", "plugin_utils._mux",
+                 "plugin_utils._connection"):
         loader, path = first[codecache.PLUGINS + name]
         assert loader == "_CodeLoader" and path.endswith(name.replace(".", os.sep) + ".py")
         assert second[codecache.PLUGINS + name] == first[codecache.PLUGINS + name]
-    assert len(_entries(home)) == 5  # four modules and the option definitions
+    assert len(_entries(home)) == 6  # five modules (the plugin's code among them) and the option definitions
     # the cache itself is loaded as ansible-core loads the plugin file (Python's loader, __pycache__ where it may)
     assert first[codecache.PLUGINS + "plugin_utils._codecache"][0] == "SourceFileLoader"
     # the kept option definitions spare the second worker even the documentation fragments
