@@ -40,6 +40,7 @@ import struct
 import sys
 import tempfile
 import threading
+import warnings
 import zipfile
 import zipimport
 
@@ -49,14 +50,15 @@ SYNC = b"\x00natsops-warm-runner\x00"  # stream mode: the first bytes of the run
 # where the wrapper ends and its one _ansiballz_main(...) call begins (as ansible-core writes it; warm.py checks it)
 _TAIL = '\n\n\nif __name__ == "__main__":\n    _ansiballz_main(\n'
 _ZIP_START = "\nzip_data='"
-# imported by every module run after the wrapper: basic's JSON profiles (ansible-core 2.19 and later) and the codec
-# zipfile decodes the payload's member names with; imported here once (payload files only when in the payload)
-_EVERY_RUN = ("ansible.module_utils._internal._json._profiles._module_legacy_m2c",
-              "ansible.module_utils._internal._json._profiles._module_legacy_c2m", "encodings.cp437")
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+# imported by every module run after the wrapper, from the standard library: the codec zipfile decodes the payload's
+# member names with (payload files are not: a later payload may carry other bytes, or none of them)
+_EVERY_RUN = ("encodings.cp437",)
 _FUTURE_FLAGS = 0
 for _feature in __future__.all_feature_names:
     _FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
 _MAX_SOURCES = 8 * 1024 * 1024  # bytes of module source whose compiled code is kept (oldest dropped first)
+_MAX_LEARNT = 4 * 1024 * 1024   # bytes of module source compiled at most for one payload (before its run's fork)
 _MAX_ZIPS = 64                  # payload zips whose members were compiled, remembered by digest
 
 
@@ -64,6 +66,18 @@ def _refile(code, filename):
     """``code`` (and the code nested in it) as compiled under ``filename``."""
     consts = tuple(_refile(c, filename) if isinstance(c, type(code)) else c for c in code.co_consts)
     return code.replace(co_filename=filename, co_consts=consts)
+
+
+def _compiled_quietly(how, *args):
+    """``how(*args)``: code compiled here for a child, or None when compiling it fails or warns (SyntaxWarning, ...):
+    the child compiles that itself, so that a warning goes to the module's stderr as in a cold run."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            code = how(*args)
+        except (SyntaxError, ValueError):
+            return None
+    return None if said else code
 
 
 class _Sources(object):
@@ -95,16 +109,14 @@ class _Sources(object):
 
     def learn(self, token, zip_data):
         """Compile the members of a payload zip (base64 ``zip_data``, digest ``token``) this parent has not imported
-        and has no code for."""
+        and has no code for (at most _MAX_LEARNT bytes of them: the run waits for it)."""
         if not self.usable or token in self.zips:
             return
-        self.zips[token] = None
-        while len(self.zips) > _MAX_ZIPS:
-            self.zips.popitem(last=False)
+        budget = _MAX_LEARNT
         with zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_data))) as archive:
             for info in archive.infolist():
                 name = info.filename
-                if not name.endswith(".py") or info.file_size > _MAX_SOURCES // 8:
+                if not name.endswith(".py") or info.file_size > min(budget, _MAX_SOURCES // 8):
                     continue
                 module = name[:-3].replace("/", ".")
                 if module.endswith(".__init__"):
@@ -115,15 +127,18 @@ class _Sources(object):
                 key = hashlib.sha256(source).digest()
                 if key in self.codes:
                     continue
-                try:
-                    code = self.original("natsops-warm-parent/" + name, source)
-                except (SyntaxError, ValueError):
-                    continue  # the child compiles it and fails as a cold run would
+                budget -= len(source)
+                code = _compiled_quietly(self.original, "natsops-warm-parent/" + name, source)
+                if code is None:
+                    continue  # the child compiles it, and warns or fails as a cold run would
                 self.codes[key] = (code, len(source))
                 self.size += len(source)
                 while self.size > _MAX_SOURCES:
                     _key, (_code, length) = self.codes.popitem(last=False)
                     self.size -= length
+        self.zips[token] = None
+        while len(self.zips) > _MAX_ZIPS:
+            self.zips.popitem(last=False)
 
 
 class _Stop(Exception):
@@ -236,14 +251,16 @@ class _Parent:
             if wrapper in self.wrappers:
                 self.wrappers.move_to_end(wrapper)
             else:
-                self.wrappers[wrapper] = compile(wrapper, "<stdin>", "exec", dont_inherit=True)
+                code = _compiled_quietly(compile, wrapper, "<stdin>", "exec", 0, True)
+                if code is not None:
+                    self.wrappers[wrapper] = code
                 while len(self.wrappers) > 4:
                     self.wrappers.popitem(last=False)
             span = _zip_literal(text, end)
             if span is not None and header.get("zip"):
                 self.sources.learn(str(header["zip"]), text[span[0]:span[1]])
         except Exception:  # pylint: disable=broad-except
-            pass  # nothing kept: the child compiles the whole source, and fails on it as a cold interpreter would
+            pass  # a zip that cannot be read: its members' code is not kept; the children compile them as before
         return text
 
     def program(self, text):
@@ -511,17 +528,20 @@ class _Parent:
 
 
 def _zip_literal(text, start):
-    """Where the payload's base64 literal (``zip_data='...'`` on a line of its own) is in ``text`` after ``start``:
-    (first, end) of its characters, or None when there is none or it holds anything but plain characters."""
+    """Where the payload's base64 literal (``zip_data='...',`` on a line of its own, as warm.py's _ZIP_LINE) is in
+    ``text`` after ``start``: (first, end) of its characters, or None when there is none or it holds anything but
+    base64."""
     first = text.find(_ZIP_START, start)
     if first < 0:
         return None
     first += len(_ZIP_START)
     end = text.find("'", first)
-    if end < 0:
+    if end < 0 or text[end:end + 3] != "',\n":
         return None
-    literal = text[first:end]
-    if "\\" in literal or "\n" in literal:
+    try:
+        if text[first:end].encode("ascii").translate(None, _BASE64):
+            return None
+    except UnicodeEncodeError:
         return None
     return first, end
 

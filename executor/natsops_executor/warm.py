@@ -31,7 +31,7 @@ import socket
 import struct
 import time
 import zipfile
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
 from natsops_executor._wire.contract import E_INTERRUPTED, E_SPAWN, WireError
 from natsops_executor._wire.messages import ExecRequest
@@ -67,12 +67,12 @@ _STRINGS = ("zip_data", "ansible_module", "module_fqn", "params", "profile")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _ZIP_LINE = re.compile(r"^zip_data='([A-Za-z0-9+/=]*)',$", re.MULTILINE)
 # the lines of the _ansiballz_main(...) call as ansible-core writes them (``name=<repr of the value>,``), values a
-# string, an integer, a dict on one line of at most 4 KB (extensions), None, True, False or datetime.datetime(<ints>[,
+# string, an integer, an empty dict (extensions in use run cold), None, True, False or datetime.datetime(<ints>[,
 # tzinfo=...utc]): checked (in linear time) before the call is parsed, so that parsing costs time in proportion to
 # its length (at most MAX_CALL), whatever it holds
 MAX_CALL = 1024 * 1024
 _STRING = r"'[^'\\\n]*(?:\\[^\n][^'\\\n]*)*'|" + r'"[^"\\\n]*(?:\\[^\n][^"\\\n]*)*"'
-_CALL_LINES = re.compile(r"(?:[a-z_]{1,32}=(?:%s|-?[0-9]{1,20}|\{[^\n]{0,4096}\}|None|True|False|datetime\.datetime\((?:[0-9]{1,10}, ){2,6}"
+_CALL_LINES = re.compile(r"(?:[a-z_]{1,32}=(?:%s|-?[0-9]{1,20}|\{\}|None|True|False|datetime\.datetime\((?:[0-9]{1,10}, ){2,6}"
                          r"[0-9]{1,10}(?:, tzinfo=datetime\.timezone\.utc)?\)),\n){1,16}\)\n?" % _STRING)
 _FRAME = struct.Struct(">II")
 _PARENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_warm_parent.py")
@@ -132,24 +132,25 @@ async def _send_frame(sock: socket.socket, frame: bytes, rights: List[Tuple[int,
     the socket takes it."""
     loop = asyncio.get_running_loop()
     view = memoryview(frame)
+    fd = sock.fileno()
     while True:
         try:
             sent = sock.sendmsg([view[:65536]], rights)
             break
         except BlockingIOError:
             writable: "asyncio.Future[None]" = loop.create_future()
-            loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+            loop.add_writer(fd, lambda: writable.done() or writable.set_result(None))
             try:
                 await writable
             finally:
-                loop.remove_writer(sock.fileno())
+                loop.remove_writer(fd)
     if sent < len(frame):
         await loop.sock_sendall(sock, view[sent:])
 
 
 async def _to_completion(call: "asyncio.Future[Any]") -> Any:
-    """Wait for a blocking call running in a thread to finish even when the waiter is cancelled (a frame half
-    written to a shared stream would corrupt it for every later one); the cancellation is raised afterwards."""
+    """Wait for a call to finish even when the waiter is cancelled (a frame half written to a shared stream would
+    corrupt it for every later one); the cancellation is raised afterwards."""
     try:
         return await asyncio.shield(call)
     except asyncio.CancelledError:
@@ -265,6 +266,8 @@ def _parse_tail(tail: str) -> Union[Dict[str, Any], Cold]:
         tail = tail[:match.start(1)] + tail[match.end(1):]
     if len(tail) > MAX_CALL:
         return Cold(COLD_TOO_LARGE, "the _ansiballz_main(...) call is larger than is checked (%d bytes)" % MAX_CALL)
+    if "\nextensions=" in tail and "\nextensions={},\n" not in tail:  # a line of its own: strings hold no newline
+        return Cold(COLD_EXTENSIONS, "AnsiballZ extensions are in use (a debugger or coverage)")
     if not tail.startswith(_TAIL) or _CALL_LINES.fullmatch(tail, len(_TAIL)) is None:
         return unexpected
     try:
@@ -735,9 +738,14 @@ class _Parent:
     async def stop(self) -> None:
         """Close the control socket (the parent kills its children and exits), then make sure it is gone."""
         self.alive = False
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # a send under way fails now (broken pipe), rather than wait on it
+            except OSError:
+                pass
+            async with self.send_lock:
+                sock.close()
         if self.proc is not None:
             try:
                 await asyncio.wait_for(self.proc.wait(), KILL_GRACE)
@@ -903,10 +911,10 @@ class WarmPool:
         host, or with ``site`` on a target reached over SSH (warm_remote.py)."""
         if self._reaper is None:
             self._reaper = asyncio.ensure_future(self._reap())
-        if site is None:
-            verdict = await self._recognised(recognise, req, stdin, self.allowlist)
+        if site is None:  # on this host it looks at the file system: in the loop only for the executor's own directory
+            verdict = await self._recognised(not req.cwd, recognise, req, stdin, self.allowlist)
         else:
-            verdict = await self._recognised(recognise_remote, req, stdin, self.allowlist, site.where)
+            verdict = await self._recognised(True, recognise_remote, req, stdin, self.allowlist, site.where)
         if isinstance(verdict, Cold):
             self._cold(verdict)
             return None
@@ -944,10 +952,11 @@ class WarmPool:
         return process
 
     @staticmethod
-    async def _recognised(how: Callable[..., Union[Recognised, Cold]], req: ExecRequest, stdin: bytes,
+    async def _recognised(here: bool, how: Callable[..., Union[Recognised, Cold]], req: ExecRequest, stdin: bytes,
                           *args: Any) -> Union[Recognised, Cold]:
-        """``how(req, stdin, *args)``: here for a payload's size (INLINE_RECOGNITION), else in the file threads."""
-        if len(stdin) <= INLINE_RECOGNITION:
+        """``how(req, stdin, *args)``: in the event loop when ``here`` and for a payload's size (INLINE_RECOGNITION),
+        else in the file threads (a working directory the request names may be on a mount that hangs)."""
+        if here and len(stdin) <= INLINE_RECOGNITION:
             return how(req, stdin, *args)
         return cast(Union[Recognised, Cold], await run_blocking(how, req, stdin, *args))
 

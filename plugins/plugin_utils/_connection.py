@@ -131,7 +131,6 @@ def register_option_definitions(name: str, documentation: str, origin: str) -> N
         return  # ansible-core reads the documentation itself
 
 
-
 class Connection(ConnectionBase):
     """Run tasks through a natsops executor over NATS."""
 

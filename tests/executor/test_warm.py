@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import time
 import zipfile
 from typing import Any, Dict, Optional, Tuple
@@ -513,3 +514,41 @@ def test_sources_compiled_by_the_parent_equal_the_childs_own(payloads, name):
             changed = source + b"\nOVERRIDDEN = True\n"
             assert "OVERRIDDEN" in sources.compile_source(path, changed).co_names
     assert compiled >= 10  # the members the warm parent did not import (none here: nothing was imported)
+
+
+def test_the_parent_splits_where_the_executor_recognises():
+    from natsops_executor import _warm_parent  # pylint: disable=import-outside-toplevel
+    assert _warm_parent._TAIL == warm._TAIL  # pylint: disable=protected-access
+
+
+def test_a_member_that_warns_is_left_to_the_child(payloads):
+    """A SyntaxWarning must reach the module's stderr, as in a cold run: code that warned is not kept."""
+    parent, _text, _zip_data = _prepared(payloads["ping"])
+    sources = parent.sources
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("ansible/module_utils/quiet_one.py", "QUIET = 1\n")
+        out.writestr("ansible/module_utils/loud_one.py", "LOUD = 1 is 1\n")
+    sources.learn("a token", base64.b64encode(archive.getvalue()).decode())
+    assert hashlib.sha256(b"QUIET = 1\n").digest() in sources.codes
+    assert hashlib.sha256(b"LOUD = 1 is 1\n").digest() not in sources.codes
+
+
+@ASYNC
+async def test_stopping_a_parent_ends_a_send_it_does_not_read(payloads):
+    """A frame waiting for a parent that reads nothing more ends (the socket refuses it) once the parent is stopped."""
+    recognised = warm.recognise(_req(), payloads["ping"], warm.load_allowlist())
+    assert isinstance(recognised, warm.Recognised)
+    parent = warm._Parent("key", recognised, None)  # pylint: disable=protected-access
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    parent.sock = ours
+    sending = asyncio.ensure_future(parent._send({"op": "run"}, b"x" * (8 << 20), []))  # pylint: disable=protected-access
+    await asyncio.sleep(0.2)
+    assert not sending.done()  # more than the socket holds
+    await asyncio.wait_for(parent.stop(), 5)
+    done, _pending = await asyncio.wait([sending], timeout=5)  # (the send cannot be cancelled once begun)
+    theirs.close()
+    assert done, "the send still waits on a stopped parent"
+    with pytest.raises(OSError):
+        sending.result()
