@@ -646,6 +646,23 @@ FINDINGS = """
   plugin (2 ms); a round trip to the control process costs the worker about 0.25 ms, two per task.
 - Payload by digest (2026-11-29): after the first run of a module in an ansible-playbook run, a task sends about
   5.4 KB of stdin instead of 170-340 KB (`command` 173,940 -> 5,448 bytes; `setup` 339,999 -> 5,411).
+- Where a warm run's CPU went (2026-11-29, second session; 1x30 `command`, per task): the forked child about 16 ms,
+  of which about 10 ms in the kernel: page faults (about 2,500 per child at about 3.3 us each on this virtual
+  machine: the child writes to pages it shares with its parent, reference counts first) and the module's own fork
+  and exec of `/bin/true` (about 2.5 ms); the warm parent about 2 ms (its forks); the executor 5-6 ms (NATS,
+  signatures, audit records, recognition about 1 ms); the control process 5.5 ms. A child compiled the wrapper
+  (0.6 ms), the 170 KB call after it (0.6 ms, mostly the zip's base64 literal) and the module from the payload
+  zip twice (zipimport compiles a module once to find it and once to run it: 1.8 ms for `command`, 5-10 ms for
+  `file` or `copy`); the warm parent now compiles all of that once and the children run the same code
+  (bench/warm_cpu.py: file 33 -> 13 ms, copy 23 -> 13, ping 25 -> 15, setup 163 -> 94). Mitogen runs each module
+  in its long-lived target process without a fork, which is where its remaining lead per task comes from; a warm
+  child keeps the isolation of a cold run (its own process, session, cwd, environment, atexit) and pays the faults.
+- The plugin load in the task worker, third cut (2026-11-29, bench/worker_cost.py, with `PYTHONDONTWRITEBYTECODE=1`
+  as on this machine): the plugin file itself was compiled in every worker (3.7 ms); its code now lives in
+  `plugin_utils/_connection.py`, loaded from the per-user code cache, and `nats.py` holds the documentation (0.3
+  ms to compile): the worker's plugin load went from 11.8 to 9.0 ms (ssh 1.4). Recognising a payload moved from a
+  file thread into the event loop and handing a run to its warm parent no longer uses a thread (two thread
+  hand-offs less per task).
 """
 
 

@@ -15,9 +15,9 @@ the runner exits on its own, should its executor vanish without closing the chan
 Protocol: executor -> parent, frames ``>II`` (header length, body length), a JSON header, a body:
 ``{"op": "init"}`` + the payload zip: import ansible.module_utils.basic and the AnsiballZ loader from it.
 ``{"op": "run", "job": N, "cwd": ..., "pwd": ..., "umask": ..., "zip": sha256 of the payload's base64}`` + the
-module's stdin source: fork a child that runs the source; in socket mode with three file descriptors (stdin, stdout, stderr of the job) passed as
-SCM_RIGHTS, in stream mode the parent makes the child's pipes and relays its output (cwd, pwd, umask may be null:
-the parent's own). ``{"op": "signal", "job": N, "signal": S}`` (stream mode): signal the child's process group.
+module's stdin source: fork a child that runs the source; in socket mode with three file descriptors (stdin,
+stdout, stderr of the job) passed as SCM_RIGHTS, in stream mode the parent makes the child's pipes and relays its
+output (cwd, pwd, umask may be null: the parent's own). ``{"op": "signal", "job": N, "signal": S}`` (stream mode): signal the child's process group.
 End of file: the executor is gone; kill every child's process group and exit.
 Parent -> executor: socket mode, one JSON object a line on stdout; stream mode, frames on stdout:
 ``{"ready": [zip members imported]}``, ``{"failed": why}``, ``{"job": N, "pid": P}``, ``{"job": N, "status": raw
