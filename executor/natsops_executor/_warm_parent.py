@@ -2,10 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to warm.py: the warm parent, the program a warm runner's interpreter runs.
 
-It is never imported by the executor: warm.py reads this file and starts the interpreter a module run names with
-a short ``-c`` line that reads this source from stdin and runs it (so it needs nothing but the standard library of
-that interpreter, ps shows one line, and it runs in a namespace of its own: ``__main__`` stays as pristine as in
-a cold interpreter).
+It never runs in the executor (warm.py imports only its rules for where the wrapper ends and where the payload's
+literal is, ``_TAIL`` and ``_zip_literal``, so that both ends split a run alike): warm.py reads this file and starts
+the interpreter a module run names with a short ``-c`` line that reads this source from stdin and runs it (so it
+needs nothing but the standard library of that interpreter, ps shows one line, and it runs in a namespace of its
+own: ``__main__`` stays as pristine as in a cold interpreter).
 
 Command line: ``PYTHON -c BOOT LENGTH MODE ARG``: the boot line reads LENGTH bytes of this program from stdin.
 MODE ``socket`` (agent mode, warm.py; ARG: the control socket's fd) or ``stream`` (zone mode, warm_remote.py, over an
@@ -107,10 +108,14 @@ class _Sources(object):
             return self.original(pathname, source)
         return _refile(entry[0], pathname)
 
+    def wants(self, token):
+        """Whether the members of the payload zip with digest ``token`` are still to be compiled."""
+        return self.usable and bool(token) and token not in self.zips
+
     def learn(self, token, zip_data):
         """Compile the members of a payload zip (base64 ``zip_data``, digest ``token``) this parent has not imported
         and has no code for (at most _MAX_LEARNT bytes of them: the run waits for it)."""
-        if not self.usable or token in self.zips:
+        if not self.wants(token):
             return
         budget = _MAX_LEARNT
         with zipfile.ZipFile(io.BytesIO(base64.b64decode(zip_data))) as archive:
@@ -256,9 +261,10 @@ class _Parent:
                     self.wrappers[wrapper] = code
                 while len(self.wrappers) > 4:
                     self.wrappers.popitem(last=False)
-            span = _zip_literal(text, end)
-            if span is not None and header.get("zip"):
-                self.sources.learn(str(header["zip"]), text[span[0]:span[1]])
+            token = str(header.get("zip") or "")
+            span = _zip_literal(text, end) if self.sources.wants(token) else None
+            if span is not None:
+                self.sources.learn(token, text[span[0]:span[1]])
         except Exception:  # pylint: disable=broad-except
             pass  # a zip that cannot be read: its members' code is not kept; the children compile them as before
         return text
@@ -528,9 +534,9 @@ class _Parent:
 
 
 def _zip_literal(text, start):
-    """Where the payload's base64 literal (``zip_data='...',`` on a line of its own, as warm.py's _ZIP_LINE) is in
-    ``text`` after ``start``: (first, end) of its characters, or None when there is none or it holds anything but
-    base64."""
+    """Where the payload's base64 literal (``zip_data='...',`` on a line of its own) is in ``text`` after ``start``:
+    (first, end) of its characters, or None when there is none or it holds anything but base64 (warm.py cuts it out
+    of the call it parses by this rule)."""
     first = text.find(_ZIP_START, start)
     if first < 0:
         return None

@@ -33,6 +33,8 @@ import time
 import zipfile
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
+# where the wrapper ends and where the payload's literal is: one rule for both ends (the parent splits there too)
+from natsops_executor._warm_parent import _TAIL, _zip_literal
 from natsops_executor._wire.contract import E_INTERRUPTED, E_SPAWN, WireError
 from natsops_executor._wire.messages import ExecRequest
 from natsops_executor.guard import JobGuard
@@ -60,12 +62,10 @@ MAX_RECOGNISED = 16 * 1024 * 1024  # bytes of stdin inspected at most (a payload
 INLINE_RECOGNITION = 512 * 1024
 
 SHELL = "/bin/sh"
-_TAIL = '\n\n\nif __name__ == "__main__":\n    _ansiballz_main(\n'
 _KEYWORDS = frozenset(("zip_data", "ansible_module", "module_fqn", "params", "profile", "date_time", "extensions",
                        "rlimit_nofile"))
 _STRINGS = ("zip_data", "ansible_module", "module_fqn", "params", "profile")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-_ZIP_LINE = re.compile(r"^zip_data='([A-Za-z0-9+/=]*)',$", re.MULTILINE)
 # the lines of the _ansiballz_main(...) call as ansible-core writes them (``name=<repr of the value>,``), values a
 # string, an integer, an empty dict (extensions in use run cold), None, True, False or datetime.datetime(<ints>[,
 # tzinfo=...utc]): checked (in linear time) before the call is parsed, so that parsing costs time in proportion to
@@ -260,10 +260,10 @@ def _parse_tail(tail: str) -> Union[Dict[str, Any], Cold]:
     # the zip (~170 KB of base64 on a line of its own, as ansible-core writes it) is taken out before parsing:
     # a base64 literal needs no parser, and parsing it would be most of the work
     zip_data = None
-    match = _ZIP_LINE.search(tail)
-    if match is not None:
-        zip_data = match.group(1)
-        tail = tail[:match.start(1)] + tail[match.end(1):]
+    span = _zip_literal(tail, 0)
+    if span is not None:
+        zip_data = tail[span[0]:span[1]]
+        tail = tail[:span[0]] + tail[span[1]:]
     if len(tail) > MAX_CALL:
         return Cold(COLD_TOO_LARGE, "the _ansiballz_main(...) call is larger than is checked (%d bytes)" % MAX_CALL)
     if "\nextensions=" in tail and "\nextensions={},\n" not in tail:  # a line of its own: strings hold no newline
